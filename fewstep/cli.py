@@ -1,0 +1,177 @@
+"""The ``fewstep`` command line (typer). Every user error exits with code 2 and one line.
+
+Subcommands: ``teacher train``, ``classifier train``, ``sample``, ``eval``, ``distill``,
+``demo``, ``plan``, ``bench``. ``fewstep COMMAND --help`` documents each.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from fewstep.errors import FewstepError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill diffusion / flow-matching generators into few-step generators.")
+teacher_app = typer.Typer(no_args_is_help=True, help="Train the embedded teachers.")
+classifier_app = typer.Typer(no_args_is_help=True, help="Train the digits feature network.")
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(classifier_app, name="classifier")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn :class:`FewstepError` (and bad-value errors from the CLI layer) into exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FewstepError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+    return wrapper  # type: ignore[return-value]
+
+
+Overrides = Annotated[list[str] | None, typer.Argument(help="dotted.key=value overrides")]
+
+
+@teacher_app.command("train")
+@user_errors
+def teacher_train(
+    out: Annotated[Path, typer.Option(help="where to write the teacher (.safetensors)")],
+    config: Annotated[Path | None, typer.Option(help="YAML TeacherConfig")] = None,
+    overrides: Overrides = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Train a flow-matching teacher on an embedded data set and save its EMA weights."""
+    from fewstep.config import load_config
+    from fewstep.teacher import TeacherConfig, train_teacher
+
+    cfg = load_config(TeacherConfig, config, overrides)
+    _, info = train_teacher(cfg, out, progress=not quiet)
+    typer.echo(json.dumps({"out": str(out), **info}))
+
+
+@classifier_app.command("train")
+@user_errors
+def classifier_train(
+    out: Annotated[Path, typer.Option(help="output .safetensors")] = Path(
+        "fewstep/assets/digits_classifier.safetensors"),
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Train the digits feature network (FID / PRDC / class accuracy) on the train split."""
+    from fewstep.metrics.classifier import train_and_save_classifier
+
+    typer.echo(json.dumps(train_and_save_classifier(out, seed=seed), default=str))
+
+
+def _load_models(teacher: Path | None, student: Path | None, data: str | None, device: str):
+    from fewstep.assets import teacher_path
+    from fewstep.data.problem import get_problem
+    from fewstep.distill.trainer import load_student
+    from fewstep.errors import ConfigError
+    from fewstep.teacher import load_denoiser
+
+    st, scfg = (None, None)
+    if student is not None:
+        st, scfg = load_student(student, device)
+    if data is None:
+        data = scfg["data"] if scfg else "digits"
+    try:
+        problem = get_problem(data)
+    except ValueError as e:
+        raise ConfigError(f"--data: {e}") from None
+    tpath = teacher if teacher is not None else teacher_path(data)
+    den, tcfg = load_denoiser(tpath, device)
+    samp = tcfg.get("sampling", {})
+    return problem, den, samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), st
+
+
+DataOpt = Annotated[str | None, typer.Option(help="digits | 8gaussians | checkerboard | moons")]
+Samplers = Annotated[str, typer.Option(help="comma-separated: teacher_<N>, student_<K>")]
+
+
+@app.command("sample")
+@user_errors
+def sample_cmd(
+    out: Annotated[Path, typer.Option(help="output folder (grid.png, samples.safetensors)")],
+    samplers: Samplers = "teacher_8",
+    teacher: Annotated[Path | None, typer.Option(help="teacher file; default: shipped")] = None,
+    student: Annotated[Path | None, typer.Option(help="student file (student.safetensors)")] = None,
+    data: DataOpt = None,
+    num: Annotated[int, typer.Option(min=1, help="samples per sampler")] = 100,
+    seed: Annotated[int, typer.Option(help="noise seed (same noise for every sampler)")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+) -> None:
+    """Generate a same-noise grid (PNG) and tensors (safetensors) for each sampler."""
+    from fewstep.evaluation import eval_noise, parse_sampler, run_sampler
+    from fewstep.io import save_tensors
+    from fewstep.viz import save_panels
+
+    specs = [parse_sampler(s) for s in samplers.split(",")]
+    problem, den, w, shift, st = _load_models(teacher, student, data, device)
+    noise, cond = eval_noise(problem, num, seed, device)
+    outs = {sp.name: run_sampler(sp, noise, cond, den, w, shift, st, seed=seed)[0] for sp in specs}
+    save_panels(out / "grid.png", list(outs.values()), list(outs), nrow=10)
+    tensors = dict(outs)
+    if cond is not None:
+        tensors["labels"] = cond
+    save_tensors(out / "samples.safetensors", tensors, "samples", {"seed": seed})
+    typer.echo(f"wrote {out / 'grid.png'} and {out / 'samples.safetensors'}")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    out: Annotated[Path | None, typer.Option(help="metrics JSON path (default: stdout)")] = None,
+    samplers: Samplers = "teacher_8,teacher_2",
+    teacher: Annotated[Path | None, typer.Option(help="teacher file; default: shipped")] = None,
+    student: Annotated[Path | None, typer.Option(help="student file (student.safetensors)")] = None,
+    data: DataOpt = None,
+    num: Annotated[int, typer.Option(min=10, help="samples per sampler")] = 2000,
+    seed: Annotated[int, typer.Option(help="noise seed")] = 1234,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Metrics JSON per sampler vs. held-out data and vs. the 8-step teacher (same noise)."""
+    from fewstep.evaluation import evaluate_samplers, parse_sampler
+
+    names = [parse_sampler(s).name for s in samplers.split(",")]
+    problem, den, w, shift, st = _load_models(teacher, student, data, device)
+    metrics, _ = evaluate_samplers(problem, names, den, w, shift, st, num, seed, device=device)
+    text = json.dumps(metrics, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    typer.echo(text)
+
+
+@app.command("demo")
+@user_errors
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("demo_out"),
+    overrides: Overrides = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Distill the shipped digits teacher into a 2-step student (Turbo++) and report."""
+    from fewstep.demo import run_demo
+
+    run_demo(out, overrides, progress=not quiet)
+
+
+def main() -> None:
+    """Entry point of the ``fewstep`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

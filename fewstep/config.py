@@ -1,0 +1,139 @@
+"""Config loading: YAML files + ``dotted.key=value`` overrides validated by pydantic models.
+
+Every config model forbids unknown keys. Validation errors become one :class:`ConfigError` line
+per problem that names the field and the reason, e.g.
+``student.num_steps: Input should be greater than or equal to 1 (got 0)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fewstep.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, values are re-validated on assignment,
+    and float fields reject NaN / Inf."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def user_path(value: str) -> str:
+    """Normalise a path taken from a config: expand ``~`` and resolve it to an absolute path.
+
+    The rule for config paths: they must be non-empty and free of NUL bytes; they are expanded
+    and resolved once, when the config is validated, so the resolved config (``config.yaml``,
+    checkpoints) records exactly which file or folder was used. fewstep only *reads* from such
+    paths (``teacher.path``) or writes files it names itself (hash-named shards below
+    ``cache.dir``); everything else a run writes goes below its run directory (``--out``).
+    Raises ``ValueError`` (reported as a one-line config error).
+    """
+    if not value or not value.strip():
+        raise ValueError("must be a non-empty path")
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL byte")
+    return str(Path(value).expanduser().resolve())
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line per error: ``field.path: message (got value)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if prefix:
+            loc = f"{prefix}.{loc}"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = e.get("input")
+        got_s = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{loc}: {msg}{got_s}")
+    return "; ".join(lines)
+
+
+def validate(model: type[M], data: dict[str, Any], source: str = "config") -> M:
+    """Build ``model`` from ``data`` or raise a one-line :class:`ConfigError`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"invalid {source}: {format_validation_error(e)}") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> (["a", "b"], 3); the value is parsed as YAML (numbers, bools, lists)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like dotted.key=value")
+    key, raw = item.split("=", 1)
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``dotted.key=value`` in a (nested) dict, creating sections as needed."""
+    out = dict(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for p in path[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node[p] = dict(child)
+            node = node[p]
+        node[path[-1]] = value
+    return out
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping, with a :class:`ConfigError` for missing / malformed files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(model: type[M], path: str | os.PathLike[str] | None,
+                overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> M:
+    """``base`` <- YAML file <- overrides, validated against ``model``."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = _deep_merge(data, load_yaml(path))
+    data = apply_overrides(data, overrides or [])
+    return validate(model, data, str(path) if path else "config")
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = _deep_merge(out[k], v) if both else v
+    return out
+
+
+def dump_yaml(model: BaseModel) -> str:
+    """The resolved config as YAML (what a run directory stores)."""
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)

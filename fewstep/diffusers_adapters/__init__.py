@@ -1,0 +1,1 @@
+"""Adapters that wrap diffusers models as fewstep denoisers (see docs/adapters.md)."""

@@ -1,0 +1,35 @@
+"""Build the shared recipe parts from a :class:`DistillConfig` (one place, used by all recipes)."""
+
+from __future__ import annotations
+
+from fewstep.distill.adversary import Adversary
+from fewstep.distill.config import DistillConfig
+from fewstep.distill.discriminator import StandaloneDiscriminator, TeacherFeatureDiscriminator
+from fewstep.distill.fake_score import FakeScore, feature_dims
+from fewstep.distill.matching import DistributionMatching
+from fewstep.distill.methods.base import DistillContext
+
+
+def build_adversary(ctx: DistillContext) -> Adversary:
+    """The Turbo++ / DMD2 adversary with the configured discriminator."""
+    g = ctx.cfg.gan
+    nc = ctx.problem.num_classes
+    if g.discriminator == "teacher_features":
+        dims = feature_dims(ctx.teacher, ctx.example, ctx.example_cond)
+        disc = TeacherFeatureDiscriminator(ctx.teacher, dims, g.layers, g.head_hidden, nc)
+    else:
+        disc = StandaloneDiscriminator(ctx.problem.data_shape, num_classes=nc)
+    return Adversary(disc.to(ctx.device), g.loss, g.sigma_min, g.sigma_max)
+
+
+def build_fake_score(ctx: DistillContext, gan_head: bool = False) -> FakeScore:
+    return FakeScore(ctx.teacher, gan_head, ctx.problem.num_classes, ctx.example,
+                     ctx.example_cond).to(ctx.device)
+
+
+def build_matching(ctx: DistillContext, cfg: DistillConfig | None = None,
+                   fake: FakeScore | None = None) -> DistributionMatching:
+    cfg = cfg or ctx.cfg
+    w = cfg.dm.cfg_scale if cfg.dm.cfg_scale is not None else ctx.teacher_cfg_scale
+    return DistributionMatching(ctx.teacher, fake or build_fake_score(ctx), w, cfg.dm.sigma_min,
+                                cfg.dm.sigma_max)

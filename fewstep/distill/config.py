@@ -1,0 +1,233 @@
+"""``fewstep distill`` configuration: one validated model, presets in ``configs/*.yaml``.
+
+Sections: ``teacher``, ``student``, ``gan``, ``dm``, ``step1``, ``turbo``, ``sid``,
+``imagine_flash``, ``cache``, ``train``, ``eval``. Unknown keys and out-of-range values are
+rejected up front (see :mod:`fewstep.config`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from fewstep.config import StrictModel, user_path
+from fewstep.data.problem import PROBLEMS
+
+Method = Literal["turbo_pp", "sid", "imagine_flash", "dmd2", "regression"]
+
+
+class TeacherSpec(StrictModel):
+    """The frozen teacher. ``path: null`` takes the shipped teacher for ``data``."""
+
+    path: str | None = None
+    steps: int = Field(8, ge=1, description="teacher sampling steps (the 'real' distribution)")
+    shift: float | None = Field(None, gt=0.0, description="time shift; null: the file's own")
+    cfg_scale: float | None = Field(None, description="guidance w; null: the file's own")
+
+    @field_validator("path")
+    @classmethod
+    def _path_ok(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.endswith(".safetensors"):
+            raise ValueError("must be a .safetensors denoiser file (weights are only read "
+                             "from safetensors)")
+        return user_path(v)
+
+
+class StudentSpec(StrictModel):
+    num_steps: int = Field(2, ge=1, le=64)
+    parameterization: Literal["decoupled", "lora", "shared"] = "decoupled"
+    transition: Literal["fresh", "ddim"] = "fresh"
+    sigmas: list[float] | None = Field(None, description="custom step levels; null: teacher's")
+    lora_rank: int = Field(16, ge=1)
+    lora_alpha: float | None = Field(None, gt=0.0)
+    lora_targets: list[str] | None = None
+
+    @field_validator("sigmas")
+    @classmethod
+    def _sigmas_ok(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        if not v or abs(v[0] - 1.0) > 1e-6:
+            raise ValueError("must start at 1.0 (pure noise)")
+        if any(not 0.0 < s <= 1.0 for s in v):
+            raise ValueError("every sigma must lie in (0, 1]")
+        if any(b >= a for a, b in itertools.pairwise(v)):
+            raise ValueError("must decrease strictly")
+        return v
+
+    @model_validator(mode="after")
+    def _sigmas_len(self) -> StudentSpec:
+        if self.sigmas is not None and len(self.sigmas) != self.num_steps:
+            raise ValueError(f"student.sigmas has {len(self.sigmas)} entries but "
+                             f"student.num_steps is {self.num_steps}")
+        return self
+
+
+class GanSpec(StrictModel):
+    """Adversarial term (Turbo++ §1; DMD2 / SiD heads)."""
+
+    weight: float = Field(1.0, ge=0.0, description="lambda_adv; 0 disables the GAN")
+    loss: Literal["hinge", "non_saturating"] = "non_saturating"
+    real: Literal["teacher", "dataset"] = "teacher"
+    real_source: Literal["cache", "online"] = "cache"
+    discriminator: Literal["teacher_features", "standalone"] = "teacher_features"
+    layers: list[int] = Field(default_factory=lambda: [-1, -3])
+    head_hidden: int = Field(128, ge=8)
+    sigma_min: float = Field(0.05, gt=0.0, lt=1.0)
+    sigma_max: float = Field(0.8, gt=0.0, lt=1.0)
+    lr: float = Field(2e-4, gt=0.0)
+    warmup: int = Field(0, ge=0, description="generator updates before the GAN term starts")
+
+    @model_validator(mode="after")
+    def _range(self) -> GanSpec:
+        if self.sigma_min > self.sigma_max:
+            raise ValueError(f"gan.sigma_min ({self.sigma_min}) > gan.sigma_max ({self.sigma_max})")
+        return self
+
+
+class DMSpec(StrictModel):
+    """Distribution-matching term with its fake score network (DMD, DMD2, Turbo++ L_DM)."""
+
+    weight: float = Field(0.0, ge=0.0, description="lambda_dm; 0 disables")
+    cfg_scale: float | None = Field(None, description="teacher guidance for the real score")
+    fake_lr: float = Field(2e-4, gt=0.0)
+    sigma_min: float = Field(0.02, gt=0.0, lt=1.0)
+    sigma_max: float = Field(0.98, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _range(self) -> DMSpec:
+        if self.sigma_min > self.sigma_max:
+            raise ValueError(f"dm.sigma_min ({self.sigma_min}) > dm.sigma_max ({self.sigma_max})")
+        return self
+
+
+class Step1Spec(StrictModel):
+    """Turbo++ step-1 (iterative regularisation) loss on ``x0_hat_1``."""
+
+    loss: Literal["none", "teacher_traj", "adversarial", "dm"] = "teacher_traj"
+    weight: float = Field(1.0, ge=0.0)
+
+
+class TurboSpec(StrictModel):
+    end_to_end: bool = Field(True, description="false detaches x_2 (ablation)")
+    regression_weight: float = Field(0.0, ge=0.0, description="optional final-output "
+                                     "regression onto the teacher sample from the same noise")
+
+
+class SiDSpec(StrictModel):
+    alpha: float = 1.2
+    guidance: Literal["standard", "zero_cfg", "anti_cfg"] = "zero_cfg"
+    real_cfg_scale: float = 1.0
+    fake_cfg_scale: float = Field(1.0, description="fake-net w for guidance=standard")
+    anti_cfg_scale: float = Field(-0.5, description="fake-net w for anti_cfg (not published)")
+    gan_weight: float = Field(0.0, ge=0.0, le=1.0, description="diffusion-GAN share g: "
+                              "(1 - g) L_SiD + g L_GAN (0.5 = METHODS); 0 disables")
+    gan_warmup: int = Field(0, ge=0)
+    sigma_mean: float = Field(0.6931471805599453, description="loss level sigma ~ "
+                              "sigmoid(N(mean, std^2)); ln 2")
+    sigma_std: float = Field(1.6, gt=0.0)
+    sigma_clamp: float = Field(1e-3, gt=0.0, lt=0.5, description="sigma kept in [c, 1 - c]")
+
+
+class ImagineFlashSpec(StrictModel):
+    tau_min: float = Field(0.1, ge=0.0, le=1.0)
+    tau_max: float = Field(0.9, ge=0.0, le=1.0)
+    beta_power: float = Field(1.0, gt=0.0, description="tau = tau_min + (tau_max - tau_min) "
+                              "t^p; 1 = linear")
+    renoise: Literal["fresh", "student"] = Field(
+        "student", description="noise of x_tau: fresh N(0, I), or the noise the student's own "
+        "input implies, eps_k = (x_k - (1 - sigma_k) x0_theta) / sigma_k")
+    target_steps: int = Field(1, ge=1, description="1: the teacher's x0 prediction at "
+                              "(x_tau, tau) (METHODS); N > 1: its N-step Euler solve tau -> 0")
+    cfg_scale: float | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> ImagineFlashSpec:
+        if self.tau_min > self.tau_max:
+            raise ValueError(f"imagine_flash.tau_min ({self.tau_min}) > imagine_flash.tau_max "
+                             f"({self.tau_max})")
+        return self
+
+
+class CacheSpec(StrictModel):
+    dir: str = Field("~/.cache/fewstep/teacher_samples")
+    size: int = Field(20000, ge=1)
+    shard_size: int = Field(5000, ge=1)
+
+    @field_validator("dir")
+    @classmethod
+    def _dir_ok(cls, v: str) -> str:
+        return user_path(v)
+
+
+class TrainSpec(StrictModel):
+    iterations: int = Field(600, ge=1, description="generator updates")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    betas: tuple[float, float] = (0.0, 0.99)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
+    aux_ratio: int = Field(1, ge=1, description="aux (D / fake score) updates per G update")
+    seed: int = 0
+    device: str = "cpu"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    log_every: int = Field(25, ge=1)
+    sample_every: int = Field(0, ge=0, description="0: only at the end")
+    ckpt_every: int = Field(0, ge=0, description="0: only at the end")
+    keep_last: int = Field(3, ge=1)
+    lr_warmup: int = Field(0, ge=0, description="linear LR warm-up (generator updates) for the "
+                           "student and aux optimizers; 0: constant LR")
+    on_divergence: Literal["stop", "rollback"] = Field(
+        "stop", description="NaN / Inf in a loss or gradient: stop, or reload the last good "
+        "checkpoint and continue with the LR times rollback_lr_factor")
+    rollback_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    max_rollbacks: int = Field(3, ge=1, description="rollbacks before giving up")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_ok(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if any(not 0.0 <= b < 1.0 for b in v):
+            raise ValueError("each beta must lie in [0, 1)")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_ok(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
+            raise ValueError("must be cpu, cuda, cuda:<index> or mps")
+        return v
+
+
+class EvalSpec(StrictModel):
+    num_samples: int = Field(2000, ge=10)
+    seed: int = 1234
+
+
+class DistillConfig(StrictModel):
+    method: Method = "turbo_pp"
+    data: str = "digits"
+    teacher: TeacherSpec = TeacherSpec()
+    student: StudentSpec = StudentSpec()
+    gan: GanSpec = GanSpec()
+    dm: DMSpec = DMSpec()
+    step1: Step1Spec = Step1Spec()
+    turbo: TurboSpec = TurboSpec()
+    sid: SiDSpec = SiDSpec()
+    imagine_flash: ImagineFlashSpec = ImagineFlashSpec()
+    cache: CacheSpec = CacheSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+
+    @field_validator("data")
+    @classmethod
+    def _data_known(cls, v: str) -> str:
+        if v not in PROBLEMS:
+            raise ValueError(f"unknown data set; choose from {', '.join(PROBLEMS)}")
+        return v

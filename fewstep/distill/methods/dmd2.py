@@ -1,0 +1,82 @@
+"""DMD2 (METHODS §4): distribution matching with a fake score network, two time scales, an
+optional GAN head on the fake score network, and backward simulation for K > 1 steps.
+
+Generator update on a batch (noise ``eps``, condition ``c``)::
+
+    k ~ U{0..K-1};  x = G_k(x_k)   with x_k from the student's own no-grad steps 0..k-1
+    sigma ~ U[dm.sigma_min, dm.sigma_max];  x_t = (1 - sigma) sg(x) + sigma eps'
+    grad = (F(x_t) - T_w(x_t)) / mean|x - T_w(x_t)|        (T_w: teacher with CFG w; no graph)
+    L_G  = 0.5 ||x - sg(x - grad)||^2  +  gan.weight * softplus(-D(x_{sigma_d}, sigma_d))
+
+Aux update (``train.aux_ratio`` per generator update: DMD2's two-time-scale rule; 5 for SDXL)::
+
+    L_aux = ||F(x_s) - sg(x)||^2 / s^2                     (denoising loss, x = sg(G_k(x_k)))
+          + [softplus(-D(real_{sigma_d})) + softplus(D(x_{sigma_d}))]     (if gan.weight > 0)
+
+``D`` is a logit head on the fake score network's last hidden features (``FakeScore.logits``),
+so the discriminator loss also shapes ``F``'s trunk; ``sigma_d ~ U[gan.sigma_min,
+gan.sigma_max]`` per sample; "real" is data or teacher samples (``gan.real``); ``gan.loss``
+chooses softplus (non-saturating, DMD2's) or hinge. ``gan.weight = 0`` gives plain DMD with a
+two-time-scale fake score update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fewstep.distill.builders import build_fake_score, build_matching
+from fewstep.distill.fake_score import FakeScore
+from fewstep.distill.losses import d_loss, g_loss
+from fewstep.distill.methods.base import Batch, DistillContext, DistillMethod, Logs
+from fewstep.distill.student import backward_simulate
+
+
+class DMD2(DistillMethod):
+    def __init__(self, ctx: DistillContext) -> None:
+        super().__init__(ctx)
+        self.use_gan = ctx.cfg.gan.weight > 0
+        self.needs_real = self.use_gan
+        self.matching = build_matching(ctx, fake=build_fake_score(ctx, gan_head=self.use_gan))
+
+    @property
+    def fake(self) -> FakeScore:
+        return self.matching.fake
+
+    def _gan_sigma(self, n: int) -> Tensor:
+        g = self.ctx.cfg.gan
+        return g.sigma_min + (g.sigma_max - g.sigma_min) * self.ctx.rand(n)
+
+    def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
+        cfg, gen = self.ctx.cfg, self.ctx.generator
+        k, _, _, x = backward_simulate(self.ctx.student, batch.noise, batch.cond, gen)
+        l_dm, grad = self.matching.loss(x, batch.cond, gen)
+        logs: Logs = {"g_dm": l_dm.detach(), "dm_grad_abs": grad.abs().mean(),
+                      "step_k": torch.tensor(float(k))}
+        total = l_dm
+        if self.use_gan and step >= cfg.gan.warmup:
+            sig = self._gan_sigma(x.shape[0])
+            logs["g_adv"] = g_loss(self.fake.noised_logits(x, sig, batch.cond, gen), cfg.gan.loss)
+            total = total + cfg.gan.weight * logs["g_adv"]
+        logs["g_total"] = total.detach()
+        return total, logs
+
+    def aux_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
+        gen = self.ctx.generator
+        with torch.no_grad():
+            x = backward_simulate(self.ctx.student, batch.noise, batch.cond, gen)[3]
+        logs: Logs = {"fake_loss": self.fake.loss(x, batch.cond, gen)}
+        total = logs["fake_loss"]
+        if self.use_gan:
+            n = x.shape[0]
+            lr = self.fake.noised_logits(batch.real, self._gan_sigma(n), batch.real_cond, gen)
+            lf = self.fake.noised_logits(x, self._gan_sigma(n), batch.cond, gen)
+            logs["d_loss"] = d_loss(lr, lf, self.ctx.cfg.gan.loss)
+            logs["d_real"], logs["d_fake"] = lr.mean().detach(), lf.mean().detach()
+            total = total + logs["d_loss"]
+        return total, logs
+
+    def aux_parameter_groups(self) -> list[dict[str, Any]]:
+        return [{"params": list(self.fake.parameters()), "lr": self.ctx.cfg.dm.fake_lr}]

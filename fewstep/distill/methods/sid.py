@@ -1,0 +1,124 @@
+"""SiD few-step (METHODS §5): score identity distillation of a K-step generator, with
+Zero-CFG / Anti-CFG guidance and an optional diffusion-GAN head inside the fake score network.
+
+Generator update on a batch (noise ``eps``, condition ``c``)::
+
+    k ~ U{0..K-1};  x_g = G_k(x_k)   (steps before k without gradient: the uniform mixture)
+    sigma ~ sigmoid(N(sid.sigma_mean = ln 2, sid.sigma_std = 1.6)),  x_t = (1 - sigma) x_g + sigma e
+    f_r = T(x_t, sigma, c_r; w_r),  f_f = F(x_t, sigma, c_f; w_f)        (both nets frozen here)
+    L_SiD = mean[ (1 - sigma) w (f_r - f_f) ((f_r - x_g) - alpha (f_r - f_f)) ],
+            w = 1 / mean|x_g - f_r|  (per sample, no gradient)
+    L_G = (1 - g) L_SiD + g BCE(D(x_t, sigma), 1)      (g = sid.gan_weight after the warm-up)
+
+The gradient reaches the student through ``x_g`` and through ``x_t`` inside both networks.
+
+Guidance (``sid.guidance``):
+
+* ``standard``: teacher with ``w_r = sid.real_cfg_scale``, fake with ``c`` and
+  ``w_f = sid.fake_cfg_scale``;
+* ``zero_cfg``: teacher without CFG (``w_r = 1``), fake net *without conditioning*: it is
+  trained and evaluated on the null condition;
+* ``anti_cfg``: teacher with ``w_r = sid.real_cfg_scale``, fake with negative guidance
+  ``w_f = sid.anti_cfg_scale`` (CFG on the fake score, ``F_u + w_f (F_c - F_u)``).
+
+Aux update (one per generator update, ``train.aux_ratio = 1``)::
+
+    L_aux = ||F(x_s, s, c_f) - sg(x_g)||^2 / s^2                       (denoising loss)
+          + 0.5 [BCE(D(real_sigma), 1) + BCE(D(x_g,sigma), 0)]   (after the warm-up, if g > 0)
+
+with real and fake re-noised at the same ``sigma`` (drawn like the loss level) and ``D`` a
+logit head on the fake network's last hidden features. When the fake net is evaluated with
+guidance (``w_f != 1``) it is trained with 10 % condition dropout so both branches track the
+student. The student's step levels are ``student.sigmas`` (``t_i = 1 - i/K`` in the paper equals
+the default schedule for K = 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fewstep.distill.builders import build_fake_score
+from fewstep.distill.losses import d_loss, g_loss, sid_loss
+from fewstep.distill.methods.base import Batch, DistillContext, DistillMethod, Logs
+from fewstep.distill.student import backward_simulate
+from fewstep.path import FlowPath, logit_normal_sigma
+
+FAKE_COND_DROPOUT = 0.1
+
+
+class SiD(DistillMethod):
+    def __init__(self, ctx: DistillContext) -> None:
+        super().__init__(ctx)
+        s = ctx.cfg.sid
+        self.use_gan = s.gan_weight > 0
+        self.needs_real = self.use_gan
+        self.fake = build_fake_score(ctx, gan_head=self.use_gan)
+        self.real_w = 1.0 if s.guidance == "zero_cfg" else s.real_cfg_scale
+        self.fake_w = {"zero_cfg": 1.0, "standard": s.fake_cfg_scale,
+                       "anti_cfg": s.anti_cfg_scale}[s.guidance]
+
+    # ------------------------------------------------------------ pieces
+    def loss_sigma(self, n: int) -> Tensor:
+        """``(n,)`` loss noise levels ``sigmoid(N(mean, std^2))`` clamped to ``[c, 1 - c]``."""
+        s = self.ctx.cfg.sid
+        sig = logit_normal_sigma(n, s.sigma_mean, s.sigma_std, generator=self.ctx.generator)
+        return sig.to(self.ctx.device).clamp(s.sigma_clamp, 1.0 - s.sigma_clamp)
+
+    def fake_cond(self, cond: Any) -> Any:
+        """The fake net's condition: the null condition under Zero-CFG, else ``cond``."""
+        if self.ctx.cfg.sid.guidance == "zero_cfg":
+            return self.fake.den.null_cond(cond)
+        return cond
+
+    def fake_pred(self, x_t: Tensor, sigma: Tensor, cond: Any) -> Tensor:
+        """``f_psi``: the fake net's (guided) x0 prediction per ``sid.guidance``."""
+        return self.fake.guided(x_t, sigma, self.fake_cond(cond), self.fake_w)
+
+    def real_pred(self, x_t: Tensor, sigma: Tensor, cond: Any) -> Tensor:
+        """``f_phi``: the teacher's (guided) x0 prediction."""
+        return self.ctx.teacher.guided(x_t, sigma, cond, self.real_w)
+
+    def gan_on(self, step: int) -> bool:
+        return self.use_gan and step >= self.ctx.cfg.sid.gan_warmup
+
+    # ------------------------------------------------------------ losses
+    def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
+        s, gen = self.ctx.cfg.sid, self.ctx.generator
+        k, _, _, x_g = backward_simulate(self.ctx.student, batch.noise, batch.cond, gen)
+        sigma = self.loss_sigma(x_g.shape[0])
+        x_t = FlowPath.add_noise(x_g, self.ctx.randn_like(x_g), sigma)
+        f_r = self.real_pred(x_t, sigma, batch.cond)
+        f_f = self.fake_pred(x_t, sigma, batch.cond)
+        l_sid = sid_loss(x_g, f_r, f_f, s.alpha, weight=1.0 - sigma)
+        logs: Logs = {"g_sid": l_sid.detach(), "step_k": torch.tensor(float(k))}
+        total = l_sid
+        if self.gan_on(step):
+            logs["g_adv"] = g_loss(self.fake.logits(x_t, sigma, self.fake_cond(batch.cond)),
+                                   "non_saturating")
+            total = (1.0 - s.gan_weight) * l_sid + s.gan_weight * logs["g_adv"]
+        logs["g_total"] = total.detach()
+        return total, logs
+
+    def aux_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
+        gen = self.ctx.generator
+        with torch.no_grad():
+            x_g = backward_simulate(self.ctx.student, batch.noise, batch.cond, gen)[3]
+        fc = self.fake_cond(batch.cond)
+        drop = FAKE_COND_DROPOUT if self.fake_w != 1.0 else 0.0
+        logs: Logs = {"fake_loss": self.fake.loss(x_g, fc, gen, cond_dropout=drop,
+                                                  null_cond=self.fake.den.null_cond(fc))}
+        total = logs["fake_loss"]
+        if self.gan_on(step):
+            sigma = self.loss_sigma(x_g.shape[0])
+            lr = self.fake.noised_logits(batch.real, sigma, self.fake_cond(batch.real_cond), gen)
+            lf = self.fake.noised_logits(x_g, sigma, fc, gen)
+            logs["d_loss"] = 0.5 * d_loss(lr, lf, "non_saturating")
+            logs["d_real"], logs["d_fake"] = lr.mean().detach(), lf.mean().detach()
+            total = total + logs["d_loss"]
+        return total, logs
+
+    def aux_parameter_groups(self) -> list[dict[str, Any]]:
+        return [{"params": list(self.fake.parameters()), "lr": self.ctx.cfg.dm.fake_lr}]

@@ -1,0 +1,107 @@
+"""Run a distillation from a config file: the code behind ``fewstep distill`` and
+``python -m fewstep.distill``.
+
+:func:`run_distill` validates the config (YAML file <- ``dotted.key=value`` overrides), refuses
+to start a fresh run in a folder that already holds checkpoints (``resume=True`` continues it
+instead), and turns SIGTERM / SIGINT into "write a checkpoint at the next step boundary, then
+raise :class:`~fewstep.distill.trainer.TrainingInterrupted`" (a second signal acts as usual).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from fewstep.config import load_config, user_path
+from fewstep.distill.config import DistillConfig
+from fewstep.distill.state import list_checkpoints
+from fewstep.distill.trainer import Trainer, TrainingInterrupted
+from fewstep.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainingInterrupted", "default_run_dir", "load_distill_config", "run_distill",
+           "stop_on_signals"]
+
+
+def load_distill_config(config_path: str | Path | None, overrides: list[str] | None = None
+                        ) -> DistillConfig:
+    """The validated :class:`DistillConfig` (raises a one-line :class:`ConfigError`)."""
+    return load_config(DistillConfig, config_path, overrides)
+
+
+def default_run_dir(cfg: DistillConfig) -> Path:
+    """``runs/<method>_<data>`` (relative to the working directory)."""
+    return Path("runs") / f"{cfg.method}_{cfg.data}"
+
+
+def _run_dir(out: str | Path | None, cfg: DistillConfig) -> Path:
+    if out is None:
+        return default_run_dir(cfg)
+    try:
+        path = Path(user_path(str(out)))
+    except ValueError as e:
+        raise ConfigError(f"--out: {e}") from None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out: cannot use {path} as a run folder ({e.strerror or e})"
+                          ) from None
+    return path
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer,
+                    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+                    ) -> Iterator[None]:
+    """While active, the first of ``signals`` asks ``trainer`` to checkpoint and stop.
+
+    Only installs handlers in the main thread (elsewhere it does nothing); the previous
+    handlers are restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        trainer.request_stop(f"received {name}")
+        signal.signal(signum, previous[signal.Signals(signum)])  # a second one acts as usual
+
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_distill(config_path: str | Path | None, overrides: list[str] | None = None,
+                out: str | Path | None = None, resume: bool = False, progress: bool = True
+                ) -> Trainer:
+    """Validate the config, build the :class:`Trainer` and train; returns the trainer.
+
+    With ``resume=True`` and no ``config_path``, the run's own ``config.yaml`` is used.
+    Raises :class:`~fewstep.errors.FewstepError` subclasses for user errors and
+    :class:`TrainingInterrupted` after a SIGTERM / SIGINT (a checkpoint has been written).
+    """
+    if config_path is None and resume and out is not None:
+        saved = Path(out).expanduser() / "config.yaml"
+        if saved.is_file():
+            config_path = saved
+    cfg = load_distill_config(config_path, overrides)
+    run_dir = _run_dir(out, cfg)
+    if not resume and list_checkpoints(run_dir / "checkpoints"):
+        raise ConfigError(f"--out: {run_dir} already holds checkpoints of a run; pass --resume "
+                          "to continue it or choose another --out")
+    trainer = Trainer(cfg, run_dir, progress=progress, resume=resume)
+    with stop_on_signals(trainer):
+        trainer.train()
+    return trainer

@@ -1,0 +1,134 @@
+"""Safe, atomic file I/O: safetensors with a checksum and a JSON config in the metadata.
+
+Every weights file fewstep writes is a single ``.safetensors`` file whose metadata holds
+
+* ``fewstep_kind``: what the file is (``"denoiser"``, ``"classifier"``, ``"train_state"``, ...);
+* ``config``: the JSON config that rebuilds the object;
+* ``sha256``: a digest of all tensors (names, dtypes, shapes and bytes, in sorted order).
+
+Files are written to a temporary file in the target folder, fsynced and renamed, so a crash
+leaves either the old file or the new one, never a torn one. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from fewstep.errors import CheckpointError
+
+
+def tensors_digest(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 over ``name, dtype, shape, bytes`` of every tensor, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # some filesystems do not support fsync on directories
+        pass
+
+
+def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, Tensor], kind: str,
+                 config: Mapping[str, Any] | None = None,
+                 extra: Mapping[str, str] | None = None) -> None:
+    """Atomically write ``tensors`` with kind, JSON config and checksum in the metadata."""
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {"fewstep_kind": kind, "config": json.dumps(dict(config or {}), sort_keys=True),
+            "sha256": tensors_digest(cpu)}
+    if extra:
+        meta.update({k: str(v) for k, v in extra.items()})
+    atomic_write_bytes(path, st_save(cpu, metadata=meta))
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Metadata of a safetensors file, with a :class:`CheckpointError` for unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises several types for torn / foreign files
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def load_tensors(path: str | os.PathLike[str], kind: str | None = None,
+                 device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Load and verify a file written by :func:`save_tensors`.
+
+    Returns ``(tensors, config)``. Raises :class:`CheckpointError` if the file is missing,
+    truncated, of another kind, or its tensors do not match the stored checksum.
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    if kind is not None and meta.get("fewstep_kind") != kind:
+        raise CheckpointError(f"{path} holds {meta.get('fewstep_kind')!r}, expected {kind!r}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:
+        raise CheckpointError(f"{path} is truncated or corrupted ({e})") from None
+    want = meta.get("sha256")
+    if want is not None and tensors_digest(tensors) != want:
+        raise CheckpointError(f"{path} failed its checksum: the file was altered or corrupted")
+    try:
+        config = json.loads(meta.get("config", "{}"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} has an unreadable config ({e})") from None
+    return {k: v.to(device) for k, v in tensors.items()}, config
+
+
+def load_state_into(module: torch.nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """``module.load_state_dict(state)`` with a :class:`CheckpointError` naming what mismatched."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        if shape:
+            k = shape[0]
+            parts.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    module.load_state_dict(state)

@@ -1,0 +1,41 @@
+"""Build networks and denoisers from plain-dict configs stored beside their weights.
+
+A network config is ``{"type": "resmlp", ...kwargs}``; a denoiser config adds
+``{"prediction": ..., "time_input": ..., "null_class": int | None}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from fewstep.denoiser import NetworkDenoiser
+from fewstep.networks.mlp import ResMLP
+
+NETWORKS: dict[str, type[nn.Module]] = {"resmlp": ResMLP}
+
+
+def build_network(cfg: dict[str, Any]) -> nn.Module:
+    """``cfg["type"]`` names the class in :data:`NETWORKS`; other keys are its kwargs."""
+    cfg = dict(cfg)
+    kind = cfg.pop("type", None)
+    if kind not in NETWORKS:
+        raise ValueError(f"network.type must be one of {sorted(NETWORKS)}, got {kind!r}")
+    return NETWORKS[kind](**cfg)
+
+
+def label_null_cond(null_class: int):
+    """``cond -> full_like(cond, null_class)`` for class-label conditioning."""
+    def fn(cond: Tensor | None) -> Tensor | None:
+        return None if cond is None else cond.new_full(cond.shape, null_class)
+    return fn
+
+
+def build_denoiser(net_cfg: dict[str, Any], prediction: str = "velocity",
+                   time_input: str = "sigma", null_class: int | None = None) -> NetworkDenoiser:
+    """A :class:`NetworkDenoiser` around :func:`build_network` (weights uninitialised)."""
+    net = build_network(net_cfg)
+    nc = label_null_cond(null_class) if null_class is not None else None
+    return NetworkDenoiser(net, prediction=prediction, time_input=time_input,  # type: ignore[arg-type]
+                           null_cond=nc)

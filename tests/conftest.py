@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny teachers trained once per test session (seconds on a CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewstep.teacher import NetworkConfig, TeacherConfig, train_teacher
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _train(tmp: Path, name: str, **kw) -> Path:
+    path = tmp / f"{name}.safetensors"
+    cfg = TeacherConfig(network=NetworkConfig(hidden=64, depth=2, emb=32), batch_size=256,
+                        warmup=50, **kw)
+    train_teacher(cfg, path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small velocity teacher on the 2-D checkerboard (800 steps, ~10 s)."""
+    return _train(tmp_path_factory.mktemp("teachers"), "checkerboard", data="checkerboard",
+                  steps=800)
+
+
+@pytest.fixture(scope="session")
+def digits_teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small class-conditional velocity teacher on digits (300 steps: fit, not quality)."""
+    return _train(tmp_path_factory.mktemp("teachers"), "digits", data="digits", steps=300)
+
+
+@pytest.fixture(scope="session")
+def toy_eps_teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same toy teacher trained with epsilon prediction (singular x0 at sigma = 1)."""
+    return _train(tmp_path_factory.mktemp("teachers"), "checkerboard_eps", data="checkerboard",
+                  steps=800, prediction="epsilon")
+
+
+@pytest.fixture
+def toy_distill(toy_teacher_path: Path, tmp_path: Path):
+    """``run(method, K=2, **sections) -> {"init", "trained", "teacher"}``: train ``method``
+    briefly through the :class:`~fewstep.distill.trainer.Trainer` on the checkerboard and return
+    the SWD to held-out data of the student before / after training and of the teacher's naive
+    K-step Euler sampler, all from the same evaluation noise (``fewstep.evaluation``)."""
+    import copy
+
+    from fewstep.config import validate
+    from fewstep.distill.config import DistillConfig
+    from fewstep.distill.trainer import Trainer
+    from fewstep.evaluation import evaluate_samplers
+
+    def run(method: str, num_steps: int = 2, **sections: dict) -> dict[str, float]:
+        data = {"method": method, "data": "checkerboard",
+                "teacher": {"path": str(toy_teacher_path)},
+                "student": {"num_steps": num_steps},
+                "cache": {"dir": str(tmp_path / "cache"), "size": 2048, "shard_size": 2048},
+                "train": {"iterations": 150, "batch_size": 256, "lr": 3e-4, "ema_decay": 0.9}}
+        for k, v in sections.items():
+            data[k] = {**data.get(k, {}), **v}
+        torch.manual_seed(0)
+        tr = Trainer(validate(DistillConfig, data), tmp_path / f"run_{method}", progress=False)
+        init = copy.deepcopy(tr.student).eval()
+        student = tr.train()
+        k = num_steps
+        names = [f"teacher_{k}", f"student_{k}"]
+        before, _ = evaluate_samplers(tr.problem, names, tr.teacher, student=init)
+        after, _ = evaluate_samplers(tr.problem, names, tr.teacher, student=student)
+        out = {"init": before[f"student_{k}"]["swd"], "trained": after[f"student_{k}"]["swd"],
+               "teacher": before[f"teacher_{k}"]["swd"]}
+        print(f"{method} K={k}: swd {out}")
+        return out
+
+    return run

@@ -1,0 +1,138 @@
+"""PerStepLoRA: shared frozen base, one adapter per step, gradients through both steps."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from da_helpers import latents
+from torch import nn
+
+from fewstep.lora import PerStepLoRA, find_lora_targets
+from fewstep.diffusers_adapters.zimage import ZIMAGE_LORA_TARGETS
+from fewstep.samplers import sample
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.SiLU(), nn.Linear(16, 16), nn.SiLU(),
+                         nn.Linear(16, 6))
+
+
+def _randomise_lora_b(lora: PerStepLoRA) -> None:
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for k in range(lora.num_steps):
+            for n, p in lora.named_step_parameters(k):
+                if ".lora_B." in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def _assert_step_grads(lora: PerStepLoRA) -> None:
+    for k in range(lora.num_steps):
+        named = list(lora.named_step_parameters(k))
+        assert any(".lora_A." in n for n, _ in named) and any(".lora_B." in n for n, _ in named)
+        for n, p in named:
+            assert p.grad is not None, f"step {k}: {n} got no gradient"
+            assert p.grad.abs().sum() > 0, f"step {k}: {n} has a zero gradient"
+
+
+def _assert_disjoint_and_frozen(lora: PerStepLoRA) -> None:
+    ids = [{id(p) for p in lora.step_parameters(k)} for k in range(lora.num_steps)]
+    for a in range(len(ids)):
+        for b in range(a + 1, len(ids)):
+            assert not ids[a] & ids[b]
+    base = lora.base_parameters()
+    assert base and all(not p.requires_grad and p.grad is None for p in base)
+    assert not {id(p) for p in base} & set().union(*ids)
+    trainable = {id(p) for p in lora.parameters() if p.requires_grad}
+    assert trainable == set().union(*ids)
+
+
+def test_mlp_end_to_end_gradients_reach_both_steps():
+    lora = PerStepLoRA(_mlp(), num_steps=2, rank=4)
+    _randomise_lora_b(lora)
+    x = torch.randn(5, 6)
+    out = lora.step_forward(1, lora.step_forward(0, x))
+    out.sum().backward()
+    _assert_step_grads(lora)
+    _assert_disjoint_and_frozen(lora)
+    assert lora.active_step is None
+
+
+def test_naive_peft_switching_drops_gradients():
+    """The pitfall PerStepLoRA works around: peft's set_adapter freezes inactive adapters."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    lora = PerStepLoRA(_mlp(), num_steps=2, rank=4)
+    _randomise_lora_b(lora)
+    layers = [m for m in lora.base.modules() if isinstance(m, BaseTunerLayer)]
+    for m in layers:
+        m.set_adapter("step0")
+    h = lora.base(torch.randn(5, 6))
+    for m in layers:
+        m.set_adapter("step1")
+    lora.base(h).sum().backward()
+    assert all(p.grad is None for p in lora.step_parameters(0))
+
+
+def test_steps_start_at_base_and_switching_restores():
+    base = _mlp()
+    ref = copy.deepcopy(base)
+    lora = PerStepLoRA(base, num_steps=3, rank=2)
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        for k in (None, 0, 1, 2):
+            torch.testing.assert_close(lora(k, x), ref(x))  # lora_B = 0 at init
+        _randomise_lora_b(lora)
+        outs = [lora(k, x) for k in range(3)]
+        assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
+        torch.testing.assert_close(lora(None, x), ref(x))
+        with lora.use_step(2):
+            with lora.use_step(0):
+                torch.testing.assert_close(lora.base(x), outs[0])
+            assert lora.active_step == 2
+            torch.testing.assert_close(lora.base(x), outs[2])
+    assert lora.active_step is None
+    lora.set_trainable(1, False)
+    lora(0, x)  # a switch must keep the user's choice
+    assert all(not p.requires_grad for p in lora.step_parameters(1))
+    assert all(p.requires_grad for p in lora.step_parameters(0))
+
+
+def test_target_discovery_and_rank_errors(zden):
+    names = find_lora_targets(zden, ZIMAGE_LORA_TARGETS)
+    assert any(n.endswith("attention.to_out.0") for n in names)
+    assert any(n.endswith("feed_forward.w2") for n in names)
+    assert not any("adaLN" in n or "t_embedder" in n for n in names)
+    with pytest.raises(ValueError, match="exceeds the dimension of layer"):
+        PerStepLoRA(copy.deepcopy(zden), num_steps=2, rank=64, target_modules=ZIMAGE_LORA_TARGETS)
+    with pytest.raises(ValueError, match=r"no nn\.Linear layer"):
+        find_lora_targets(_mlp(), ["does_not_exist"])
+    assert find_lora_targets(_mlp(), ["re:[02]"]) == ["0", "2"]
+
+
+def _zimage_two_step_grads(zden, cond, checkpointing: bool):
+    den = copy.deepcopy(zden)
+    torch.manual_seed(0)  # lora_A init draws from the global RNG
+    lora = PerStepLoRA(den, num_steps=2, rank=4, target_modules=ZIMAGE_LORA_TARGETS)
+    _randomise_lora_b(lora)
+    if checkpointing:
+        den.set_gradient_checkpointing(True, lora.checkpoint_fn)
+    noise = latents(seed=7)
+    traj = sample(lora.step_fn(), noise, cond, [1.0, 0.5], transition_mode="ddim")
+    traj.sample.square().mean().backward()  # loss on step 2 only
+    _assert_step_grads(lora)
+    _assert_disjoint_and_frozen(lora)
+    return traj.sample.detach(), {n: p.grad.clone() for k in range(2)
+                                  for n, p in lora.named_step_parameters(k)}
+
+
+def test_zimage_end_to_end_gradients_with_and_without_checkpointing(zden, prompt_cond):
+    out0, g0 = _zimage_two_step_grads(zden, prompt_cond, checkpointing=False)
+    out1, g1 = _zimage_two_step_grads(zden, prompt_cond, checkpointing=True)
+    torch.testing.assert_close(out0, out1)
+    assert g0.keys() == g1.keys()
+    for n in g0:
+        torch.testing.assert_close(g0[n], g1[n], rtol=1e-4, atol=1e-7)

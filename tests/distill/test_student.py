@@ -1,0 +1,80 @@
+"""Step decoupling and end-to-end gradients of the K-step student."""
+
+import pytest
+import torch
+
+from fewstep.distill.student import Student, unroll_to_step
+from fewstep.networks.registry import build_denoiser
+
+
+def _teacher():
+    torch.manual_seed(0)
+    den = build_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 32, "depth": 2,
+                          "emb": 16})
+    for p in den.parameters():  # make the zero-initialised output layer non-trivial
+        torch.nn.init.normal_(p, std=0.1)
+    return den.requires_grad_(False)
+
+
+def _loss_and_grads(student, end_to_end=True):
+    noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+    traj = student.generate(noise, None, generator=torch.Generator().manual_seed(2),
+                            detach_between_steps=not end_to_end)
+    student.zero_grad(set_to_none=True)
+    traj.sample.pow(2).sum().backward()
+    return [[p.grad for p in student.step_parameters(k)] for k in range(student.num_steps)]
+
+
+@pytest.mark.parametrize("param", ["decoupled", "lora"])
+def test_end_to_end_gradient_reaches_step_one(param):
+    st = Student(_teacher(), torch.tensor([1.0, 0.5]), param, lora_rank=4)
+    if param == "lora":  # lora_B starts at 0: give it values so lora_A receives gradient too
+        for k in range(2):
+            for p in st.step_parameters(k):
+                torch.nn.init.normal_(p, std=0.05)
+    grads = _loss_and_grads(st, end_to_end=True)
+    for k in range(2):
+        assert grads[k] and all(g is not None and g.abs().sum() > 0 for g in grads[k]), k
+
+
+@pytest.mark.parametrize("param", ["decoupled", "lora"])
+def test_detached_transition_blocks_step_one(param):
+    st = Student(_teacher(), torch.tensor([1.0, 0.5]), param, lora_rank=4)
+    grads = _loss_and_grads(st, end_to_end=False)
+    assert all(g is None or g.abs().sum() == 0 for g in grads[0])
+    assert any(g is not None and g.abs().sum() > 0 for g in grads[1])
+
+
+def test_decoupled_steps_have_disjoint_parameters_and_start_equal_to_teacher():
+    t = _teacher()
+    st = Student(t, torch.tensor([1.0, 0.5]), "decoupled")
+    a, b = ({id(p) for p in st.step_parameters(k)} for k in range(2))
+    assert a and b and not a & b
+    x, s = torch.randn(4, 2), torch.full((4,), 0.7)
+    torch.testing.assert_close(st(0, x, s), t(x, s))
+    torch.testing.assert_close(st(1, x, s), t(x, s))
+
+
+def test_lora_steps_disjoint_trainable_and_base_frozen():
+    st = Student(_teacher(), torch.tensor([1.0, 0.5]), "lora", lora_rank=4)
+    a, b = ({id(p) for p in st.step_parameters(k)} for k in range(2))
+    assert a and b and not a & b
+    trainable = {id(p) for p in st.parameters() if p.requires_grad}
+    assert trainable == a | b  # everything else (the shared base) is frozen
+
+
+def test_shared_student_uses_one_parameter_set():
+    st = Student(_teacher(), torch.tensor([1.0, 0.5]), "shared")
+    assert [id(p) for p in st.step_parameters(0)] == [id(p) for p in st.step_parameters(1)]
+
+
+def test_unroll_to_step_only_last_step_has_graph():
+    st = Student(_teacher(), torch.tensor([1.0, 0.6, 0.3]), "decoupled")
+    x, sigma, x0 = unroll_to_step(st, torch.randn(8, 2), None, 2,
+                                  torch.Generator().manual_seed(0))
+    assert not x.requires_grad and x0.requires_grad
+    assert torch.allclose(sigma, torch.full((8,), 0.3))
+    x0.sum().backward()
+    assert all(p.grad is None for p in st.step_parameters(0))
+    assert all(p.grad is None for p in st.step_parameters(1))
+    assert any(p.grad is not None for p in st.step_parameters(2))

@@ -1,0 +1,81 @@
+"""Helpers for the reliability tests: tiny distillation configs and CLI / subprocess runners."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewstep.distill.config import DistillConfig
+from fewstep.io import load_tensors
+
+#: run ``python -m fewstep.distill`` with one torch thread (the machine's cores are shared)
+SUBPROCESS_MAIN = ("import sys, torch; torch.set_num_threads(1); "
+                   "from fewstep.distill.__main__ import main; sys.exit(main(sys.argv[1:]))")
+
+
+def tiny_config(teacher: Path, cache_dir: Path, **train: Any) -> dict[str, Any]:
+    """A Turbo++ config on the checkerboard that trains in a few seconds."""
+    t = {"iterations": 8, "batch_size": 32, "ckpt_every": 2, "log_every": 1, "keep_last": 3}
+    t.update(train)
+    return {"data": "checkerboard", "method": "turbo_pp", "teacher": {"path": str(teacher)},
+            "cache": {"dir": str(cache_dir), "size": 256, "shard_size": 128},
+            "train": t, "eval": {"num_samples": 10}}
+
+
+def tiny_distill_config(teacher: Path, cache_dir: Path, **train: Any) -> DistillConfig:
+    return DistillConfig.model_validate(tiny_config(teacher, cache_dir, **train))
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def start_distill(args: list[str], log: Path) -> subprocess.Popen:
+    """Start ``python -m fewstep.distill ARGS`` (one thread) with stdout+stderr to ``log``."""
+    f = log.open("ab")
+    return subprocess.Popen([sys.executable, "-c", SUBPROCESS_MAIN, *args], stdout=f,
+                            stderr=subprocess.STDOUT, env=subprocess_env())
+
+
+def max_logged_step(run_dir: Path) -> int:
+    """Largest step in ``losses.jsonl`` (torn lines ignored); 0 if none."""
+    path = run_dir / "losses.jsonl"
+    best = 0
+    if path.exists():
+        for line in path.read_bytes().splitlines():
+            try:
+                best = max(best, int(json.loads(line)["step"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return best
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_tensors(path)[0]
+
+
+def assert_same_tensors(a: Path, b: Path) -> None:
+    ta, tb = tensors(a), tensors(b)
+    assert sorted(ta) == sorted(tb)
+    diff = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not diff, f"{len(diff)} tensors differ between {a} and {b}, e.g. {diff[:5]}"
+
+
+def flip_byte(path: Path, offset_from_end: int) -> None:
+    """Invert one byte counted from the end of the file (inside the tensor data)."""
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path, keep_fraction: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
