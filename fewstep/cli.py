@@ -34,7 +34,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except FewstepError as e:
-            typer.echo(f"error: {e}", err=True)
+            typer.echo("error: " + " ".join(str(e).split()), err=True)
             raise typer.Exit(2) from None
     return wrapper  # type: ignore[return-value]
 
@@ -150,6 +150,36 @@ def eval_cmd(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     typer.echo(text)
+
+
+@app.command("distill")
+@user_errors
+def distill_cmd(
+    config: Annotated[Path | None, typer.Option(help="YAML DistillConfig (see fewstep/presets)")
+                      ] = None,
+    overrides: Overrides = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/<method>_<data>)")
+                   ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the newest good checkpoint")
+                      ] = False,
+    preset: Annotated[str | None, typer.Option(help="a shipped preset name instead of --config")
+                      ] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Distill a teacher into a few-step student (any recipe: see the config's ``method``)."""
+    from fewstep.distill.run import TrainingInterrupted, run_distill
+    from fewstep.presets import preset_path
+
+    if preset is not None:
+        if config is not None:
+            raise typer.BadParameter("give --config or --preset, not both")
+        config = preset_path(preset)
+    try:
+        trainer = run_distill(config, overrides or [], out, resume, progress=not quiet)
+    except TrainingInterrupted as e:
+        typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(143) from None
+    typer.echo(f"wrote {trainer.run_dir / 'student.safetensors'}")
 
 
 @app.command("demo")

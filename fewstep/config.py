@@ -67,6 +67,14 @@ def validate(model: type[M], data: dict[str, Any], source: str = "config") -> M:
         raise ConfigError(f"invalid {source}: {format_validation_error(e)}") from None
 
 
+def yaml_reason(err: yaml.YAMLError) -> str:
+    """A YAML error as one line: ``problem at line L, column C``."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"a.b=3"`` -> (["a", "b"], 3); the value is parsed as YAML (numbers, bools, lists)."""
     if "=" not in item:
@@ -77,7 +85,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({yaml_reason(e)})"
+                          ) from None
     return key.split("."), value
 
 
@@ -107,7 +116,7 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        raise ConfigError(f"{p} is not valid YAML: {yaml_reason(e)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -75,9 +75,11 @@ class NetworkDenoiser(Denoiser):
                  null_cond: Callable[[Any], Any] | None = None) -> None:
         super().__init__()
         if prediction not in ("velocity", "neg_velocity", "epsilon", "x0"):
-            raise ValueError(f"prediction must be velocity|neg_velocity|epsilon|x0, got {prediction!r}")
+            raise ValueError("prediction must be velocity|neg_velocity|epsilon|x0, "
+                             f"got {prediction!r}")
         if time_input not in _TIME_INPUTS:
-            raise ValueError(f"time_input must be one of {sorted(_TIME_INPUTS)}, got {time_input!r}")
+            raise ValueError(f"time_input must be one of {sorted(_TIME_INPUTS)}, "
+                             f"got {time_input!r}")
         self.net = net
         self.prediction = prediction
         self.time_input = time_input

@@ -114,7 +114,8 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
     noise_b, cond_b = eval_noise(problem, num_samples, seed + 1, device)
     t8 = SamplerSpec("teacher", 8)
     teacher_ref, _, _ = run_sampler(t8, noise_b, cond_b, teacher, teacher_w, teacher_shift)
-    teacher_same, _, _ = run_sampler(t8, noise, cond, teacher, teacher_w, teacher_shift)
+    same = run_sampler(t8, noise, cond, teacher, teacher_w, teacher_shift)
+    teacher_same = same[0]
     if not problem.is_toy:
         if classifier is None:
             from fewstep.metrics.classifier import load_default_classifier
@@ -124,8 +125,11 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
     results: dict[str, dict[str, float]] = {}
     samples: dict[str, Tensor] = {}
     for spec in specs:
-        x, secs, nfe = run_sampler(spec, noise, cond, teacher, teacher_w, teacher_shift, student,
-                                   seed=seed + 7)
+        if spec == t8:  # deterministic and already run from this noise: reuse it
+            x, secs, nfe = same
+        else:
+            x, secs, nfe = run_sampler(spec, noise, cond, teacher, teacher_w, teacher_shift,
+                                       student, seed=seed + 7)
         samples[spec.name] = x
         if problem.is_toy:
             m = evaluate_toy(x, ref, problem.name)

@@ -102,7 +102,9 @@ def load_tensors(path: str | os.PathLike[str], kind: str | None = None,
         raise CheckpointError(f"{path} holds {meta.get('fewstep_kind')!r}, expected {kind!r}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            # clone: get_tensor may return memory-mapped views, which would change (or fault)
+            # if the file were rewritten in place after its checksum was verified
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118
     except Exception as e:
         raise CheckpointError(f"{path} is truncated or corrupted ({e})") from None
     want = meta.get("sha256")
@@ -129,6 +131,7 @@ def load_state_into(module: torch.nn.Module, state: Mapping[str, Tensor], source
             parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
         if shape:
             k = shape[0]
-            parts.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+            parts.append(f"shape of {k}: file {tuple(state[k].shape)} vs model "
+                         f"{tuple(own[k].shape)}")
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
     module.load_state_dict(state)

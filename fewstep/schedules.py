@@ -38,7 +38,8 @@ def student_sigmas(num_steps: int, teacher_steps: int = 8, shift: float = 1.0,
         if len(custom) != num_steps:
             raise ValueError(f"custom sigmas has {len(custom)} entries, expected {num_steps}")
         if abs(custom[0] - 1.0) > 1e-6 or not bool((s[1:] < s[:-1]).all()) or s[-1] <= 0:
-            raise ValueError(f"custom sigmas must start at 1 and decrease strictly in (0, 1]: {custom}")
+            raise ValueError("custom sigmas must start at 1 and decrease strictly in (0, 1]: "
+                             f"{custom}")
         return s
     if teacher_steps % num_steps == 0:
         return teacher_sigmas(teacher_steps, shift)[:-1:teacher_steps // num_steps].clone()

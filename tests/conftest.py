@@ -37,7 +37,7 @@ def digits_teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def toy_eps_teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same toy teacher trained with epsilon prediction (singular x0 at sigma = 1)."""
     return _train(tmp_path_factory.mktemp("teachers"), "checkerboard_eps", data="checkerboard",
-                  steps=800, prediction="epsilon")
+                  steps=400, prediction="epsilon")
 
 
 @pytest.fixture

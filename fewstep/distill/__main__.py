@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error (already printed as one line)
+        return int(e.code or 0)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s")
     from fewstep.distill.run import TrainingInterrupted, run_distill
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = run_distill(args.config, args.overrides, args.out, args.resume,
                               progress=not args.quiet)
     except FewstepError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         return EXIT_USER_ERROR
     except TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)

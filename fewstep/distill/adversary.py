@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from fewstep.distill.losses import GanLoss, d_loss, g_loss
 from fewstep.path import FlowPath
@@ -36,7 +37,8 @@ class Adversary(nn.Module):
 
     def logits(self, x: Tensor, cond: Any, generator: torch.Generator | None) -> Tensor:
         xs, sigma = self.renoise(x, generator)
-        return self.disc(xs, sigma, cond)
+        with record_function("discriminator"):
+            return self.disc(xs, sigma, cond)
 
     def discriminator_loss(self, real: Tensor, real_cond: Any, fake: Tensor, fake_cond: Any,
                            generator: torch.Generator | None = None) -> tuple[Tensor, dict]:

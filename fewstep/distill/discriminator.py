@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from fewstep.denoiser import Denoiser
 from fewstep.networks.mlp import FourierTime, ResMLP
@@ -63,7 +64,8 @@ class TeacherFeatureDiscriminator(nn.Module):
                                    for i in self.layers)
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
-        feats = self._teacher[0].features(x, sigma, cond)
+        with record_function("teacher_forward"):
+            feats = self._teacher[0].features(x, sigma, cond)
         labels = _labels(cond)
         logits = [head(feats[i], sigma, labels) for head, i in zip(self.heads, self.layers,
                                                                       strict=True)]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from fewstep.denoiser import Denoiser
 from fewstep.distill.discriminator import FeatureHead, _labels
@@ -46,16 +47,19 @@ class FakeScore(nn.Module):
             self.head = FeatureHead(dim, 128, num_classes)
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
-        return self.den(x, sigma, cond)
+        with record_function("fake_score"):
+            return self.den(x, sigma, cond)
 
     def guided(self, x: Tensor, sigma: Tensor, cond: Any, w: float) -> Tensor:
         """CFG on the fake score (``w = 0`` drops the condition: Zero-CFG)."""
-        return self.den.guided(x, sigma, cond, w)
+        with record_function("fake_score"):
+            return self.den.guided(x, sigma, cond, w)
 
     def logits(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         if self.head is None:
             raise RuntimeError("this fake score network has no GAN head")
-        return self.head(self.den.features(x, sigma, cond)[-1], sigma, _labels(cond))
+        with record_function("fake_score"):
+            return self.head(self.den.features(x, sigma, cond)[-1], sigma, _labels(cond))
 
     def noised_logits(self, x: Tensor, sigma: Tensor, cond: Any = None,
                       generator: torch.Generator | None = None) -> Tensor:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from fewstep.denoiser import Denoiser
 from fewstep.distill.fake_score import FakeScore
@@ -40,7 +41,8 @@ class DistributionMatching(nn.Module):
         eps = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
         with torch.no_grad():
             xt = FlowPath.add_noise(x.detach(), eps, sigma)
-            real = self._teacher[0].guided(xt, sigma, cond, self.cfg_scale)
+            with record_function("teacher_forward"):
+                real = self._teacher[0].guided(xt, sigma, cond, self.cfg_scale)
             fake = self.fake(xt, sigma, cond)
             grad = dmd_gradient(x.detach(), real, fake)
         return dmd_loss(x, grad), grad

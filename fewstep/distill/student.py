@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from fewstep.denoiser import Denoiser
 from fewstep.samplers import Trajectory, Transition, sample
@@ -56,8 +57,7 @@ class Student(nn.Module):
         elif parameterization == "lora":
             from fewstep.lora import PerStepLoRA
 
-            if lora_targets is None:  # the network's own default, else every nn.Linear
-                lora_targets = getattr(getattr(teacher, "net", None), "lora_targets", None)
+            lora_targets = resolve_lora_targets(teacher, lora_targets)
             self.lora = PerStepLoRA(copy.deepcopy(teacher), num_steps=k, rank=lora_rank,
                                     alpha=lora_alpha, target_modules=lora_targets)
             self.steps = nn.ModuleList()
@@ -80,10 +80,11 @@ class Student(nn.Module):
         """``x0_hat = G_k(x, sigma, cond)``; ``x`` is ``(B, ...)``, ``sigma`` is ``(B,)``."""
         if not 0 <= k < self.num_steps:
             raise IndexError(f"step {k} out of range for a {self.num_steps}-step student")
-        if self.lora is not None:
-            with self.lora.use_step(k):
-                return self.lora.base(x, sigma, cond)
-        return self.step_denoiser(k)(x, sigma, cond)
+        with record_function("student_forward"):
+            if self.lora is not None:
+                with self.lora.use_step(k):
+                    return self.lora.base(x, sigma, cond)
+            return self.step_denoiser(k)(x, sigma, cond)
 
     def step_parameters(self, k: int) -> Iterator[nn.Parameter]:
         """Trainable parameters that step ``k`` owns (shared ones for ``shared``)."""
@@ -99,6 +100,15 @@ class Student(nn.Module):
         return sample(self, noise, cond, self.sigmas, self.transition, step_noises=step_noises,
                       generator=generator, stop_after=num_steps,
                       detach_between_steps=detach_between_steps)
+
+
+def resolve_lora_targets(teacher: nn.Module, targets: list[str] | None) -> list[str] | None:
+    """``targets``, or the wrapped network's ``lora_targets`` default, or ``None`` (all
+    ``nn.Linear`` layers)."""
+    if targets is not None:
+        return targets
+    default = getattr(getattr(teacher, "net", teacher), "lora_targets", None)
+    return None if default is None else list(default)
 
 
 def _trainable_copy(m: Denoiser) -> Denoiser:

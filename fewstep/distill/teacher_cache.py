@@ -104,12 +104,23 @@ class TeacherCache:
             out["cond"] = ids
         return out
 
-    def _shard_ok(self, i: int) -> bool:
+    def load_shard(self, i: int) -> dict[str, Tensor]:
+        """Shard ``i``, verified: checksum, kind, and that it is shard ``i`` of *this* cache
+        (a valid shard copied from another index or cache is rejected) with the right size.
+        Raises :class:`CheckpointError`."""
         p = self.shard_path(i)
-        if not p.exists():
+        tensors, config = load_tensors(p, kind="teacher_cache_shard")
+        if config != {"index": i, **self.spec}:
+            raise CheckpointError(f"{p} is not shard {i} of this cache (its settings differ)")
+        if not tensors or any(t.shape[0] != self.shard_size for t in tensors.values()):
+            raise CheckpointError(f"{p} does not hold {self.shard_size} entries")
+        return tensors
+
+    def _shard_ok(self, i: int) -> bool:
+        if not self.shard_path(i).exists():
             return False
         try:
-            load_tensors(p, kind="teacher_cache_shard")
+            self.load_shard(i)
             return True
         except CheckpointError as e:
             log.warning("teacher cache: %s; regenerating shard %d", e, i)
@@ -128,6 +139,5 @@ class TeacherCache:
     def load(self, progress: bool = True) -> dict[str, Tensor]:
         """Build what is missing, then return all entries concatenated (first ``size``)."""
         self.build(progress)
-        parts = [load_tensors(self.shard_path(i), kind="teacher_cache_shard")[0]
-                 for i in range(self.num_shards)]
+        parts = [self.load_shard(i) for i in range(self.num_shards)]
         return {k: torch.cat([p[k] for p in parts])[:self.size] for k in parts[0]}

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from fewstep.assets import teacher_path
@@ -103,10 +104,11 @@ def build_student(teacher: Denoiser, cfg: DistillConfig, teacher_shift: float) -
 
 def check_lora(teacher: nn.Module, rank: int, targets: list[str] | None) -> None:
     """:class:`ConfigError` naming ``student.lora_*`` if the LoRA settings do not fit."""
+    from fewstep.distill.student import resolve_lora_targets
     from fewstep.lora import find_lora_targets
 
     try:
-        find_lora_targets(teacher, targets, rank)
+        find_lora_targets(teacher, resolve_lora_targets(teacher, targets), rank)
     except ValueError as e:
         field = "student.lora_rank" if "rank" in str(e) else "student.lora_targets"
         raise ConfigError(f"{field}: {e}") from None
@@ -121,6 +123,7 @@ def _lr_warmup(steps: int) -> Callable[[int], float]:
 RESUME_MUTABLE = ("train.iterations", "train.log_every", "train.sample_every",
                   "train.ckpt_every", "train.keep_last", "train.on_divergence",
                   "train.rollback_lr_factor", "train.max_rollbacks", "train.device",
+                  "train.compile",
                   "teacher.path", "cache.dir", "eval.")
 
 
@@ -193,10 +196,14 @@ class Trainer:
                                   self.device, self.gen, example, example_cond)
         self.method: DistillMethod = method_class(cfg.method)(self.ctx).to(self.device)
         t = cfg.train
+        fast = adamw_options(self.device)
         self.opt_g = torch.optim.AdamW([p for p in self.student.parameters() if p.requires_grad],
-                                       lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+                                       lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, **fast)
         groups = self.method.aux_parameter_groups()
-        self.opt_aux = torch.optim.AdamW(groups, lr=t.lr, betas=t.betas) if groups else None
+        self.opt_aux = torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, **fast) \
+            if groups else None
+        if t.compile:
+            compile_student(self.student)
         lam = torch.optim.lr_scheduler.LambdaLR
         self.sched_g = lam(self.opt_g, _lr_warmup(t.lr_warmup))
         self.sched_aux = lam(self.opt_aux, _lr_warmup(t.lr_warmup)) if self.opt_aux else None
@@ -363,15 +370,17 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _check_finite(self, logs: dict[str, Tensor], params: Iterator[nn.Parameter],
-                      phase: str) -> None:
+                      phase: str, total_norm: Tensor | None = None) -> None:
         # ``self.step + 1``: the update being computed, as numbered in losses.jsonl / checkpoints
         for k, v in logs.items():
             if not torch.isfinite(v).all():
                 raise DivergenceError(f"{phase} loss term {k!r} is {v.float().mean().item()} at "
                                       f"step {self.step + 1}")
-        names = {id(p): n for n, p in self._named_trainable()}
+        if total_norm is not None and bool(torch.isfinite(total_norm)):
+            return  # a finite total gradient norm means every gradient is finite
         for p in params:
             if p.grad is not None and not torch.isfinite(p.grad).all():
+                names = {id(q): n for n, q in self._named_trainable()}
                 terms = ", ".join(logs) or "total"
                 raise DivergenceError(
                     f"{phase} gradient of {names.get(id(p), 'a parameter')!r} is not finite at "
@@ -396,33 +405,39 @@ class Trainer:
         if self.opt_aux is not None:
             self._set_aux_grad(True)
             for _ in range(t.aux_ratio):
-                batch = self.next_batch()
-                with self._autocast():
-                    out = self.method.aux_loss(batch, self.step)
-                if out is None:
-                    break
-                loss, al = out
-                self.opt_aux.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [p for g in self.opt_aux.param_groups for p in g["params"]]
-                self._check_finite(al, iter(params), "auxiliary")
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip * 10)
-                self.opt_aux.step()
+                with record_function("aux"):
+                    batch = self.next_batch()
+                    with self._autocast():
+                        out = self.method.aux_loss(batch, self.step)
+                    if out is None:
+                        break
+                    loss, al = out
+                    self.opt_aux.zero_grad(set_to_none=True)
+                    loss.backward()
+                    params = [p for g in self.opt_aux.param_groups for p in g["params"]]
+                    norm = _grad_norm(params)
+                    self._check_finite(al, iter(params), "auxiliary", norm)
+                    torch.nn.utils.clip_grads_with_norm_(params, t.grad_clip * 10, norm)
+                    self.opt_aux.step()
                 logs.update({k: v.detach() for k, v in al.items()})
             self._set_aux_grad(False)
-        batch = self.next_batch()
-        with self._autocast():
-            loss, gl = self.method.generator_loss(batch, self.step)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for g in self.opt_g.param_groups for p in g["params"]]
-        self._check_finite(gl, iter(params), "generator")
-        gnorm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-        self.opt_g.step()
-        self.sched_g.step()
-        if self.sched_aux is not None:
-            self.sched_aux.step()
-        self._update_ema()
+        with record_function("generator_forward"):
+            batch = self.next_batch()
+            with self._autocast():
+                loss, gl = self.method.generator_loss(batch, self.step)
+        with record_function("generator_backward"):
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("optimizer"):
+            params = [p for g in self.opt_g.param_groups for p in g["params"]]
+            gnorm = _grad_norm(params)
+            self._check_finite(gl, iter(params), "generator", gnorm)
+            torch.nn.utils.clip_grads_with_norm_(params, t.grad_clip, gnorm)
+            self.opt_g.step()
+            self.sched_g.step()
+            if self.sched_aux is not None:
+                self.sched_aux.step()
+            self._update_ema()
         self.step += 1
         logs.update({k: v.detach() for k, v in gl.items()})
         logs["grad_norm"] = gnorm.detach()
@@ -431,9 +446,11 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         d = self.cfg.train.ema_decay
-        for pe, p in zip(self.ema.parameters(), self.student.parameters(), strict=True):
-            if p.requires_grad:
-                pe.lerp_(p.detach(), 1.0 - d)
+        pairs = [(pe, p.detach()) for pe, p in zip(self.ema.parameters(),
+                                                    self.student.parameters(), strict=True)
+                 if p.requires_grad]
+        if pairs:  # one multi-tensor op; element-wise identical to ``pe.lerp_(p, 1 - d)``
+            torch._foreach_lerp_([a for a, _ in pairs], [b for _, b in pairs], 1.0 - d)
 
     def train(self) -> Student:
         """Run (or resume) training; returns the EMA student."""
@@ -540,6 +557,30 @@ class Trainer:
         x = self.ema.generate(noise, cond, generator=g).sample
         save_grid(self.run_dir / "samples" / f"{tag}.png", x, nrow=10,
                   title=f"{self.cfg.method} step {self.step}")
+
+
+def _grad_norm(params: list[nn.Parameter]) -> Tensor:
+    """Total 2-norm of the gradients (what ``clip_grad_norm_`` computes); non-finite iff some
+    gradient is (or the norm overflows)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+
+def adamw_options(device: torch.device) -> dict[str, bool]:
+    """``{"fused": True}`` where PyTorch has a fused AdamW kernel for ``device`` (CPU and CUDA:
+    one kernel per tensor instead of ~10 ops; ~4x faster steps on CPU), else ``{}``."""
+    try:
+        torch.optim.AdamW([nn.Parameter(torch.zeros(1, device=device))], fused=True)
+    except (RuntimeError, ValueError):
+        return {}
+    return {"fused": True}
+
+
+def compile_student(student: Student) -> None:
+    """``torch.compile`` every step module in place (state-dict keys unchanged)."""
+    mods = [student.lora.base] if student.lora is not None else list(student.steps)
+    for m in mods:
+        m.compile()
 
 
 def _read_history(path: Path, upto: int) -> list[dict[str, float]]:

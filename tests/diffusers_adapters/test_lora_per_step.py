@@ -9,8 +9,8 @@ import torch
 from da_helpers import latents
 from torch import nn
 
-from fewstep.lora import PerStepLoRA, find_lora_targets
 from fewstep.diffusers_adapters.zimage import ZIMAGE_LORA_TARGETS
+from fewstep.lora import PerStepLoRA, find_lora_targets
 from fewstep.samplers import sample
 
 

@@ -10,8 +10,8 @@ import torch
 from da_helpers import latents
 
 from fewstep.diffusers_adapters.export import load_student, resolve_builder, save_student
-from fewstep.lora import PerStepLoRA
 from fewstep.diffusers_adapters.zimage import ZIMAGE_LORA_TARGETS, ZImageDenoiser
+from fewstep.lora import PerStepLoRA
 from fewstep.networks.mlp import ResMLP
 from fewstep.samplers import sample
 

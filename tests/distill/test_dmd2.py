@@ -34,10 +34,10 @@ def _batch(n: int = 16) -> Batch:
 
 def test_backward_simulation_draws_every_step_uniformly():
     ctx = _ctx()
-    ks = [backward_simulate(ctx.student, torch.randn(2, 2), None, ctx.generator)[0]
-          for _ in range(600)]
+    ks = [backward_simulate(ctx.student, torch.randn(1, 2), None, ctx.generator)[0]
+          for _ in range(240)]
     counts = torch.bincount(torch.tensor(ks), minlength=3)
-    assert counts.min() > 150, counts
+    assert counts.min() > 50, counts  # expected 80 each
 
 
 def test_generator_gradient_reaches_only_step_k(monkeypatch):
@@ -51,7 +51,8 @@ def test_generator_gradient_reaches_only_step_k(monkeypatch):
     loss.backward()
     assert int(logs["step_k"]) == 2
     for k in range(3):
-        got = [p.grad is not None and p.grad.abs().sum() > 0 for p in ctx.student.step_parameters(k)]
+        got = [p.grad is not None and p.grad.abs().sum() > 0
+               for p in ctx.student.step_parameters(k)]
         assert any(got) == (k == 2), k
 
 

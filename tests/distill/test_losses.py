@@ -20,7 +20,8 @@ def _fixed(seed: int, *shape: int) -> torch.Tensor:
 
 def _omega(x_g, f_r):
     """Independent SiD normaliser: 1 / mean|x_g - f_r| per sample, clipped at 1e-5."""
-    return torch.tensor([1.0 / max((a - b).abs().mean().item(), 1e-5) for a, b in zip(x_g, f_r)])
+    pairs = zip(x_g, f_r, strict=True)
+    return torch.tensor([1.0 / max((a - b).abs().mean().item(), 1e-5) for a, b in pairs])
 
 
 def test_sid_loss_equals_expanded_form():
@@ -28,7 +29,8 @@ def test_sid_loss_equals_expanded_form():
     wt = torch.tensor([0.1, 0.5, 0.9, 1.0])
     for alpha in (1.0, 1.2):
         d = f_r - f_f
-        per = (1 - alpha) * d**2 + d * (f_f - x_g)      # (1-a)||f_phi-f_psi||^2 + (f_phi-f_psi)(f_psi-x_g)
+        # (1 - a) ||f_phi - f_psi||^2 + (f_phi - f_psi)^T (f_psi - x_g), per element
+        per = (1 - alpha) * d**2 + d * (f_f - x_g)
         expect = (_omega(x_g, f_r)[:, None, None] * per).mean()
         torch.testing.assert_close(sid_loss(x_g, f_r, f_f, alpha), expect)
         expect_w = (_omega(x_g, f_r)[:, None, None] * wt[:, None, None] * per).mean()
@@ -98,8 +100,8 @@ def test_gan_losses_are_bce_forms():
     bce = F.binary_cross_entropy_with_logits
     torch.testing.assert_close(d_loss(lr, lf, "non_saturating"), bce(lr, ones) + bce(lf, zeros))
     torch.testing.assert_close(g_loss(lf, "non_saturating"), bce(lf, ones))
-    torch.testing.assert_close(d_loss(lr, lf, "hinge"),
-                               torch.clamp(1 - lr, min=0).mean() + torch.clamp(1 + lf, min=0).mean())
+    hinge = torch.clamp(1 - lr, min=0).mean() + torch.clamp(1 + lf, min=0).mean()
+    torch.testing.assert_close(d_loss(lr, lf, "hinge"), hinge)
     torch.testing.assert_close(g_loss(lf, "hinge"), -lf.mean())
 
 

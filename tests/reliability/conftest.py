@@ -7,23 +7,12 @@ threads on oversubscribed cores are several times slower than one.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
+from rel_helpers import one_thread
 
 from fewstep.teacher import NetworkConfig, TeacherConfig, train_teacher
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

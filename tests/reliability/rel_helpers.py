@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,17 @@ from fewstep.io import load_tensors
 #: run ``python -m fewstep.distill`` with one torch thread (the machine's cores are shared)
 SUBPROCESS_MAIN = ("import sys, torch; torch.set_num_threads(1); "
                    "from fewstep.distill.__main__ import main; sys.exit(main(sys.argv[1:]))")
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block (restores the previous count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def tiny_config(teacher: Path, cache_dir: Path, **train: Any) -> dict[str, Any]:

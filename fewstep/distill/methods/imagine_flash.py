@@ -6,13 +6,18 @@ Generator update on a batch (noise ``eps``, condition ``c``)::
                     (backward distillation: no data ever enters the inputs; x_0 = eps)
     x0_theta = G_k(x_k, sigma_k, c)
     tau = beta(sigma_k) = tau_min + (tau_max - tau_min) sigma_k^p       (p = beta_power; 1: linear)
-    x_tau = (1 - tau) sg(x0_theta) + tau e                             (fresh e)
+    x_tau = (1 - tau) sg(x0_theta) + tau e
     L = ||x0_theta - sg(T_w(x_tau, tau, c))||^2                         (T_w: teacher, CFG w)
 
-``imagine_flash.target_steps = N > 1`` replaces ``T_w(x_tau, tau)`` by the teacher's N-step
-Euler solve from ``(x_tau, tau)`` to 0 (levels ``tau (1 - i/N)``): a teacher *sample* that
-keeps ``x0_theta``'s layout, rather than the posterior mean, whose shrinkage the regression would
-otherwise compound (a choice of ours; METHODS' default is N = 1).
+The noise ``e`` (``imagine_flash.renoise``; METHODS leaves it open): ``student`` (default) reuses
+the noise the student's own input implies, ``e_k = (x_k - (1 - sigma_k) sg(x0_theta)) /
+sigma_k`` (``= eps`` at k = 0), so ``x_tau`` lies on the student's straight line from ``x_k`` to
+``x0_theta`` and the target is a deterministic function of the input; ``fresh`` draws new
+noise, which makes the regression optimum an average over ``e`` of the teacher's posterior
+means: a contraction that, chased by the student, collapses a 2-D toy to its mean within a few
+hundred updates (measured). ``imagine_flash.target_steps = N > 1`` replaces ``T_w(x_tau, tau)``
+by the teacher's N-step Euler solve from ``(x_tau, tau)`` to 0 (levels ``tau (1 - i/N)``);
+METHODS' default is N = 1.
 
 ``w = imagine_flash.cfg_scale`` (null: the teacher's own). ``beta`` rises with the step's level:
 at high noise the target keeps the student's layout (large tau re-generates it), at low noise it

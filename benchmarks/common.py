@@ -1,0 +1,91 @@
+"""Shared helpers for the benchmark scripts: run one distillation, aggregate, write tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewstep.config import apply_overrides, validate
+from fewstep.distill.config import DistillConfig
+from fewstep.distill.trainer import Trainer
+from fewstep.evaluation import evaluate_samplers
+
+#: the metric each data set is ranked by (lower is better), and the ones reported
+PRIMARY = {"digits": "fid", "checkerboard": "swd"}
+REPORTED = {"digits": ("fid", "fid_vs_teacher", "precision", "recall", "class_accuracy"),
+            "checkerboard": ("swd", "swd_vs_teacher", "mode_coverage", "quality")}
+
+
+def run_one(base: dict[str, Any], overrides: list[str], run_dir: Path,
+            num_samples: int = 2000) -> dict[str, Any]:
+    """Train one student and evaluate it at its own step count from the eval noise."""
+    cfg = validate(DistillConfig, apply_overrides(base, overrides), "benchmark config")
+    torch.manual_seed(cfg.train.seed)
+    t0 = time.perf_counter()
+    tr = Trainer(cfg, run_dir, progress=False)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    student = tr.train()
+    train_s = time.perf_counter() - t0
+    k = student.num_steps
+    metrics, _ = evaluate_samplers(tr.problem, [f"student_{k}"], tr.teacher, tr.teacher_w,
+                                   tr.teacher_shift, student, num_samples, cfg.eval.seed,
+                                   device=tr.device)
+    out = dict(metrics[f"student_{k}"])
+    out["train_seconds"] = train_s
+    out["seconds_per_iteration"] = train_s / cfg.train.iterations
+    return out
+
+
+def teacher_rows(data: str, steps: list[int], num_samples: int = 2000,
+                 seed: int = 1234) -> dict[str, dict[str, float]]:
+    """Naive few-step sampling of the shipped teacher (the baseline rows)."""
+    from fewstep.assets import teacher_path
+    from fewstep.data.problem import get_problem
+    from fewstep.teacher import load_denoiser
+
+    den, cfg = load_denoiser(teacher_path(data))
+    samp = cfg.get("sampling", {})
+    m, _ = evaluate_samplers(get_problem(data), [f"teacher_{s}" for s in steps], den,
+                             samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), None,
+                             num_samples, seed)
+    return m
+
+
+def aggregate(runs: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    """Mean and (sample) standard deviation of every metric over seeds."""
+    keys = runs[0].keys()
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in runs if not math.isnan(r[k])]
+        if not vals:
+            out[k] = (math.nan, math.nan)
+            continue
+        out[k] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return out
+
+
+def markdown_table(rows: dict[str, dict[str, tuple[float, float]]], cols: tuple[str, ...]
+                   ) -> str:
+    head = "| variant | " + " | ".join(cols) + " |\n|---" + "|---" * len(cols) + "|\n"
+    lines = []
+    for name, agg in rows.items():
+        cells = []
+        for c in cols:
+            m, s = agg.get(c, (math.nan, math.nan))
+            cells.append(f"{m:.3f} ± {s:.3f}" if s == s and s > 0 else f"{m:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: Path, name: str, payload: dict[str, Any], table: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=1))
+    (out_dir / f"{name}.md").write_text(table)
+    print(table)
