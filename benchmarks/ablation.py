@@ -24,9 +24,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-
-from benchmarks.common import PRIMARY, REPORTED, aggregate, markdown_table, run_one, write_results
+from benchmarks.common import REPORTED, aggregate, markdown_table, run_many, write_results
 from fewstep.config import load_yaml
 from fewstep.presets import preset_path
 
@@ -51,21 +49,18 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=None, help="override the preset's")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     base = load_yaml(preset_path(PRESET[args.data]))
     extra = [f"train.iterations={args.iterations}"] if args.iterations else []
-    results: dict[str, list[dict[str, float]]] = {}
+    names = args.variants.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.variants.split(","):
-            for seed in range(args.seeds):
-                ov = [*VARIANTS[name], *extra, f"train.seed={seed}"]
-                r = run_one(base, ov, Path(tmp) / f"{name}_{seed}")
-                results.setdefault(name, []).append(r)
-                print(f"{name} seed {seed}: {PRIMARY[args.data]}={r[PRIMARY[args.data]]:.4f} "
-                      f"({r['train_seconds']:.0f} s)", flush=True)
+        jobs = [(f"{n}|{s}", base, [*VARIANTS[n], *extra, f"train.seed={s}"],
+                 Path(tmp) / f"{n}_{s}".replace("=", "-"))
+                for n in names for s in range(args.seeds)]
+        flat = run_many(jobs, args.workers, args.threads)
+    results = {n: [flat[f"{n}|{s}"] for s in range(args.seeds)] for n in names}
     rows = {k: aggregate(v) for k, v in results.items()}
     cols = (*REPORTED[args.data], "seconds_per_iteration")
     table = markdown_table(rows, cols)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
+import resource
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,35 @@ def run_one(base: dict[str, Any], overrides: list[str], run_dir: Path,
     out["train_seconds"] = train_s
     out["seconds_per_iteration"] = train_s / cfg.train.iterations
     return out
+
+
+def _child(base: dict[str, Any], overrides: list[str], run_dir: str, num_samples: int,
+           threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = run_one(base, overrides, Path(run_dir), num_samples)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["peak_rss_mb"] = rss1 / 1024.0  # Linux reports KiB
+    out["peak_rss_over_imports_mb"] = (rss1 - rss0) / 1024.0
+    return out
+
+
+def run_many(jobs: list[tuple[str, dict[str, Any], list[str], Path]], workers: int = 1,
+             threads: int = 1, num_samples: int = 2000) -> dict[str, dict[str, Any]]:
+    """Run ``(key, base, overrides, run_dir)`` jobs, each in a fresh process (so its peak RSS is
+    its own), ``workers`` at a time with ``threads`` torch threads each."""
+    ctx = mp.get_context("spawn")
+    results: dict[str, dict[str, Any]] = {}
+    with ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+        futs = {key: pool.submit(_child, base, ov, str(rd), num_samples, threads)
+                for key, base, ov, rd in jobs}
+        for key, fut in futs.items():
+            results[key] = fut.result()
+            r = results[key]
+            prim = r.get("fid", r.get("swd"))
+            print(f"{key}: primary={prim:.4f} train={r['train_seconds']:.0f}s "
+                  f"rss={r['peak_rss_mb']:.0f}MB", flush=True)
+    return results
 
 
 def teacher_rows(data: str, steps: list[int], num_samples: int = 2000,

@@ -1,7 +1,7 @@
 """The ``fewstep`` command line (typer). Every user error exits with code 2 and one line.
 
 Subcommands: ``teacher train``, ``classifier train``, ``sample``, ``eval``, ``distill``,
-``demo``, ``plan``, ``bench``. ``fewstep COMMAND --help`` documents each.
+``demo``, ``plan``, ``bench``, ``export``. ``fewstep COMMAND --help`` documents each.
 """
 
 from __future__ import annotations
@@ -109,12 +109,23 @@ def sample_cmd(
     num: Annotated[int, typer.Option(min=1, help="samples per sampler")] = 100,
     seed: Annotated[int, typer.Option(help="noise seed (same noise for every sampler)")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+    prompt: Annotated[list[str] | None, typer.Option(
+        help="prompt for an exported text-to-image student folder (repeatable; --num images "
+             "per prompt)")] = None,
 ) -> None:
-    """Generate a same-noise grid (PNG) and tensors (safetensors) for each sampler."""
+    """Generate a same-noise grid (PNG) and tensors (safetensors) for each sampler.
+
+    ``--student FOLDER`` (written by ``fewstep export``) samples that student alone: ``--num``
+    images per ``--prompt`` for a text-to-image student (decoded through its VAE)."""
     from fewstep.evaluation import eval_noise, parse_sampler, run_sampler
     from fewstep.io import save_tensors
     from fewstep.viz import save_panels
 
+    if student is not None and student.is_dir():
+        _sample_exported(student, out, prompt, num, seed, device)
+        return
+    if prompt:
+        raise typer.BadParameter("--prompt needs --student FOLDER (an exported student)")
     specs = [parse_sampler(s) for s in samplers.split(",")]
     problem, den, w, shift, st = _load_models(teacher, student, data, device)
     noise, cond = eval_noise(problem, num, seed, device)
@@ -125,6 +136,44 @@ def sample_cmd(
         tensors["labels"] = cond
     save_tensors(out / "samples.safetensors", tensors, "samples", {"seed": seed})
     typer.echo(f"wrote {out / 'grid.png'} and {out / 'samples.safetensors'}")
+
+
+def _sample_exported(folder: Path, out: Path, prompts: list[str] | None, num: int, seed: int,
+                     device: str) -> None:
+    from fewstep.diffusers_adapters.student_pipeline import StudentPipeline
+    from fewstep.errors import ConfigError
+    from fewstep.io import save_tensors
+    from fewstep.viz import save_panels
+
+    try:
+        pipe = StudentPipeline.from_pretrained(folder, device=device)
+        images = pipe(prompts, num_images_per_prompt=num, seed=seed) if prompts else \
+            pipe(num_images=num, seed=seed)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"--student: {e}") from None
+    save_panels(out / "grid.png", [images], [folder.name], nrow=min(10, num))
+    save_tensors(out / "samples.safetensors", {"images": images}, "samples",
+                 {"seed": seed, "prompts": prompts or []})
+    typer.echo(f"wrote {out / 'grid.png'} and {out / 'samples.safetensors'}")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    run: Annotated[Path, typer.Option(help="a finished distill run folder")],
+    out: Annotated[Path, typer.Option(help="output folder (exported student)")],
+    components: Annotated[str, typer.Option(
+        help="Z-Image: copy the VAE / text encoder / tokenizer into the folder, or reference "
+             "the teacher's pretrained folder / hub id")] = "copy",
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Export a run's EMA student as a folder (both steps; see docs/real_teachers.md)."""
+    from fewstep.distill.export import export_run
+
+    if components not in ("copy", "reference"):
+        raise typer.BadParameter("--components must be copy or reference")
+    folder = export_run(run, out, components, device)
+    typer.echo(f"wrote {folder}")
 
 
 @app.command("eval")
@@ -193,6 +242,24 @@ def demo_cmd(
     from fewstep.demo import run_demo
 
     run_demo(out, overrides, progress=not quiet)
+
+
+@app.command("plan")
+@user_errors
+def plan_cmd(
+    config: Annotated[Path | None, typer.Option(help="YAML DistillConfig")] = None,
+    overrides: Overrides = None,
+    gpus: Annotated[int, typer.Option(min=1, help="number of GPUs (processes)")] = 1,
+    gpu_memory_gb: Annotated[float | None, typer.Option(help="memory of one GPU (GiB)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Parameter counts and estimated per-GPU memory (models built on the meta device: no
+    weights loaded or downloaded)."""
+    from fewstep.distill.run import load_distill_config
+    from fewstep.plan import build_plan, format_plan
+
+    plan = build_plan(load_distill_config(config, overrides or []), gpus, gpu_memory_gb)
+    typer.echo(plan.to_json() if json_out else format_plan(plan))
 
 
 def main() -> None:

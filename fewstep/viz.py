@@ -14,16 +14,19 @@ from torch import Tensor
 
 
 def image_grid(x: Tensor, nrow: int, pad: int = 1) -> Tensor:
-    """``(N, 1, H, W)`` in [-1, 1] -> one ``(H', W')`` image in [0, 1] with ``nrow`` per row."""
+    """``(N, 1, H, W)`` in [-1, 1] -> one ``(H', W')`` image in [0, 1] with ``nrow`` per row;
+    ``(N, 3, H, W)`` (RGB) -> ``(H', W', 3)``."""
     x = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
-    n, _, h, w = x.shape
+    n, ch, h, w = x.shape
+    rgb = ch == 3
     ncol = nrow
     nr = (n + ncol - 1) // ncol
-    out = torch.ones(nr * (h + pad) + pad, ncol * (w + pad) + pad)
+    out = torch.ones(nr * (h + pad) + pad, ncol * (w + pad) + pad, *((3,) if rgb else ()))
     for i in range(n):
         r, c = divmod(i, ncol)
         out[pad + r * (h + pad): pad + r * (h + pad) + h,
-            pad + c * (w + pad): pad + c * (w + pad) + w] = x[i, 0]
+            pad + c * (w + pad): pad + c * (w + pad) + w] = x[i].permute(1, 2, 0) if rgb \
+            else x[i, 0]
     return out
 
 
@@ -52,7 +55,7 @@ def save_panels(path: str | Path, panels: Sequence[Tensor], titles: Sequence[str
             ax.set_yticks([])
     else:
         grids = [image_grid(p, nrow) for p in panels]
-        h, w = grids[0].shape
+        h, w = grids[0].shape[:2]
         fig, axes = plt.subplots(1, k, figsize=(k * w * scale / 8 + 0.2, h * scale / 8 + 0.5),
                                  squeeze=False)
         for ax, g, t in zip(axes[0], grids, titles, strict=True):

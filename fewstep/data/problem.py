@@ -58,6 +58,11 @@ class Problem:
         perm = torch.randperm(n, generator=generator)
         return (perm % self.num_classes).to(device)
 
+    def cond_map(self, ids: Tensor | None) -> Tensor | None:
+        """What the teacher takes as ``cond`` for stored condition ids: labels are their own
+        condition (identity). See :class:`fewstep.data.prompts.PromptProblem` for prompts."""
+        return ids
+
 
 def get_problem(name: str) -> Problem:
     """Look up an embedded problem by name."""

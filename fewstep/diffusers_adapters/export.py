@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
@@ -134,6 +135,29 @@ def save_student(folder: str | os.PathLike[str], steps: Sequence[nn.Module] | Pe
     return out
 
 
+def _single_float_dtype(tensors: dict[str, Tensor]) -> torch.dtype | None:
+    dts = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    return dts.pop() if len(dts) == 1 else None
+
+
+def _file_float_dtype(path: str) -> torch.dtype | None:
+    """The one floating dtype of a safetensors file's tensors (header only), else ``None``."""
+    names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+             "BF16": torch.bfloat16}
+    with safe_open(path, framework="pt") as f:
+        dts = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+    floats = {names[d] for d in dts if d in names}
+    return floats.pop() if len(floats) == 1 else None
+
+
+def _to_saved_dtype(module: nn.Module, tensors: dict[str, Tensor]) -> None:
+    """Cast a freshly built module to the dtype its saved weights have (if they share one), so
+    a reloaded student computes exactly as the saved one did."""
+    dt = _single_float_dtype(tensors)
+    if dt is not None:
+        module.to(dt)
+
+
 @dataclass
 class LoadedStudent:
     """A reloaded student: ``steps`` (mode ``full``) or ``lora`` (mode ``lora``) + ``sigmas``."""
@@ -169,12 +193,19 @@ def load_student(folder: str | os.PathLike[str], device: torch.device | str = "c
     k = int(index["num_steps"])
     if index["mode"] == "lora":
         base = _build(index["builder"], allowed_prefixes)
-        base.load_state_dict(load_file(str(root / "base/model.safetensors")), strict=True)
+        base_sd = load_file(str(root / "base/model.safetensors"))
+        _to_saved_dtype(base, base_sd)
+        base.load_state_dict(base_sd, strict=True)
         cfg = index["lora"]
         lora = PerStepLoRA(base, k, rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"],
                            target_modules=[f"re:{re.escape(n)}" for n in cfg["targets"]])
         for i in range(k):
-            lora.load_adapter_state_dict(i, load_file(str(root / f"step{i}/adapter.safetensors")))
+            ad = load_file(str(root / f"step{i}/adapter.safetensors"))
+            dt = _single_float_dtype(ad)
+            if dt is not None:  # e.g. float32 adapters on a bfloat16 base, as trained
+                for p in lora.step_parameters(i):
+                    p.data = p.data.to(dt)
+            lora.load_adapter_state_dict(i, ad)
         lora.to(device=device, dtype=dtype).eval()
         return LoadedStudent(sigmas=sigmas, lora=lora, index=index)
     if index["mode"] != "full":
@@ -182,7 +213,11 @@ def load_student(folder: str | os.PathLike[str], device: torch.device | str = "c
     steps = []
     for i in range(k):
         m = _build(index["builder"], allowed_prefixes)
-        load_model(m, str(root / f"step{i}/model.safetensors"), strict=True)
+        path = str(root / f"step{i}/model.safetensors")
+        dt = _file_float_dtype(path)
+        if dt is not None:
+            m.to(dt)
+        load_model(m, path, strict=True)
         steps.append(m.to(device=device, dtype=dtype).eval())
     return LoadedStudent(sigmas=sigmas, steps=steps, index=index)
 

@@ -158,6 +158,55 @@ class VPEpsilonDenoiser(Denoiser):
             return None
         return torch.full_like(cond, self.null_class)
 
+    # -- features, export, memory ------------------------------------------------------------
+    def features(self, x: Tensor, sigma: Tensor | float, cond: Any = None) -> list[Tensor]:
+        """Outputs of the mid block and each up block as tokens ``[(B, h * w, C), ...]``
+        (channel last, so discriminator heads pool over positions). The full forward runs;
+        gradients flow to ``x``."""
+        blocks = [self.unet.mid_block, *self.unet.up_blocks]
+        captured: dict[int, Tensor] = {}
+        handles = []
+        for i, blk in enumerate(blocks):
+            def hook(_m: nn.Module, _inp: Any, out: Any, i: int = i) -> None:
+                captured[i] = out[0] if isinstance(out, tuple) else out
+            handles.append(blk.register_forward_hook(hook))
+        try:
+            self.raw(x, sigma, cond)
+        finally:
+            for h in handles:
+                h.remove()
+        return [captured[i].flatten(2).transpose(1, 2).to(x.dtype) for i in range(len(blocks))]
+
+    @classmethod
+    def from_unet_config(cls, unet_config: dict[str, Any], alphas_cumprod: list[float],
+                         **kwargs: Any) -> VPEpsilonDenoiser:
+        """A randomly initialised ``UNet2DModel`` from its config dict (for export)."""
+        from diffusers import UNet2DModel
+
+        return cls(UNet2DModel.from_config(dict(unet_config)), torch.tensor(alphas_cumprod),
+                   **kwargs)
+
+    def builder_spec(self) -> tuple[str, dict[str, Any]]:
+        """``(callable path, kwargs)`` rebuilding this architecture (``export.py``)."""
+        return ("fewstep.diffusers_adapters.unet_eps:VPEpsilonDenoiser.from_unet_config",
+                {"unet_config": _jsonable(self.unet.config),
+                 "alphas_cumprod": self.alphas_cumprod.tolist(),
+                 "prediction_type": self.prediction_type, "null_class": self.null_class,
+                 "min_one_minus_sigma": self.min_one_minus_sigma})
+
+    def set_gradient_checkpointing(self, enabled: bool = True, checkpoint_fn: Any = None) -> None:
+        """Block-level gradient checkpointing of the UNet (``checkpoint_fn``: see
+        :meth:`fewstep.lora.PerStepLoRA.checkpoint_fn`)."""
+        if enabled:
+            self.unet.enable_gradient_checkpointing(checkpoint_fn)
+        else:
+            self.unet.disable_gradient_checkpointing()
+
+
+def _jsonable(config: Any) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items()
+            if not k.startswith("_")}
+
 
 def tiny_unet_config(sample_size: int = 8, in_channels: int = 3,
                      num_class_embeds: int | None = None) -> dict[str, Any]:

@@ -131,6 +131,9 @@ class ZImageDenoiser(Denoiser):
     is broadcast).
     """
 
+    #: default LoRA target patterns (read by ``fewstep.distill.student.resolve_lora_targets``)
+    lora_targets: tuple[str, ...] = ZIMAGE_LORA_TARGETS
+
     def __init__(self, transformer: nn.Module, null_embeds: Tensor | None = None,
                  feature_layers: Sequence[int] | None = None) -> None:
         super().__init__()

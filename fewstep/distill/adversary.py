@@ -42,9 +42,23 @@ class Adversary(nn.Module):
 
     def discriminator_loss(self, real: Tensor, real_cond: Any, fake: Tensor, fake_cond: Any,
                            generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-        """D loss on detached inputs; also returns mean logits for logging."""
-        lr = self.logits(real.detach(), real_cond, generator)
-        lf = self.logits(fake.detach(), fake_cond, generator)
+        """D loss on detached inputs; also returns mean logits for logging.
+
+        Real and fake are re-noised as two draws (in that order) and, when their conditions
+        can be concatenated (both tensors or both ``None``), go through the discriminator as one
+        batch: per-sample networks give the same logits, in one pass instead of two."""
+        both = (real_cond is None and fake_cond is None) or (
+            torch.is_tensor(real_cond) and torch.is_tensor(fake_cond))
+        if not both:
+            lr = self.logits(real.detach(), real_cond, generator)
+            lf = self.logits(fake.detach(), fake_cond, generator)
+        else:
+            xr, sr = self.renoise(real.detach(), generator)
+            xf, sf = self.renoise(fake.detach(), generator)
+            cond = None if real_cond is None else torch.cat([real_cond, fake_cond])
+            with record_function("discriminator"):
+                lr, lf = self.disc(torch.cat([xr, xf]), torch.cat([sr, sf]), cond).split(
+                    [xr.shape[0], xf.shape[0]])
         return d_loss(lr, lf, self.kind), {"d_real": lr.mean().detach(),
                                            "d_fake": lf.mean().detach()}
 

@@ -240,7 +240,11 @@ class CacheSpec(StrictModel):
 
 class TrainSpec(StrictModel):
     iterations: int = Field(600, ge=1, description="generator updates")
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, description="global batch: with N processes (torchrun / "
+                            "accelerate launch) each rank draws batch_size / N of it")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with more than one process: ddp (replicated student, averaged "
+        "gradients) or fsdp (sharded trainable networks); ignored with one process")
     lr: float = Field(1e-4, gt=0.0)
     betas: tuple[float, float] = (0.0, 0.99)
     weight_decay: float = Field(0.0, ge=0.0)

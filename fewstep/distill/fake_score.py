@@ -38,7 +38,8 @@ class FakeScore(nn.Module):
     def __init__(self, teacher: Denoiser, gan_head: bool = False, num_classes: int = 0,
                  example: Tensor | None = None, example_cond: Any = None) -> None:
         super().__init__()
-        self.den = copy.deepcopy(teacher).requires_grad_(True).train()
+        # trainable: float32 master weights whatever the (frozen) teacher's dtype
+        self.den = copy.deepcopy(teacher).float().requires_grad_(True).train()
         self.head = None
         if gan_head:
             if example is None:
@@ -75,7 +76,9 @@ class FakeScore(nn.Module):
         b = x0.shape[0]
         sigma = logit_normal_sigma(b, generator=generator).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-        if cond_dropout > 0 and torch.is_tensor(cond) and null_cond is not None:
+        if cond_dropout > 0 and cond is not None and null_cond is not None:
+            from fewstep.distill.methods.base import where_cond
+
             drop = (torch.rand(b, generator=generator) < cond_dropout).to(x0.device)
-            cond = torch.where(drop, null_cond, cond)
+            cond = where_cond(drop, null_cond, cond)  # labels or e.g. PromptEmbeds
         return denoising_loss(self(FlowPath.add_noise(x0, eps, sigma), sigma, cond), x0, sigma)

@@ -102,6 +102,9 @@ def run_distill(config_path: str | Path | None, overrides: list[str] | None = No
         raise ConfigError(f"--out: {run_dir} already holds checkpoints of a run; pass --resume "
                           "to continue it or choose another --out")
     trainer = Trainer(cfg, run_dir, progress=progress, resume=resume)
-    with stop_on_signals(trainer):
-        trainer.train()
+    try:
+        with stop_on_signals(trainer):
+            trainer.train()
+    finally:
+        trainer.dist.shutdown()  # leaves the process group (multi-process runs)
     return trainer

@@ -142,8 +142,11 @@ def unroll_to_step(student: Student, noise: Tensor, cond: Any, k: int,
 
 
 def random_step(student: Student, generator: torch.Generator | None = None) -> int:
-    """Draw a step index ``k ~ U{0, ..., K-1}`` (0-based) with ``generator``."""
-    return int(torch.randint(0, student.num_steps, (1,), generator=generator))
+    """Draw a step index ``k ~ U{0, ..., K-1}`` (0-based) with ``generator``, or with the
+    student's ``step_generator`` when set (multi-process training: one stream shared by all
+    ranks, so every rank runs the same step modules, as FSDP's collectives require)."""
+    g = getattr(student, "step_generator", None) or generator
+    return int(torch.randint(0, student.num_steps, (1,), generator=g))
 
 
 def backward_simulate(student: Student, noise: Tensor, cond: Any,

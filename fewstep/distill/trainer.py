@@ -19,6 +19,25 @@ gradient raises :class:`DivergenceError` naming the step and the loss term (or, 
 ``train.on_divergence: rollback``, reloads the last good checkpoint and continues with a lower
 LR); a non-finite state is never checkpointed. :meth:`Trainer.request_stop` (used for SIGTERM)
 makes the loop checkpoint and raise :class:`TrainingInterrupted` at the next step boundary.
+
+Multi-process (``torchrun --nproc_per_node N`` / ``accelerate launch --multi_gpu``; see
+``docs/multi_gpu.md`` and :mod:`fewstep.distill.distributed`): synchronous data parallelism.
+``train.batch_size`` is the *global* batch; every rank draws the whole global batch with the
+shared data generator (identical on all ranks) and keeps its contiguous ``1/N`` slice, so the
+union of the ranks' rows is the one-process batch. Randomness inside the losses (re-noising,
+fresh transition noise) comes from a per-rank generator; recipe decisions that select modules
+(DMD2 / SiD / Imagine Flash's random step ``k``) from a generator shared by all ranks. The
+student is *not* wrapped in ``DistributedDataParallel``: recipes call it several times per loss
+through ``Student.generate`` (not ``forward``), which DDP's reducer does not support reliably.
+Instead rank 0's initial weights are broadcast and, after every ``backward``, the gradients of
+the trainable parameters (student and aux modules alike) are averaged over ranks with bucketed
+all-reduces -- the update DDP computes, for any call pattern. Identical gradients and optimizers
+keep weights, moments and the EMA bit-identical on all ranks. With ``train.distributed: fsdp``
+the student's step networks, its EMA and the fake score network are sharded with FSDP2
+(``fully_shard``), which reduces their gradients itself. Loss logs are averaged over ranks (a
+NaN anywhere stops every rank). Only rank 0 writes ``config.yaml``, checkpoints (full tensors,
+every rank's loss-generator state), logs, samples and ``student.safetensors``; every rank loads
+the checkpoint on resume.
 """
 
 from __future__ import annotations
@@ -46,6 +65,14 @@ from fewstep.config import dump_yaml
 from fewstep.data.problem import get_problem
 from fewstep.denoiser import Denoiser
 from fewstep.distill.config import DistillConfig
+from fewstep.distill.distributed import (
+    FullOptimizerView,
+    FullStateView,
+    Snapshot,
+    fsdp_shard,
+    full_tensor,
+    init_distributed,
+)
 from fewstep.distill.methods import Batch, DistillContext, DistillMethod, method_class
 from fewstep.distill.state import (
     checkpoint_config,
@@ -98,8 +125,44 @@ def build_student(teacher: Denoiser, cfg: DistillConfig, teacher_shift: float) -
     if s.parameterization == "lora":
         check_lora(teacher, s.lora_rank, s.lora_targets)
     sig = student_sigmas(s.num_steps, cfg.teacher.steps, teacher_shift, s.sigmas)
-    return Student(teacher, sig, s.parameterization, s.transition, s.lora_rank, s.lora_alpha,
-                   s.lora_targets)
+    student = Student(teacher, sig, s.parameterization, s.transition, s.lora_rank, s.lora_alpha,
+                      s.lora_targets)
+    float32_trainables(student)
+    return student
+
+
+def float32_trainables(student: Student) -> None:
+    """Keep what trains in float32 (master weights) whatever ``teacher.dtype`` is: the step
+    copies (``decoupled`` / ``shared``) or the LoRA weights; a LoRA base keeps the teacher's
+    dtype. A no-op for float32 teachers."""
+    for m in student.steps:
+        m.float()
+    for p in student.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def enable_gradient_checkpointing(student: Student, method: nn.Module, teacher: nn.Module
+                                  ) -> None:
+    """``train.gradient_checkpointing``: block-level checkpointing in the student's step
+    networks (with per-step LoRA: its ``checkpoint_fn``, so recomputation uses the adapter that
+    was active in forward), every trainable teacher copy of the recipe (fake score nets) and the
+    frozen teacher (its features carry gradients to the student's samples). Denoisers expose it
+    as ``set_gradient_checkpointing(enabled, checkpoint_fn)``; :class:`ConfigError` if the
+    student's cannot."""
+    if student.lora is not None:
+        mods, fn = [student.lora.base], student.lora.checkpoint_fn
+    else:
+        mods, fn = list(student.steps), None
+    for m in mods:
+        if not hasattr(m, "set_gradient_checkpointing"):
+            raise ConfigError(f"train.gradient_checkpointing: {type(m).__name__} does not "
+                              "support gradient checkpointing (use a zimage / unet_eps teacher)")
+        m.set_gradient_checkpointing(True, checkpoint_fn=fn)
+    others = [m for m in method.modules() if isinstance(m, Denoiser)] + [teacher]
+    for m in others:
+        if hasattr(m, "set_gradient_checkpointing"):
+            m.set_gradient_checkpointing(True)
 
 
 def check_lora(teacher: nn.Module, rank: int, targets: list[str] | None) -> None:
@@ -123,8 +186,8 @@ def _lr_warmup(steps: int) -> Callable[[int], float]:
 RESUME_MUTABLE = ("train.iterations", "train.log_every", "train.sample_every",
                   "train.ckpt_every", "train.keep_last", "train.on_divergence",
                   "train.rollback_lr_factor", "train.max_rollbacks", "train.device",
-                  "train.compile",
-                  "teacher.path", "cache.dir", "eval.")
+                  "train.compile", "train.distributed",
+                  "teacher.path", "teacher.pretrained", "cache.dir", "eval.")
 
 
 class TrainingInterrupted(Exception):
@@ -152,7 +215,14 @@ def load_student(path: str | Path, device: str | torch.device = "cpu"
     """Rebuild a student written by :func:`save_student`; returns ``(student (eval), config)``."""
     tensors, config = load_tensors(path, kind="student")
     try:
-        like = denoiser_from_config(config["denoiser"])
+        dcfg = config["denoiser"]
+        if "builder" in dcfg:  # a diffusers teacher (teacher.kind zimage / unet_eps)
+            from fewstep.diffusers_adapters.export import resolve_builder
+
+            target, kwargs = dcfg["builder"]
+            like = resolve_builder(target)(**kwargs)
+        else:
+            like = denoiser_from_config(dcfg)
         s = config["student"]
         st = Student(like, torch.tensor(config["sigmas"]), s["parameterization"],
                      s["transition"], s["lora_rank"], s["lora_alpha"], s["lora_targets"])
@@ -177,12 +247,28 @@ class Trainer:
                               "machine (no CUDA); use cpu")
         if self.device.type == "mps" and not torch.backends.mps.is_available():
             raise ConfigError("train.device: 'mps' is not available on this machine; use cpu")
+        self.dist, self.device = init_distributed(self.device, cfg.train.distributed)
+        if cfg.train.batch_size % self.dist.world_size:
+            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} (the global batch) is "
+                              f"not divisible by the {self.dist.world_size} processes")
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)  # every RNG a checkpoint records starts from the seed
         random.seed(cfg.train.seed)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
-        self.problem = get_problem(cfg.data)
-        self.teacher, self.teacher_cfg, self.teacher_id = resolve_teacher(cfg, self.device)
+        # randomness inside the losses: the data stream itself with one process (unchanged
+        # runs); with N processes one stream per rank, plus one shared by all ranks for choices
+        # of which step modules to run (see the module docstring)
+        self.loss_gen, self.step_gen = self.gen, None
+        if self.dist.enabled:
+            rank_seed = cfg.train.seed + 7919 * (1 + self.dist.rank)
+            self.loss_gen = torch.Generator().manual_seed(rank_seed)
+            self.step_gen = torch.Generator().manual_seed(cfg.train.seed + 104729)
+        from fewstep.distill.teachers import load_teacher
+
+        loaded = load_teacher(cfg, self.device)  # any teacher.kind; the problem comes with it
+        self.problem, self.teacher = loaded.problem, loaded.denoiser
+        self.teacher_cfg, self.teacher_id = loaded.config, loaded.identity
+        self.pipeline = loaded.pipeline  # the diffusers pipeline (VAE, text encoder) or None
         samp = self.teacher_cfg.get("sampling", {})
         self.teacher_shift = cfg.teacher.shift or samp.get("shift", 1.0)
         self.teacher_w = cfg.teacher.cfg_scale if cfg.teacher.cfg_scale is not None \
@@ -191,10 +277,13 @@ class Trainer:
         self.student.train()
         self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
         example = torch.zeros((2, *self.problem.data_shape), device=self.device)
-        example_cond = self.problem.sample_cond(2, device=self.device)
+        example_cond = self.problem.cond_map(self.problem.sample_cond(2, device=self.device))
         self.ctx = DistillContext(cfg, self.problem, self.teacher, self.teacher_w, self.student,
-                                  self.device, self.gen, example, example_cond)
+                                  self.device, self.loss_gen, example, example_cond)
         self.method: DistillMethod = method_class(cfg.method)(self.ctx).to(self.device)
+        self._distribute()
+        if cfg.train.gradient_checkpointing:
+            enable_gradient_checkpointing(self.student, self.method, self.teacher)
         t = cfg.train
         fast = adamw_options(self.device)
         self.opt_g = torch.optim.AdamW([p for p in self.student.parameters() if p.requires_grad],
@@ -214,6 +303,24 @@ class Trainer:
         self.data: tuple[Tensor, Tensor | None] | None = None
         self.step = 0
         self.history: list[dict[str, float]] = []
+
+    def _distribute(self) -> None:
+        """Broadcast rank 0's weights; with FSDP shard the trainable networks and the EMA."""
+        d = self.dist
+        if not d.enabled:
+            return
+        d.broadcast_modules(self.student, self.ema, self.method)
+        self.student.step_generator = self.step_gen
+        if d.fsdp:
+            from fewstep.distill.fake_score import FakeScore
+
+            if self.student.lora is not None:
+                raise ConfigError("train.distributed: fsdp is not supported with "
+                                  "student.parameterization=lora; use ddp (the adapters are "
+                                  "small; the frozen base is replicated on each rank)")
+            fakes = [m.den for m in self.method.modules() if isinstance(m, FakeScore)]
+            for m in [*self.student.steps, *self.ema.steps, *fakes]:
+                fsdp_shard(m)
 
     # ----------------------------------------------------------------- data
     def _needs_cache(self) -> bool:
@@ -236,10 +343,10 @@ class Trainer:
                 root, self.teacher, self.teacher_id,
                 self.problem.data_shape,
                 lambda n, g: self.problem.sample_cond(n, g),
-                lambda ids: ids, steps=c.teacher.steps, shift=self.teacher_shift,
+                self.problem.cond_map, steps=c.teacher.steps, shift=self.teacher_shift,
                 cfg_scale=self.teacher_w, mid_sigma=mid, size=c.cache.size,
                 shard_size=min(c.cache.shard_size, c.cache.size), seed=c.train.seed,
-                device=self.device)
+                batch_size=c.cache.batch_size, device=self.device)
             self.cache = {k: v.to(self.device) for k, v in cache.load(self.progress).items()}
         if self.method.needs_real and self.cfg.gan.real == "dataset":
             x, y = self.problem.split("train")
@@ -255,11 +362,13 @@ class Trainer:
         if self.method.needs_teacher_pairs:
             assert c is not None
             i = self._randint(c["eps"].shape[0], b)
-            batch = Batch(c["eps"][i], c["cond"][i] if "cond" in c else None,
+            cond = self.problem.cond_map(c["cond"][i]) if "cond" in c else None
+            batch = Batch(c["eps"][i], cond,
                           teacher_sample=c["sample"][i], teacher_mid=c.get("mid", c["sample"])[i])
         else:
             noise = torch.randn((b, *self.problem.data_shape), generator=self.gen).to(self.device)
-            batch = Batch(noise, self.problem.sample_cond(b, self.gen, self.device))
+            batch = Batch(noise, self.problem.cond_map(
+                self.problem.sample_cond(b, self.gen, self.device)))
         if self.method.needs_real:
             if self.cfg.gan.real == "dataset":
                 assert self.data is not None
@@ -269,10 +378,11 @@ class Trainer:
             elif self.cfg.gan.real_source == "cache":
                 assert c is not None
                 j = self._randint(c["sample"].shape[0], b)
-                batch.real, batch.real_cond = c["sample"][j], c["cond"][j] if "cond" in c else None
+                batch.real = c["sample"][j]
+                batch.real_cond = self.problem.cond_map(c["cond"][j]) if "cond" in c else None
             else:
                 batch.real, batch.real_cond = self._online_teacher(b)
-        return batch
+        return self.dist.shard(batch, b)  # this rank's rows (online teacher rows already are)
 
     @torch.no_grad()
     def _online_teacher(self, b: int) -> tuple[Tensor, Any]:
@@ -280,18 +390,46 @@ class Trainer:
         from fewstep.schedules import teacher_sigmas
 
         noise = torch.randn((b, *self.problem.data_shape), generator=self.gen).to(self.device)
-        cond = self.problem.sample_cond(b, self.gen, self.device)
+        cond = self.problem.cond_map(self.problem.sample_cond(b, self.gen, self.device))
+        noise, cond = self.dist.shard(noise, b), self.dist.shard(cond, b)  # only this rank's rows
         sig = teacher_sigmas(self.cfg.teacher.steps, self.teacher_shift)
         return euler_sample(self.teacher, noise, cond, sig, self.teacher_w).sample, cond
 
     # ----------------------------------------------------------------- state
-    def _state_objects(self) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
-        mods: dict[str, nn.Module] = {"student": self.student, "ema": self.ema,
-                                      "method": self.method}
-        opts = {"g": self.opt_g}
+    def _state_objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        mods: dict[str, Any] = {"student": self.student, "ema": self.ema, "method": self.method}
+        opts: dict[str, Any] = {"g": self.opt_g}
         if self.opt_aux is not None:
             opts["aux"] = self.opt_aux
+        if self.dist.fsdp:  # full tensors in and out (gathering / sharding are collectives)
+            mods = {k: FullStateView(m) for k, m in mods.items()}
+            opts = {k: FullOptimizerView(o) for k, o in opts.items()}
         return mods, opts
+
+    def _generators(self, ck: Path | None = None) -> dict[str, torch.Generator]:
+        """Generators a checkpoint records: to save (``ck=None``; with N processes every rank's
+        loss stream, gathered: a collective) or to restore from ``ck``."""
+        gens = {"data": self.gen}
+        d = self.dist
+        if not d.enabled:
+            return gens
+        assert self.step_gen is not None
+        gens["step"] = self.step_gen
+        if ck is None:
+            for r, st in enumerate(d.gather_generator_states(self.loss_gen)):
+                gens[f"loss{r}"] = torch.Generator()
+                gens[f"loss{r}"].set_state(st)
+            return gens
+        saved = int(json.loads(read_metadata(ck).get("counters", "{}")).get("world_size", 1))
+        if saved == d.world_size:
+            gens[f"loss{d.rank}"] = self.loss_gen
+        else:
+            log.warning("resume: %s was written by %d process(es), this run has %d; the "
+                        "per-rank loss noise streams restart (the data order continues)",
+                        ck, saved, d.world_size)
+            if saved == 1:
+                gens.pop("step")
+        return gens
 
     def _schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
         out: dict[str, torch.optim.lr_scheduler.LRScheduler] = {"g": self.sched_g}
@@ -308,15 +446,30 @@ class Trainer:
         mods, opts = self._state_objects()
         path = self.checkpoint_dir / f"ckpt_{self.step:08d}.safetensors"
         counters = {"step": self.step, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
-                    "teacher_id": self.teacher_id}
-        save_train_state(path, mods, opts, {"data": self.gen}, counters,
-                         self.cfg.model_dump(mode="json"), self._schedulers())
-        prune_checkpoints(path.parent, self.cfg.train.keep_last)
+                    "teacher_id": self.teacher_id, "world_size": self.dist.world_size}
+        gens = self._generators()
+        if self.dist.fsdp:  # every rank gathers; rank 0 writes
+            mods = {k: Snapshot(m.state_dict()) for k, m in mods.items()}
+            opts = {k: Snapshot(o.state_dict()) for k, o in opts.items()}
+        err: DivergenceError | None = None
+        if self.dist.is_main:
+            try:
+                save_train_state(path, mods, opts, gens, counters,
+                                 self.cfg.model_dump(mode="json"), self._schedulers())
+                prune_checkpoints(path.parent, self.cfg.train.keep_last)
+            except DivergenceError as e:
+                if not self.dist.enabled:
+                    raise
+                err = e
+        ok, _ = self.dist.all_flags(err is None, self.device)  # also: the file exists for all
+        if not ok:
+            raise err or DivergenceError(f"refusing to write checkpoint {path.name}: the "
+                                         "training state holds NaN or Inf")
         return path
 
     def _load_checkpoint(self, ck: Path) -> dict[str, Any]:
         mods, opts = self._state_objects()
-        counters = load_train_state(ck, mods, opts, {"data": self.gen}, self._schedulers())
+        counters = load_train_state(ck, mods, opts, self._generators(ck), self._schedulers())
         self.step = int(counters["step"])
         return counters
 
@@ -341,7 +494,7 @@ class Trainer:
                                   "differ from teacher.path)")
         self.rollbacks = int(counters.get("rollbacks", 0))
         self.lr_scale = float(counters.get("lr_scale", 1.0))
-        self.history = _read_history(self.run_dir / "losses.jsonl", self.step)
+        self.history = self._read_history()
         log.info("resumed from %s at step %d", ck, self.step)
         return True
 
@@ -356,6 +509,12 @@ class Trainer:
             raise ConfigError(f"{k}: is {new.get(k)!r} but the run in {self.run_dir} was "
                               f"trained with {old.get(k)!r}{more}; a resumed run keeps its "
                               "config (use a new --out to change it)")
+
+    def _read_history(self) -> list[dict[str, float]]:
+        """``losses.jsonl`` up to the current step (rank 0 owns and truncates the file)."""
+        if not self.dist.is_main:
+            return []
+        return _read_history(self.run_dir / "losses.jsonl", self.step)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask the loop to checkpoint and raise :class:`TrainingInterrupted` (signal-safe)."""
@@ -415,6 +574,8 @@ class Trainer:
                     self.opt_aux.zero_grad(set_to_none=True)
                     loss.backward()
                     params = [p for g in self.opt_aux.param_groups for p in g["params"]]
+                    self.dist.average_gradients(params)
+                    al = self.dist.mean_logs(al, self.device)
                     norm = _grad_norm(params)
                     self._check_finite(al, iter(params), "auxiliary", norm)
                     torch.nn.utils.clip_grads_with_norm_(params, t.grad_clip * 10, norm)
@@ -430,6 +591,8 @@ class Trainer:
             loss.backward()
         with record_function("optimizer"):
             params = [p for g in self.opt_g.param_groups for p in g["params"]]
+            self.dist.average_gradients(params)
+            gl = self.dist.mean_logs(gl, self.device)
             gnorm = _grad_norm(params)
             self._check_finite(gl, iter(params), "generator", gnorm)
             torch.nn.utils.clip_grads_with_norm_(params, t.grad_clip, gnorm)
@@ -455,22 +618,27 @@ class Trainer:
     def train(self) -> Student:
         """Run (or resume) training; returns the EMA student."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.prepare_data()
+        main = self.dist.is_main
+        with self.dist.main_first():  # rank 0 builds a missing teacher cache, the others load it
+            self.prepare_data()
         # resume after prepare_data so that nothing it might draw from the global RNG shifts
         # the restored RNG states (bit-identical continuation)
         resumed = self.try_resume() if self.resume else False
-        (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
-        if self.cfg.train.on_divergence == "rollback" and not list_checkpoints(
-                self.checkpoint_dir):
+        if main:
+            (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        first = self.cfg.train.on_divergence == "rollback" and not list_checkpoints(
+            self.checkpoint_dir)
+        if self.dist.all_flags(first, self.device)[1]:
             self.save_checkpoint()  # something to roll back to
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step if resumed else None)
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step if resumed
+                               else None) if main else _NullWriter()
         t = self.cfg.train
         t0 = time.perf_counter()
         bar = tqdm(total=t.iterations, initial=self.step, desc=f"distill[{self.cfg.method}]",
-                   disable=not self.progress)
-        with (self.run_dir / "losses.jsonl").open("a") as hist:
+                   disable=not (self.progress and main))
+        with (self.run_dir / "losses.jsonl" if main else Path(os.devnull)).open("a") as hist:
             while self.step < t.iterations:
                 try:
                     logs = self.train_iteration()
@@ -499,7 +667,7 @@ class Trainer:
                         bar.n = self.step
                         continue
                 bar.update(1)
-                if self._stop_reason is not None:
+                if self._stop_requested():
                     hist.flush()
                     bar.close()
                     writer.close()
@@ -511,10 +679,17 @@ class Trainer:
         self.save_checkpoint()
         self.seconds = time.perf_counter() - t0
         self.ema.eval()
-        save_student(self.run_dir / "student.safetensors", self.ema,
-                     student_file_config(self.cfg, self.teacher_cfg, self.ema.sigmas))
+        ema = Snapshot(FullStateView(self.ema).state_dict()) if self.dist.fsdp else self.ema
+        if main:
+            save_student(self.run_dir / "student.safetensors", ema,  # type: ignore[arg-type]
+                         student_file_config(self.cfg, self.teacher_cfg, self.ema.sigmas))
         self.write_samples("final")
+        self.dist.barrier()  # every rank returns once the files exist
         return self.ema
+
+    def _stop_requested(self) -> bool:
+        """A stop was requested (on any rank: all ranks stop at the same step)."""
+        return self.dist.all_flags(self._stop_reason is not None, self.device)[1]
 
     def _on_divergence(self, err: DivergenceError) -> None:
         """Stop with a message naming the last good checkpoint, or roll back to it."""
@@ -541,7 +716,7 @@ class Trainer:
                 g["initial_lr"] = base
             sched._last_lr = [g["lr"] for g in opt.param_groups]
         self.rollbacks, self.lr_scale = rollbacks, scale
-        self.history = _read_history(self.run_dir / "losses.jsonl", self.step)
+        self.history = self._read_history()
         log.warning("%s; rolled back to %s (step %d), learning rates x%g (rollback %d of %d)",
                     err, ck, self.step, scale, rollbacks, t.max_rollbacks)
 
@@ -549,21 +724,44 @@ class Trainer:
     def write_samples(self, tag: str, n: int = 100) -> None:
         from fewstep.viz import save_grid
 
+        if not (self.dist.is_main or self.dist.fsdp):  # FSDP: every rank runs the sharded EMA
+            return
         g = torch.Generator().manual_seed(self.cfg.eval.seed)
         n = 1000 if self.problem.is_toy else n
+        decode = getattr(self.problem, "decode", None)  # latents -> RGB images (VAE)
+        n_prompts = getattr(self.problem, "num_prompts", 0)
+        if decode is not None:
+            n = min(n, 16)
         noise = torch.randn((n, *self.problem.data_shape), generator=g).to(self.device)
         cond = None if self.problem.num_classes == 0 else \
             (torch.arange(n) % self.problem.num_classes).to(self.device)
+        if n_prompts:
+            cond = self.problem.cond_map((torch.arange(n) % n_prompts).to(self.device))
         x = self.ema.generate(noise, cond, generator=g).sample
-        save_grid(self.run_dir / "samples" / f"{tag}.png", x, nrow=10,
-                  title=f"{self.cfg.method} step {self.step}")
+        if decode is not None:
+            x = decode(x)
+            n = x.shape[0]
+        if self.dist.is_main:
+            save_grid(self.run_dir / "samples" / f"{tag}.png", x, nrow=min(10, n),
+                      title=f"{self.cfg.method} step {self.step}")
 
 
 def _grad_norm(params: list[nn.Parameter]) -> Tensor:
     """Total 2-norm of the gradients (what ``clip_grad_norm_`` computes); non-finite iff some
     gradient is (or the norm overflows)."""
     grads = [p.grad for p in params if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    # FSDP-sharded gradients give a DTensor norm: its full value is the global norm
+    return full_tensor(torch.nn.utils.get_total_norm(grads)) if grads else torch.zeros(())
+
+
+class _NullWriter:
+    """Stands in for tensorboard's SummaryWriter on ranks other than 0."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def adamw_options(device: torch.device) -> dict[str, bool]:

@@ -61,3 +61,21 @@ def test_short_run_beats_naive_two_step_teacher(toy_teacher_path, tmp_path):
     metrics, _ = evaluate_samplers(tr.problem, ["teacher_2", "student_2"], tr.teacher,
                                    student=student, num_samples=2000)
     assert metrics["student_2"]["swd"] < 0.9 * metrics["teacher_2"]["swd"], metrics
+
+
+@pytest.mark.parametrize("end_to_end", [True, False])
+def test_generator_loss_reaches_step_one_only_end_to_end(toy_teacher_path, tmp_path,
+                                                          end_to_end):
+    # no step-1 loss: whatever gradient step 1 gets must come through step 2
+    cfg = _cfg(toy_teacher_path, tmp_path, step1={"loss": "none"},
+               turbo={"end_to_end": end_to_end})
+    tr = Trainer(cfg, tmp_path / "g", progress=False)
+    tr.prepare_data()
+    loss, _ = tr.method.generator_loss(tr.next_batch(), step=0)
+    tr.student.zero_grad(set_to_none=True)
+    loss.backward()
+    g0 = [p.grad for p in tr.student.step_parameters(0)]
+    g1 = [p.grad for p in tr.student.step_parameters(1)]
+    assert any(g is not None and g.abs().sum() > 0 for g in g1)
+    reached = any(g is not None and g.abs().sum() > 0 for g in g0)
+    assert reached == end_to_end

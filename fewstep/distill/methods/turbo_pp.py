@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fewstep.distill.builders import build_adversary, build_matching
-from fewstep.distill.methods.base import Batch, DistillContext, DistillMethod, Logs
+from fewstep.distill.methods.base import Batch, DistillContext, DistillMethod, Logs, cat_cond
 
 
 class TurboPP(DistillMethod):
@@ -96,9 +96,9 @@ class TurboPP(DistillMethod):
             fake, fake_cond = traj.sample, batch.cond
             if self.ctx.cfg.step1.loss == "adversarial" and self.ctx.student.num_steps > 1:
                 fake = torch.cat([fake, traj.x0s[0]])
-                fake_cond = _cat_cond(batch.cond, batch.cond)
+                fake_cond = cat_cond(batch.cond, batch.cond)
                 real, real_cond = (torch.cat([batch.real, batch.real]),
-                                   _cat_cond(batch.real_cond, batch.real_cond))
+                                   cat_cond(batch.real_cond, batch.real_cond))
             else:
                 real, real_cond = batch.real, batch.real_cond
             ld, dl = self.adversary.discriminator_loss(real, real_cond, fake, fake_cond, gen)
@@ -109,7 +109,7 @@ class TurboPP(DistillMethod):
             fake_in = traj.sample
             if self.ctx.cfg.step1.loss == "dm" and self.ctx.student.num_steps > 1:
                 fake_in = torch.cat([traj.sample, traj.x0s[0]])
-                cond = _cat_cond(batch.cond, batch.cond)
+                cond = cat_cond(batch.cond, batch.cond)
             else:
                 cond = batch.cond
             logs["fake_loss"] = self.matching.fake.loss(fake_in, cond, gen)
@@ -125,7 +125,3 @@ class TurboPP(DistillMethod):
             groups.append({"params": list(self.matching.fake.parameters()),
                            "lr": self.ctx.cfg.dm.fake_lr})
         return groups
-
-
-def _cat_cond(a: Any, b: Any) -> Any:
-    return None if a is None else torch.cat([a, b])

@@ -1,0 +1,107 @@
+"""``fewstep plan``: meta-device counts equal the real models'; the memory table is sane."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fewstep.cli import app
+from fewstep.config import validate
+from fewstep.distill.config import DistillConfig
+from fewstep.plan import build_plan, meta_models
+
+
+def _count(m: torch.nn.Module) -> tuple[int, int]:
+    return (sum(p.numel() for p in m.parameters()),
+            sum(p.numel() for p in m.parameters() if p.requires_grad))
+
+
+@pytest.mark.parametrize(("method", "param", "extra"), [
+    ("turbo_pp", "decoupled", {"gan": {"weight": 0.5}, "dm": {"weight": 1.0}}),
+    ("dmd2", "shared", {"gan": {"weight": 0.5}}),
+    ("turbo_pp", "lora", {"student": {"lora_rank": 4}}),
+])
+def test_meta_counts_equal_real_models(toy_teacher_path: Path, tmp_path: Path, method: str,
+                                       param: str, extra: dict) -> None:
+    from fewstep.distill.trainer import Trainer
+
+    data = {"method": method, "data": "checkerboard",
+            "teacher": {"path": str(toy_teacher_path)},
+            "student": {"num_steps": 2, "parameterization": param, **extra.pop("student", {})},
+            "cache": {"dir": str(tmp_path / "cache")}, **extra}
+    cfg = validate(DistillConfig, data)
+    meta = meta_models(cfg)[0]
+    assert all(p.is_meta for m in meta.values() for p in m.parameters())
+    real = Trainer(cfg, tmp_path / "run", progress=False)
+    assert _count(meta["teacher"])[0] == _count(real.teacher)[0]
+    assert _count(meta["student"]) == _count(real.student)
+    assert _count(meta["method"]) == _count(real.method)
+    plan = build_plan(cfg, 1)
+    got = {m.name: (m.total, m.trainable) for m in plan.models}
+    assert got["student"] == _count(real.student)
+    assert got["ema"][0] == _count(real.ema)[0]
+    if param == "lora":
+        assert real.student.lora is not None
+        adapters = sum(p.numel() for k in range(2) for p in real.student.lora.step_parameters(k))
+        assert got["student"][1] == adapters > 0
+
+
+def _tiny_zimage_folder(tmp: Path) -> Path:
+    from fewstep.diffusers_adapters.zimage import build_tiny_zimage_pipeline
+
+    pipe = build_tiny_zimage_pipeline()
+    pipe.transformer.save_config(tmp / "zi" / "transformer")  # configs only, no weights
+    pipe.vae.save_config(tmp / "zi" / "vae")
+    (tmp / "prompts.txt").write_text("a red car\na photo of a cat\n")
+    return tmp / "zi"
+
+
+def test_zimage_plan_from_configs_only(tmp_path: Path) -> None:
+    from fewstep.diffusers_adapters.zimage import TINY_TRANSFORMER_CONFIG, ZIMAGE_LORA_TARGETS
+    from fewstep.lora import PerStepLoRA
+
+    folder = _tiny_zimage_folder(tmp_path)
+    assert not list(folder.rglob("*.safetensors"))
+    cfg = validate(DistillConfig, {
+        "method": "turbo_pp", "data": "prompts",
+        "teacher": {"kind": "zimage", "pretrained": str(folder), "resolution": 32,
+                    "prompts": str(tmp_path / "prompts.txt")},
+        "student": {"parameterization": "lora", "lora_rank": 4},
+        "train": {"batch_size": 8, "distributed": "fsdp"}})
+    plan = build_plan(cfg, 4, gpu_memory_gb=16)
+    counts = {m.name: (m.total, m.trainable) for m in plan.models}
+    from diffusers import ZImageTransformer2DModel
+
+    real = ZImageTransformer2DModel(**TINY_TRANSFORMER_CONFIG)
+    assert counts["teacher"][0] == _count(real)[0]
+    lora = PerStepLoRA(real, num_steps=2, rank=4, target_modules=ZIMAGE_LORA_TARGETS)
+    adapters = sum(p.numel() for k in range(2) for p in lora.step_parameters(k))
+    assert counts["student"] == (_count(lora)[0], adapters)
+    assert plan.per_gpu_batch == 2
+    # FSDP per-GPU estimate below the replicated one (same LoRA / checkpointing setting)
+    rows = {(r.fsdp, r.lora, r.grad_ckpt): r for r in plan.rows}
+    for lo in (False, True):
+        for gc in (False, True):
+            assert rows[(True, lo, gc)].total < rows[(False, lo, gc)].total
+            assert rows[(False, lo, True)].activations < rows[(False, lo, False)].activations
+    assert rows[(False, True, False)].total < rows[(False, False, False)].total  # LoRA saves
+    assert not rows[(True, True, False)].supported
+
+
+def test_plan_cli_json_and_table(tmp_path: Path) -> None:
+    folder = _tiny_zimage_folder(tmp_path)
+    args = ["plan", "teacher.kind=zimage", f"teacher.pretrained={folder}",
+            f"teacher.prompts={tmp_path / 'prompts.txt'}", "teacher.resolution=32",
+            "data=prompts", "train.batch_size=8", "--gpus", "4"]
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["gpus"] == 4 and len(out["rows"]) == 8
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "rough estimate" in res.output and "teacher" in res.output
+    bad = CliRunner().invoke(app, [*args[:-1], "3"])  # 8 not divisible by 3
+    assert bad.exit_code == 2 and "train.batch_size" in bad.output
