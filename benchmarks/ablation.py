@@ -8,7 +8,7 @@ Same teacher, same number of generator updates, same evaluation noise for every 
 * ``dataset_real``: the discriminator's real samples are data, not teacher generations;
 * ``detached``: stop-gradient between step 1 and step 2 (no end-to-end training);
 * ``step1=none|adversarial|dm``: the step-1 loss options (``teacher_traj`` is ``full``);
-* ``+dm``: the optional distribution-matching term on the final output.
+* ``no_dm``: without the distribution-matching term on the final output.
 
 Usage::
 
@@ -37,7 +37,7 @@ VARIANTS: dict[str, list[str]] = {
     "step1=none": ["step1.loss=none"],
     "step1=adversarial": ["step1.loss=adversarial"],
     "step1=dm": ["step1.loss=dm"],
-    "+dm": ["dm.weight=1.0"],
+    "no_dm": ["dm.weight=0.0"],
 }
 PRESET = {"digits": "demo", "checkerboard": "turbo_pp_checkerboard"}
 
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--data", choices=sorted(PRESET), default="digits")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=None, help="override the preset's")
+    ap.add_argument("--set", nargs="*", default=[], help="extra dotted.key=value overrides")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--workers", type=int, default=2, help="runs in parallel")
@@ -54,6 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     base = load_yaml(preset_path(PRESET[args.data]))
     extra = [f"train.iterations={args.iterations}"] if args.iterations else []
+    extra += args.set
     names = args.variants.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [(f"{n}|{s}", base, [*VARIANTS[n], *extra, f"train.seed={s}"],

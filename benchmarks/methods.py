@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--data", choices=sorted(PRESET), default="checkerboard")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=None, help="override the preset's")
+    ap.add_argument("--set", nargs="*", default=[], help="extra dotted.key=value overrides")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--workers", type=int, default=2, help="runs in parallel")
@@ -80,6 +81,7 @@ def main() -> None:
     args = ap.parse_args()
     base = load_yaml(preset_path(PRESET[args.data]))
     extra = [f"train.iterations={args.iterations}"] if args.iterations else []
+    extra += args.set
     keys = [(m, k) for m in args.methods.split(",") for k in STEPS.get(m, (1, 2))]
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [(f"{m}_K{k}|{s}", base,

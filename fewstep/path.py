@@ -84,5 +84,12 @@ def logit_normal_sigma(n: int, mean: float = 0.0, std: float = 1.0, *,
                        generator: torch.Generator | None = None,
                        device: torch.device | str | None = None) -> Tensor:
     """Draw ``(n,)`` noise levels ``sigma = sigmoid(N(mean, std^2))`` (SD3 / SiD flow default)."""
-    z = torch.randn(n, generator=generator, device=device) * std + mean
-    return torch.sigmoid(z)
+    z = torch.randn(n, generator=generator, device=generator.device if generator else device)
+    return torch.sigmoid(z.to(device) * std + mean)
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise shaped like ``x`` drawn from ``generator`` (on the generator's own
+    device, so a CPU generator can drive GPU training), then moved to ``x``'s device and dtype."""
+    dev = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=dev).to(x.device, x.dtype)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from fewstep.denoiser import Denoiser
-from fewstep.path import FlowPath, expand_like
+from fewstep.path import FlowPath, expand_like, randn_like
 
 StepFn = Callable[[int, Tensor, Tensor, Any], Tensor]
 Transition = Literal["ddim", "fresh"]
@@ -95,11 +95,7 @@ def sample(step_fn: StepFn, noise: Tensor, cond: Any, sigmas: Sequence[float] | 
         if k + 1 < n:
             fresh = None
             if transition_mode == "fresh":
-                if step_noises is not None:
-                    fresh = step_noises[k]
-                else:
-                    fresh = torch.randn(noise.shape, generator=generator, device=noise.device,
-                                        dtype=noise.dtype)
+                fresh = step_noises[k] if step_noises is not None else randn_like(noise, generator)
             x = transition(x, x0_hat, sig, s[k + 1].to(noise.device), transition_mode, fresh)
     return traj
 
@@ -125,8 +121,7 @@ def euler_sample(teacher: Denoiser, noise: Tensor, cond: Any, sigmas: Sequence[f
 def renoise(x0: Tensor, sigma: Tensor | float, generator: torch.Generator | None = None,
             noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Return ``(x_sigma, eps)`` with fresh ``eps`` unless ``noise`` is given."""
-    eps = noise if noise is not None else torch.randn(x0.shape, generator=generator,
-                                                      device=x0.device, dtype=x0.dtype)
+    eps = noise if noise is not None else randn_like(x0, generator)
     return FlowPath.add_noise(x0, eps, sigma), eps
 
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from fewstep.denoiser import Denoiser
+from fewstep.path import randn_like
 from fewstep.samplers import Trajectory, Transition, sample
 
 Parameterization = Literal["decoupled", "lora", "shared"]
@@ -133,8 +134,7 @@ def unroll_to_step(student: Student, noise: Tensor, cond: Any, k: int,
             last_x0 = traj.x0s[-1]
             from fewstep.samplers import transition
 
-            fresh = torch.randn(noise.shape, generator=generator, device=noise.device,
-                                dtype=noise.dtype) if student.transition == "fresh" else None
+            fresh = randn_like(noise, generator) if student.transition == "fresh" else None
             x = transition(traj.xs[-1], last_x0, traj.sigmas[-1].to(noise.device),
                            student.sigmas[k], student.transition, fresh)
     sigma = student.sigmas[k].to(noise.device).expand(noise.shape[0])

@@ -265,7 +265,8 @@ class Trainer:
             self.step_gen = torch.Generator().manual_seed(cfg.train.seed + 104729)
         from fewstep.distill.teachers import load_teacher
 
-        loaded = load_teacher(cfg, self.device)  # any teacher.kind; the problem comes with it
+        with self.dist.main_first():  # rank 0 fills a missing prompt-embedding cache first
+            loaded = load_teacher(cfg, self.device)  # any teacher.kind; brings its problem
         self.problem, self.teacher = loaded.problem, loaded.denoiser
         self.teacher_cfg, self.teacher_id = loaded.config, loaded.identity
         self.pipeline = loaded.pipeline  # the diffusers pipeline (VAE, text encoder) or None

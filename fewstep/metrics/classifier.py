@@ -15,8 +15,6 @@ training record in the safetensors metadata (no pickle).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,10 +22,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from fewstep.data.digits import load_digits_split
+from fewstep.io import atomic_write_bytes
 
 ASSET_NAME = "digits_classifier.safetensors"
 FORMAT_TAG = "fewstep.digits_classifier.v1"
@@ -157,25 +157,7 @@ def save_classifier(model: DigitsClassifier, path: str | Path,
     cfg = asdict(model.config)
     metadata = {"format": FORMAT_TAG, "config": json.dumps(cfg),
                 "record": json.dumps(extra or {}, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an asset should be world-readable
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # persist the rename itself; not all platforms allow fsync on a directory
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
 
 
 def read_classifier_metadata(path: str | Path) -> dict[str, object]:
