@@ -228,7 +228,8 @@ def distill_cmd(
     except TrainingInterrupted as e:
         typer.echo(f"stopped: {e}", err=True)
         raise typer.Exit(143) from None
-    typer.echo(f"wrote {trainer.run_dir / 'student.safetensors'}")
+    if trainer.dist.is_main:
+        typer.echo(f"wrote {trainer.run_dir / 'student.safetensors'}")
 
 
 @app.command("demo")

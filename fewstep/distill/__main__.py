@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(json.dumps({"out": str(trainer.run_dir), "step": trainer.step,
-                      "seconds": round(getattr(trainer, "seconds", 0.0), 1)}))
+    if trainer.dist.is_main:
+        print(json.dumps({"out": str(trainer.run_dir), "step": trainer.step,
+                          "seconds": round(getattr(trainer, "seconds", 0.0), 1)}))
     return 0
 
 

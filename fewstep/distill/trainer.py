@@ -46,7 +46,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -817,6 +816,3 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             out[f"{prefix}{k}"] = v
     return out
 
-
-def is_finite(x: float) -> bool:
-    return math.isfinite(x)
