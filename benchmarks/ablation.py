@@ -24,7 +24,15 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import REPORTED, aggregate, markdown_table, run_many, write_results
+from benchmarks.common import (
+    REPORTED,
+    add_run_args,
+    aggregate,
+    extra_overrides,
+    markdown_table,
+    run_many,
+    write_results,
+)
 from fewstep.config import load_yaml
 from fewstep.presets import preset_path
 
@@ -44,18 +52,11 @@ PRESET = {"digits": "demo", "checkerboard": "turbo_pp_checkerboard"}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", choices=sorted(PRESET), default="digits")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--iterations", type=int, default=None, help="override the preset's")
-    ap.add_argument("--set", nargs="*", default=[], help="extra dotted.key=value overrides")
+    add_run_args(ap, PRESET, "digits")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--workers", type=int, default=2, help="runs in parallel")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     args = ap.parse_args()
     base = load_yaml(preset_path(PRESET[args.data]))
-    extra = [f"train.iterations={args.iterations}"] if args.iterations else []
-    extra += args.set
+    extra = extra_overrides(args)
     names = args.variants.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [(f"{n}|{s}", base, [*VARIANTS[n], *extra, f"train.seed={s}"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import multiprocessing as mp
@@ -23,6 +24,24 @@ from fewstep.evaluation import evaluate_samplers
 PRIMARY = {"digits": "fid", "checkerboard": "swd"}
 REPORTED = {"digits": ("fid", "fid_vs_teacher", "precision", "recall", "class_accuracy"),
             "checkerboard": ("swd", "swd_vs_teacher", "mode_coverage", "quality")}
+
+
+def add_run_args(ap: argparse.ArgumentParser, presets: dict[str, str], default_data: str
+                 ) -> None:
+    """The options both comparison scripts take (data set, seeds, budget, parallelism)."""
+    ap.add_argument("--data", choices=sorted(presets), default=default_data)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--iterations", type=int, default=None, help="override the preset's")
+    ap.add_argument("--set", nargs="*", default=[], help="extra dotted.key=value overrides")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+
+
+def extra_overrides(args: argparse.Namespace) -> list[str]:
+    """``--iterations`` and ``--set`` as config overrides."""
+    extra = [f"train.iterations={args.iterations}"] if args.iterations else []
+    return extra + list(args.set)
 
 
 def run_one(base: dict[str, Any], overrides: list[str], run_dir: Path,

@@ -20,7 +20,9 @@ from pathlib import Path
 from benchmarks.common import (
     PRIMARY,
     REPORTED,
+    add_run_args,
     aggregate,
+    extra_overrides,
     markdown_table,
     run_many,
     teacher_rows,
@@ -70,18 +72,11 @@ def plot(rows: dict[str, dict[str, tuple[float, float]]], teacher: dict[str, dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", choices=sorted(PRESET), default="checkerboard")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--iterations", type=int, default=None, help="override the preset's")
-    ap.add_argument("--set", nargs="*", default=[], help="extra dotted.key=value overrides")
+    add_run_args(ap, PRESET, "checkerboard")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--workers", type=int, default=2, help="runs in parallel")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     args = ap.parse_args()
     base = load_yaml(preset_path(PRESET[args.data]))
-    extra = [f"train.iterations={args.iterations}"] if args.iterations else []
-    extra += args.set
+    extra = extra_overrides(args)
     keys = [(m, k) for m in args.methods.split(",") for k in STEPS.get(m, (1, 2))]
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [(f"{m}_K{k}|{s}", base,

@@ -14,6 +14,7 @@ Parameterisations (``Student.parameterization``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -81,7 +82,7 @@ class Student(nn.Module):
         """``x0_hat = G_k(x, sigma, cond)``; ``x`` is ``(B, ...)``, ``sigma`` is ``(B,)``."""
         if not 0 <= k < self.num_steps:
             raise IndexError(f"step {k} out of range for a {self.num_steps}-step student")
-        with record_function("student_forward"):
+        with profile_label("student_forward"):
             if self.lora is not None:
                 with self.lora.use_step(k):
                     return self.lora.base(x, sigma, cond)
@@ -101,6 +102,14 @@ class Student(nn.Module):
         return sample(self, noise, cond, self.sigmas, self.transition, step_noises=step_noises,
                       generator=generator, stop_after=num_steps,
                       detach_between_steps=detach_between_steps)
+
+
+def profile_label(name: str) -> contextlib.AbstractContextManager:
+    """``record_function(name)`` while the torch profiler runs, else a no-op (the label costs
+    ~15 us per call, measurable in 2-step sampling)."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return record_function(name)
+    return contextlib.nullcontext()
 
 
 def resolve_lora_targets(teacher: nn.Module, targets: list[str] | None) -> list[str] | None:
