@@ -21,8 +21,6 @@ Writes ``ablation_<data>.json`` and ``ablation_<data>.md`` (mean ± std over see
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 from benchmarks.common import (
     REPORTED,
@@ -30,11 +28,9 @@ from benchmarks.common import (
     aggregate,
     extra_overrides,
     markdown_table,
-    run_many,
+    run_rows,
     write_results,
 )
-from fewstep.config import load_yaml
-from fewstep.presets import preset_path
 
 VARIANTS: dict[str, list[str]] = {
     "full": [],
@@ -55,15 +51,9 @@ def main() -> None:
     add_run_args(ap, PRESET, "digits")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
-    base = load_yaml(preset_path(PRESET[args.data]))
     extra = extra_overrides(args)
-    names = args.variants.split(",")
-    with tempfile.TemporaryDirectory() as tmp:
-        jobs = [(f"{n}|{s}", base, [*VARIANTS[n], *extra, f"train.seed={s}"],
-                 Path(tmp) / f"{n}_{s}".replace("=", "-"))
-                for n in names for s in range(args.seeds)]
-        flat = run_many(jobs, args.workers, args.threads)
-    results = {n: [flat[f"{n}|{s}"] for s in range(args.seeds)] for n in names}
+    results = run_rows(args, PRESET[args.data],
+                       {n: VARIANTS[n] for n in args.variants.split(",")})
     rows = {k: aggregate(v) for k, v in results.items()}
     cols = (*REPORTED[args.data], "seconds_per_iteration")
     table = markdown_table(rows, cols)

@@ -94,6 +94,25 @@ def run_many(jobs: list[tuple[str, dict[str, Any], list[str], Path]], workers: i
     return results
 
 
+def run_rows(args: argparse.Namespace, preset: str, rows: dict[str, list[str]]
+             ) -> dict[str, list[dict[str, Any]]]:
+    """Train and evaluate every row (its overrides on top of ``preset``) for ``args.seeds``
+    seeds, each run in its own process; returns ``{row: [result per seed]}``."""
+    import tempfile
+
+    from fewstep.config import load_yaml
+    from fewstep.presets import preset_path
+
+    base = load_yaml(preset_path(preset))
+    extra = extra_overrides(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [(f"{name}|{s}", base, [*ov, *extra, f"train.seed={s}"],
+                 Path(tmp) / f"run{i}_{s}")
+                for i, (name, ov) in enumerate(rows.items()) for s in range(args.seeds)]
+        flat = run_many(jobs, args.workers, args.threads)
+    return {name: [flat[f"{name}|{s}"] for s in range(args.seeds)] for name in rows}
+
+
 def teacher_rows(data: str, steps: list[int], num_samples: int = 2000,
                  seed: int = 1234) -> dict[str, dict[str, float]]:
     """Naive few-step sampling of the shipped teacher (the baseline rows)."""

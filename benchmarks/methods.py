@@ -14,7 +14,6 @@ generator update and the run's peak resident memory) and ``methods_<data>.png``.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from benchmarks.common import (
@@ -24,12 +23,10 @@ from benchmarks.common import (
     aggregate,
     extra_overrides,
     markdown_table,
-    run_many,
+    run_rows,
     teacher_rows,
     write_results,
 )
-from fewstep.config import load_yaml
-from fewstep.presets import preset_path
 
 #: per-recipe settings on top of the data set's Turbo++ preset (everything else shared)
 METHODS: dict[str, list[str]] = {
@@ -75,16 +72,10 @@ def main() -> None:
     add_run_args(ap, PRESET, "checkerboard")
     ap.add_argument("--methods", default=",".join(METHODS))
     args = ap.parse_args()
-    base = load_yaml(preset_path(PRESET[args.data]))
     extra = extra_overrides(args)
-    keys = [(m, k) for m in args.methods.split(",") for k in STEPS.get(m, (1, 2))]
-    with tempfile.TemporaryDirectory() as tmp:
-        jobs = [(f"{m}_K{k}|{s}", base,
-                 [*METHODS[m], f"student.num_steps={k}", *extra, f"train.seed={s}"],
-                 Path(tmp) / f"{m}_{k}_{s}") for m, k in keys for s in range(args.seeds)]
-        flat = run_many(jobs, args.workers, args.threads)
-    results = {f"{m}_K{k}": [flat[f"{m}_K{k}|{s}"] for s in range(args.seeds)]
-               for m, k in keys}
+    results = run_rows(args, PRESET[args.data],
+                       {f"{m}_K{k}": [*METHODS[m], f"student.num_steps={k}"]
+                        for m in args.methods.split(",") for k in STEPS.get(m, (1, 2))})
     rows = {name: aggregate(v) for name, v in results.items()}
     teacher = teacher_rows(args.data, [1, 2, 3, 8])
     trows = {name: {c: (v, 0.0) for c, v in m.items()} for name, m in teacher.items()}
