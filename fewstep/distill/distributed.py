@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, Literal
 
@@ -231,6 +231,71 @@ class DistEnv:
             self.owns_group = False
 
 
+class _LossModule(nn.Module):
+    """Registers the modules whose parameters a loss trains and runs the loss as ``forward``,
+    so that ``DistributedDataParallel`` sees one forward per backward however often the loss
+    calls those modules inside (``Student.generate`` runs each step network in turn)."""
+
+    def __init__(self, modules: Mapping[str, nn.Module], fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.mods = nn.ModuleDict(dict(modules))
+        self.fn = fn  # a plain attribute: the recipe's modules are not registered twice
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+class DDPLoss:
+    """A loss function ``fn(*args) -> (loss, logs)`` run through torch's
+    ``DistributedDataParallel`` over the trainable parameters of ``modules``.
+
+    DDP's reducer hooks every trainable parameter's gradient accumulation and all-reduces
+    (averages) gradients in buckets *while backward still runs*, overlapping communication with
+    the rest of the backward pass. It requires one wrapper ``forward`` per backward, which is
+    why the whole loss -- not the student -- is the wrapped forward: a recipe may call the
+    student several times (steps 1..K, no-grad unrolls, aux modules), and autograd sums all uses
+    of a parameter into one accumulation, so the hook fires once per parameter and backward.
+    ``find_unused_parameters=True`` (default) lets a loss skip modules (DMD2's random step
+    ``k``; parameters used only under ``no_grad``): DDP then treats their gradient as zero on
+    that rank and leaves it ``None`` if no rank used it -- what :meth:`DistEnv.average_gradients`
+    does. Parameters must keep ``requires_grad`` between construction and every call (frozen
+    ones are ignored); toggling a *whole* wrapped set off while another loss runs is fine as
+    long as that loss does not backpropagate into it.
+
+    With one process, or ``fsdp`` (FSDP reduces its sharded parameters itself), ``fn`` is called
+    directly and :meth:`DistEnv.average_gradients` remains the fallback for unsharded leftovers.
+    Rank 0's parameters and buffers are broadcast when the wrapper is built.
+    """
+
+    def __init__(self, env: DistEnv, fn: Callable[..., Any], modules: Mapping[str, nn.Module],
+                 device: torch.device, find_unused_parameters: bool = True,
+                 bucket_cap_mb: float = 25.0) -> None:
+        self.env, self.fn = env, fn
+        self.ddp: nn.Module | None = None
+        if env.enabled and not env.fsdp and any(
+                p.requires_grad for m in modules.values() for p in m.parameters()):
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            wrapped = _LossModule(modules, fn)
+            # frozen weights (a LoRA base, a teacher a recipe holds) and buffers are neither
+            # reduced nor re-broadcast
+            frozen = [n for n, p in wrapped.named_parameters() if not p.requires_grad]
+            DDP._set_params_and_buffers_to_ignore_for_model(
+                wrapped, frozen + [n for n, _ in wrapped.named_buffers()])
+            self.ddp = DDP(wrapped,
+                           device_ids=[device] if device.type == "cuda" else None,
+                           find_unused_parameters=find_unused_parameters,
+                           bucket_cap_mb=bucket_cap_mb)
+
+    @property
+    def synced(self) -> bool:
+        """``True`` if DDP averages the gradients (no :meth:`DistEnv.average_gradients`)."""
+        return self.ddp is not None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return (self.ddp or self.fn)(*args, **kwargs)
+
+
 def init_distributed(device: torch.device, mode: str | None) -> tuple[DistEnv, torch.device]:
     """Join (or reuse) the process group described by the environment.
 
@@ -257,18 +322,36 @@ def init_distributed(device: torch.device, mode: str | None) -> tuple[DistEnv, t
 # --------------------------------------------------------------------------------------------
 # FSDP
 # --------------------------------------------------------------------------------------------
+def block_units(module: nn.Module) -> list[nn.Module]:
+    """The FSDP units of ``module``: every element (with parameters) of each *outermost*
+    ``nn.ModuleList`` -- transformer blocks, UNet down / mid / up blocks -- found by walking the
+    module tree and not descending into a list once found. Lists nested inside a block (e.g. an
+    attention's ``to_out``, a UNet block's ``resnets``) belong to their block's unit: sharding
+    them separately inside an already-sharded block is what breaks ``fully_shard``."""
+    units: list[nn.Module] = []
+
+    def visit(m: nn.Module) -> None:
+        for child in m.children():
+            if isinstance(child, nn.ModuleList):
+                units.extend(b for b in child if any(True for _ in b.parameters()))
+            else:
+                visit(child)
+
+    visit(module)
+    return units
+
+
 def fsdp_shard(module: nn.Module, forward_methods: Iterable[str] = ("features",)) -> nn.Module:
-    """Shard ``module`` in place with FSDP2: every element of each ``nn.ModuleList`` inside it
-    (transformer / residual blocks, gathered one at a time), then the module itself.
+    """Shard ``module`` in place with FSDP2: each unit of :func:`block_units` (gathered one at a
+    time), then ``module`` itself, whose unit holds everything else (embeddings, final layers).
     ``forward_methods`` that ``module`` defines are registered so that calling them (like
-    ``Denoiser.features``) gathers the root's parameters as ``forward`` does."""
+    ``Denoiser.features``) gathers the root's parameters as ``forward`` does. Frozen and
+    trainable parameters may share a unit (a LoRA layer: frozen base weight and its adapters);
+    only those with a gradient are reduce-scattered."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-    for sub in list(module.modules()):
-        if isinstance(sub, nn.ModuleList):
-            for blk in sub:
-                if any(True for _ in blk.parameters()):
-                    fully_shard(blk)
+    for blk in block_units(module):
+        fully_shard(blk)
     fully_shard(module)
     for name in forward_methods:
         if callable(getattr(module, name, None)):
@@ -343,5 +426,5 @@ class FullOptimizerView:
         self.opt.load_state_dict({**sd, "state": state})
 
 
-__all__ = ["DistEnv", "FullOptimizerView", "FullStateView", "Snapshot", "fsdp_shard",
+__all__ = ["DDPLoss", "DistEnv", "FullOptimizerView", "FullStateView", "Snapshot", "block_units", "fsdp_shard",
            "full_tensor", "init_distributed", "world_from_env"]
