@@ -250,6 +250,8 @@ def demo_cmd(
 def plan_cmd(
     config: Annotated[Path | None, typer.Option(help="YAML DistillConfig")] = None,
     overrides: Overrides = None,
+    preset: Annotated[str | None, typer.Option(help="a shipped preset name instead of --config")
+                      ] = None,
     gpus: Annotated[int, typer.Option(min=1, help="number of GPUs (processes)")] = 1,
     gpu_memory_gb: Annotated[float | None, typer.Option(help="memory of one GPU (GiB)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -258,7 +260,12 @@ def plan_cmd(
     weights loaded or downloaded)."""
     from fewstep.distill.run import load_distill_config
     from fewstep.plan import build_plan, format_plan
+    from fewstep.presets import preset_path
 
+    if preset is not None:
+        if config is not None:
+            raise typer.BadParameter("give --config or --preset, not both")
+        config = preset_path(preset)
     plan = build_plan(load_distill_config(config, overrides or []), gpus, gpu_memory_gb)
     typer.echo(plan.to_json() if json_out else format_plan(plan))
 
