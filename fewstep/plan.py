@@ -584,7 +584,7 @@ def format_plan(plan: Plan) -> str:
     for m in plan.models:
         lines.append(f"{m.name:<14}{_fmt_n(m.total):>10}{_fmt_n(m.trainable):>11}  {m.note}")
     ab = plan.activation_basis
-    lines += ["", f"estimated memory per GPU (GiB); activations are an estimate "
+    lines += ["", f"estimated memory per GPU (GiB); activations are a rough estimate "
               f"({ab['basis']}, hidden {ab['hidden']}, {ab['blocks']} blocks, "
               f"{ab['graph_forwards']} graph forward(s) per loss); data = VAE + one batch of "
               f"cache rows",
@@ -607,7 +607,7 @@ def format_plan(plan: Plan) -> str:
             host.append(f"teacher-sample cache {_gb(h['teacher_cache_disk'])} GiB on disk "
                         "(memory-mapped, read per batch)")
         if "prompt_cache" in h:
-            host.append(f"prompt cache {_gb(h['prompt_cache'])} GiB")
+            host.append(f"prompt cache {h['prompt_cache'] / 2**20:.1f} MiB")
         elif "prompt_cache_per_prompt" in h:
             host.append(f"prompt cache {h['prompt_cache_per_prompt'] / 2**20:.1f} MiB per "
                         "prompt at most (prompt file not readable here)")
