@@ -17,10 +17,10 @@ Memory per GPU (bytes) for ``N`` data-parallel processes (see :mod:`fewstep.dist
   decode samples; the text encoder is moved to the CPU once the prompt cache exists);
 * grads: float32, one per trainable parameter; Adam: two float32 moments per trainable
   parameter; EMA: a copy of what the student owns;
-* FSDP (``train.distributed: fsdp``) divides the student's, EMA's and fake score network's
-  weights, grads and moments by ``N`` (and the teacher's, when a LoRA student's base *is* the
-  teacher) and adds the gathered blocks (two of the largest block, for prefetching); the small
-  heads stay replicated;
+* FSDP (``train.distributed: fsdp``) divides what the student owns (weights, grads, moments),
+  the EMA and the fake score network by ``N`` and adds the gathered blocks (two of the largest
+  block, for prefetching); the teacher -- and a LoRA base that is the teacher's weights -- and
+  the small heads stay replicated;
 * activations: an **estimate**. Per sample and per transformer block, ``34 T h`` bytes at 16-bit
   (``T`` tokens, ``h`` hidden size; the flash-attention case of Korthikanti et al. 2022,
   "Reducing Activation Recomputation in Large Transformer Models"), doubled at float32. With
@@ -522,19 +522,16 @@ def build_plan(cfg: DistillConfig, gpus: int, gpu_memory_gb: float | None = None
                 if use_lora:
                     assert lora is not None
                     _, own_frozen, st_train = lora
-                    base_is_teacher = own_frozen == 0
                 elif cfg.student.parameterization == "lora":  # the decoupled alternative
                     own_frozen, st_train = 0, t_total * cfg.student.num_steps
-                    base_is_teacher = False
                 else:
                     own_frozen, st_train = s_frozen, s_train
-                    base_is_teacher = False
                 own_bytes = own_frozen * tb + st_train * 4
                 shard = gpus if fsdp else 1
-                # FSDP shards the student (with its base when that is the teacher), its EMA and
-                # the fake score network; the small heads stay replicated
-                t_shard = shard if base_is_teacher else 1
-                weights = t_total * tb / t_shard + heads * 4 + (own_bytes + f_total * 4) / shard
+                # FSDP shards what the student owns (a LoRA base that *is* the teacher's
+                # weights stays replicated with the teacher), its EMA and the fake score
+                # network; the small heads stay replicated
+                weights = t_total * tb + heads * 4 + (own_bytes + f_total * 4) / shard
                 ema = own_bytes / shard
                 train_params = st_train + f_total
                 grads = (train_params / shard + heads) * 4

@@ -341,18 +341,23 @@ def block_units(module: nn.Module) -> list[nn.Module]:
     return units
 
 
-def fsdp_shard(module: nn.Module, forward_methods: Iterable[str] = ("features",)) -> nn.Module:
+def fsdp_shard(module: nn.Module, forward_methods: Iterable[str] = ("features",),
+               ignored: Iterable[nn.Parameter] = ()) -> nn.Module:
     """Shard ``module`` in place with FSDP2: each unit of :func:`block_units` (gathered one at a
     time), then ``module`` itself, whose unit holds everything else (embeddings, final layers).
     ``forward_methods`` that ``module`` defines are registered so that calling them (like
     ``Denoiser.features``) gathers the root's parameters as ``forward`` does. Frozen and
-    trainable parameters may share a unit (a LoRA layer: frozen base weight and its adapters);
-    only those with a gradient are reduce-scattered."""
+    trainable parameters may share a unit (only those with a gradient are reduce-scattered).
+    ``ignored`` parameters stay as they are, replicated: a LoRA student's base, which *is* the
+    teacher's weights, while its adapters are sharded."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
+    skip = set(ignored)
+    kw = {"ignored_params": skip} if skip else {}
     for blk in block_units(module):
-        fully_shard(blk)
-    fully_shard(module)
+        if any(p not in skip for p in blk.parameters()):
+            fully_shard(blk, **kw)
+    fully_shard(module, **kw)
     for name in forward_methods:
         if callable(getattr(module, name, None)):
             register_fsdp_forward_method(module, name)
@@ -426,5 +431,5 @@ class FullOptimizerView:
         self.opt.load_state_dict({**sd, "state": state})
 
 
-__all__ = ["DDPLoss", "DistEnv", "FullOptimizerView", "FullStateView", "Snapshot", "block_units", "fsdp_shard",
-           "full_tensor", "init_distributed", "world_from_env"]
+__all__ = ["DDPLoss", "DistEnv", "FullOptimizerView", "FullStateView", "Snapshot", "block_units",
+           "fsdp_shard", "full_tensor", "init_distributed", "world_from_env"]
