@@ -15,7 +15,7 @@ def test_auto_is_float32_on_cpu_and_modes_validate() -> None:
     cpu = torch.device("cpu")
     assert resolve_mode("auto", cpu) == "no"
     assert resolve_mode("bf16", cpu) == "bf16" and resolve_mode("fp16", cpu) == "fp16"
-    with pytest.raises(ConfigError, match="train.mixed_precision"):
+    with pytest.raises(ConfigError, match=r"train\.mixed_precision"):
         resolve_mode("fp8", cpu)
     assert Precision("bf16", cpu).scaler is None and Precision("no", cpu).dtype is None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from fewstep.denoiser import Denoiser
 from fewstep.distill.teacher_cache import CacheReader, TeacherCache, mmap_safetensors
 from fewstep.io import load_tensors
