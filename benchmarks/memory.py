@@ -12,8 +12,10 @@ gradient checkpointing. Per run it records
 * ``base_copies``: how many distinct tensor storages hold the frozen base's weights (the
   teacher's first attention projection, found by value among every tensor the trainer holds:
   modules, EMA, optimizer state), counted right after setup;
-* ``measured_peak_gib``: peak resident memory (``getrusage`` high-water mark) minus the
-  interpreter's after imports; large allocations are returned to the OS at once
+* ``measured_peak_gib``: peak resident memory minus the interpreter's after imports: the
+  kernel's high-water mark (``VmHWM``) is reset once the imports are done (``/proc/self/
+  clear_refs``), so import-time transients do not count, and the baseline is the resident size
+  (``VmRSS``) at that moment; large allocations are returned to the OS at once
   (``MALLOC_MMAP_THRESHOLD_``) so the peak follows live tensors rather than allocator reuse;
 * ``plan_peak_gib``: ``fewstep plan``'s total for the configured row, same config, 1 process;
 * ``iter_seconds`` (the fastest iteration after the first) and ``passes_seconds``: the sum,
@@ -30,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import re
 import subprocess
 import sys
 import time
@@ -242,6 +244,24 @@ def _transformers(trainer: Any) -> list[Any]:
     return out
 
 
+def _status_kib(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    assert m is not None, field
+    return int(m.group(1))
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark; returns the current resident size (bytes)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_rss() -> int:
+    """Peak resident size (bytes) since the last :func:`reset_peak_rss`."""
+    return _status_kib("VmHWM") * 1024
+
+
 def child(name: str, root: Path, out: Path, iters: int) -> None:
     import torch
 
@@ -249,10 +269,10 @@ def child(name: str, root: Path, out: Path, iters: int) -> None:
     from fewstep.plan import build_plan
 
     torch.set_num_threads(1)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     cfg = run_config(root, name, iters)
-    plan = build_plan(cfg, 1)
+    plan = build_plan(cfg, 1)  # meta models: imports diffusers / transformers parts
     row = next(r for r in plan.rows if r.configured)
+    baseline = reset_peak_rss()
     tr = Trainer(cfg, root / f"run_{name}", progress=False)
     copies = base_copies(tr)
     tr.prepare_data()
@@ -266,7 +286,7 @@ def child(name: str, root: Path, out: Path, iters: int) -> None:
         else:
             tr.train_iteration()
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     passes, nf, nb = rec.replay_seconds()
     # the same statistic on both sides (the machine is shared): the fastest iteration after
     # the first, the fastest replay of each pass
