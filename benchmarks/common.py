@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fewstep.config import apply_overrides, validate
-from fewstep.distill.config import DistillConfig
+from fewstep.distill.config import DEFAULT_METHOD, METHOD_CONFIGS, DistillConfig
 from fewstep.distill.trainer import Trainer
 from fewstep.evaluation import evaluate_samplers
 
@@ -44,10 +44,21 @@ def extra_overrides(args: argparse.Namespace) -> list[str]:
     return extra + list(args.set)
 
 
+def own_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the sections that only *other* methods read (a row starts from a
+    Turbo++ preset and switches ``method``; its ``step1`` / ``turbo`` / ... sections go)."""
+    own = METHOD_CONFIGS[data.get("method", DEFAULT_METHOD)].model_fields
+    others = {s for c in METHOD_CONFIGS.values() for s in c.sections()}
+    return {k: v for k, v in data.items() if k in own or k not in others}
+
+
 def run_one(base: dict[str, Any], overrides: list[str], run_dir: Path,
             num_samples: int = 2000) -> dict[str, Any]:
     """Train one student and evaluate it at its own step count from the eval noise."""
-    cfg = validate(DistillConfig, apply_overrides(base, overrides), "benchmark config")
+    data = apply_overrides(base, [o for o in overrides if o.startswith("method=")])
+    data = apply_overrides(own_sections(data), [o for o in overrides
+                                                if not o.startswith("method=")])
+    cfg = validate(DistillConfig, data, "benchmark config")
     torch.manual_seed(cfg.train.seed)
     t0 = time.perf_counter()
     tr = Trainer(cfg, run_dir, progress=False)

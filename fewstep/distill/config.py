@@ -309,8 +309,10 @@ class DistillConfig(StrictModel):
         if cls is DistillConfig:
             target = METHOD_CONFIGS.get(data["method"])  # type: ignore[assignment]
             if target is None:
-                err = PydanticCustomError("unknown_method", "unknown method; choose from "
-                                          "{known}", {"known": ", ".join(sorted(METHOD_CONFIGS))})
+                known = [repr(m) for m in sorted(METHOD_CONFIGS)]
+                err = PydanticCustomError(
+                    "literal_error", "Input should be {expected} (the registered methods)",
+                    {"expected": ", ".join(known[:-1]) + " or " + known[-1]})
                 raise ValidationError.from_exception_data(
                     cls.__name__, [InitErrorDetails(type=err, loc=("method",),
                                                     input=data["method"])])
