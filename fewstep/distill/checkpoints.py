@@ -12,6 +12,7 @@ target are deleted (they lie on the diverging branch; a resume must not pick the
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from fewstep.distill.state import (
     save_train_state,
 )
 from fewstep.errors import CheckpointError, ConfigError, DivergenceError
-from fewstep.io import load_tensors
+from fewstep.io import load_tensors, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,35 @@ class TrainState:
     optimizers: dict[str, Any]
     schedulers: dict[str, LRScheduler]
     generators: Callable[[Path | None], dict[str, torch.Generator]]
+
+
+def checkpoint_generators(dist: DistEnv, data: torch.Generator, step: torch.Generator | None,
+                          loss: torch.Generator, ck: Path | None = None
+                          ) -> dict[str, torch.Generator]:
+    """The generators a checkpoint records: the data stream and, with N processes, the shared
+    step-choice stream and every rank's loss stream -- to save (``ck=None``; gathering the
+    ranks' loss streams is a collective) or to restore from ``ck`` (a checkpoint of another
+    world size restarts the loss streams; the data order continues)."""
+    gens = {"data": data}
+    if not dist.enabled:
+        return gens
+    assert step is not None
+    gens["step"] = step
+    if ck is None:
+        for r, st in enumerate(dist.gather_generator_states(loss)):
+            gens[f"loss{r}"] = torch.Generator()
+            gens[f"loss{r}"].set_state(st)
+        return gens
+    saved = int(json.loads(read_metadata(ck).get("counters", "{}")).get("world_size", 1))
+    if saved == dist.world_size:
+        gens[f"loss{dist.rank}"] = loss
+    else:
+        log.warning("resume: %s was written by %d process(es), this run has %d; the "
+                    "per-rank loss noise streams restart (the data order continues)",
+                    ck, saved, dist.world_size)
+        if saved == 1:
+            gens.pop("step")
+    return gens
 
 
 def step_of(path: Path) -> int:
@@ -127,6 +157,28 @@ class CheckpointManager:
         """Restore ``state`` from ``ck``; returns the counters."""
         return load_train_state(ck, state.modules, state.optimizers, state.generators(ck),
                                 state.schedulers)
+
+    def resume(self, state: TrainState, config: dict[str, Any], run_dir: Path, teacher_id: str
+               ) -> tuple[Path, dict[str, Any]] | None:
+        """Load the newest good checkpoint into ``state``: ``(path, counters)``, or ``None``
+        when the run has no checkpoint yet.
+
+        :class:`CheckpointError` if checkpoints exist but none is usable or the checkpoint was
+        trained with another teacher; :class:`ConfigError` if ``config`` differs from the
+        checkpoint's outside :data:`RESUME_MUTABLE`."""
+        problems: list[str] = []
+        ck = self.latest_good(problems)
+        if ck is None:
+            if problems:
+                raise CheckpointError(f"resume: no usable checkpoint in {self.folder} "
+                                      f"({'; '.join(problems)}); delete them to start over")
+            return None
+        self.check_resume_config(ck, config, run_dir)
+        counters = self.load(ck, state)
+        if counters.get("teacher_id", teacher_id) != teacher_id:
+            raise CheckpointError(f"resume: {ck} was trained with another teacher (its weights "
+                                  "differ from teacher.path)")
+        return ck, counters
 
     def check_resume_config(self, ck: Path, config: dict[str, Any], run_dir: Path) -> None:
         """:class:`ConfigError` if ``config`` differs from ``ck``'s outside

@@ -1,48 +1,29 @@
-"""The distillation training loop (one loop for every method).
+"""The distillation training loop (one loop for every method); ``docs/tour.md`` follows one
+batch through it.
 
-``Trainer(cfg, run_dir).train()`` wires the pieces, each in its own module, and runs the loop:
+``Trainer(cfg, run_dir).train()`` wires the pieces, each in its own module -- the teacher
+(:func:`fewstep.distill.teachers.load_teacher`), the student and its EMA
+(:mod:`~fewstep.distill.student_factory`), the method (:mod:`fewstep.distill.methods`: losses,
+:class:`~fewstep.distill.methods.base.DataNeeds` and ``UpdateSchedule``),
+batches (:mod:`~fewstep.distill.batches`), optimizers (:mod:`~fewstep.distill.optim`),
+checkpoints (:mod:`~fewstep.distill.checkpoints`), logs and samples
+(:mod:`~fewstep.distill.run_logs`) -- and runs, per generator update, the method's auxiliary
+updates, one student update, the EMA update, a ``losses.jsonl`` row, samples and checkpoints.
 
-* teacher: :func:`fewstep.distill.teachers.load_teacher` (any ``teacher.kind``);
-* student and its EMA: :mod:`fewstep.distill.student_factory`;
-* the method (:mod:`fewstep.distill.methods`, chosen by ``cfg.method``): its losses, its
-  :class:`~fewstep.distill.methods.base.DataNeeds` and
-  :class:`~fewstep.distill.methods.base.UpdateSchedule`;
-* batches: :class:`~fewstep.distill.batches.BatchSource`;
-* optimizers: :class:`~fewstep.distill.optim.Optimizers`;
-* checkpoints: :class:`~fewstep.distill.checkpoints.CheckpointManager`;
-* logs and samples: :mod:`fewstep.distill.run_logs`.
-
-Per generator update: ``schedule.aux_per_generator`` auxiliary updates (discriminator / fake
-score, each on a fresh batch), then one student update, an EMA update, a row of
-``losses.jsonl``, periodic samples and checkpoints. At the end the EMA student is written to
-``student.safetensors``.
-
-Run directory: ``config.yaml`` (resolved), ``checkpoints/ckpt_*.safetensors`` (full training
-state), ``tb/`` (tensorboard), ``samples/*.png``, ``losses.jsonl``, ``student.safetensors``.
-
-Reliability: ``resume=True`` continues from the newest checkpoint that passes its checksum,
-bit-identical on CPU to an uninterrupted run; ``losses.jsonl`` always matches the state (cut to
-the checkpoint's step, emptied on a fresh start). NaN / Inf in a loss or gradient raises
-:class:`DivergenceError` naming the step and the term (or, with ``train.on_divergence:
-rollback``, reloads a good checkpoint -- walking back to older ones if the newest keeps
-diverging -- and continues with a lower LR); a non-finite state is never checkpointed.
-:meth:`Trainer.request_stop` (SIGTERM) makes the loop checkpoint and raise
-:class:`TrainingInterrupted` at the next step boundary.
-
-Multi-process (``torchrun --nproc_per_node N -m fewstep distill ...``; see
-``docs/multi_gpu.md`` and :mod:`fewstep.distill.distributed`): ``train.batch_size`` is the
-*global* batch; every rank draws it with the shared data generator and keeps its slice.
-Randomness inside the losses comes from a per-rank generator; choices of which step module to
-run from a generator shared by all ranks. Rank 0's initial weights are broadcast and after every
-``backward`` the trainable gradients are averaged over ranks (with ``train.distributed: fsdp``
-the student, its EMA and fake score networks are sharded with FSDP2). Only rank 0 writes files.
+Run directory: ``config.yaml``, ``checkpoints/``, ``tb/``, ``samples/``, ``losses.jsonl``,
+``student.safetensors`` (the EMA student). Resume (``resume=True``) is bit-identical on CPU;
+NaN / Inf raises :class:`DivergenceError` naming step and term, or rolls back
+(``train.on_divergence``); :meth:`Trainer.request_stop` (SIGTERM) checkpoints and raises
+:class:`TrainingInterrupted` at the next step boundary. Multi-process (torchrun): the global
+batch is split over ranks, gradients are averaged over ranks after every backward (or sharded
+with FSDP2), only rank 0 writes (see ``docs/multi_gpu.md`` and
+:mod:`fewstep.distill.distributed`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import random
 import time
@@ -59,18 +40,18 @@ from tqdm.auto import tqdm
 from fewstep.config import dump_yaml
 from fewstep.denoiser import Denoiser
 from fewstep.distill.batches import BatchSource
-from fewstep.distill.checkpoints import CheckpointManager, TrainState
+from fewstep.distill.checkpoints import CheckpointManager, TrainState, checkpoint_generators
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.distributed import (
     FullOptimizerView,
     FullStateView,
     Snapshot,
-    fsdp_shard,
     init_distributed,
 )
-from fewstep.distill.fake_score import FakeScore
+from fewstep.distill.divergence import check_finite
 from fewstep.distill.methods import Batch, DistillContext, DistillMethod, method_class
 from fewstep.distill.optim import Optimizers, grad_norm, params_of
+from fewstep.distill.replicas import distribute
 from fewstep.distill.run_logs import LossLog, ScalarWriter, write_samples
 from fewstep.distill.student import Student
 from fewstep.distill.student_factory import (
@@ -84,8 +65,7 @@ from fewstep.distill.student_factory import (
 )
 from fewstep.distill.teacher_file import resolve_teacher
 from fewstep.distill.teachers import load_teacher
-from fewstep.errors import CheckpointError, ConfigError, DivergenceError
-from fewstep.io import read_metadata
+from fewstep.errors import ConfigError, DivergenceError
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +127,7 @@ class Trainer:
         self.ctx = DistillContext(cfg, self.problem, self.teacher, self.teacher_w, self.student,
                                   self.device, self.loss_gen, example, example_cond)
         self.method: DistillMethod = method_class(cfg.method)(self.ctx).to(self.device)
-        self._distribute()
+        distribute(self.dist, self.student, self.ema, self.method, self.step_gen)
         if t.gradient_checkpointing:
             enable_gradient_checkpointing(
                 self.student, [*(m for m in self.method.modules() if isinstance(m, Denoiser)),
@@ -177,22 +157,6 @@ class Trainer:
     history = property(lambda self: self.losses.history)
     checkpoint_dir = property(lambda self: self.ckpt.folder)
 
-    def _distribute(self) -> None:
-        """Broadcast rank 0's weights; with FSDP shard the trainable networks and the EMA."""
-        d = self.dist
-        if not d.enabled:
-            return
-        d.broadcast_modules(self.student, self.ema, self.method)
-        self.student.step_generator = self.step_gen
-        if d.fsdp:
-            if self.student.lora is not None:
-                raise ConfigError("train.distributed: fsdp is not supported with "
-                                  "student.parameterization=lora; use ddp (the adapters are "
-                                  "small; the frozen base is replicated on each rank)")
-            fakes = [m.den for m in self.method.modules() if isinstance(m, FakeScore)]
-            for m in [*self.student.steps, *self.ema.steps, *fakes]:
-                fsdp_shard(m)
-
     def prepare_data(self) -> None:
         self.batches.prepare(self.progress)
 
@@ -216,29 +180,7 @@ class Trainer:
         return TrainState(mods, opts, self._schedulers(), self._generators)
 
     def _generators(self, ck: Path | None = None) -> dict[str, torch.Generator]:
-        """Generators a checkpoint records: to save (``ck=None``; with N processes every rank's
-        loss stream, gathered: a collective) or to restore from ``ck``."""
-        gens = {"data": self.gen}
-        d = self.dist
-        if not d.enabled:
-            return gens
-        assert self.step_gen is not None
-        gens["step"] = self.step_gen
-        if ck is None:
-            for r, st in enumerate(d.gather_generator_states(self.loss_gen)):
-                gens[f"loss{r}"] = torch.Generator()
-                gens[f"loss{r}"].set_state(st)
-            return gens
-        saved = int(read_counters(ck).get("world_size", 1))
-        if saved == d.world_size:
-            gens[f"loss{d.rank}"] = self.loss_gen
-        else:
-            log.warning("resume: %s was written by %d process(es), this run has %d; the "
-                        "per-rank loss noise streams restart (the data order continues)",
-                        ck, saved, d.world_size)
-            if saved == 1:
-                gens.pop("step")
-        return gens
+        return checkpoint_generators(self.dist, self.gen, self.step_gen, self.loss_gen, ck)
 
     def save_checkpoint(self) -> Path:
         """Write the full training state (refuses, with :class:`DivergenceError`, if non-finite)."""
@@ -254,24 +196,15 @@ class Trainer:
         return counters
 
     def try_resume(self) -> bool:
-        """Load the newest good checkpoint; ``False`` if the run has none yet.
-
-        Raises :class:`CheckpointError` if checkpoints exist but none is usable, and
-        :class:`ConfigError` if the config differs from the checkpoint's in a key outside
-        :data:`~fewstep.distill.checkpoints.RESUME_MUTABLE`.
-        """
-        problems: list[str] = []
-        ck = self.ckpt.latest_good(problems)
-        if ck is None:
-            if problems:
-                raise CheckpointError(f"resume: no usable checkpoint in {self.ckpt.folder} "
-                                      f"({'; '.join(problems)}); delete them to start over")
+        """Load the newest good checkpoint; ``False`` if the run has none yet (errors: see
+        :meth:`CheckpointManager.resume`)."""
+        got = self.ckpt.resume(self._train_state(), self.cfg.model_dump(mode="json"),
+                               self.run_dir, self.teacher_id)
+        if got is None:
             return False
-        self.ckpt.check_resume_config(ck, self.cfg.model_dump(mode="json"), self.run_dir)
-        counters = self._load_checkpoint(ck)
-        if counters.get("teacher_id", self.teacher_id) != self.teacher_id:
-            raise CheckpointError(f"resume: {ck} was trained with another teacher (its weights "
-                                  "differ from teacher.path)")
+        ck, counters = got
+        self.step = int(counters["step"])
+        self.losses.cut(self.step)  # the log matches the state
         self.rollbacks = int(counters.get("rollbacks", 0))
         self.lr_scale = float(counters.get("lr_scale", 1.0))
         log.info("resumed from %s at step %d", ck, self.step)
@@ -288,22 +221,6 @@ class Trainer:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if mp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
-
-    def _check_finite(self, logs: dict[str, Tensor], params: list[nn.Parameter], phase: str,
-                      total_norm: Tensor) -> None:
-        # ``self.step + 1``: the update being computed, as numbered in losses.jsonl / checkpoints
-        for k, v in logs.items():
-            if not torch.isfinite(v).all():
-                raise DivergenceError(f"{phase} loss term {k!r} is {v.float().mean().item()} at "
-                                      f"step {self.step + 1}")
-        if bool(torch.isfinite(total_norm)):
-            return  # a finite total gradient norm means every gradient is finite
-        names = {id(q): n for n, q in self._named_trainable()}
-        for p in params:
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise DivergenceError(
-                    f"{phase} gradient of {names.get(id(p), 'a parameter')!r} is not finite at "
-                    f"step {self.step + 1} (loss terms {', '.join(logs) or 'total'} were finite)")
 
     def _named_trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
         yield from (("student." + n, p) for n, p in self.student.named_parameters())
@@ -322,7 +239,7 @@ class Trainer:
             self.dist.average_gradients(params)
             logs = self.dist.mean_logs(logs, self.device)
             norm = grad_norm(params)
-            self._check_finite(logs, params, phase, norm)
+            check_finite(logs, params, phase, norm, self.step + 1, self._named_trainable)
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
             opt.step()
         return logs, norm
@@ -466,8 +383,3 @@ class Trainer:
         path = self.run_dir / "samples" / f"{tag}.png" if self.dist.is_main else None
         write_samples(path, self.ema, self.problem, self.cfg.eval.seed, self.device,
                       f"{self.cfg.method} step {self.step}", n)
-
-
-def read_counters(ck: Path) -> dict[str, Any]:
-    """The counters (step, rollbacks, lr_scale, world_size, ...) stored in a checkpoint."""
-    return json.loads(read_metadata(ck).get("counters", "{}"))
