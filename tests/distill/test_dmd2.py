@@ -8,8 +8,8 @@ from fewstep.config import validate
 from fewstep.data.problem import get_problem
 from fewstep.distill import student as student_mod
 from fewstep.distill.config import DistillConfig
-from fewstep.distill.methods.base import Batch, DistillContext
 from fewstep.distill.methods import config_class, method_names
+from fewstep.distill.methods.base import Batch, DistillContext
 from fewstep.distill.methods.dmd2 import DMD2
 from fewstep.distill.student import Student, backward_simulate
 from fewstep.distill.trainer import Trainer
