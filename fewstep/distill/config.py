@@ -316,7 +316,7 @@ class DistillConfig(StrictModel):
                 raise ValidationError.from_exception_data(
                     cls.__name__, [InitErrorDetails(type=err, loc=("method",),
                                                     input=data["method"])])
-        target._check_sections(data)
+        data = target._own_sections(data)
         return super(DistillConfig, target).model_validate(data, **kwargs)
 
     @classmethod
@@ -325,17 +325,22 @@ class DistillConfig(StrictModel):
         return tuple(k for k in cls.model_fields if k not in cls.COMMON)
 
     @classmethod
-    def _check_sections(cls, data: dict[str, Any]) -> None:
-        """A section of another method is an error naming the method's own sections."""
+    def _own_sections(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` without other methods' sections. Such a section is an error naming the
+        method's own sections, unless every value it sets is that section's default (it would
+        change nothing; e.g. the ``config.yaml`` of a run written before sections were per
+        method): then it is dropped."""
         others = {s for c in METHOD_CONFIGS.values() for s in c.sections()}
-        for key in data:
-            if key not in cls.model_fields and key in others:
+        foreign = [k for k in data if k not in cls.model_fields and k in others]
+        for key in foreign:
+            if not _is_default_section(key, data[key]):
                 used = ", ".join(cls.sections()) or "none"
                 err = PydanticCustomError(
                     "unused_section", "section not used by method {method} (its sections: "
                     "{used}); remove it", {"method": data["method"], "used": used})
                 raise ValidationError.from_exception_data(
                     cls.__name__, [InitErrorDetails(type=err, loc=(key,), input=data[key])])
+        return {k: v for k, v in data.items() if k not in foreign}
 
     @field_validator("data")
     @classmethod
@@ -361,6 +366,23 @@ class DistillConfig(StrictModel):
             raise ValueError(f"data: teacher.kind unet_eps needs an image data set (digits), "
                              f"got {self.data!r}")
         return self
+
+
+def _is_default_section(key: str, value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    for c in METHOD_CONFIGS.values():
+        field = c.model_fields.get(key)
+        default = getattr(field, "default", None)
+        if isinstance(default, StrictModel):
+            dump = default.model_dump(mode="json")
+            if all(k in dump and dump[k] == _json_like(v) for k, v in value.items()):
+                return True
+    return False
+
+
+def _json_like(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
 
 
 def register_config(name: str, config: type[DistillConfig]) -> None:
