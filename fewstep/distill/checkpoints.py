@@ -22,7 +22,12 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from fewstep.distill.distributed import DistEnv, Snapshot
+from fewstep.distill.distributed import (
+    DistEnv,
+    FullOptimizerView,
+    FullStateView,
+    Snapshot,
+)
 from fewstep.distill.state import (
     CKPT_RE,
     checkpoint_config,
@@ -55,6 +60,16 @@ class TrainState:
     optimizers: dict[str, Any]
     schedulers: dict[str, LRScheduler]
     generators: Callable[[Path | None], dict[str, torch.Generator]]
+
+
+def state_views(modules: dict[str, Any], optimizers: dict[str, Any], fsdp: bool
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The objects a checkpoint reads and writes: as they are, or with FSDP views that give
+    and take full tensors (gathering / sharding are collectives)."""
+    if not fsdp:
+        return modules, optimizers
+    return ({k: FullStateView(m) for k, m in modules.items()},
+            {k: FullOptimizerView(o) for k, o in optimizers.items()})
 
 
 def checkpoint_generators(dist: DistEnv, data: torch.Generator, step: torch.Generator | None,

@@ -8,6 +8,7 @@ state (``base_lrs``, last LR) stays consistent through public API only.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,15 @@ def adamw_options(device: torch.device) -> dict[str, bool]:
     except (RuntimeError, ValueError):
         return {}
     return {"fused": True}
+
+
+def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
+    """``train.mixed_precision``: ``no`` (float32), ``bf16`` or ``fp16`` autocast on ``device``;
+    the optimizers always step float32 master weights."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def lr_warmup(steps: int) -> Callable[[int], float]:

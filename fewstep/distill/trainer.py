@@ -40,17 +40,17 @@ from tqdm.auto import tqdm
 from fewstep.config import dump_yaml
 from fewstep.denoiser import Denoiser
 from fewstep.distill.batches import BatchSource
-from fewstep.distill.checkpoints import CheckpointManager, TrainState, checkpoint_generators
-from fewstep.distill.config import DistillConfig
-from fewstep.distill.distributed import (
-    FullOptimizerView,
-    FullStateView,
-    Snapshot,
-    init_distributed,
+from fewstep.distill.checkpoints import (
+    CheckpointManager,
+    TrainState,
+    checkpoint_generators,
+    state_views,
 )
+from fewstep.distill.config import DistillConfig
+from fewstep.distill.distributed import FullStateView, Snapshot, init_distributed
 from fewstep.distill.divergence import check_finite
 from fewstep.distill.methods import Batch, DistillContext, DistillMethod, method_class
-from fewstep.distill.optim import Optimizers, grad_norm, params_of
+from fewstep.distill.optim import Optimizers, autocast, grad_norm, params_of
 from fewstep.distill.replicas import distribute
 from fewstep.distill.run_logs import LossLog, ScalarWriter, write_samples
 from fewstep.distill.student import Student
@@ -165,12 +165,8 @@ class Trainer:
 
     # ------------------------------------------------------------ state
     def _state_objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        mods: dict[str, Any] = {"student": self.student, "ema": self.ema, "method": self.method}
-        opts: dict[str, Any] = self.optim.optimizers()
-        if self.dist.fsdp:  # full tensors in and out (gathering / sharding are collectives)
-            mods = {k: FullStateView(m) for k, m in mods.items()}
-            opts = {k: FullOptimizerView(o) for k, o in opts.items()}
-        return mods, opts
+        mods = {"student": self.student, "ema": self.ema, "method": self.method}
+        return state_views(mods, self.optim.optimizers(), self.dist.fsdp)
 
     def _schedulers(self) -> dict[str, Any]:
         return self.optim.schedulers()
@@ -215,13 +211,6 @@ class Trainer:
         self._stop_reason = reason
 
     # ------------------------------------------------------------ one update
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        mp = self.cfg.train.mixed_precision
-        if mp == "no":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if mp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def _named_trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
         yield from (("student." + n, p) for n, p in self.student.named_parameters())
         yield from (("method." + n, p) for n, p in self.method.named_parameters())
@@ -255,7 +244,7 @@ class Trainer:
             for _ in range(o.schedule.aux_per_generator):
                 with record_function("aux"):
                     batch = self.next_batch()
-                    with self._autocast():
+                    with autocast(self.device, self.cfg.train.mixed_precision):
                         out = self.method.aux_loss(batch, self.step)
                     if out is None:
                         break
@@ -266,7 +255,7 @@ class Trainer:
                 p.requires_grad_(False)
         with record_function("generator_forward"):
             batch = self.next_batch()
-            with self._autocast():
+            with autocast(self.device, self.cfg.train.mixed_precision):
                 loss, gl = self.method.generator_loss(batch, self.step)
         gl, gnorm = self._backward_step(loss, gl, o.g, self.cfg.train.grad_clip, "generator")
         o.step_schedulers()
