@@ -487,6 +487,7 @@ def build_plan(cfg: DistillConfig, gpus: int, gpu_memory_gb: float | None = None
         lora = lora_student_parts(cfg, teacher)
     tb = _DTYPE_BYTES[cfg.teacher.dtype]
     act = activation_shape(teacher, shape, cfg)
+    # plans are for GPUs: auto means bf16 there
     act_b = 4 if cfg.train.mixed_precision == "no" else 2
     fwd = graph_forwards(cfg)
     block = _largest_block(teacher)

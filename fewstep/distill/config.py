@@ -231,7 +231,9 @@ class TrainSpec(StrictModel):
                            "for methods with auxiliary networks")
     seed: int = 0
     device: str = "cpu"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA (where supported), float32 elsewhere; "
+        "fp16 runs with a gradient scaler (see fewstep/distill/precision.py)")
     gradient_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile the student's step modules (first "
                           "iterations are slow while it compiles; needs a C++ compiler on CPU)")
