@@ -1,32 +1,32 @@
 """Multi-process data-parallel training for the distillation :class:`~fewstep.distill.trainer.
-Trainer`: process group, per-rank batches, gradient averaging and FSDP sharding.
+Trainer`: process group, per-rank batches, DDP over each loss and FSDP sharding.
 
 Launch with ``torchrun --nproc_per_node N`` or ``accelerate launch --multi_gpu --num_processes
 N`` (both set ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT``);
 the trainer then joins the group (``env://``; gloo on CPU, nccl on CUDA with ``cuda:LOCAL_RANK``)
 unless ``torch.distributed`` is already initialised, in which case it uses that group.
 
-Why not ``DistributedDataParallel``: a recipe calls the student several times per loss (step 1,
-then step 2 end-to-end, or a random number of no-grad steps first) through
-``Student.generate`` -- a method, not ``forward`` -- and aux modules are called from inside the
-student's loss. DDP's reducer assumes one ``forward`` through the wrapper per backward and
-would have to be told about every other call. Synchronous data parallelism only needs the
-*average* of the ranks' gradients before each optimizer step, so :meth:`DistEnv.average_gradients`
-all-reduces the trainable parameters' gradients (bucketed) after ``backward``. That is the same
-update DDP computes (DDP also averages gradients), independent of how the modules were called.
-Initial weights are broadcast from rank 0 (:meth:`DistEnv.broadcast_modules`), so with
-identical gradients and optimizers every rank holds bit-identical weights, optimizer moments
-and EMA.
+DDP (``train.distributed: ddp``, the default): a recipe calls the student several times per
+loss (step 1, then step 2 end-to-end, or a random number of no-grad steps first) through
+``Student.generate`` -- a method, not ``forward`` -- and calls aux modules from inside the
+student's loss, while ``DistributedDataParallel`` expects one ``forward`` of the wrapped module
+per backward. :class:`DDPLoss` therefore wraps the *loss function*: a small module registering
+the trainable networks, whose ``forward`` runs the whole loss. Autograd sums all uses of a
+parameter into one accumulation, so DDP's reducer sees each parameter once per backward and
+all-reduces its bucket as soon as it is ready, overlapping communication with the rest of the
+backward pass. Rank 0's weights are broadcast first (:meth:`DistEnv.broadcast_modules`), so
+with identical gradients and optimizers every rank holds bit-identical weights, optimizer
+moments and EMA. :meth:`DistEnv.average_gradients` (bucketed all-reduce after backward) remains
+for parameters outside DDP (FSDP's unsharded heads).
 
 FSDP (``train.distributed: fsdp``) shards each trainable network with
-``torch.distributed.fsdp.fully_shard`` (FSDP2; every block of a ``ModuleList`` then the network
-itself, see :func:`fsdp_shard`). FSDP2 hooks ``forward`` of each sharded module, so any call
-pattern of the student works as long as *every rank calls the same sharded modules in the same
-order* (their all-gathers are collectives): the trainer therefore draws recipe decisions such as
-DMD2's random step ``k`` from a generator shared by all ranks. Sharded gradients are
-reduce-scattered (averaged) by FSDP itself; unsharded trainable parameters (discriminator
-heads) are still averaged by :meth:`DistEnv.average_gradients`. Checkpoints and student files
-hold full (gathered) tensors, so they are the same files as in a one-process run.
+``torch.distributed.fsdp.fully_shard`` (FSDP2): each block of the outermost block lists, then
+the network itself (:func:`fsdp_shard`). FSDP2 hooks ``forward`` of each sharded module, so any
+call pattern of the student works as long as *every rank calls the same sharded modules in the
+same order* (their all-gathers are collectives): the trainer therefore draws recipe decisions
+such as DMD2's random step ``k`` from a generator shared by all ranks. Sharded gradients are
+reduce-scattered (averaged) by FSDP itself. Checkpoints and student files hold full (gathered)
+tensors, so they are the same files as in a one-process run.
 """
 
 from __future__ import annotations
