@@ -406,19 +406,16 @@ def per_gpu_batch(global_batch: int, gpus: int) -> tuple[int, str | None]:
                  f"{gpus} GPUs: planned with {per} per GPU; set train.batch_size={per * gpus}")
 
 
-def _needs_cache(cfg: DistillConfig, method: nn.Module) -> tuple[bool, bool]:
+def _needs_cache(method: nn.Module) -> tuple[bool, bool]:
     """``(pairs, real)``: the recipe reads teacher pairs / "real" rows from the cache."""
-    g = cfg.gan
-    pairs = bool(getattr(method, "needs_teacher_pairs", False))
-    real = bool(getattr(method, "needs_real", False)) and g.real == "teacher" \
-        and g.real_source == "cache"
-    return pairs, real
+    needs = method.data_needs()  # type: ignore[operator]
+    return bool(needs.teacher_pairs), needs.real == "teacher_cache"
 
 
 def cache_figures(cfg: DistillConfig, method: nn.Module, shape: tuple[int, ...],
                   teacher: nn.Module, per_gpu: int) -> tuple[float, dict[str, float]]:
     """``(device bytes of one per-GPU batch of cache rows, host / disk figures)``."""
-    pairs, real = _needs_cache(cfg, method)
+    pairs, real = _needs_cache(method)
     numel = math.prod(shape)
     host: dict[str, float] = {}
     device = 0.0

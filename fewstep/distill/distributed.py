@@ -247,7 +247,8 @@ class _LossModule(nn.Module):
 
 class DDPLoss:
     """A loss function ``fn(*args) -> (loss, logs)`` run through torch's
-    ``DistributedDataParallel`` over the trainable parameters of ``modules``.
+    ``DistributedDataParallel`` over the trainable parameters of ``modules`` (only those in
+    ``params`` when given).
 
     DDP's reducer hooks every trainable parameter's gradient accumulation and all-reduces
     (averages) gradients in buckets *while backward still runs*, overlapping communication with
@@ -268,18 +269,22 @@ class DDPLoss:
     """
 
     def __init__(self, env: DistEnv, fn: Callable[..., Any], modules: Mapping[str, nn.Module],
-                 device: torch.device, find_unused_parameters: bool = True,
-                 bucket_cap_mb: float = 25.0) -> None:
+                 device: torch.device, params: Iterable[nn.Parameter] | None = None,
+                 find_unused_parameters: bool = True, bucket_cap_mb: float = 25.0) -> None:
         self.env, self.fn = env, fn
         self.ddp: nn.Module | None = None
+        keep = None if params is None else {id(p) for p in params}
         if env.enabled and not env.fsdp and any(
-                p.requires_grad for m in modules.values() for p in m.parameters()):
+                p.requires_grad and (keep is None or id(p) in keep)
+                for m in modules.values() for p in m.parameters()):
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             wrapped = _LossModule(modules, fn)
-            # frozen weights (a LoRA base, a teacher a recipe holds) and buffers are neither
-            # reduced nor re-broadcast
-            frozen = [n for n, p in wrapped.named_parameters() if not p.requires_grad]
+            # frozen weights (a LoRA base, a teacher a recipe holds), parameters another loss
+            # trains (``params`` not given for them) and buffers are neither reduced nor
+            # re-broadcast
+            frozen = [n for n, p in wrapped.named_parameters() if not p.requires_grad
+                      or (keep is not None and id(p) not in keep)]
             DDP._set_params_and_buffers_to_ignore_for_model(
                 wrapped, frozen + [n for n, _ in wrapped.named_buffers()])
             self.ddp = DDP(wrapped,

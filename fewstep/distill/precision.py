@@ -148,6 +148,10 @@ class DeferredLogs:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def clear(self) -> None:
+        """Drop the pending rows (after a rollback they belong to a discarded branch)."""
+        self._rows.clear()
+
     def flush(self) -> tuple[list[dict[str, float]], tuple[int, str, float] | None]:
         """``(records, first_bad)``: host values of every pending row (one transfer) and the
         first ``(step, name, value)`` that is NaN / Inf, or ``None``."""
