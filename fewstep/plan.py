@@ -42,6 +42,7 @@ from torch import nn
 
 from fewstep.distill.config import DistillConfig
 from fewstep.errors import ConfigError
+from fewstep.teachers import meta_teacher as registry_meta_teacher
 
 GB = 1024 ** 3
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -94,50 +95,10 @@ class Plan:
 # Models on the meta device
 # --------------------------------------------------------------------------------------------
 def meta_teacher(cfg: DistillConfig) -> tuple[nn.Module, tuple[int, ...], int, dict[str, Any]]:
-    """``(teacher on meta, sample shape, num_classes, info)`` from configs only."""
-    t = cfg.teacher
-    if t.kind == "file":
-        from pathlib import Path
-
-        from fewstep.assets import teacher_path
-        from fewstep.data.problem import get_problem
-        from fewstep.io import read_metadata
-        from fewstep.teacher import denoiser_from_config
-
-        path = Path(t.path).expanduser() if t.path else teacher_path(cfg.data)
-        if not path.is_file():
-            raise ConfigError(f"teacher.path: teacher file not found: {path}")
-        dcfg = json.loads(read_metadata(path).get("config", "{}"))
-        with torch.device("meta"):
-            den = denoiser_from_config(dcfg)
-        prob = get_problem(cfg.data)
-        return den, tuple(prob.data_shape), prob.num_classes, {"kind": "file", "path": str(path)}
-    assert t.pretrained is not None
-    if t.kind == "zimage":
-        from diffusers import ZImageTransformer2DModel
-
-        from fewstep.diffusers_adapters.zimage import ZImageDenoiser
-        from fewstep.distill.teachers import zimage_latent_shape
-
-        assert t.resolution is not None
-        shape = zimage_latent_shape(t.pretrained, t.resolution)
-        tcfg = ZImageTransformer2DModel.load_config(t.pretrained, subfolder="transformer")
-        with torch.device("meta"):
-            den = ZImageDenoiser(ZImageTransformer2DModel.from_config(tcfg))
-        return den, shape, 0, {"kind": "zimage", "pretrained": t.pretrained}
-    from diffusers import UNet2DModel
-
-    from fewstep.data.problem import get_problem
-
-    try:
-        ucfg = UNet2DModel.load_config(t.pretrained, subfolder="unet")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"teacher.pretrained: cannot read unet/config.json from "
-                          f"{t.pretrained}: {e}") from None
-    with torch.device("meta"):
-        unet = UNet2DModel.from_config(ucfg)
-    prob = get_problem(cfg.data)
-    return _Wrapped(unet), tuple(prob.data_shape), prob.num_classes, {"kind": "unet_eps"}
+    """``(teacher on meta, sample shape, num_classes, info)`` from configs only (the teacher
+    registry's adapter for ``teacher.kind``)."""
+    m = registry_meta_teacher(cfg)
+    return m.module, tuple(m.data_shape), m.num_classes, m.info
 
 
 class _Wrapped(nn.Module):

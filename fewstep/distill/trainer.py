@@ -49,7 +49,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +83,11 @@ from fewstep.distill.state import (
 )
 from fewstep.distill.student import Student
 from fewstep.distill.teacher_cache import TeacherCache
+from fewstep.distill.teachers import rebuild_denoiser
 from fewstep.errors import CheckpointError, ConfigError, DivergenceError
 from fewstep.io import load_state_into, load_tensors, read_metadata, save_tensors
 from fewstep.schedules import student_sigmas
-from fewstep.teacher import denoiser_from_config, load_denoiser
+from fewstep.teacher import load_denoiser
 
 log = logging.getLogger(__name__)
 
@@ -209,19 +210,13 @@ def save_student(path: str | Path, student: Student, config: dict[str, Any]) -> 
     save_tensors(path, student.state_dict(), "student", config)
 
 
-def load_student(path: str | Path, device: str | torch.device = "cpu"
-                 ) -> tuple[Student, dict[str, Any]]:
-    """Rebuild a student written by :func:`save_student`; returns ``(student (eval), config)``."""
+def load_student(path: str | Path, device: str | torch.device = "cpu",
+                 allow_builders: Sequence[str] = ()) -> tuple[Student, dict[str, Any]]:
+    """Rebuild a student written by :func:`save_student`; returns ``(student (eval), config)``.
+    ``allow_builders``: custom teacher builders the run's config names (``teacher.builder``)."""
     tensors, config = load_tensors(path, kind="student")
     try:
-        dcfg = config["denoiser"]
-        if "builder" in dcfg:  # a diffusers teacher (teacher.kind zimage / unet_eps)
-            from fewstep.diffusers_adapters.export import resolve_builder
-
-            target, kwargs = dcfg["builder"]
-            like = resolve_builder(target)(**kwargs)
-        else:
-            like = denoiser_from_config(dcfg)
+        like = rebuild_denoiser(config["denoiser"], allow_builders)  # the teacher registry
         s = config["student"]
         st = Student(like, torch.tensor(config["sigmas"]), s["parameterization"],
                      s["transition"], s["lora_rank"], s["lora_alpha"], s["lora_targets"])
