@@ -287,14 +287,14 @@ class DiffusersTeacher(TeacherAdapter):
                               f"{t.pretrained}: {first_line(e)}") from None
         with torch.device("meta"):
             net = model_cls.from_config(ncfg)
-            self._check_family(net)
-            den: nn.Module
-            if cls_name == "ZImageTransformer2DModel":
-                den = ZImageDenoiser(net)
-            elif str(index.get("scheduler", "FlowMatch")).startswith("FlowMatch"):
-                den = FlowPipelineDenoiser(net, cls_name)
-            else:
-                den = VPPipelineDenoiser(net, torch.linspace(0.999, 0.001, 1000), cls_name)
+        self._check_family(net)
+        den: nn.Module  # the wrapper's own buffers are small: built off meta
+        if cls_name == "ZImageTransformer2DModel":
+            den = ZImageDenoiser(net)
+        elif str(index.get("scheduler", "FlowMatch")).startswith("FlowMatch"):
+            den = FlowPipelineDenoiser(net, cls_name)
+        else:  # placeholder levels (counting only)
+            den = VPPipelineDenoiser(net, torch.linspace(0.999, 0.001, 1000), cls_name)
         shape = latent_shape(vcfg, latent_multiple(net), t.resolution)
         return MetaTeacher(den, shape, 0,
                            {"kind": self.kind, "pretrained": t.pretrained, "family": cls_name})

@@ -95,6 +95,6 @@ class UNetEpsTeacher(TeacherAdapter):
                               f"{t.pretrained}: {first_line(e)}") from None
         with torch.device("meta"):
             unet = UNet2DModel.from_config(ucfg)
-            den = VPEpsilonDenoiser(unet, torch.linspace(0.999, 0.001, 1000))
+        den = VPEpsilonDenoiser(unet, torch.linspace(0.999, 0.001, 1000))  # placeholder levels
         prob = get_problem(cfg.data)
         return MetaTeacher(den, tuple(prob.data_shape), prob.num_classes, {"kind": "unet_eps"})
