@@ -20,10 +20,8 @@ from fewstep.distill.trainer import Trainer, load_student
 from fewstep.errors import ConfigError
 from fewstep.teachers import load_teacher, teacher_kinds
 
-HELPERS = Path(__file__).parent
-
-
-def custom_cfg(tmp_path: Path, builder: str = "teachers_helpers:build", **sections) -> DistillConfig:
+def custom_cfg(tmp_path: Path, builder: str = "teachers_helpers:build", **sections: object
+               ) -> DistillConfig:
     return validate(DistillConfig, {
         "method": "turbo_pp", "data": "digits",
         "teacher": {"kind": "custom", "builder": builder, "steps": 4},
