@@ -20,6 +20,7 @@ from fewstep.distill.trainer import Trainer, load_student
 from fewstep.errors import ConfigError
 from fewstep.teachers import load_teacher, teacher_kinds
 
+
 def custom_cfg(tmp_path: Path, builder: str = "teachers_helpers:build", **sections: object
                ) -> DistillConfig:
     return validate(DistillConfig, {
