@@ -127,6 +127,8 @@ def _fake_features(den: nn.Module, shape: tuple[int, ...]) -> None:
 
 def feature_widths(den: nn.Module) -> list[int] | None:
     """Width of each of ``den.features`` where known from the architecture."""
+    if hasattr(den, "feature_widths"):  # the generic diffusers denoisers say it themselves
+        return list(den.feature_widths())
     tr = getattr(den, "transformer", None)
     if tr is not None and hasattr(den, "feature_layers"):
         return [int(tr.config.dim)] * len(den.feature_layers)

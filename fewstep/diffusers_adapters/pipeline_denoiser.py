@@ -86,6 +86,14 @@ class _PromptConditioned(nn.Module):
         feats = [captured[i] for i in range(len(blocks))]
         return [f.flatten(2).transpose(1, 2) if f.ndim == 4 else f for f in feats]
 
+    def feature_widths(self) -> list[int]:
+        """Channel width of each :meth:`features` output, from the config (``fewstep plan``)."""
+        cfg = self.net.config
+        n = len(getattr(self.net, self.family.blocks))
+        if self.family.blocks == "up_blocks":
+            return [int(c) for c in reversed(cfg["block_out_channels"])][:n]
+        return [int(cfg["num_attention_heads"]) * int(cfg["attention_head_dim"])] * n
+
     def set_gradient_checkpointing(self, enabled: bool = True, checkpoint_fn: Any = None) -> None:
         if enabled:
             self.net.enable_gradient_checkpointing(checkpoint_fn)
