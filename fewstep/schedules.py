@@ -105,3 +105,17 @@ def resolve_teacher_sigmas(schedule: str | list[float], num_steps: int, shift: f
     if scheduler is None:
         raise ValueError("teacher.schedule: 'pipeline' needs a diffusers scheduler")
     return pipeline_sigmas(scheduler, num_steps, image_seq_len)
+
+
+def student_sigmas_from_levels(levels: Tensor, num_steps: int) -> Tensor:
+    """The K student input levels from the teacher's own ``N + 1`` levels (e.g.
+    ``LoadedTeacher.sigmas``): every ``N // K``-th level, the first set to 1 (pure noise: a
+    pipeline schedule may start just below it). ``N`` not divisible by ``K``: uniform levels."""
+    n = int(levels.numel()) - 1
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if n % num_steps != 0:
+        return teacher_sigmas(num_steps)[:-1].clone()
+    s = levels[:-1:n // num_steps].clone().float()
+    s[0] = 1.0
+    return s
