@@ -42,11 +42,3 @@ def test_labels_and_none():
     with pytest.raises(ValueError, match="conditioned and an unconditional"):
         cat_cond([labels, None])
 
-
-def test_student_levels_follow_the_teacher_levels():
-    from fewstep.schedules import student_sigmas_from_levels
-
-    levels = torch.tensor([0.99, 0.8, 0.6, 0.3, 0.0])
-    torch.testing.assert_close(student_sigmas_from_levels(levels, 2), torch.tensor([1.0, 0.6]))
-    torch.testing.assert_close(student_sigmas_from_levels(levels, 3), torch.tensor([1.0, 2 / 3,
-                                                                                   1 / 3]))
