@@ -101,17 +101,6 @@ def meta_teacher(cfg: DistillConfig) -> tuple[nn.Module, tuple[int, ...], int, d
     return m.module, tuple(m.data_shape), m.num_classes, m.info
 
 
-class _Wrapped(nn.Module):
-    """A network without a fewstep Denoiser around it (counting only)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        raise NotImplementedError
-
-
 def _fake_features(den: nn.Module, shape: tuple[int, ...]) -> None:
     """Give a meta teacher a ``features`` that returns meta tensors of the right widths (a
     meta forward of a diffusers transformer is not possible with prompt embeddings)."""
