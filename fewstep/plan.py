@@ -57,6 +57,7 @@ from fewstep.distill.methods import DistillContext
 from fewstep.distill.methods.registry import method_class
 from fewstep.distill.student_factory import student_from_spec
 from fewstep.errors import ConfigError
+from fewstep.teachers import meta_teacher as registry_meta_teacher
 
 GB = 1024 ** 3
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -122,42 +123,33 @@ def shipped_config_ids() -> list[str]:
     return sorted(k for k in index if not k.startswith("_"))
 
 
-def model_config(pretrained: str, subfolder: str, loader: Any = None) -> dict[str, Any] | None:
-    """``<subfolder>/config.json`` of a diffusers pipeline, without network access.
-
-    A local folder is read as is; a hub id the project ships configs for uses the shipped
-    JSON; another hub id is looked up in the local Hugging Face cache only. ``None`` if the
-    component does not exist there; :class:`ConfigError` naming ``teacher.pretrained`` if the
-    folder / id cannot be read at all.
+def offline_pretrained(pretrained: str) -> str:
+    """A local folder holding ``pretrained``'s configs, without network access: a local
+    folder itself; for a hub id the project ships configs for, the shipped folder
+    (``model_index.json`` + ``<component>/config.json``, the public sizes); another hub id from
+    the local Hugging Face cache. :class:`ConfigError` naming ``teacher.pretrained`` otherwise.
     """
-    local = Path(pretrained).expanduser()
-    if local.is_dir():
-        f = local / subfolder / "config.json"
-        return json.loads(f.read_text()) if f.is_file() else None
+    if Path(pretrained).expanduser().is_dir():
+        return pretrained
     index = json.loads((SHIPPED_CONFIGS / "index.json").read_text())
     if pretrained in index:
-        f = SHIPPED_CONFIGS / index[pretrained] / f"{subfolder}.json"
-        return json.loads(f.read_text()) if f.is_file() else None
-    if loader is None:
-        return None
+        return str(SHIPPED_CONFIGS / index[pretrained])
+    from huggingface_hub import snapshot_download
+
     try:
-        return dict(loader.load_config(pretrained, subfolder=subfolder, local_files_only=True))
-    except (OSError, ValueError) as e:
+        return str(snapshot_download(pretrained, local_files_only=True,
+                                     allow_patterns=["*.json"]))
+    except Exception as e:
         raise ConfigError(
-            f"teacher.pretrained: no {subfolder}/config.json for {pretrained!r} offline (not a "
-            f"local folder, not in the Hugging Face cache; configs ship for "
+            f"teacher.pretrained: no configs for {pretrained!r} offline (not a local folder, "
+            f"not in the Hugging Face cache; configs ship for "
             f"{', '.join(shipped_config_ids())}): {str(e).splitlines()[0]}") from None
 
 
-def zimage_shape(tcfg: dict[str, Any], vcfg: dict[str, Any], resolution: int
-                 ) -> tuple[int, int, int]:
-    """Latent shape ``(C, H, W)`` of a Z-Image pipeline at ``resolution`` pixels."""
-    f = 2 ** (len(vcfg["block_out_channels"]) - 1)
-    p = int(next(iter(tcfg.get("all_patch_size", [2]))))
-    if resolution % (f * p):
-        raise ConfigError(f"teacher.resolution: {resolution} is not divisible by {f * p} (VAE "
-                          f"factor {f} x patch size {p})")
-    return int(vcfg["latent_channels"]), resolution // f, resolution // f
+def model_config(folder: str, subfolder: str) -> dict[str, Any] | None:
+    """``<subfolder>/config.json`` of a local pipeline folder (``None`` if absent)."""
+    f = Path(folder).expanduser() / subfolder / "config.json"
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def _meta_count(build: Callable[[], nn.Module]) -> int:
@@ -165,15 +157,16 @@ def _meta_count(build: Callable[[], nn.Module]) -> int:
         return sum(p.numel() for p in build().parameters())
 
 
-def pipeline_parts(pretrained: str) -> dict[str, int]:
-    """Parameter counts of a Z-Image pipeline's VAE and text encoder (0 when unknown)."""
+def pipeline_parts(folder: str) -> dict[str, int]:
+    """Parameter counts of a pipeline's VAE and (Qwen3) text encoder (0 when unknown), from
+    the configs in a local ``folder``."""
     from diffusers import AutoencoderKL
 
     out = {"vae": 0, "text_encoder": 0, "text_hidden": 0}
-    vcfg = model_config(pretrained, "vae")
+    vcfg = model_config(folder, "vae")
     if vcfg is not None:
         out["vae"] = _meta_count(lambda: AutoencoderKL.from_config(vcfg))
-    tcfg = model_config(pretrained, "text_encoder")
+    tcfg = model_config(folder, "text_encoder")
     if tcfg is not None and tcfg.get("model_type") == "qwen3":
         from transformers import Qwen3Config, Qwen3Model
 
@@ -184,62 +177,19 @@ def pipeline_parts(pretrained: str) -> dict[str, int]:
 
 
 def meta_teacher(cfg: DistillConfig) -> tuple[nn.Module, tuple[int, ...], int, dict[str, Any]]:
-    """``(teacher on meta, sample shape, num_classes, info)`` from configs only."""
+    """``(teacher on meta, sample shape, num_classes, info)`` from configs only (the teacher
+    registry's adapter for ``teacher.kind``; a hub id is read offline, see
+    :func:`offline_pretrained`)."""
     t = cfg.teacher
-    if t.kind == "file":
-        from fewstep.assets import teacher_path
-        from fewstep.data.problem import get_problem
-        from fewstep.io import read_metadata
-        from fewstep.teacher import denoiser_from_config
-
-        path = Path(t.path).expanduser() if t.path else teacher_path(cfg.data)
-        if not path.is_file():
-            raise ConfigError(f"teacher.path: teacher file not found: {path}")
-        dcfg = json.loads(read_metadata(path).get("config", "{}"))
-        with torch.device("meta"):
-            den = denoiser_from_config(dcfg)
-        prob = get_problem(cfg.data)
-        return den, tuple(prob.data_shape), prob.num_classes, {"kind": "file", "path": str(path)}
-    assert t.pretrained is not None
-    if t.kind == "zimage":
-        from diffusers import AutoencoderKL, ZImageTransformer2DModel
-
-        from fewstep.diffusers_adapters.zimage import ZImageDenoiser
-
-        assert t.resolution is not None
-        tcfg = model_config(t.pretrained, "transformer", ZImageTransformer2DModel)
-        vcfg = model_config(t.pretrained, "vae", AutoencoderKL)
-        if tcfg is None or vcfg is None:
-            raise ConfigError(f"teacher.pretrained: cannot read a Z-Image pipeline "
-                              f"(transformer/config.json and vae/config.json) from "
-                              f"{t.pretrained}")
-        shape = zimage_shape(tcfg, vcfg, t.resolution)
-        with torch.device("meta"):
-            den = ZImageDenoiser(ZImageTransformer2DModel.from_config(tcfg))
-        return den, shape, 0, {"kind": "zimage", "pretrained": t.pretrained}
-    from diffusers import UNet2DModel
-
-    from fewstep.data.problem import get_problem
-
-    ucfg = model_config(t.pretrained, "unet", UNet2DModel)
-    if ucfg is None:
-        raise ConfigError(f"teacher.pretrained: cannot read unet/config.json from "
-                          f"{t.pretrained}")
-    with torch.device("meta"):
-        unet = UNet2DModel.from_config(ucfg)
-    prob = get_problem(cfg.data)
-    return _Wrapped(unet), tuple(prob.data_shape), prob.num_classes, {"kind": "unet_eps"}
-
-
-class _Wrapped(nn.Module):
-    """A network without a fewstep Denoiser around it (counting only)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        raise NotImplementedError
+    if t.pretrained is not None:
+        local = offline_pretrained(t.pretrained)
+        if local != t.pretrained:
+            cfg = cfg.model_copy(update={"teacher": t.model_copy(update={"pretrained": local})})
+    m = registry_meta_teacher(cfg)
+    info = dict(m.info)
+    if t.pretrained is not None:
+        info.update(pretrained=t.pretrained, config_folder=cfg.teacher.pretrained)
+    return m.module, tuple(m.data_shape), m.num_classes, info
 
 
 def _fake_features(den: nn.Module, shape: tuple[int, ...]) -> None:
@@ -257,6 +207,8 @@ def _fake_features(den: nn.Module, shape: tuple[int, ...]) -> None:
 
 def feature_widths(den: nn.Module) -> list[int] | None:
     """Width of each of ``den.features`` where known from the architecture."""
+    if hasattr(den, "feature_widths"):  # the generic diffusers denoisers say it themselves
+        return list(den.feature_widths())
     tr = getattr(den, "transformer", None)
     if tr is not None and hasattr(den, "feature_layers"):
         return [int(tr.config.dim)] * len(den.feature_layers)
@@ -471,8 +423,8 @@ def build_plan(cfg: DistillConfig, gpus: int, gpu_memory_gb: float | None = None
     if a_total - f_total:
         counts.append(ModelCount("heads", a_total - f_total, a_train - f_total,
                                  "discriminator heads"))
-    parts = pipeline_parts(cfg.teacher.pretrained) if cfg.teacher.kind == "zimage" \
-        and cfg.teacher.pretrained else {"vae": 0, "text_encoder": 0}
+    folder = info.get("config_folder")
+    parts = pipeline_parts(folder) if folder else {"vae": 0, "text_encoder": 0}
     if parts["vae"]:
         counts.append(ModelCount("vae", parts["vae"], 0, "on the GPU (decodes samples)"))
     if parts["text_encoder"]:
