@@ -26,7 +26,7 @@ from fewstep.distill.student import Student, resolve_lora_targets
 from fewstep.errors import CheckpointError, ConfigError
 from fewstep.io import load_state_into, load_tensors, save_tensors
 from fewstep.lora import find_lora_targets
-from fewstep.schedules import student_sigmas
+from fewstep.schedules import student_sigmas, student_sigmas_from_levels
 from fewstep.teachers import rebuild_denoiser
 
 STUDENT_KIND = "student"
@@ -54,10 +54,19 @@ def student_from_spec(like: Denoiser, spec: StudentSpec | Mapping[str, Any], sig
     return student
 
 
-def build_student(teacher: Denoiser, cfg: DistillConfig, teacher_shift: float) -> Student:
-    """A fresh K-step student initialised from ``teacher`` (``cfg.student``)."""
+def build_student(teacher: Denoiser, cfg: DistillConfig, teacher_shift: float,
+                  teacher_levels: Tensor | None = None) -> Student:
+    """A fresh K-step student initialised from ``teacher`` (``cfg.student``).
+
+    Step levels: ``student.sigmas`` if set; else every ``N // K``-th of the teacher's own
+    ``N + 1`` levels ``teacher_levels`` (its schedule: uniform, the pipeline's or a list); else
+    (no levels, or ``K`` does not divide ``N``) the shifted uniform levels."""
     s = cfg.student
-    sig = student_sigmas(s.num_steps, cfg.teacher.steps, teacher_shift, s.sigmas)
+    n = cfg.teacher.steps
+    if s.sigmas is None and teacher_levels is not None and n % s.num_steps == 0:
+        sig = student_sigmas_from_levels(teacher_levels, s.num_steps)
+    else:
+        sig = student_sigmas(s.num_steps, n, teacher_shift, s.sigmas)
     return student_from_spec(teacher, s, sig)
 
 

@@ -118,7 +118,8 @@ class Trainer:
         self.teacher_shift = cfg.teacher.shift or samp.get("shift", 1.0)
         self.teacher_w = cfg.teacher.cfg_scale if cfg.teacher.cfg_scale is not None \
             else samp.get("cfg_scale", 1.0)
-        self.student = build_student(self.teacher, cfg, self.teacher_shift).to(self.device)
+        self.student = build_student(self.teacher, cfg, self.teacher_shift,
+                                     loaded.sigmas).to(self.device)
         self.student.train()
         self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
         example = torch.zeros((2, *self.problem.data_shape), device=self.device)
@@ -137,7 +138,8 @@ class Trainer:
         mid = float(self.student.sigmas[1]) if self.student.num_steps > 1 else None
         self.batches = BatchSource(cfg, self.method.data_needs(), self.problem, self.teacher,
                                    self.teacher_id, self.teacher_shift, self.teacher_w, mid,
-                                   self.gen, self.dist, self.device)
+                                   self.gen, self.dist, self.device,
+                                   teacher_levels=loaded.sigmas, start=loaded.start)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", t.keep_last, self.dist,
                                       self.device, t.rollbacks_per_checkpoint)
         self.losses = LossLog(self.run_dir / "losses.jsonl", enabled=self.dist.is_main)

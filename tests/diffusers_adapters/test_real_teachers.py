@@ -217,15 +217,3 @@ def test_zimage_config_validation(stacks, data, message):
         base[k] = {**base[k], **v} if isinstance(v, dict) and k in base else v
     with pytest.raises(ConfigError, match=message):
         validate(DistillConfig, base)
-
-
-def test_cat_and_where_cond_handle_prompt_embeds(prompt_cond):
-    from fewstep.distill.methods.base import cat_cond, where_cond
-
-    assert cat_cond(None, None) is None
-    assert torch.equal(cat_cond(torch.tensor([1]), torch.tensor([2])), torch.tensor([1, 2]))
-    both = cat_cond(prompt_cond, prompt_cond[0])
-    assert len(both) == 3 and torch.equal(both[2].embeds, prompt_cond[0].embeds)
-    mixed = where_cond(torch.tensor([True, False]), prompt_cond[1].repeat(2), prompt_cond)
-    assert torch.equal(mixed.to_list()[0], prompt_cond.to_list()[1])
-    assert torch.equal(mixed.to_list()[1], prompt_cond.to_list()[1])
