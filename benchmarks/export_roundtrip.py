@@ -72,8 +72,11 @@ for job in jobs:
     ns = {"__name__": "snippet"}
     exec(compile(open(job["snippet"]).read(), job["snippet"], "exec"), ns)
     images, x0 = ns["few_step"](job["inputs"], seed=job["seed"])
-    save_file({"images": images.float().contiguous().clone(), "x0": x0.float().contiguous().clone()},
-              job["out"])
+    out = {"images": images.float().contiguous().clone(), "x0": x0.float().contiguous().clone()}
+    if job.get("stock"):  # the README's stock-pipeline block, after the loading snippet
+        exec(compile(open(job["stock"]).read(), job["stock"], "exec"), ns)
+        out["stock"] = ns["stock_few_step"](job["inputs"], seed=job["seed"]).float().clone()
+    save_file(out, job["out"])
     loaded = sorted(m for m, v in sys.modules.items() if m.split(".")[0] == "fewstep" and v)
     results.append({"imports_fewstep": imports_fewstep or bool(loaded)})
 print(json.dumps(results))
@@ -236,11 +239,16 @@ def prepare_case(case: Case, root: Path) -> dict[str, Any]:
             pipe.decode(pipe.generate_latents(torch.tensor(LABELS), len(LABELS), SEED))
     snippet = root / "snippets" / f"{case.name}.py"
     snippet.parent.mkdir(parents=True, exist_ok=True)
-    snippet.write_text(snippet_from_card((out / "README.md").read_text()))
+    card = (out / "README.md").read_text()
+    snippet.write_text(snippet_from_card(card))
     job = {"snippet": str(snippet), "seed": SEED, "out": str(root / "outputs" / f"{case.name}"
                                                              ".safetensors"),
            "inputs": PROMPTS if teacher.pipeline is not None else LABELS}
     (root / "outputs").mkdir(exist_ok=True)
+    if card.count("```python") > 1:
+        stock = snippet.with_name(f"{case.name}_stock.py")
+        stock.write_text(snippet_from_card(card, 1))
+        job["stock"] = str(stock)
     return {"case": case, "job": job, "latents": latents, "images": images, "export": out,
             "reload_images": reload.float()}
 
@@ -267,6 +275,8 @@ def run(out_dir: Path | None, names: list[str] | None = None) -> dict[str, Any]:
                 "images_equal": bool(torch.equal(got["images"], p["images"])),
                 "fewstep_reload_images_equal": bool(torch.equal(p["reload_images"],
                                                                 p["images"])),
+                "stock_pipeline_max_abs_diff": float((got["stock"] - p["latents"]).abs().max())
+                if "stock" in got else None,
                 "bytes": folder_bytes(p["export"]),
                 "files": sorted(str(f.relative_to(p["export"])) for f in p["export"].rglob("*")
                                 if f.is_file()),
@@ -283,10 +293,13 @@ def run(out_dir: Path | None, names: list[str] | None = None) -> dict[str, Any]:
 def markdown(res: dict[str, Any]) -> str:
     lines = ["# Export round trip (snippet run without fewstep)", "",
              "| case | imports fewstep | max abs diff (latents) | images equal | "
-             "fewstep reload equal | bytes |", "|---|---|---|---|---|---|"]
+             "fewstep reload equal | stock pipeline diff | bytes |",
+             "|---|---|---|---|---|---|---|"]
     for r in res["cases"]:
+        stock = "—" if r["stock_pipeline_max_abs_diff"] is None else \
+            f"{r['stock_pipeline_max_abs_diff']:.3g}"
         lines.append(f"| {r['name']} | {r['imports_fewstep']} | {r['max_abs_diff']:.3g} | "
-                     f"{r['images_equal']} | {r['fewstep_reload_images_equal']} | "
+                     f"{r['images_equal']} | {r['fewstep_reload_images_equal']} | {stock} | "
                      f"{r['bytes']:,} |")
     return "\n".join(lines) + "\n"
 

@@ -26,12 +26,14 @@ switch never walks the layers and never touches ``requires_grad`` (a leaf whose
 ``requires_grad`` is False at *backward* time silently gets no gradient, which is why peft's
 ``set_adapter`` cannot be used to switch inside one graph).
 
-Inference: without autograd (``torch.no_grad`` / ``inference_mode``), with float32 base weights
-and no autocast, each layer uses a cached merged weight ``W + (alpha / rank) B_k A_k`` (one
-matmul, the cost of the base) while the cached copies fit :attr:`PerStepLoRA.merge_budget_bytes`;
-the cache is rebuilt when any of the three tensors changes. The result equals the unmerged
-computation up to float32 rounding (~1e-7 relative). Other dtypes always run unmerged, so a
-bfloat16 base computes exactly as peft does.
+Fast inference: under ``torch.inference_mode()``, with float32 base weights and no autocast,
+each layer uses a cached merged weight ``W + (alpha / rank) B_k A_k`` (one matmul, the cost of
+the base) while the cached copies fit :attr:`PerStepLoRA.merge_budget_bytes`; the cache is
+rebuilt when any of the three tensors changes. The result equals the unmerged computation up to
+float32 rounding (~1e-7 relative; more after an ill-conditioned output conversion such as an
+epsilon network's ``/ (1 - sigma)`` near sigma = 1). Everywhere else (training,
+``torch.no_grad``, other dtypes) the layers compute exactly what peft computes, so a student
+sampled under ``no_grad`` matches its diffusers export bit for bit.
 
 Gradient checkpointing recomputes forwards during backward, when another adapter may be
 active; use :meth:`PerStepLoRA.checkpoint_fn` as the checkpointing function (diffusers:
@@ -150,7 +152,7 @@ class StepLoRALinear(nn.Module):
 
     def _can_merge(self, x: Tensor, a: Tensor, b: Tensor) -> bool:
         w = self.base_layer.weight
-        return (self.cell.merge and not torch.is_grad_enabled()
+        return (self.cell.merge and torch.is_inference_mode_enabled()
                 and w.dtype == a.dtype == b.dtype == x.dtype == torch.float32
                 and not torch.is_autocast_enabled(x.device.type)
                 and (not self.training or isinstance(self.lora_dropout, nn.Identity)))

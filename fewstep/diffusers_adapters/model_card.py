@@ -79,8 +79,8 @@ def _zimage_snippet(info: dict[str, Any], folder: str) -> list[str]:
         "", "", "@torch.no_grad()",
         f"def few_step(prompts, seed=0, height={h * f}, width={w * f}, "
         f"transition={info['transition']!r}):",
-        "    emb, _ = pipe.encode_prompt(prompts, device=DEVICE, do_classifier_free_guidance="
-        f"False, max_sequence_length={info['max_sequence_length']})",
+        "    emb, _ = pipe.encode_prompt(list(prompts), device=DEVICE, "
+        f"do_classifier_free_guidance=False, max_sequence_length={info['max_sequence_length']})",
         "    g = torch.Generator().manual_seed(seed)",
         f"    x = torch.randn((len(prompts), {c}, height // {f}, width // {f}), "
         "generator=g).to(DEVICE)",
@@ -159,7 +159,8 @@ def _unet_snippet(info: dict[str, Any], folder: str) -> list[str]:
 
 def loading_snippet(info: dict[str, Any], folder: str) -> str:
     """Python source that loads the export at ``folder`` and defines ``few_step`` (module
-    docstring). Imports diffusers, torch, safetensors (and peft for a LoRA UNet) only."""
+    docstring). Imports diffusers, torch, safetensors (and peft for a LoRA UNet) only.
+    (Z-Image's ``encode_prompt`` rewrites the list it is given in place, hence the copies.)"""
     family = info["family"]
     if family == "zimage":
         lines = _zimage_snippet(info, folder)
@@ -176,32 +177,52 @@ def usage_line(info: dict[str, Any]) -> str:
     return "images, _ = few_step([0, 1, 2, 3], seed=0)  # class labels -> images in [-1, 1]"
 
 
-def stock_pipeline_note(info: dict[str, Any]) -> str:
-    """For ``ddim`` students: how the stock pipeline + scheduler run the same 2 steps."""
+def stock_snippet(info: dict[str, Any]) -> str:
+    """For ``ddim`` Z-Image students: the stock ``ZImagePipeline`` runs the same K steps (its
+    Euler step is the deterministic transition); defines ``stock_few_step`` -> latents. Runs
+    after :func:`loading_snippet`. Empty for other students."""
     if info["transition"] != "ddim" or info["family"] != "zimage":
         return ""
-    sig = _floats(info["sigmas"])
-    return (
-        "### Stock pipeline (deterministic transition)\n\n"
-        "This student uses the deterministic (DDIM = Euler on the linear path) transition, so "
-        "the stock `ZImagePipeline` runs it too: use a `FlowMatchEulerDiscreteScheduler` "
-        "with `shift=1.0` (the student's sigmas are already shifted) and pass the "
-        f"student's sigmas `{sig}` (the scheduler appends the final 0); switch the step "
-        "parameters in `callback_on_step_end`:\n\n"
-        "```python\n"
-        "from diffusers import FlowMatchEulerDiscreteScheduler\n\n"
-        "pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, "
-        "shift=1.0)\n"
-        "pipe.transformer = use_step(0)\n\n\n"
-        "def next_step(pipe, i, t, kwargs):\n"
-        f"    if i + 1 < {info['num_steps']}:\n"
-        "        pipe.transformer = use_step(i + 1)\n"
-        "    return kwargs\n\n\n"
-        f"latents = pipe(prompts, sigmas={sig}, guidance_scale=0.0, output_type=\"latent\",\n"
-        "               generator=torch.Generator().manual_seed(0),\n"
-        "               callback_on_step_end=next_step).images\n"
-        "```\n\nIt equals `few_step(..., transition=\"ddim\")` up to float rounding (the "
-        "pipeline's timestep is `1000 sigma`, divided again by 1000).\n\n")
+    _, h, w = info["latent_shape"]
+    f = info["vae_factor"]
+    return "\n".join([
+        "from diffusers import FlowMatchEulerDiscreteScheduler",
+        "",
+        "# the student's sigmas are already shifted: a shift-1 scheduler passes them unchanged",
+        "pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(",
+        "    pipe.scheduler.config, shift=1.0, use_dynamic_shifting=False)",
+        "",
+        "",
+        "def next_step(pipe, i, t, kwargs):  # step i + 1's parameters",
+        f"    if i + 1 < {info['num_steps']}:",
+        "        pipe.transformer = use_step(i + 1)",
+        "    return kwargs",
+        "",
+        "",
+        f"def stock_few_step(prompts, seed=0, height={h * f}, width={w * f}):",
+        "    pipe.transformer = use_step(0)",
+        "    return pipe(list(prompts), height=height, width=width, sigmas=SIGMAS.tolist(), "
+        "guidance_scale=0.0,",
+        f"                max_sequence_length={info['max_sequence_length']}, "
+        "output_type=\"latent\", callback_on_step_end=next_step,",
+        "                generator=torch.Generator().manual_seed(seed)).images",
+    ]) + "\n"
+
+
+def stock_pipeline_note(info: dict[str, Any]) -> str:
+    """The model card section around :func:`stock_snippet` (empty if there is none)."""
+    code = stock_snippet(info)
+    if not code:
+        return ""
+    return ("### Stock pipeline (deterministic transition)\n\n"
+            "This student uses the deterministic (ddim = Euler on the linear path) transition, "
+            "so the stock `ZImagePipeline` runs it too: a `FlowMatchEulerDiscreteScheduler` "
+            f"with `shift=1.0` and the student's sigmas `{_floats(info['sigmas'])}` (the "
+            "scheduler appends the final 0), switching the step parameters in "
+            "`callback_on_step_end`. After the snippet above:\n\n"
+            f"```python\n{code}```\n\n"
+            "It returns the latents of `few_step(prompts, seed)` up to float rounding (the "
+            "pipeline passes the timestep as `1000 sigma` and divides it again by 1000).\n\n")
 
 
 def model_card(info: dict[str, Any], folder: str) -> str:
@@ -251,10 +272,11 @@ def model_card(info: dict[str, Any], folder: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def snippet_from_card(text: str) -> str:
-    """The first python code block of a model card (what the tests run)."""
-    start = text.index("```python\n") + len("```python\n")
-    return text[start:text.index("```", start)]
+def snippet_from_card(text: str, which: int = 0) -> str:
+    """The ``which``-th python code block of a model card (what the tests run)."""
+    blocks = text.split("```python\n")[1:]
+    return blocks[which][:blocks[which].index("```")]
 
 
-__all__ = ["loading_snippet", "model_card", "snippet_from_card", "stock_pipeline_note"]
+__all__ = ["loading_snippet", "model_card", "snippet_from_card", "stock_pipeline_note",
+           "stock_snippet"]

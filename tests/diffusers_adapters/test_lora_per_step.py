@@ -85,11 +85,12 @@ def test_same_output_as_peft(dtype):
             if isinstance(m, BaseTunerLayer):
                 m.set_adapter(f"step{k}")
         want = ref(x)
-        with torch.enable_grad():
-            assert torch.equal(lora(k, x), want)  # unmerged path
+        assert torch.equal(lora(k, x), want)  # with autograd
         with torch.no_grad():
+            assert torch.equal(lora(k, x), want)
+        with torch.inference_mode():
             got = lora(k, x)
-        if dtype == torch.float32:  # merged path
+        if dtype == torch.float32:  # merged weights
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
         else:  # bfloat16 bases are never merged
             assert torch.equal(got, want)
@@ -107,13 +108,14 @@ def test_switching_is_constant_time_and_keeps_requires_grad():
     # merged inference weights are rebuilt when a weight changes in place
     x = torch.randn(4, 6)
     _randomise_lora_b(lora)
-    with torch.no_grad():
+    with torch.inference_mode():
         a = lora(0, x)
+    with torch.no_grad():
         for p in lora.step_parameters(0):
             p.mul_(2.0)
+    with torch.inference_mode():
         b = lora(0, x)
-        with torch.enable_grad():
-            c = lora(0, x)
+    c = lora(0, x)
     torch.testing.assert_close(b, c.detach(), rtol=1e-6, atol=1e-6)
     assert not torch.allclose(a, b)
 
