@@ -163,6 +163,8 @@ def _export_diffusers(student: Any, out: Path, tcfg: dict[str, Any], pipeline: A
     k_steps = student.num_steps
     comps = normalise_components(components, lora is not None)
     pretrained = tcfg.get("pretrained")
+    if pretrained and Path(pretrained).expanduser().exists():  # a local folder: absolute
+        pretrained = str(Path(pretrained).expanduser().resolve())
     if lora is not None and comps == "reference" and not pretrained:
         raise ValueError("components=reference needs the teacher's pretrained hub id / folder")
     den0 = student.step_denoiser(0)

@@ -199,6 +199,20 @@ class StudentEMA:
         self.model.load_trainable_state_dict(state)
 
 
+class TrainableStateView:
+    """``state_dict()`` / ``load_state_dict()`` of a student's trainable state only, for code
+    that saves and restores modules through those two methods (training checkpoints)."""
+
+    def __init__(self, student: Student) -> None:
+        self.student = student
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.student.trainable_state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor], strict: bool = True) -> None:
+        self.student.load_trainable_state_dict(state)
+
+
 def share_weights_copy(module: nn.Module) -> nn.Module:
     """A structural copy of ``module`` (new module objects) whose parameters and buffers are
     the very same tensors: modifying the copy's structure (e.g. inserting LoRA layers) leaves

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from fewstep.distill.student import Student, StudentEMA, unroll_to_step, weights_fingerprint
+from fewstep.distill.student import (
+    Student,
+    StudentEMA,
+    TrainableStateView,
+    unroll_to_step,
+    weights_fingerprint,
+)
 from fewstep.networks.registry import build_denoiser
 
 
@@ -161,3 +167,11 @@ def test_student_ema_averages_trainables_only():
         torch.testing.assert_close(p, 0.75 * before[n] + 0.25 * live[n])
         assert not p.requires_grad
     assert set(ema.state_dict()) == set(st.trainable_state_dict())
+
+
+def test_trainable_state_view_for_checkpoints():
+    st = Student(_teacher(), torch.tensor([1.0, 0.5]), "lora", lora_rank=4)
+    view = TrainableStateView(st)
+    saved = {n: t.clone() + 1.0 for n, t in view.state_dict().items()}
+    view.load_state_dict(saved)
+    assert all(torch.equal(st.trainable_state_dict()[n], t) for n, t in saved.items())
