@@ -40,7 +40,9 @@ def _lora_restore(net: str, k: str) -> list[str]:
 
 def _header(info: dict[str, Any], folder: str) -> list[str]:
     lines = [f"FOLDER = {folder!r}  # this export"]
-    if info["parameterization"] == "lora":
+    if info["parameterization"] == "lora" and info["base"]["copied"]:
+        lines.append("BASE = FOLDER  # the frozen base is copied into this export")
+    elif info["parameterization"] == "lora":
         lines.append(f"BASE = {info['base']['source']!r}  # the frozen base (hub id or folder)")
     lines += ['DEVICE = "cpu"',
               f"SIGMAS = torch.tensor({_floats(info['sigmas'])})  # input noise level of each "
