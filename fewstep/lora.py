@@ -103,6 +103,13 @@ class _StepCell:
         self.merge = True
 
 
+class _MergeCache(dict):
+    """Merged inference weights per step; copies of a layer start with an empty cache."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _MergeCache:
+        return _MergeCache()
+
+
 class StepLoRALinear(nn.Module):
     """``base_layer`` (an ``nn.Linear``, kept as is) plus one LoRA pair per step.
 
@@ -131,7 +138,7 @@ class StepLoRALinear(nn.Module):
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / rank
         self.cell = cell
-        self._merged: dict[int, tuple[tuple[Any, ...], Tensor]] = {}
+        self._merged: dict[int, tuple[tuple[Any, ...], Tensor]] = _MergeCache()
 
     # what callers of the replaced nn.Linear may read
     @property
