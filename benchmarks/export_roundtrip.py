@@ -40,7 +40,10 @@ from torch import nn
 from fewstep.diffusers_adapters.latents import decode
 from fewstep.diffusers_adapters.model_card import snippet_from_card
 from fewstep.diffusers_adapters.student_pipeline import StudentPipeline, export_student
+from fewstep.diffusers_adapters.zimage import ZImageDenoiser
 from fewstep.distill.student import Student
+from fewstep.teachers.pipeline import load_pipeline
+from fewstep.testing import build_tiny_zimage_pipeline, tiny_unet_config
 
 PROMPTS = ["a red cat", "a photo of a big blue dog"]
 LABELS = [3, 7]
@@ -104,19 +107,13 @@ def all_cases() -> list[Case]:
 
 # ------------------------------------------------------------------------------ tiny teachers
 def tiny_zimage_pipeline() -> Any:
-    """The tiny offline Z-Image pipeline (fixtures may move to ``fewstep.testing``)."""
-    try:
-        from fewstep.testing import build_tiny_zimage_pipeline  # type: ignore[attr-defined]
-    except ImportError:
-        from fewstep.diffusers_adapters.zimage import build_tiny_zimage_pipeline
+    """The tiny offline Z-Image pipeline."""
     return build_tiny_zimage_pipeline(seed=0)
 
 
 def save_teacher(family: str, dtype: str, root: Path) -> Path:
     """Write a tiny teacher folder (``from_pretrained`` layout) once; returns it."""
     from diffusers import DDPMScheduler, UNet2DModel
-
-    from fewstep.diffusers_adapters.unet_eps import tiny_unet_config
 
     folder = root / f"{family}_{dtype}"
     if folder.is_dir():
@@ -149,14 +146,14 @@ def load_teacher(family: str, folder: Path, dtype: str) -> Teacher:
     """The frozen teacher as the trainer loads it, with the config export_student reads."""
     dt = getattr(torch, dtype)
     if family == "zimage":
-        from fewstep.diffusers_adapters.zimage import load_zimage_teacher
-
-        t = load_zimage_teacher(str(folder), torch_dtype=dt, max_sequence_length=MAX_SEQ,
-                                use_safetensors=True)
+        pipe = load_pipeline(str(folder), dtype)
+        for m in (pipe.transformer, pipe.text_encoder, pipe.vae):
+            m.eval().requires_grad_(False)
+        den = ZImageDenoiser.from_pipeline(pipe, max_sequence_length=MAX_SEQ)
         shape = (16, 8, 8)
         cfg = {"kind": "zimage", "pretrained": str(folder), "dtype": dtype, "resolution": 16,
                "latent_shape": list(shape), "max_sequence_length": MAX_SEQ}
-        return Teacher(t.denoiser, cfg, t.pipeline, shape, 0)
+        return Teacher(den, cfg, pipe, shape, 0)
     from diffusers import DDPMScheduler, UNet2DModel
 
     from fewstep.diffusers_adapters.unet_eps import VPEpsilonDenoiser

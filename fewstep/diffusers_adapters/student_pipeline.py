@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from fewstep.diffusers_adapters.export import INDEX, LoadedStudent, load_student, save_student
 from fewstep.diffusers_adapters.model_card import model_card
 from fewstep.samplers import sample
+from fewstep.teachers.base import dtype_kwargs
 
 Components = Literal["auto", "reference", "full", "copy"]
 ZIMAGE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
@@ -320,11 +321,7 @@ def load_diffusers_student(folder: str | os.PathLike[str], device: torch.device 
 
 def _dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
     """``dtype=`` (newer diffusers) or ``torch_dtype=`` (older); nothing for ``None``."""
-    if dtype is None:
-        return {}
-    from fewstep.diffusers_adapters.zimage import _diffusers_has_dtype_kwarg
-
-    return {"dtype" if _diffusers_has_dtype_kwarg() else "torch_dtype": dtype}
+    return {} if dtype is None else dtype_kwargs(dtype)
 
 
 def load_zimage_text_pipeline(src: str, dtype: torch.dtype | None,

@@ -22,10 +22,12 @@ from typing import Any
 import torch
 
 from fewstep.config import load_config
+from fewstep.diffusers_adapters.student_pipeline import export_student
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.student import Student
-from fewstep.errors import CheckpointError, ConfigError
-from fewstep.io import load_tensors
+from fewstep.distill.student_factory import load_student
+from fewstep.errors import ConfigError
+from fewstep.teachers import load_teacher
 
 #: top-level config sections that are not the recipe's own settings
 _NOT_RECIPE = ("method", "data", "teacher", "student", "train", "cache", "eval")
@@ -63,35 +65,15 @@ def export_trained(student: Student, out: str | Path, teacher_config: dict[str, 
                    cfg: DistillConfig | None = None,
                    metrics: dict[str, Any] | None = None) -> Path:
     """Export an in-memory student (e.g. ``Trainer.ema``) trained on ``problem``."""
-    from fewstep.diffusers_adapters.student_pipeline import export_student
-
     return export_student(student, out, teacher_config, pipeline, components,  # type: ignore
                           num_classes=problem.num_classes,
                           latent_shape=tuple(problem.data_shape), run=run_summary(cfg),
                           metrics=metrics)
 
 
-def load_student_state(student: Student, tensors: dict[str, torch.Tensor],
-                       config: dict[str, Any], where: str) -> None:
-    """Load ``student.safetensors`` tensors (full or trainable-only state) into ``student``;
-    :class:`CheckpointError` if they do not fit or the recorded base fingerprint differs from
-    the teacher's."""
-    want = config.get("base_fingerprint")
-    if want is not None and want != student.base_fingerprint():
-        raise CheckpointError(f"{where}: the student was trained on another base (fingerprint "
-                              "differs from the teacher's weights)")
-    try:
-        student.load_trainable_state_dict(tensors)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{where}: {e}") from None
-
-
 def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
                device: str | torch.device = "cpu") -> Path:
     """Export ``run_dir``'s ``student.safetensors`` to the folder ``out``; returns ``out``."""
-    from fewstep.distill.teachers import load_teacher
-    from fewstep.distill.trainer import float32_trainables
-
     run = Path(run_dir).expanduser()
     cfg_path, st_path = run / "config.yaml", run / "student.safetensors"
     if not cfg_path.is_file() or not st_path.is_file():
@@ -100,16 +82,7 @@ def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
     cfg = load_config(DistillConfig, cfg_path)
     dev = torch.device(device)
     loaded = load_teacher(cfg, dev)
-    tensors, scfg = load_tensors(st_path, kind="student")
-    try:
-        s = scfg["student"]
-        student = Student(loaded.denoiser, torch.tensor(scfg["sigmas"]), s["parameterization"],
-                          s["transition"], s["lora_rank"], s["lora_alpha"], s["lora_targets"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{st_path}: student config is invalid ({e})") from None
-    float32_trainables(student)
-    load_student_state(student, tensors, scfg, str(st_path))
-    student = student.to(dev).eval()
+    student, _ = load_student(st_path, dev, like=loaded.denoiser)
     try:
         return export_trained(student, out, loaded.config, loaded.problem, loaded.pipeline,
                               components, cfg, run_metrics(run))
@@ -117,4 +90,4 @@ def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
         raise ConfigError(f"--components: {e}") from None
 
 
-__all__ = ["export_run", "export_trained", "load_student_state", "run_metrics", "run_summary"]
+__all__ = ["export_run", "export_trained", "run_metrics", "run_summary"]

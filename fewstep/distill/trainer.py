@@ -2,7 +2,7 @@
 batch through it.
 
 ``Trainer(cfg, run_dir).train()`` wires the pieces, each in its own module -- the teacher
-(:func:`fewstep.distill.teachers.load_teacher`), the student and its EMA
+(:func:`fewstep.teachers.load_teacher`), the student and its EMA
 (:mod:`~fewstep.distill.student_factory`), the method (:mod:`fewstep.distill.methods`: losses,
 :class:`~fewstep.distill.methods.base.DataNeeds` and ``UpdateSchedule``),
 batches (:mod:`~fewstep.distill.batches`), optimizers (:mod:`~fewstep.distill.optim`),
@@ -23,7 +23,6 @@ with FSDP2), only rank 0 writes (see ``docs/multi_gpu.md`` and
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import random
 import time
@@ -53,7 +52,7 @@ from fewstep.distill.methods import Batch, DistillContext, DistillMethod, method
 from fewstep.distill.optim import Optimizers, autocast, grad_norm, params_of
 from fewstep.distill.replicas import distribute
 from fewstep.distill.run_logs import LossLog, ScalarWriter, write_samples
-from fewstep.distill.student import Student
+from fewstep.distill.student import Student, TrainableStateView
 from fewstep.distill.student_factory import (
     build_student,
     compile_student,
@@ -63,8 +62,8 @@ from fewstep.distill.student_factory import (
     save_student,
     student_file_config,
 )
-from fewstep.distill.teachers import load_teacher
 from fewstep.errors import ConfigError, DivergenceError
+from fewstep.teachers import load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ class Trainer:
         self.student = build_student(self.teacher, cfg, self.teacher_shift,
                                      loaded.sigmas).to(self.device)
         self.student.train()
-        self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.ema = self.student.ema_copy()  # trainables copied, a LoRA base shared
         example = torch.zeros((2, *self.problem.data_shape), device=self.device)
         example_cond = self.problem.cond_map(self.problem.sample_cond(2, device=self.device))
         self.ctx = DistillContext(cfg, self.problem, self.teacher, self.teacher_w, self.student,
@@ -166,7 +165,10 @@ class Trainer:
 
     # ------------------------------------------------------------ state
     def _state_objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        mods = {"student": self.student, "ema": self.ema, "method": self.method}
+        mods: dict[str, Any] = {"student": self.student, "ema": self.ema, "method": self.method}
+        if not self.dist.fsdp:  # trainable state only: a LoRA base is the teacher's
+            mods.update(student=TrainableStateView(self.student),
+                        ema=TrainableStateView(self.ema))
         return state_views(mods, self.optim.optimizers(), self.dist.fsdp)
 
     def _schedulers(self) -> dict[str, Any]:

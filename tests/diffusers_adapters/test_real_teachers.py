@@ -11,8 +11,9 @@ import pytest
 import torch
 from da_helpers import MAX_SEQ
 
-from fewstep.config import load_config, validate
-from fewstep.distill.config import DistillConfig
+from fewstep.config import validate
+from fewstep.distill.config import DistillConfig, drop_foreign_sections
+from fewstep.distill.run import load_distill_config
 from fewstep.distill.trainer import Trainer
 from fewstep.errors import ConfigError
 from fewstep.presets import preset_path
@@ -43,21 +44,21 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def zimage_cfg(stacks: dict[str, Path], *overrides: str, cache: Path | None = None
                ) -> DistillConfig:
     """The shipped ``tiny_zimage`` preset pointed at the test's folders."""
-    return load_config(DistillConfig, preset_path("tiny_zimage"), [
+    return load_distill_config(preset_path("tiny_zimage"), [
         f"teacher.pretrained={stacks['zimage']}", f"teacher.prompts={stacks['prompts']}",
         f"cache.dir={cache or stacks['cache']}", f"teacher.max_sequence_length={MAX_SEQ}",
         *overrides])
 
 
 def unet_cfg(stacks: dict[str, Path], method: str, **train: object) -> DistillConfig:
-    return validate(DistillConfig, {
+    return validate(DistillConfig, drop_foreign_sections({
         "method": method, "data": "digits",
         "teacher": {"kind": "unet_eps", "pretrained": str(stacks["unet"]), "steps": 4},
         "student": {"num_steps": 2, "parameterization": "decoupled"},
         "gan": {"weight": 0.5, "layers": [-1]}, "sid": {"gan_weight": 0.5},
         "cache": {"dir": str(stacks["cache"]), "size": 4, "shard_size": 4, "batch_size": 4},
         "train": {"iterations": 1, "batch_size": 2, "gradient_checkpointing": True,
-                  "log_every": 1, **train}})
+                  "log_every": 1, **train}}))
 
 
 def _check_history(tr: Trainer) -> None:
