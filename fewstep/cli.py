@@ -190,15 +190,18 @@ def export_cmd(
     run: Annotated[Path, typer.Option(help="a finished distill run folder")],
     out: Annotated[Path, typer.Option(help="output folder (exported student)")],
     components: Annotated[str, typer.Option(
-        help="Z-Image: copy the VAE / text encoder / tokenizer into the folder, or reference "
-             "the teacher's pretrained folder / hub id")] = "copy",
+        help="auto | reference | full: a LoRA student references its base (the teacher's "
+             "pretrained folder / hub id) unless 'full' copies the whole pipeline; decoupled / "
+             "shared students are always complete pipelines (auto: reference for LoRA)")
+    ] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
 ) -> None:
-    """Export a run's EMA student as a folder (both steps; see docs/real_teachers.md)."""
+    """Export a run's EMA student as a folder (all steps; diffusers teachers: a folder plain
+    diffusers loads, with a model card and loading snippet; see docs/export.md)."""
     from fewstep.distill.export import export_run
 
-    if components not in ("copy", "reference"):
-        raise typer.BadParameter("--components must be copy or reference")
+    if components not in ("auto", "reference", "full", "copy"):
+        raise typer.BadParameter("--components must be auto, reference or full")
     folder = export_run(run, out, components, device)
     typer.echo(f"wrote {folder}")
 

@@ -18,6 +18,7 @@ slice (:meth:`DistEnv.shard`; cache rows: only its slice is read).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,13 @@ class BatchSource:
     def __init__(self, cfg: DistillConfig, needs: DataNeeds, problem: Problem,
                  teacher: Denoiser, teacher_id: str, teacher_shift: float, teacher_w: float,
                  mid_sigma: float | None, generator: torch.Generator, dist: DistEnv,
-                 device: torch.device) -> None:
+                 device: torch.device, teacher_levels: Tensor | None = None,
+                 start: Callable[[Tensor], Tensor] | None = None) -> None:
         self.cfg, self.needs, self.problem = cfg, needs, problem
+        # the teacher's own N + 1 sampling levels and its first input from standard noise
+        self.teacher_levels = teacher_levels if teacher_levels is not None else \
+            teacher_sigmas(cfg.teacher.steps, teacher_shift)
+        self.start = start if start is not None else (lambda e: e)
         self.teacher, self.teacher_id = teacher, teacher_id
         self.teacher_shift, self.teacher_w = teacher_shift, teacher_w
         self.mid_sigma = mid_sigma
@@ -127,5 +133,5 @@ class BatchSource:
         noise = torch.randn((b, *p.data_shape), generator=self.gen).to(self.device)
         cond = p.cond_map(p.sample_cond(b, self.gen, self.device))
         noise, cond = self.dist.shard(noise, b), self.dist.shard(cond, b)  # only this rank's
-        sig = teacher_sigmas(self.cfg.teacher.steps, self.teacher_shift)
-        return euler_sample(self.teacher, noise, cond, sig, self.teacher_w).sample, cond
+        return euler_sample(self.teacher, self.start(noise), cond, self.teacher_levels,
+                            self.teacher_w).sample, cond

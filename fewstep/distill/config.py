@@ -332,7 +332,30 @@ def config_adapter() -> TypeAdapter[Any]:
     return _ADAPTER["union"]
 
 
-__all__ = ["DEFAULT_METHOD", "METHOD_CONFIGS", "PROMPTS_DATA", "CacheSpec",
-           "DMSpec", "DistillConfig", "EvalSpec", "GanSpec", "RealSource", "StudentSpec",
-           "TeacherSpec", "TrainSpec", "ValidationError", "config_adapter", "config_union",
-           "register_config"]
+def drop_foreign_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a raw run config) without the sections only *other* methods read: lets one
+    base config (e.g. a Turbo++ preset) serve every ``method``, as benchmarks and tests do."""
+    own = METHOD_CONFIGS[data.get("method", DEFAULT_METHOD)].model_fields
+    others = {s for c in METHOD_CONFIGS.values() for s in c.sections()}
+    return {k: v for k, v in data.items() if k in own or k not in others}
+
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHOD_CONFIGS",
+    "PROMPTS_DATA",
+    "CacheSpec",
+    "DMSpec",
+    "DistillConfig",
+    "EvalSpec",
+    "GanSpec",
+    "RealSource",
+    "StudentSpec",
+    "TeacherSpec",
+    "TrainSpec",
+    "ValidationError",
+    "config_adapter",
+    "config_union",
+    "drop_foreign_sections",
+    "register_config",
+]

@@ -2,7 +2,7 @@
 batch through it.
 
 ``Trainer(cfg, run_dir).train()`` wires the pieces, each in its own module -- the teacher
-(:func:`fewstep.distill.teachers.load_teacher`), the student and its EMA
+(:func:`fewstep.teachers.load_teacher`), the student and its EMA
 (:mod:`~fewstep.distill.student_factory`), the method (:mod:`fewstep.distill.methods`: losses,
 :class:`~fewstep.distill.methods.base.DataNeeds` and ``UpdateSchedule``),
 batches (:mod:`~fewstep.distill.batches`), optimizers (:mod:`~fewstep.distill.optim`),
@@ -26,7 +26,6 @@ gradient scaler).
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import random
 import time
@@ -57,7 +56,7 @@ from fewstep.distill.optim import Optimizers, grad_norm, params_of
 from fewstep.distill.precision import DeferredLogs, Precision
 from fewstep.distill.replicas import distribute
 from fewstep.distill.run_logs import LossLog, ScalarWriter, write_samples
-from fewstep.distill.student import Student
+from fewstep.distill.student import Student, TrainableStateView
 from fewstep.distill.student_factory import (
     build_student,
     compile_student,
@@ -67,8 +66,8 @@ from fewstep.distill.student_factory import (
     save_student,
     student_file_config,
 )
-from fewstep.distill.teachers import load_teacher
 from fewstep.errors import ConfigError, DivergenceError
+from fewstep.teachers import load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +121,10 @@ class Trainer:
         self.teacher_shift = cfg.teacher.shift or samp.get("shift", 1.0)
         self.teacher_w = cfg.teacher.cfg_scale if cfg.teacher.cfg_scale is not None \
             else samp.get("cfg_scale", 1.0)
-        self.student = build_student(self.teacher, cfg, self.teacher_shift).to(self.device)
+        self.student = build_student(self.teacher, cfg, self.teacher_shift,
+                                     loaded.sigmas).to(self.device)
         self.student.train()
-        self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.ema = self.student.ema_copy()  # trainables copied, a LoRA base shared
         example = torch.zeros((2, *self.problem.data_shape), device=self.device)
         example_cond = self.problem.cond_map(self.problem.sample_cond(2, device=self.device))
         self.ctx = DistillContext(cfg, self.problem, self.teacher, self.teacher_w, self.student,
@@ -155,7 +155,8 @@ class Trainer:
         mid = float(self.student.sigmas[1]) if self.student.num_steps > 1 else None
         self.batches = BatchSource(cfg, self.method.data_needs(), self.problem, self.teacher,
                                    self.teacher_id, self.teacher_shift, self.teacher_w, mid,
-                                   self.gen, self.dist, self.device)
+                                   self.gen, self.dist, self.device,
+                                   teacher_levels=loaded.sigmas, start=loaded.start)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", t.keep_last, self.dist,
                                       self.device, t.rollbacks_per_checkpoint)
         self.losses = LossLog(self.run_dir / "losses.jsonl", enabled=self.dist.is_main)
@@ -182,7 +183,10 @@ class Trainer:
 
     # ------------------------------------------------------------ state
     def _state_objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        mods = {"student": self.student, "ema": self.ema, "method": self.method}
+        mods: dict[str, Any] = {"student": self.student, "ema": self.ema, "method": self.method}
+        if not self.dist.fsdp:  # trainable state only: a LoRA base is the teacher's
+            mods.update(student=TrainableStateView(self.student),
+                        ema=TrainableStateView(self.ema))
         return state_views(mods, self.optim.optimizers(), self.dist.fsdp)
 
     def _schedulers(self) -> dict[str, Any]:

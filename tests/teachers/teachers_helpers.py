@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fewstep.config import validate
-from fewstep.distill.config import DistillConfig
+from fewstep.distill.config import DistillConfig, drop_foreign_sections
 from fewstep.teachers import CustomTeacher
 
 
@@ -18,10 +18,10 @@ def diffusers_cfg(stacks: dict[str, Path], family: str, resolution: int, max_seq
     teacher = {"kind": "diffusers", "pretrained": str(stacks[family]),
                "prompts": str(stacks["prompts"]), "resolution": resolution,
                "max_sequence_length": max_seq, "steps": 4, **sections.pop("teacher", {})}
-    return validate(DistillConfig, {"data": "prompts", "teacher": teacher,
-                                    "cache": {"dir": str(stacks["cache"]), "size": 4,
-                                              "shard_size": 4, "batch_size": 4},
-                                    **sections})
+    data = {"data": "prompts", "teacher": teacher,
+            "cache": {"dir": str(stacks["cache"]), "size": 4, "shard_size": 4, "batch_size": 4},
+            **sections}
+    return validate(DistillConfig, drop_foreign_sections(data))
 
 
 # ------------------------------------------------ a custom network teacher: the user's code
