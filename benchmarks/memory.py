@@ -59,7 +59,8 @@ def build_stack(root: Path) -> Path:
     import torch
     from diffusers import ZImageTransformer2DModel
 
-    from fewstep.diffusers_adapters.zimage import build_tiny_zimage_pipeline, init_pad_tokens
+    from fewstep.diffusers_adapters.zimage import init_pad_tokens
+    from fewstep.testing import build_tiny_zimage_pipeline
 
     pipe = build_tiny_zimage_pipeline(seed=0)
     with torch.random.fork_rng(devices=[]):

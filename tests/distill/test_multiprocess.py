@@ -120,7 +120,7 @@ def _free_port() -> int:
 
 
 def _zimage_stack(tmp: Path) -> None:
-    from fewstep.diffusers_adapters.zimage import build_tiny_zimage_pipeline
+    from fewstep.testing import build_tiny_zimage_pipeline
 
     build_tiny_zimage_pipeline(seed=0).save_pretrained(tmp / "zimage")
     (tmp / "prompts.txt").write_text("a red cat\na photo of a big blue dog\nthe green tree\n"
