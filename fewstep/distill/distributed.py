@@ -378,13 +378,17 @@ class FullStateView:
     """``state_dict()`` / ``load_state_dict()`` of a (partly) FSDP-sharded module with full
     tensors, so checkpoints look like a one-process run's. Both are collectives."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, keys: Callable[[], Iterable[str]] | None = None
+                 ) -> None:
         self.module = module
+        self.keys = keys  # only these entries (e.g. a student's trainable state)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {k: full_tensor(v) for k, v in self.module.state_dict().items()}
+        want = None if self.keys is None else set(self.keys())
+        return {k: full_tensor(v) for k, v in self.module.state_dict().items()
+                if want is None or k in want}
 
-    def load_state_dict(self, sd: Mapping[str, Tensor]) -> Any:
+    def load_state_dict(self, sd: Mapping[str, Tensor], strict: bool = True) -> Any:
         from torch.distributed.tensor import distribute_tensor
 
         own = self.module.state_dict()
@@ -393,7 +397,13 @@ class FullStateView:
             cur = own.get(k)
             out[k] = (distribute_tensor(v.to(cur.device, cur.dtype), cur.device_mesh,
                                         cur.placements) if _is_dtensor(cur) else v)
-        return self.module.load_state_dict(out)
+        if self.keys is not None:
+            want = set(self.keys())
+            if set(out) != want:
+                raise KeyError(f"state keys differ: missing {sorted(want - set(out))[:5]}, "
+                               f"unexpected {sorted(set(out) - want)[:5]}")
+            return self.module.load_state_dict(out, strict=False)
+        return self.module.load_state_dict(out, strict=strict)
 
 
 class Snapshot:

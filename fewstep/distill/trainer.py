@@ -187,7 +187,11 @@ class Trainer:
         if not self.dist.fsdp:  # trainable state only: a LoRA base is the teacher's
             mods.update(student=TrainableStateView(self.student),
                         ema=TrainableStateView(self.ema))
-        return state_views(mods, self.optim.optimizers(), self.dist.fsdp)
+            return state_views(mods, self.optim.optimizers(), False)
+        mods, opts = state_views(mods, self.optim.optimizers(), True)
+        for k, st in (("student", self.student), ("ema", self.ema)):  # full tensors, trainable
+            mods[k] = FullStateView(st, keys=lambda st=st: st.trainable_state_dict().keys())
+        return mods, opts
 
     def _schedulers(self) -> dict[str, Any]:
         return self.optim.schedulers()
