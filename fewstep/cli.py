@@ -48,13 +48,32 @@ def teacher_train(
     out: Annotated[Path, typer.Option(help="where to write the teacher (.safetensors)")],
     config: Annotated[Path | None, typer.Option(help="YAML TeacherConfig")] = None,
     overrides: Overrides = None,
+    data: Annotated[str | None, typer.Option(
+        help="built-in name or your own images (folder, .npy / .npz / .safetensors, saved "
+             "datasets folder); without --config the preset is chosen by image size")] = None,
+    minutes: Annotated[float | None, typer.Option(min=0.01, help="time budget (minutes)")
+                       ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Train a flow-matching teacher on an embedded data set and save its EMA weights."""
+    """Train a flow-matching teacher and save its EMA weights (with sample grids for your own
+    images in <out stem>_samples/)."""
     from fewstep.config import load_config
-    from fewstep.teacher import TeacherConfig, train_teacher
+    from fewstep.data.problem import get_problem
+    from fewstep.presets import preset_path
+    from fewstep.teacher import TeacherConfig, teacher_preset_for, train_teacher
 
-    cfg = load_config(TeacherConfig, config, overrides)
+    extra = list(overrides or [])
+    if data is not None:
+        extra.insert(0, f"data={json.dumps(data)}")
+    if minutes is not None:
+        extra.append(f"minutes={minutes}")
+    if config is None and data is not None:
+        problem = get_problem(TeacherConfig(data=data).data)  # read + check the data first
+        config = preset_path(teacher_preset_for(tuple(problem.data_shape)))
+        if not quiet:
+            typer.echo(f"{problem.image_data().summary() if problem.is_user_data else data}; "
+                       f"preset {config.stem}", err=True)
+    cfg = load_config(TeacherConfig, config, extra)
     _, info = train_teacher(cfg, out, progress=not quiet)
     typer.echo(json.dumps({"out": str(out), **info}))
 

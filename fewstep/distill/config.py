@@ -12,10 +12,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from typing import Any
+
 from pydantic import Field, field_validator, model_validator
 
 from fewstep.config import StrictModel, user_path
 from fewstep.data.problem import PROBLEMS
+from fewstep.data.spec import canonical_data, is_builtin
+from fewstep.errors import ConfigError
 
 #: ``data`` value of a latents + prompts run (``teacher.kind: zimage``)
 PROMPTS_DATA = "prompts"
@@ -291,7 +295,10 @@ class EvalSpec(StrictModel):
 
 class DistillConfig(StrictModel):
     method: Method = "turbo_pp"
-    data: str = "digits"
+    data: str | dict[str, Any] = Field(
+        "digits", description="a built-in name, a path (image folder, .npy / .npz / "
+        ".safetensors, saved datasets folder) or a mapping {path: ..., options} (see "
+        "docs/own_images.md); stored in canonical form")
     teacher: TeacherSpec = TeacherSpec()
     student: StudentSpec = StudentSpec()
     gan: GanSpec = GanSpec()
@@ -306,11 +313,15 @@ class DistillConfig(StrictModel):
 
     @field_validator("data")
     @classmethod
-    def _data_known(cls, v: str) -> str:
-        if v not in (*PROBLEMS, PROMPTS_DATA):
-            raise ValueError(f"unknown data set; choose from {', '.join(PROBLEMS)} (or "
-                             f"{PROMPTS_DATA} with teacher.kind zimage)")
-        return v
+    def _data_known(cls, v: str | dict[str, Any]) -> str | dict[str, Any]:
+        if v == PROMPTS_DATA or is_builtin(v):
+            return v
+        try:  # validates the options and resolves paths; the data are read by the trainer
+            return canonical_data(v)
+        except ConfigError as e:
+            raise ValueError(f"{str(e).removeprefix('data: ')} (built-in: "
+                             f"{', '.join(PROBLEMS)}; {PROMPTS_DATA} with teacher.kind "
+                             f"zimage)") from None
 
     @model_validator(mode="after")
     def _teacher_fits_data(self) -> DistillConfig:
@@ -323,7 +334,7 @@ class DistillConfig(StrictModel):
         if text and self.gan.real == "dataset":
             raise ValueError("gan.real: 'dataset' is not available for teacher.kind zimage (a "
                              "prompts run has no image data set); use gan.real=teacher")
-        if self.teacher.kind == "unet_eps" and self.data not in ("digits",):
-            raise ValueError(f"data: teacher.kind unet_eps needs an image data set (digits), "
-                             f"got {self.data!r}")
+        if self.teacher.kind == "unet_eps" and is_builtin(self.data) and self.data != "digits":
+            raise ValueError(f"data: teacher.kind unet_eps needs an image data set (digits or "
+                             f"your own images), got {self.data!r}")
         return self
