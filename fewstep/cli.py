@@ -256,12 +256,28 @@ def distill_cmd(
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo_out"),
     overrides: Overrides = None,
+    data: Annotated[str | None, typer.Option(
+        help="your own images (folder, .npy / .npz / .safetensors, saved datasets folder): "
+             "train a teacher, distill, evaluate and report on them")] = None,
+    minutes: Annotated[float, typer.Option(min=0.5, help="time budget with --data (minutes)")
+                       ] = 15.0,
+    teacher: Annotated[Path | None, typer.Option(
+        help="with --data: use this teacher file instead of training one")] = None,
+    features: Annotated[str, typer.Option(
+        help="with --data: auto | pixels | classifier:FILE | builder:pkg.mod:fn")] = "auto",
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Distill the shipped digits teacher into a 2-step student (Turbo++) and report."""
-    from fewstep.demo import run_demo
+    """Distill the shipped digits teacher into a 2-step student (Turbo++) and report; with
+    --data, the whole pipeline on your own images."""
+    from fewstep.demo import run_demo, run_image_demo
 
-    run_demo(out, overrides, progress=not quiet)
+    if data is None:
+        if teacher is not None:
+            raise typer.BadParameter("--teacher needs --data")
+        run_demo(out, overrides, progress=not quiet)
+        return
+    run_image_demo(data, out, minutes, teacher, overrides, progress=not quiet,
+                   features=features)
 
 
 @app.command("plan")

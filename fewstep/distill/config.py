@@ -10,9 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Literal
-
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
