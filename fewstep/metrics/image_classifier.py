@@ -86,7 +86,8 @@ def _accuracy(model: ImageClassifier, x: Tensor, y: Tensor, batch: int = 512) ->
 def train_image_classifier(data: Any, steps: int = 1500, batch_size: int = 128, lr: float = 2e-3,
                            seed: int = 0, device: str | torch.device = "cpu"
                            ) -> tuple[ImageClassifier, dict[str, Any]]:
-    """Train on ``data``'s train split (1-pixel shifts + horizontal flips, AdamW, one-cycle LR);
+    """Train on ``data``'s train split (random 1-pixel shifts, no flips: they can change the
+    class; AdamW, one-cycle LR);
     returns ``(model in eval mode, record)`` with the held-out accuracy."""
     prob = get_problem(data)
     if not prob.is_user_data and prob.name != "digits":
@@ -114,8 +115,6 @@ def train_image_classifier(data: Any, steps: int = 1500, batch_size: int = 128, 
     for _ in range(steps):
         idx = torch.randint(0, len(xtr), (batch_size,), generator=gen).to(device)
         xb = random_shift(xtr[idx], 1, gen)
-        flip = (torch.rand(batch_size, generator=gen) < 0.5).to(device)
-        xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
         loss = F.cross_entropy(model(xb), ytr[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
