@@ -43,6 +43,15 @@ def user_errors(fn: F) -> F:
 Overrides = Annotated[list[str] | None, typer.Argument(help="dotted.key=value overrides")]
 
 
+def data_option(value: str | None) -> Any:
+    """``--data``: a name / path, or a YAML mapping ``{path: ..., resolution: 16, ...}``."""
+    if value is None or not value.strip().startswith("{"):
+        return value
+    from fewstep.config import parse_override
+
+    return parse_override(f"data={value}")[1]
+
+
 @teacher_app.command("train")
 @user_errors
 def teacher_train(
@@ -65,11 +74,11 @@ def teacher_train(
 
     extra = list(overrides or [])
     if data is not None:
-        extra.insert(0, f"data={json.dumps(data)}")
+        extra.insert(0, f"data={json.dumps(data_option(data))}")
     if minutes is not None:
         extra.append(f"minutes={minutes}")
     if config is None and data is not None:
-        problem = get_problem(validate(TeacherConfig, {"data": data}, "--data").data)
+        problem = get_problem(validate(TeacherConfig, {"data": data_option(data)}, "--data").data)
         config = preset_path(teacher_preset_for(tuple(problem.data_shape)))
         if not quiet:
             typer.echo(f"{problem.image_data().summary() if problem.is_user_data else data}; "
@@ -103,7 +112,7 @@ def classifier_train(
 
     if out is None:
         raise ConfigError("--out: required with --data (where to write the classifier)")
-    model, record = train_image_classifier(data, steps=steps, seed=seed)
+    model, record = train_image_classifier(data_option(data), steps=steps, seed=seed)
     save_image_classifier(model, out, record)
     typer.echo(json.dumps({"out": str(out), **record}))
 
@@ -126,7 +135,7 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
     if data is None:
         data = "digits"
     try:
-        problem = get_problem(data)
+        problem = get_problem(data_option(data))
     except ValueError as e:
         raise ConfigError(f"--data: {e}") from None
     tpath = teacher if teacher is not None else teacher_path(data)
@@ -306,7 +315,7 @@ def demo_cmd(
             raise typer.BadParameter("--teacher needs --data")
         run_demo(out, overrides, progress=not quiet)
         return
-    run_image_demo(data, out, minutes, teacher, overrides, progress=not quiet,
+    run_image_demo(data_option(data), out, minutes, teacher, overrides, progress=not quiet,
                    features=features)
 
 

@@ -298,6 +298,6 @@ def write_sample_grid(den: NetworkDenoiser, prob: Any, path: Path, cfg: TeacherC
     cond = None if prob.num_classes == 0 else (torch.arange(n) % prob.num_classes).to(device)
     s = cfg.sampling
     x = euler_sample(den, noise, cond, teacher_sigmas(s.steps, s.shift), s.cfg_scale).sample
-    save_grid(path, x, nrow=10 if prob.num_classes == 0 else max(prob.num_classes, 1),
-              title=path.stem, scale=0.5)
+    c = prob.num_classes
+    save_grid(path, x, nrow=10 if c == 0 else max(c, (10 // c) * c), title=path.stem, scale=0.5)
     return path

@@ -389,11 +389,20 @@ def read_source(path: str, spec: DataSpec) -> _Raw:
 
 
 def _split_indices(y: np.ndarray | None, n: int, frac: float, seed: int) -> np.ndarray:
-    """Held-out indices: ``round(frac * n_c)`` per class (or of all images), seeded."""
+    """``round(frac * n)`` held-out indices, seeded and stratified: each class is shuffled, its
+    j-th image gets the position ``(j + 0.5) / n_c``, and the lowest positions are held out
+    (so every class contributes in proportion, also when ``frac * n_c < 1``)."""
     rng = np.random.default_rng(seed)
+    n_held = round(frac * n)
     groups = [np.arange(n)] if y is None else [np.flatnonzero(y == c) for c in np.unique(y)]
-    held = [rng.permutation(g)[:round(frac * len(g))] for g in groups]
-    return np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    idx, pos = [], []
+    for g in groups:
+        idx.append(rng.permutation(g))
+        pos.append((np.arange(len(g)) + 0.5) / len(g) + 1e-9 * rng.random(len(g)))
+    if not idx:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(np.concatenate(pos), kind="stable")[:n_held]
+    return np.sort(np.concatenate(idx)[order])
 
 
 def _spec_key(data: Any) -> str:
