@@ -114,10 +114,10 @@ def test_heldout_path(tmp_path: Path, class_folder: Path) -> None:
 def test_hf_datasets_folder(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     rng = np.random.default_rng(0)
-    imgs = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(12)]
+    imgs = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(20)]
     feats = datasets.Features({"image": datasets.Image(),
                                "label": datasets.ClassLabel(names=["a", "b"])})
-    ds = datasets.Dataset.from_dict({"image": imgs, "label": [i % 2 for i in range(12)]},
+    ds = datasets.Dataset.from_dict({"image": imgs, "label": [i % 2 for i in range(20)]},
                                     features=feats)
     ds.save_to_disk(str(tmp_path / "hf"))
     d = load_image_data(str(tmp_path / "hf"))
