@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from fewstep.config import StrictModel
 from fewstep.data.problem import PROBLEMS, get_problem
-from fewstep.data.spec import canonical_data, data_label, is_builtin
+from fewstep.data.spec import canonical_data, data_label, is_builtin, missing_data_path
 from fewstep.denoiser import NetworkDenoiser
 from fewstep.errors import CheckpointError, ConfigError
 from fewstep.io import load_state_into, load_tensors, save_tensors
@@ -117,10 +117,14 @@ class TeacherConfig(StrictModel):
         if is_builtin(v):
             return v
         try:
-            return canonical_data(v)
+            canon = canonical_data(v)
         except ConfigError as e:
             raise ValueError(f"{str(e).removeprefix('data: ')} (built-in: "
                              f"{', '.join(PROBLEMS)})") from None
+        if (missing := missing_data_path(canon)) is not None:
+            raise ConfigError(f"data: unknown data set {v!r}; choose from {', '.join(PROBLEMS)}, "
+                              f"or a path to your images (no such file or folder: {missing})")
+        return canon
 
 
 def network_config(cfg: NetworkConfig, data_shape: tuple[int, ...], num_classes: int

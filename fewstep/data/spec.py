@@ -135,6 +135,14 @@ def canonical_data(data: str | dict[str, Any] | DataSpec) -> str | dict[str, Any
     return spec.path if list(diff) == ["path"] else diff
 
 
+def missing_data_path(canon: str | dict[str, Any]) -> str | None:
+    """The data path of a canonical value when it does not exist (``None`` otherwise)."""
+    if is_builtin(canon):
+        return None
+    path = canon if isinstance(canon, str) else canon["path"]
+    return None if Path(path).exists() else path
+
+
 def data_label(data: str | dict[str, Any] | DataSpec) -> str:
     """A short display name: the built-in name or the file / folder name."""
     if is_builtin(data):
@@ -144,4 +152,4 @@ def data_label(data: str | dict[str, Any] | DataSpec) -> str:
 
 
 __all__ = ["ARRAY_SUFFIXES", "BUILTIN_DATA", "IMAGE_SUFFIXES", "VALUE_RANGES", "DataSpec",
-           "as_spec", "canonical_data", "data_label", "is_builtin"]
+           "as_spec", "canonical_data", "data_label", "is_builtin", "missing_data_path"]

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from fewstep.config import StrictModel, user_path
 from fewstep.data.problem import PROBLEMS
-from fewstep.data.spec import canonical_data, is_builtin
+from fewstep.data.spec import canonical_data, is_builtin, missing_data_path
 from fewstep.errors import ConfigError
 
 #: ``data`` value of a latents + prompts run (``teacher.kind: zimage``)
@@ -315,11 +315,16 @@ class DistillConfig(StrictModel):
         if v == PROMPTS_DATA or is_builtin(v):
             return v
         try:  # validates the options and resolves paths; the data are read by the trainer
-            return canonical_data(v)
+            canon = canonical_data(v)
         except ConfigError as e:
             raise ValueError(f"{str(e).removeprefix('data: ')} (built-in: "
                              f"{', '.join(PROBLEMS)}; {PROMPTS_DATA} with teacher.kind "
                              f"zimage)") from None
+        if (missing := missing_data_path(canon)) is not None:
+            raise ValueError(f"unknown data set; choose from {', '.join(PROBLEMS)} (or "
+                             f"{PROMPTS_DATA} with teacher.kind zimage), or a path to your "
+                             f"images (no such file or folder: {missing})")
+        return canon
 
     @model_validator(mode="after")
     def _teacher_fits_data(self) -> DistillConfig:
