@@ -22,6 +22,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fewstep.config import StrictModel, user_path
 from fewstep.data.problem import PROBLEMS
+from fewstep.data.spec import canonical_data, is_builtin, missing_data_path
+from fewstep.errors import ConfigError
 from fewstep.teachers.base import get_adapter
 from fewstep.teachers.spec import TeacherSpec
 
@@ -207,7 +209,10 @@ class DistillConfig(StrictModel):
                                          "train", "eval")
 
     method: str = DEFAULT_METHOD
-    data: str = "digits"
+    data: str | dict[str, Any] = Field(
+        "digits", description="a built-in name, a path (image folder, .npy / .npz / "
+        ".safetensors, saved datasets folder) or a mapping {path: ..., options} (see "
+        "docs/own_images.md); stored in canonical form")
     teacher: TeacherSpec = TeacherSpec()
     student: StudentSpec = StudentSpec()
     cache: CacheSpec = CacheSpec()
@@ -261,11 +266,20 @@ class DistillConfig(StrictModel):
 
     @field_validator("data")
     @classmethod
-    def _data_known(cls, v: str) -> str:
-        if v not in (*PROBLEMS, PROMPTS_DATA):
+    def _data_known(cls, v: str | dict[str, Any]) -> str | dict[str, Any]:
+        if v == PROMPTS_DATA or is_builtin(v):
+            return v
+        try:  # validates the options and resolves paths; the data are read by the trainer
+            canon = canonical_data(v)
+        except ConfigError as e:
+            raise ValueError(f"{str(e).removeprefix('data: ')} (built-in: "
+                             f"{', '.join(PROBLEMS)}; {PROMPTS_DATA} with teacher.prompts)"
+                             ) from None
+        if (missing := missing_data_path(canon)) is not None:
             raise ValueError(f"unknown data set; choose from {', '.join(PROBLEMS)} (or "
-                             f"{PROMPTS_DATA} with teacher.prompts)")
-        return v
+                             f"{PROMPTS_DATA} with teacher.prompts), or a path to your images "
+                             f"(no such file or folder: {missing})")
+        return canon
 
     @model_validator(mode="after")
     def _teacher_fits_data(self) -> DistillConfig:
