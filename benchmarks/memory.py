@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.memory [--out DIR] [--iters N] [--runs lora,decoupled]``
 
-Builds (once, in ``DIR/stack``) a randomly initialised ``ZImagePipeline`` whose transformer has
+Builds (once, in ``--work``, default a temp folder) a randomly initialised ``ZImagePipeline``
+whose transformer has
 the Z-Image architecture at mid size (:data:`MID_TRANSFORMER`, ~110 M parameters; the tiny
 VAE and text encoder of the test stack), then runs each recipe in its own subprocess on the
 CPU: Turbo++ (teacher-trajectory step-1 loss, GAN on teacher features, end-to-end) with a
@@ -35,6 +36,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -311,25 +313,28 @@ def child(name: str, root: Path, out: Path, iters: int) -> None:
 # --------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/memory"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fewstep_memory",
+                    help="scratch folder: the mid-size pipeline (~0.4 GB), caches, runs")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--runs", default="lora,decoupled")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     out = args.out.resolve()
-    root = out / "stack"
+    root = args.work.resolve()
     if args.child:
-        child(args.child, root, out / f"{args.child}.json", args.iters)
+        child(args.child, root, root / f"{args.child}.json", args.iters)
         return
     root.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     build_stack(root)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
     runs = []
     for name in args.runs.split(","):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "benchmarks.memory", "--out", str(out),
+        subprocess.run([sys.executable, "-m", "benchmarks.memory", "--work", str(root),
                         "--iters", str(args.iters), "--child", name], check=True, env=env)
-        res = json.loads((out / f"{name}.json").read_text())
+        res = json.loads((root / f"{name}.json").read_text())
         res["wall_seconds"] = time.perf_counter() - t0
         runs.append(res)
         print(f"{name}: base_copies {res['base_copies']}, plan {res['plan_peak_gib']:.3f} GiB, "
