@@ -12,6 +12,14 @@ from fewstep.config import validate
 from fewstep.distill.config import DistillConfig, drop_foreign_sections
 from fewstep.teachers import CustomTeacher
 
+PROMPTS = ["a red cat", "the green tree", "a photo of a big blue dog"]
+
+#: family -> (builder name in fewstep.testing, resolution in pixels, text tokens)
+FAMILY_SPECS = {"zimage": ("build_tiny_zimage_pipeline", 32, 64),
+                "sd": ("build_tiny_sd_pipeline", 16, 16),
+                "pixart": ("build_tiny_pixart_pipeline", 16, 16),
+                "flux": ("build_tiny_flux_pipeline", 16, 16)}
+
 
 def diffusers_cfg(stacks: dict[str, Path], family: str, resolution: int, max_seq: int,
                   **sections: Any) -> DistillConfig:

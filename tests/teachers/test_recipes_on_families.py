@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import FAMILY_SPECS
-from teachers_helpers import diffusers_cfg
+from teachers_helpers import FAMILY_SPECS, diffusers_cfg
 
 from fewstep.distill.trainer import Trainer, load_student
 from fewstep.errors import CheckpointError
