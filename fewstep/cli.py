@@ -7,10 +7,10 @@ Subcommands: ``teacher train``, ``classifier train``, ``sample``, ``eval``, ``di
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
