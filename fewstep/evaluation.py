@@ -18,9 +18,10 @@ default (``noise_correction=None``). A name suffix forces it: ``student_2_nc`` (
 ``student_2_naive`` (off), so both can be compared from the same noise.
 
 Timing (:func:`time_samplers`) is measured like for like: every sampler runs on the same batch
-(the first ``timing_batch`` noise rows), one warm-up call each is excluded, then ``repeats``
-rounds call the samplers in turn (interleaved, so a busy machine slows them alike) and
-``seconds_per_image`` is the median call time divided by the batch size.
+(the first ``timing_batch`` noise rows), one warm-up round is excluded, then ``repeats`` rounds
+call the samplers in turn (interleaved, so a busy machine slows them alike), each for about the
+same number of network calls; ``seconds_per_image`` is the median wall time per image and
+``cpu_seconds_per_image`` (CPU runs) the median CPU time of this process per image.
 """
 
 from __future__ import annotations
@@ -143,35 +144,53 @@ def run_sampler(spec: SamplerSpec, noise: Tensor, cond: Any, teacher: Denoiser,
 def time_samplers(specs: Sequence[SamplerSpec], noise: Tensor, cond: Any, teacher: Denoiser,
                   teacher_w: float = 1.0, teacher_shift: float = 1.0,
                   student: Student | None = None, batch_size: int = 256, repeats: int = 7,
-                  warmup: int = 1, seed: int = 0) -> dict[str, float]:
-    """Median seconds per image of each sampler, measured like for like (module docstring):
-    same batch (``noise[:batch_size]``), ``warmup`` untimed calls each, then ``repeats``
-    interleaved rounds. Synchronises CUDA around each call."""
+                  warmup: int = 1, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Seconds per image of each sampler, measured like for like (module docstring).
+
+    Every sampler runs on the same batch (``noise[:batch_size]``); ``warmup`` untimed rounds,
+    then ``repeats`` interleaved rounds. In a round each sampler runs ``ceil(max_nfe / nfe)``
+    times back to back, so every timed unit makes about the same number of network calls (a
+    short call is not favoured by the scheduler of a busy machine). Returns per sampler the
+    median wall time ``seconds_per_image`` and, on CPU, the median process CPU time
+    ``cpu_seconds_per_image`` (other tenants do not count; with N threads it sums them).
+    CUDA is synchronised around each unit."""
     n = min(batch_size, noise.shape[0])
     e = noise[:n]
     c = None if cond is None else cond[:n]
     for spec in specs:
         _check_student(spec, student)
     cuda = noise.device.type == "cuda"
+    nfes = {spec.name: _nfe(spec, teacher_w, c, _corrected(spec, teacher, student))
+            for spec in specs}
+    most = max(nfes.values())
+    reps = {name: -(-most // v) for name, v in nfes.items()}
 
-    def call(spec: SamplerSpec) -> float:
+    def unit(spec: SamplerSpec) -> tuple[float, float]:
         g = torch.Generator().manual_seed(seed)
         if cuda:
             torch.cuda.synchronize(noise.device)
-        t0 = time.perf_counter()
-        _generate(spec, e, c, teacher, teacher_w, teacher_shift, student, g)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(reps[spec.name]):
+            _generate(spec, e, c, teacher, teacher_w, teacher_shift, student, g)
         if cuda:
             torch.cuda.synchronize(noise.device)
-        return time.perf_counter() - t0
+        k = reps[spec.name] * n
+        return (time.perf_counter() - t0) / k, (time.process_time() - c0) / k
 
     for _ in range(warmup):
         for spec in specs:
-            call(spec)
-    times: dict[str, list[float]] = {spec.name: [] for spec in specs}
+            unit(spec)
+    wall: dict[str, list[float]] = {spec.name: [] for spec in specs}
+    cpu: dict[str, list[float]] = {spec.name: [] for spec in specs}
     for _ in range(max(1, repeats)):
         for spec in specs:
-            times[spec.name].append(call(spec))
-    return {name: statistics.median(ts) / n for name, ts in times.items()}
+            w, p = unit(spec)
+            wall[spec.name].append(w)
+            cpu[spec.name].append(p)
+    nan = float("nan")
+    return {name: {"seconds_per_image": statistics.median(wall[name]),
+                   "cpu_seconds_per_image": nan if cuda else statistics.median(cpu[name])}
+            for name in wall}
 
 
 def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denoiser,
@@ -206,9 +225,10 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
         f_teacher = extract_features(classifier, teacher_ref)
     results: dict[str, dict[str, float]] = {}
     samples: dict[str, Tensor] = {}
-    secs_per_image = time_samplers(specs, noise, cond, teacher, teacher_w, teacher_shift, student,
-                                   timing_batch, timing_repeats, seed=seed + 7) if timing \
-        else {spec.name: float("nan") for spec in specs}
+    nan = float("nan")
+    timings = time_samplers(specs, noise, cond, teacher, teacher_w, teacher_shift, student,
+                            timing_batch, timing_repeats, seed=seed + 7) if timing else \
+        {spec.name: {"seconds_per_image": nan, "cpu_seconds_per_image": nan} for spec in specs}
     for spec in specs:
         if spec == t8:  # deterministic and already run from this noise: reuse it
             x, _, nfe = same
@@ -225,6 +245,6 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
             m["fid_vs_teacher"] = frechet_distance(f_teacher, extract_features(classifier, x))
         m["mse_vs_teacher"] = float((x - teacher_same).pow(2).mean())
         m["nfe"] = nfe
-        m["seconds_per_image"] = secs_per_image[spec.name]
+        m.update(timings[spec.name])
         results[spec.name] = {k: float(v) for k, v in m.items()}
     return results, samples
