@@ -51,7 +51,7 @@ def test_meta_counts_equal_real_models(toy_teacher_path: Path, tmp_path: Path, m
 
 
 def _tiny_zimage_folder(tmp: Path) -> Path:
-    from fewstep.diffusers_adapters.zimage import build_tiny_zimage_pipeline
+    from fewstep.testing import build_tiny_zimage_pipeline
 
     pipe = build_tiny_zimage_pipeline()
     pipe.transformer.save_config(tmp / "zi" / "transformer")  # configs only, no weights
@@ -61,8 +61,9 @@ def _tiny_zimage_folder(tmp: Path) -> Path:
 
 
 def test_zimage_plan_from_configs_only(tmp_path: Path) -> None:
-    from fewstep.diffusers_adapters.zimage import TINY_TRANSFORMER_CONFIG, ZIMAGE_LORA_TARGETS
+    from fewstep.diffusers_adapters.zimage import ZIMAGE_LORA_TARGETS
     from fewstep.lora import PerStepLoRA
+    from fewstep.testing import TINY_TRANSFORMER_CONFIG
 
     folder = _tiny_zimage_folder(tmp_path)
     assert not list(folder.rglob("*.safetensors"))
@@ -105,3 +106,19 @@ def test_plan_cli_json_and_table(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "rough estimate" in res.output and "teacher" in res.output
     bad = CliRunner().invoke(app, [*args[:-1], "3"])  # 8 not divisible by 3
     assert bad.exit_code == 2 and "train.batch_size" in bad.output
+
+
+def test_every_method_declares_its_graph_forwards():
+    from fewstep.distill.methods import config_class, method_names
+    from fewstep.plan import graph_forwards
+
+    for m in method_names():
+        cfg = validate(DistillConfig, {"method": m})
+        assert isinstance(cfg, config_class(m))
+        n = graph_forwards(cfg)
+        assert isinstance(n, int) and n >= 1, m
+    cfg = validate(DistillConfig, {"method": "turbo_pp", "student": {"num_steps": 2},
+                                   "step1": {"loss": "adversarial"}})
+    assert graph_forwards(cfg) == 2 + 1 + 1  # unroll, teacher features, step-1 D pass
+    with pytest.raises(ValueError, match="unknown method"):
+        graph_forwards(cfg.model_copy(update={"method": "nope"}))
