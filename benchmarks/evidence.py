@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from scipy import stats
 
+from benchmarks.common import own_sections
 from fewstep.assets import ASSETS
 from fewstep.config import apply_overrides, load_yaml, validate
 from fewstep.distill.config import DistillConfig
@@ -58,7 +59,8 @@ SETUPS: dict[str, dict[str, Any]] = {
 }
 
 DMD2 = ["method=dmd2", "gan.weight=0.1", "train.aux_ratio=2"]
-LADD = ["method=ladd"]
+#: LADD (METHODS §6b) as in benchmarks/methods.py: one shared network, hinge loss
+LADD = ["method=ladd", "student.parameterization=shared", "gan.loss=hinge"]
 #: row name -> (overrides on top of the preset, student steps K)
 ROWS: dict[str, tuple[list[str], int]] = {
     "turbo_pp_K2": ([], 2),
@@ -104,6 +106,15 @@ def base_config(data: str, cache_dir: str | None) -> dict[str, Any]:
     return base
 
 
+def row_config(base: dict[str, Any], overrides: list[str]) -> DistillConfig:
+    """``base`` switched to the row's method (dropping the sections only other methods read),
+    then the row's other overrides."""
+    method = [o for o in overrides if o.startswith("method=")]
+    data = own_sections(apply_overrides(base, method))
+    data = apply_overrides(data, [o for o in overrides if not o.startswith("method=")])
+    return validate(DistillConfig, data, "evidence config")
+
+
 def row_overrides(row: str, seed: int, iterations: int) -> list[str]:
     ov, k = ROWS[row]
     return [*ov, f"student.num_steps={k}", f"train.iterations={iterations}",
@@ -124,7 +135,7 @@ def train_row(base: dict[str, Any], overrides: list[str], curve_every: int,
               time_only: bool = False) -> dict[str, Any]:
     """Train one student (its own process) with a cheap FID curve, then evaluate it."""
     torch.set_num_threads(threads)
-    cfg = validate(DistillConfig, apply_overrides(base, overrides), "evidence config")
+    cfg = row_config(base, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, tmp, progress=False)
         tr.prepare_data()
@@ -188,8 +199,8 @@ def cmd_run(args: argparse.Namespace, time_only: bool = False) -> None:
     # build the teacher caches once, before runs race to write the same shards
     for k in sorted({ROWS[r][1] for r, _ in jobs}):
         for s in sorted({s for _, s in jobs}):
-            cfg = validate(DistillConfig, apply_overrides(base, row_overrides(
-                f"turbo_pp_K{k}" if f"turbo_pp_K{k}" in ROWS else "turbo_pp_K2", s, 1)), "cfg")
+            cfg = row_config(base, row_overrides(
+                f"turbo_pp_K{k}" if f"turbo_pp_K{k}" in ROWS else "turbo_pp_K2", s, 1))
             with tempfile.TemporaryDirectory() as tmp:
                 Trainer(cfg, tmp, progress=False).prepare_data()
     print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)

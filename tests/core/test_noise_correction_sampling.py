@@ -39,7 +39,8 @@ def test_default_is_on_only_for_zero_terminal_snr_epsilon_models(toy_eps_teacher
 
 def test_vp_adapter_default_follows_the_terminal_snr():
     diffusers = pytest.importorskip("diffusers")
-    from fewstep.diffusers_adapters.unet_eps import VPEpsilonDenoiser, tiny_unet_config
+    from fewstep.diffusers_adapters.unet_eps import VPEpsilonDenoiser
+    from fewstep.testing.tiny_pipelines import tiny_unet_config
 
     unet = diffusers.UNet2DModel.from_config(tiny_unet_config(8, 1))
     usual = diffusers.DDPMScheduler(num_train_timesteps=100)             # abar_T ~ 4e-3
