@@ -42,10 +42,9 @@ from typing import Any
 import torch
 from scipy import stats
 
-from benchmarks.common import own_sections
 from fewstep.assets import ASSETS
 from fewstep.config import apply_overrides, load_yaml, validate
-from fewstep.distill.config import DistillConfig
+from fewstep.distill.config import DistillConfig, drop_foreign_sections
 from fewstep.distill.trainer import Trainer
 from fewstep.evaluation import eval_noise, evaluate_samplers
 from fewstep.metrics.classifier import load_default_classifier
@@ -110,7 +109,7 @@ def row_config(base: dict[str, Any], overrides: list[str]) -> DistillConfig:
     """``base`` switched to the row's method (dropping the sections only other methods read),
     then the row's other overrides."""
     method = [o for o in overrides if o.startswith("method=")]
-    data = own_sections(apply_overrides(base, method))
+    data = drop_foreign_sections(apply_overrides(base, method))
     data = apply_overrides(data, [o for o in overrides if not o.startswith("method=")])
     return validate(DistillConfig, data, "evidence config")
 
