@@ -91,6 +91,31 @@ PARTS = {
     "turbo_pp-step1=none_K2": "step-1 loss (teacher_traj vs none)",
     "turbo_pp-dataset_real_K2": "teacher generations as GAN reals (vs the data set)",
 }
+#: how the committed results were produced (printed under the tables)
+NOTES = """
+Commands (2-core machine shared with ~7 other jobs; `nice -n 10`, 1 torch thread per run,
+at most 2 runs at once; each command appends to `evidence_digits_runs.jsonl`):
+
+    fewstep teacher train --config fewstep/presets/teacher_digits_narrow.yaml \\
+        --out fewstep/assets/teacher_digits_narrow.safetensors          # 28.5 s
+    python -m benchmarks.evidence time --rows <all but ladd> --iterations 30
+    python -m benchmarks.evidence run --rows dmd2_K2,turbo_pp-dataset_real_K2,sid_K2,\\
+        turbo_pp-step1=none_K2,turbo_pp-detached_K2,turbo_pp_K2,turbo_pp-shared_K2,\\
+        imagine_flash_K2 --seeds 3 --iterations 800                     # 00:12 -> 01:18
+    python -m benchmarks.evidence run --rows ladd_K2 --seeds 3 --workers 1 --iterations 800
+    python -m benchmarks.evidence run --rows dmd2_K4,turbo_pp_K4,dmd2_K1,ladd_K4,\\
+        turbo_pp_K1,ladd_K1 --seeds 1 --workers 1 --iterations 800
+    python -m benchmarks.evidence run --rows turbo_pp_K1,ladd_K1,turbo_pp_K4,ladd_K4 \\
+        --seed0 1 --seeds 1 --workers 1 --iterations 800
+    python -m benchmarks.evidence report
+
+The K = 2 rows except LADD ran on the branch before the core refactor was merged (same
+default Turbo++ / DMD2 / SiD / Imagine Flash maths); LADD and the K = 1 / 4 rows after it.
+Cut for time: K = 1 and K = 4 rows have 1 or 2 seeds instead of 3 (n column); the harder
+16x16 problem was not run. `seconds_per_iteration` is wall time on the shared machine (its
+load varied from 6 to 14): compare costs with `python -m benchmarks.evidence time`, not
+with this column.
+"""
 COLS = ("fid", "fid_vs_teacher", "precision", "recall", "class_accuracy",
         "seconds_per_iteration")
 
@@ -271,15 +296,18 @@ def cmd_report(args: argparse.Namespace) -> None:
                                  2000, 1234)
     lines = [f"Digits, capacity-tight teacher ({setup['teacher'].name}), "
              f"{args.iterations} generator updates; mean ± 95 % t-interval over seeds (n).", "",
-             "| row | n | " + " | ".join(COLS) + " |", "|---|---" + "|---" * len(COLS) + "|"]
+             "| row | n | " + " | ".join(COLS) + " | curve FID at 400 / 600 / 800 |",
+             "|---|---" + "|---" * (len(COLS) + 1) + "|"]
     for name, m in naive.items():
         lines.append(f"| naive {name} | – | " + " | ".join(
-            f"{m[c]:.3f}" if c in m and m[c] == m[c] else "–" for c in COLS) + " |")
+            f"{m[c]:.3f}" if c in m and m[c] == m[c] else "–" for c in COLS) + " | – |")
     order = [r for r in ROWS if r in by_row]
     for row in order:
         rs = by_row[row]
+        curve = " / ".join(f"{statistics.fmean(dict(r['curve'])[st] for r in rs):.1f}"
+                           for st in (400, 600, 800) if all(st in dict(r["curve"]) for r in rs))
         lines.append(f"| {row} | {len(rs)} | " + " | ".join(
-            _cell(*mean_ci([r[c] for r in rs])) for c in COLS) + " |")
+            _cell(*mean_ci([r[c] for r in rs])) for c in COLS) + f" | {curve} |")
     verdicts = ["", "Turbo++ parts at K = 2: ablation minus full recipe, mean and 95 % interval; "
                 "*paired* = per-seed differences (rows with the same seed share the data "
                 "stream and initial noise), *Welch* = unpaired. Positive Δ fid / Δ "
@@ -301,7 +329,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         verdicts.append(f"| {what} | " + " | ".join(_cell(*eff[k]) for k in (
             "fid_paired", "fid_welch", "fid_vs_teacher_paired", "recall_paired")) + " |")
     curve_naive = naive_curve_fid(args.data)
-    table = "\n".join(lines + verdicts) + "\n"
+    table = "\n".join(lines + verdicts) + "\n" + NOTES
     payload = {"data": args.data, "iterations": args.iterations,
                "teacher": str(setup["teacher"].name), "naive": naive,
                "rows": {row: {c: mean_ci([r[c] for r in by_row[row]]) for c in COLS}
