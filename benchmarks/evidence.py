@@ -94,27 +94,32 @@ PARTS = {
 #: how the committed results were produced (printed under the tables)
 NOTES = """
 Commands (2-core machine shared with ~7 other jobs; `nice -n 10`, 1 torch thread per run,
-at most 2 runs at once; each command appends to `evidence_digits_runs.jsonl`):
+at most 2 runs at once; each `run` appends to `evidence_digits_runs.jsonl`):
 
     fewstep teacher train --config fewstep/presets/teacher_digits_narrow.yaml \\
         --out fewstep/assets/teacher_digits_narrow.safetensors          # 28.5 s
-    python -m benchmarks.evidence time --rows <all but ladd> --iterations 30
+    python -m benchmarks.evidence time --rows <every row but LADD> --iterations 30
     python -m benchmarks.evidence run --rows dmd2_K2,turbo_pp-dataset_real_K2,sid_K2,\\
         turbo_pp-step1=none_K2,turbo_pp-detached_K2,turbo_pp_K2,turbo_pp-shared_K2,\\
-        imagine_flash_K2 --seeds 3 --iterations 800                     # 00:12 -> 01:18
-    python -m benchmarks.evidence run --rows ladd_K2 --seeds 3 --workers 1 --iterations 800
+        imagine_flash_K2 --seeds 3                                      # 00:12 -> 01:18
+    python -m benchmarks.evidence run --rows ladd_K2 --seeds 3 --workers 1
     python -m benchmarks.evidence run --rows dmd2_K4,turbo_pp_K4,dmd2_K1,ladd_K4,\\
-        turbo_pp_K1,ladd_K1 --seeds 1 --workers 1 --iterations 800
+        turbo_pp_K1,ladd_K1 --seeds 1 --workers 1
     python -m benchmarks.evidence run --rows turbo_pp_K1,ladd_K1,turbo_pp_K4,ladd_K4 \\
-        --seed0 1 --seeds 1 --workers 1 --iterations 800
+        --seed0 1 --seeds 1 --workers 1
+    python -m benchmarks.evidence run --rows dmd2_K1,dmd2_K4 --seed0 1 --seeds 1 --workers 1
+    python -m benchmarks.evidence run --rows turbo_pp_K1,dmd2_K1,turbo_pp_K4 --seed0 2 \\
+        --seeds 1 --workers 1
+    python -m benchmarks.evidence run --rows ladd_K1,ladd_K4,dmd2_K4 --seed0 2 --seeds 1 \\
+        --workers 1
     python -m benchmarks.evidence report
 
-The K = 2 rows except LADD ran on the branch before the core refactor was merged (same
-default Turbo++ / DMD2 / SiD / Imagine Flash maths); LADD and the K = 1 / 4 rows after it.
-Cut for time: K = 1 and K = 4 rows have 1 or 2 seeds instead of 3 (n column); the harder
-16x16 problem was not run. `seconds_per_iteration` is wall time on the shared machine (its
-load varied from 6 to 14): compare costs with `python -m benchmarks.evidence time`, not
-with this column.
+(all with `--iterations 800 --cache-dir /tmp/edges/cache`, 01:19 -> 01:52 for LADD and
+K = 1 / 4). The K = 2 rows except LADD ran on the branch before the core refactor was merged,
+LADD and the K = 1 / 4 rows after it; re-running `turbo_pp_K2` seed 0 after the merge gave
+the identical result (FID 14.968, fid_vs_teacher 4.467). Cut for time: the harder (16x16)
+problem was not run. `seconds_per_iteration` is wall time on the shared machine (load 6 to
+14 during the runs): compare costs with `python -m benchmarks.evidence time`, not this column.
 """
 COLS = ("fid", "fid_vs_teacher", "precision", "recall", "class_accuracy",
         "seconds_per_iteration")
