@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -174,7 +175,23 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
 DataOpt = Annotated[str | None, typer.Option(
     help="digits | 8gaussians | checkerboard | moons, or a path to your own images (default: "
          "the student's / teacher's data)")]
-Samplers = Annotated[str, typer.Option(help="comma-separated: teacher_<N>, student_<K>")]
+Samplers = Annotated[str, typer.Option(help="comma-separated: teacher_<N>, student_<K>; suffix "
+                                            "_nc / _naive forces noise correction on / off")]
+NoiseCorrectionOpt = Annotated[bool | None, typer.Option(
+    "--noise-correction/--no-noise-correction",
+    help="bias-corrected first step at sigma = 1 for epsilon-prediction models (default: on "
+         "for zero-terminal-SNR epsilon teachers / students; a suffix on a sampler wins)")]
+
+
+def _sampler_specs(samplers: str, noise_correction: bool | None) -> list:
+    """Parse ``--samplers``; ``--[no-]noise-correction`` fills specs without a suffix."""
+    from fewstep.evaluation import parse_sampler
+
+    specs = [parse_sampler(s) for s in samplers.split(",")]
+    if noise_correction is None:
+        return specs
+    return [sp if sp.noise_correction is not None else replace(sp, noise_correction=
+                                                               noise_correction) for sp in specs]
 
 
 @app.command("sample")
@@ -191,12 +208,13 @@ def sample_cmd(
     prompt: Annotated[list[str] | None, typer.Option(
         help="prompt for an exported text-to-image student folder (repeatable; --num images "
              "per prompt)")] = None,
+    noise_correction: NoiseCorrectionOpt = None,
 ) -> None:
     """Generate a same-noise grid (PNG) and tensors (safetensors) for each sampler.
 
     ``--student FOLDER`` (written by ``fewstep export``) samples that student alone: ``--num``
     images per ``--prompt`` for a text-to-image student (decoded through its VAE)."""
-    from fewstep.evaluation import eval_noise, parse_sampler, run_sampler
+    from fewstep.evaluation import eval_noise, run_sampler
     from fewstep.io import save_tensors
     from fewstep.viz import save_panels
 
@@ -205,7 +223,7 @@ def sample_cmd(
         return
     if prompt:
         raise typer.BadParameter("--prompt needs --student FOLDER (an exported student)")
-    specs = [parse_sampler(s) for s in samplers.split(",")]
+    specs = _sampler_specs(samplers, noise_correction)
     problem, den, w, shift, st = _load_models(teacher, student, data, device)
     noise, cond = eval_noise(problem, num, seed, device)
     outs = {sp.name: run_sampler(sp, noise, cond, den, w, shift, st, seed=seed)[0] for sp in specs}
@@ -273,15 +291,24 @@ def eval_cmd(
         help="feature space of fd / PRDC: auto (digits: digits_classifier; your images: "
              "pixels) | pixels | digits_classifier | classifier:FILE | builder:pkg.mod:fn")
                         ] = "auto",
+    noise_correction: NoiseCorrectionOpt = None,
+    timing_batch: Annotated[int, typer.Option(min=1, help="batch of the timing calls (the same "
+                                              "for every sampler)")] = 256,
+    timing_repeats: Annotated[int, typer.Option(min=1, help="interleaved timed rounds (median; "
+                                                "one untimed warm-up round first)")] = 7,
 ) -> None:
     """Metrics JSON per sampler vs. held-out data and vs. the 8-step teacher (same noise); each
-    entry names the feature_space it was scored in."""
-    from fewstep.evaluation import evaluate_samplers, parse_sampler
+    entry names the feature_space it was scored in.
 
-    names = [parse_sampler(s).name for s in samplers.split(",")]
+    ``seconds_per_image`` is timed like for like: same batch for every sampler, warm-up
+    excluded, interleaved repeats, median."""
+    from fewstep.evaluation import evaluate_samplers
+
+    names = [sp.name for sp in _sampler_specs(samplers, noise_correction)]
     problem, den, w, shift, st = _load_models(teacher, student, data, device)
     metrics, _ = evaluate_samplers(problem, names, den, w, shift, st, num, seed, device=device,
-                                   features=features)
+                                   features=features, timing_batch=timing_batch,
+                                   timing_repeats=timing_repeats)
     text = json.dumps(metrics, indent=2)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,11 +27,26 @@ The transition out of ``sigma = 1`` is unchanged and already uses the known inpu
 linear path ``eps_hat = (x - (1 - sigma) x0_hat) / sigma = x`` at ``sigma = 1`` whatever
 ``x0_hat`` is (see :func:`fewstep.samplers.transition`), so only ``x0_hat`` needed fixing.
 
-Usage: ``euler_sample(noise_corrected(teacher), noise, cond, sigmas)``.
+When it applies (:func:`default_noise_correction`): epsilon-prediction denoisers whose noise
+schedule reaches zero SNR at ``sigma = 1`` -- every :class:`~fewstep.denoiser.NetworkDenoiser`
+with ``prediction="epsilon"`` (our path ends in pure noise) and VP adapters whose last timestep
+has ``alphas_cumprod ~ 0`` (a "zero terminal SNR" schedule). There the naive first step is 0/0
+(or, with the VP adapter's clamp of ``1 - sigma``, a huge finite extrapolation), so every sampler
+that starts at ``sigma = 1`` turns the correction on by default: the teacher's Euler sampler
+(:func:`fewstep.samplers.euler_sample`), the student's sampler
+(:func:`fewstep.samplers.student_sample`), ``fewstep sample`` / ``fewstep eval``
+(``--noise-correction / --no-noise-correction``; sampler names ``<name>_nc`` / ``<name>_naive``
+force it). A VP schedule with a non-zero terminal SNR is left to its clamp (the network *was*
+trained at its last timestep).
+
+Usage: ``euler_sample(noise_corrected(teacher), noise, cond, sigmas)``; for a K-step student,
+:func:`corrected_student_step` (one step) or :func:`student_step_fn` (a sampler step function),
+e.g. for an exporter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,12 +56,41 @@ from fewstep.denoiser import _TIME_INPUTS, Denoiser, NetworkDenoiser
 from fewstep.path import FlowPath, expand_like
 
 TERMINAL_TOL = 1e-6
+#: a VP schedule is "zero terminal SNR" when its last level is this close to sigma = 1
+#: (``alphas_cumprod[-1] <~ 1e-6``; diffusers' rescaled schedules store 2**-24)
+ZERO_SNR_TOL = 1e-3
+DEFAULT_DELTA = 0.05
 
 
 def is_epsilon_model(den: Denoiser) -> bool:
     """True for denoisers whose network predicts epsilon (``NetworkDenoiser`` or VP adapter)."""
     return getattr(den, "prediction", None) == "epsilon" or \
         getattr(den, "prediction_type", None) == "epsilon"
+
+
+def is_zero_terminal_snr(den: Denoiser) -> bool:
+    """True when ``den``'s input at ``sigma = 1`` is pure noise *and* the network was trained
+    there: a :class:`NetworkDenoiser` (our flow path), or an adapter whose ``sigma_max`` (the
+    flow level of its last trained timestep) is within :data:`ZERO_SNR_TOL` of 1. Wrappers
+    exposing ``inner`` are looked through."""
+    while isinstance(den, NoiseCorrected):
+        den = den.inner
+    if isinstance(den, NetworkDenoiser):
+        return True
+    sigma_max = getattr(den, "sigma_max", None)
+    return sigma_max is not None and float(sigma_max) >= 1.0 - ZERO_SNR_TOL
+
+
+def default_noise_correction(den: Denoiser) -> bool:
+    """The default of every sampler's ``noise_correction`` option: on for zero-terminal-SNR
+    epsilon-prediction denoisers, off otherwise (where it would be a no-op or not needed)."""
+    return is_epsilon_model(den) and is_zero_terminal_snr(den)
+
+
+def resolve_noise_correction(den: Denoiser, option: bool | None) -> bool:
+    """``option`` if given, else :func:`default_noise_correction`. ``True`` for a velocity /
+    x0 model is accepted and is a no-op."""
+    return default_noise_correction(den) if option is None else bool(option)
 
 
 def epsilon_prediction(den: Denoiser, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
@@ -72,7 +116,7 @@ class NoiseCorrected(Denoiser):
         delta: ``1 - s'``, the offset of the second evaluation level (0 < delta < 1).
     """
 
-    def __init__(self, inner: Denoiser, delta: float = 0.05) -> None:
+    def __init__(self, inner: Denoiser, delta: float = DEFAULT_DELTA) -> None:
         super().__init__()
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta must lie in (0, 1), got {delta}")
@@ -103,9 +147,42 @@ class NoiseCorrected(Denoiser):
         return self.inner.features(x, sigma, cond)
 
 
-def noise_corrected(den: Denoiser, delta: float = 0.05) -> Denoiser:
+def noise_corrected(den: Denoiser, delta: float = DEFAULT_DELTA) -> Denoiser:
     """``den`` with noise correction at ``sigma = 1`` (a pass-through for non-epsilon models)."""
     return NoiseCorrected(den, delta)
 
 
-__all__ = ["NoiseCorrected", "epsilon_prediction", "is_epsilon_model", "noise_corrected"]
+def corrected_student_step(student: Any, k: int, x: Tensor, sigma: Tensor, cond: Any = None,
+                           delta: float = DEFAULT_DELTA) -> Tensor:
+    """Step ``k`` of a K-step student (:class:`fewstep.distill.student.Student`) with noise
+    correction: rows at ``sigma = 1`` get the bias-corrected ``x0_hat`` of the step's own
+    network (its epsilon prediction at 1 and at ``1 - delta``); other rows and non-epsilon
+    students are ``student(k, x, sigma, cond)`` exactly. Differentiable (it can be trained
+    through). ``x`` is ``(B, ...)``, ``sigma`` ``(B,)``."""
+    den = student.step_denoiser(k)
+    if not is_epsilon_model(den):
+        return student(k, x, sigma, cond)
+    lora = getattr(student, "lora", None)
+    if lora is not None:
+        with lora.use_step(k):
+            return NoiseCorrected(den, delta)(x, sigma, cond)
+    return NoiseCorrected(den, delta)(x, sigma, cond)
+
+
+def student_step_fn(student: Any, noise_correction: bool | None = None,
+                    delta: float = DEFAULT_DELTA) -> Callable[[int, Tensor, Tensor, Any], Tensor]:
+    """A sampler step function ``(k, x, sigma, cond) -> x0_hat`` for ``student``, with noise
+    correction at ``sigma = 1`` when ``noise_correction`` (``None``: the default for the
+    student's first-step network, see :func:`default_noise_correction`)."""
+    if not resolve_noise_correction(student.step_denoiser(0), noise_correction):
+        return student
+
+    def fn(k: int, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
+        return corrected_student_step(student, k, x, sigma, cond, delta)
+    return fn
+
+
+__all__ = ["DEFAULT_DELTA", "NoiseCorrected", "corrected_student_step",
+           "default_noise_correction", "epsilon_prediction", "is_epsilon_model",
+           "is_zero_terminal_snr", "noise_corrected", "resolve_noise_correction",
+           "student_step_fn"]

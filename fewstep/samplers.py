@@ -11,6 +11,12 @@ Transitions from ``sigma`` to ``sigma_next`` given ``x0_hat``:
 * ``ddim`` (deterministic): reuse ``eps_hat = (x - (1 - sigma) x0_hat) / sigma``; on the linear
   path this *is* the Euler step ``x + (sigma_next - sigma) v_hat``.
 * ``fresh``: ``x_next = (1 - sigma_next) x0_hat + sigma_next eps_fresh``.
+
+Noise correction (:mod:`fewstep.noise_correction`): the teacher's and the student's samplers
+start at ``sigma = 1``, where an epsilon-prediction network's ``x0_hat`` is 0/0. Their
+``noise_correction`` option (``None`` = on for zero-terminal-SNR epsilon models, off otherwise)
+replaces that first prediction by the bias-corrected estimate; it never changes velocity / x0
+models.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch
 from torch import Tensor
 
 from fewstep.denoiser import Denoiser
+from fewstep.noise_correction import DEFAULT_DELTA, noise_corrected, resolve_noise_correction
+from fewstep.noise_correction import student_step_fn as _student_step_fn
 from fewstep.path import FlowPath, expand_like, randn_like
 
 StepFn = Callable[[int, Tensor, Tensor, Any], Tensor]
@@ -109,13 +117,30 @@ def teacher_step_fn(teacher: Denoiser, cfg_scale: float = 1.0) -> StepFn:
 
 @torch.no_grad()
 def euler_sample(teacher: Denoiser, noise: Tensor, cond: Any, sigmas: Sequence[float] | Tensor,
-                 cfg_scale: float = 1.0) -> Trajectory:
+                 cfg_scale: float = 1.0, noise_correction: bool | None = None,
+                 delta: float = DEFAULT_DELTA) -> Trajectory:
     """The teacher's deterministic N-step Euler sampler (= DDIM on the linear path).
 
     ``sigmas`` are N + 1 levels ending at 0 (see :func:`fewstep.schedules.teacher_sigmas`) or N
     levels; the output is the last step's ``x0_hat`` which equals the Euler step to ``sigma=0``.
+    ``noise_correction``: see the module docstring (``None``: the teacher's default).
     """
+    if resolve_noise_correction(teacher, noise_correction):
+        teacher = noise_corrected(teacher, delta)
     return sample(teacher_step_fn(teacher, cfg_scale), noise, cond, sigmas, "ddim")
+
+
+def student_sample(student: Any, noise: Tensor, cond: Any, *,
+                   noise_correction: bool | None = None, delta: float = DEFAULT_DELTA,
+                   step_noises: Sequence[Tensor] | None = None,
+                   generator: torch.Generator | None = None, num_steps: int | None = None
+                   ) -> Trajectory:
+    """Run a K-step student (:class:`fewstep.distill.student.Student`: its ``sigmas`` and
+    ``transition``) from ``noise`` at ``sigma = 1``, like ``student.generate``, with the
+    ``noise_correction`` option (``None``: on for a zero-terminal-SNR epsilon student)."""
+    fn = _student_step_fn(student, noise_correction, delta)
+    return sample(fn, noise, cond, student.sigmas, student.transition, step_noises=step_noises,
+                  generator=generator, stop_after=num_steps)
 
 
 def renoise(x0: Tensor, sigma: Tensor | float, generator: torch.Generator | None = None,
@@ -125,5 +150,5 @@ def renoise(x0: Tensor, sigma: Tensor | float, generator: torch.Generator | None
     return FlowPath.add_noise(x0, eps, sigma), eps
 
 
-__all__ = ["Trajectory", "euler_sample", "expand_like", "renoise", "sample", "teacher_step_fn",
-           "transition"]
+__all__ = ["Trajectory", "euler_sample", "expand_like", "renoise", "sample", "student_sample",
+           "teacher_step_fn", "transition"]
