@@ -119,7 +119,7 @@ def test_one_entry_point_overrides_anywhere_and_info_logs(tmp_path, toy_teacher_
     # the same command through python -m fewstep.distill: resume and its info log
     rc = distill_main(["--preset", "turbo_pp_checkerboard", "--out", str(out), "--resume",
                        "data=checkerboard", *common, "train.iterations=3",
-                       "train.ckpt_every=1"])
+                       "train.ckpt_every=1", "train.mixed_precision=no"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "resumed from" in cap.err and "ckpt_00000002" in cap.err
@@ -133,6 +133,8 @@ def test_python_dash_m_fewstep_and_bad_options():
                            capture_output=True, text=True, timeout=300)
         _bad(r, "No such option: --bogus")
         assert len(r.stderr.strip().splitlines()) == 1
+    # method= switches a preset (its foreign sections are dropped); a section set on the
+    # command line that the method does not read is refused
     r = subprocess.run([sys.executable, "-m", "fewstep", "plan", "--preset", "demo",
-                        "method=ladd"], capture_output=True, text=True, timeout=300)
+                        "method=ladd", "dm.weight=1"], capture_output=True, text=True, timeout=300)
     _bad(r, "dm: section not used by method ladd")
