@@ -18,7 +18,6 @@ slice (:meth:`DistEnv.shard`; cache rows: only its slice is read).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +42,12 @@ class BatchSource:
                  teacher: Denoiser, teacher_id: str, teacher_shift: float, teacher_w: float,
                  mid_sigma: float | None, generator: torch.Generator, dist: DistEnv,
                  device: torch.device, teacher_levels: Tensor | None = None,
-                 start: Callable[[Tensor], Tensor] | None = None) -> None:
+                 noise_scale: float = 1.0) -> None:
         self.cfg, self.needs, self.problem = cfg, needs, problem
         # the teacher's own N + 1 sampling levels and its first input from standard noise
         self.teacher_levels = teacher_levels if teacher_levels is not None else \
             teacher_sigmas(cfg.teacher.steps, teacher_shift)
-        self.start = start if start is not None else (lambda e: e)
+        self.noise_scale = noise_scale
         self.teacher, self.teacher_id = teacher, teacher_id
         self.teacher_shift, self.teacher_w = teacher_shift, teacher_w
         self.mid_sigma = mid_sigma
@@ -72,7 +71,8 @@ class BatchSource:
                 lambda n, g: p.sample_cond(n, g), p.cond_map, steps=c.teacher.steps,
                 shift=self.teacher_shift, cfg_scale=self.teacher_w, mid_sigma=self.mid_sigma,
                 size=c.cache.size, shard_size=min(c.cache.shard_size, c.cache.size),
-                seed=c.train.seed, batch_size=c.cache.batch_size, device=self.device)
+                seed=c.train.seed, batch_size=c.cache.batch_size, device=self.device,
+                sigmas=self.teacher_levels, noise_scale=self.noise_scale)
             b = c.train.batch_size
             self.reader = cache.reader(b, c.train.seed, pairs=self.needs.teacher_pairs,
                                        real=self.needs.real == "teacher_cache",
@@ -133,5 +133,5 @@ class BatchSource:
         noise = torch.randn((b, *p.data_shape), generator=self.gen).to(self.device)
         cond = p.cond_map(p.sample_cond(b, self.gen, self.device))
         noise, cond = self.dist.shard(noise, b), self.dist.shard(cond, b)  # only this rank's
-        return euler_sample(self.teacher, self.start(noise), cond, self.teacher_levels,
+        return euler_sample(self.teacher, noise * self.noise_scale, cond, self.teacher_levels,
                             self.teacher_w).sample, cond

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from fewstep.denoiser import Denoiser
 from fewstep.errors import CheckpointError
 from fewstep.io import atomic_write_bytes, load_tensors, save_tensors
+from fewstep.noise_correction import default_noise_correction
 from fewstep.samplers import euler_sample
 from fewstep.schedules import teacher_sigmas
 
@@ -64,12 +65,16 @@ class TeacherCache:
                  data_shape: tuple[int, ...], cond_sampler: CondSampler, cond_map: CondMap,
                  steps: int = 8, shift: float = 1.0, cfg_scale: float = 1.0,
                  mid_sigma: float | None = None, size: int = 10000, shard_size: int = 2000,
-                 seed: int = 0, batch_size: int = 1000, device: str | torch.device = "cpu"
-                 ) -> None:
+                 seed: int = 0, batch_size: int = 1000, device: str | torch.device = "cpu",
+                 sigmas: Tensor | None = None, noise_scale: float = 1.0) -> None:
         self.teacher = teacher
         self.data_shape = tuple(data_shape)
         self.cond_sampler, self.cond_map = cond_sampler, cond_map
-        self.sigmas = teacher_sigmas(steps, shift)
+        uniform = teacher_sigmas(steps, shift)
+        # the teacher's own N + 1 levels (``teacher.schedule``) and its first input's scale
+        self.sigmas = uniform if sigmas is None else sigmas.float().cpu()
+        self.noise_scale = float(noise_scale)
+        corrected = default_noise_correction(teacher)  # euler_sample's default for eps models
         self.cfg_scale = cfg_scale
         self.mid_index = None
         if mid_sigma is not None:
@@ -79,6 +84,13 @@ class TeacherCache:
         spec = {"teacher": teacher_id, "shape": list(self.data_shape), "steps": steps,
                 "shift": shift, "cfg_scale": cfg_scale, "mid_index": self.mid_index,
                 "shard_size": shard_size, "seed": seed}
+        # keys only when they differ from the defaults: existing caches keep their fingerprint
+        if not torch.allclose(self.sigmas, uniform):
+            spec["sigmas"] = [round(float(v), 8) for v in self.sigmas]
+        if self.noise_scale != 1.0:
+            spec["noise_scale"] = self.noise_scale
+        if corrected:
+            spec["noise_correction"] = True
         self.fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
         self.dir = Path(root) / self.fingerprint[:16]
         self.spec = spec
@@ -101,7 +113,8 @@ class TeacherCache:
         for s in range(0, n, self.batch_size):
             e = eps[s:s + self.batch_size].to(self.device)
             c = None if ids is None else ids[s:s + self.batch_size].to(self.device)
-            traj = euler_sample(self.teacher, e, self.cond_map(c), self.sigmas, self.cfg_scale)
+            traj = euler_sample(self.teacher, e * self.noise_scale, self.cond_map(c), self.sigmas,
+                                self.cfg_scale)
             samples.append(traj.sample.float().cpu())
             if self.mid_index is not None:
                 mids.append(traj.x0s[self.mid_index].float().cpu())

@@ -156,7 +156,8 @@ class Trainer:
         self.batches = BatchSource(cfg, self.method.data_needs(), self.problem, self.teacher,
                                    self.teacher_id, self.teacher_shift, self.teacher_w, mid,
                                    self.gen, self.dist, self.device,
-                                   teacher_levels=loaded.sigmas, start=loaded.start)
+                                   teacher_levels=loaded.sigmas,
+                                   noise_scale=loaded.noise_scale)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", t.keep_last, self.dist,
                                       self.device, t.rollbacks_per_checkpoint)
         self.losses = LossLog(self.run_dir / "losses.jsonl", enabled=self.dist.is_main)

@@ -59,6 +59,12 @@ class LoadedTeacher:
         """The teacher sampler's ``N + 1`` levels (last 0)."""
         return torch.tensor(self.config["sampling"]["sigmas"], dtype=torch.float32)
 
+    @property
+    def noise_scale(self) -> float:
+        """Scale of the sampler's first input (1, or ``1 / (a_0 + s_0)`` for a VP schedule whose
+        first level is below sigma = 1)."""
+        return float(self.config["sampling"].get("noise_scale", 1.0))
+
     def start(self, noise: Tensor) -> Tensor:
         """The sampler's first input from standard noise: ``noise * sampling.noise_scale`` (1
         unless the schedule starts below sigma = 1, e.g. a VP pipeline's own levels)."""
