@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fewstep.config import StrictModel
+from fewstep.config import DeviceName, Seed, StrictModel
 from fewstep.data.problem import PROBLEMS, get_problem
 from fewstep.denoiser import NetworkDenoiser
 from fewstep.errors import CheckpointError, ConfigError
@@ -64,9 +64,9 @@ class TeacherConfig(StrictModel):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     cond_dropout: float = Field(0.1, ge=0.0, le=1.0)
     sigma_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
-    seed: int = 0
+    seed: Seed = 0
     sampling: SamplingDefaults = SamplingDefaults()
-    device: str = "cpu"
+    device: DeviceName = "cpu"
 
     def model_post_init(self, __context: Any) -> None:
         if self.data not in PROBLEMS:
