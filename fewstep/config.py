@@ -159,10 +159,15 @@ def read_text_file(path: str | os.PathLike[str], what: str = "config file") -> s
         raw = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read {p}: {e.strerror or e}") from None
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+                      (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
+        if raw.startswith(bom):
+            raise ConfigError(f"{p} is {name} text, expected a {what} in UTF-8 (re-save it as "
+                              "UTF-8)")
     if b"\x00" in raw:
         raise ConfigError(f"{p} is a binary file, expected a {what} (UTF-8 text)")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
                           f"{e.start}); expected a {what}") from None
