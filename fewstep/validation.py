@@ -4,15 +4,18 @@ the option (or config field) and the reason, before any work starts.
 * paths: :func:`input_file`, :func:`input_dir`, :func:`output_dir`, :func:`output_file`
   (a folder where a file is expected is "is a directory, expected a file", not "not found");
 * values: :func:`seed`, :func:`count`, :func:`sampler_steps`, :func:`plan_options`;
+* writability: :func:`writable` (probe the output folder before hours of work, exit 3);
 * devices: :func:`device` (unknown names and devices this machine does not have);
 * models: :func:`models_fit` (teacher, student and data set of the same kind and shape).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from typing import Any
 import torch
 
 from fewstep.config import MAX_SEED
-from fewstep.errors import ConfigError
+from fewstep.errors import ConfigError, write_error
 
 #: largest sampler step count (a teacher_N sampler runs N network evaluations per sample)
 MAX_SAMPLER_STEPS = 1000
@@ -100,6 +103,27 @@ def output_file(path: str | os.PathLike[str], field: str = "--out", suffix: str 
     if blocker is not None:
         raise ConfigError(f"{field}: cannot create {p}: {blocker} is a file, not a folder")
     return p
+
+
+def writable(path: str | os.PathLike[str], is_dir: bool = False) -> None:
+    """Probe that the operating system lets us write ``path`` (a file, or a folder with
+    ``is_dir``): create its folder and a temp file there, then remove the temp file.
+
+    Raises :class:`~fewstep.errors.WriteError` (exit code 3) naming ``path`` -- before any
+    work, instead of after it."""
+    p = Path(path).expanduser()
+    folder = p if is_dir else p.parent
+    tmp = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".fewstep_probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise write_error(e, p, "nothing was written") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def seed(value: int, field: str = "--seed") -> int:
