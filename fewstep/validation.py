@@ -244,3 +244,97 @@ def models_fit(data: str, data_shape: tuple[int, ...], num_classes: int,
         if ts is not None and ss is not None and ts != ss:
             raise ConfigError(f"{student_field}: the student takes samples of shape {ss} but "
                               f"the teacher ({teacher_field}) takes {ts}")
+
+
+# ------------------------------------------------------------------ per command
+# Each ``check_<command>`` validates that command's options up front (raising one
+# ConfigError line, or a WriteError for an output the OS refuses) and is called first thing
+# in the command.
+
+
+def _data_name(data: str | None, field: str = "--data") -> None:
+    from fewstep.data.problem import PROBLEMS
+
+    if data is not None and data not in PROBLEMS:
+        raise ConfigError(f"{field}: unknown data set {data!r}; choose from "
+                          f"{', '.join(PROBLEMS)}")
+
+
+def check_models_input(teacher: Path | None, student: Path | None, data: str | None,
+                       samplers: list[str], num: int, seed_value: int, device_name: str,
+                       min_num: int = 1) -> None:
+    """``sample`` / ``eval``: sampler names, counts, seed, device, data name, model files."""
+    sampler_steps(samplers)
+    count(num, "--num", min_num, MAX_SAMPLES)
+    seed(seed_value, "--seed")
+    device(device_name, "--device")
+    _data_name(data)
+    if teacher is not None:
+        input_file(teacher, "--teacher", ".safetensors", "teacher file")
+    if student is not None:
+        input_file(student, "--student", ".safetensors", "student file")
+    if student is None and any(s.strip().startswith("student_") for s in samplers):
+        raise ConfigError("--samplers: student samplers need --student FILE")
+
+
+def check_sample(out: Path, samplers: str, teacher: Path | None, student: Path | None,
+                 data: str | None, num: int, seed_value: int, device_name: str,
+                 prompt: list[str] | None) -> None:
+    """``fewstep sample`` (an exported student folder is checked by its own loader)."""
+    output_dir(out, "--out")
+    exported = student is not None and Path(student).expanduser().is_dir()
+    if prompt and not exported:
+        raise ConfigError("--prompt: needs --student FOLDER (an exported text-to-image "
+                          "student)")
+    if exported:
+        count(num, "--num", 1, MAX_SAMPLES)
+        seed(seed_value, "--seed")
+        device(device_name, "--device")
+    else:
+        check_models_input(teacher, student, data, samplers.split(","), num, seed_value,
+                           device_name)
+    writable(out, is_dir=True)
+
+
+def check_eval(out: Path | None, samplers: str, teacher: Path | None, student: Path | None,
+               data: str | None, num: int, seed_value: int, device_name: str) -> None:
+    """``fewstep eval``."""
+    if out is not None:
+        output_file(out, "--out")
+    check_models_input(teacher, student, data, samplers.split(","), num, seed_value,
+                       device_name, min_num=10)
+    if out is not None:
+        writable(out)
+
+
+def check_export(run: Path, out: Path, components: str, device_name: str) -> None:
+    """``fewstep export``: a finished run folder, a folder to write, known options."""
+    if components not in ("copy", "reference"):
+        raise ConfigError(f"--components: {components!r}; must be copy or reference")
+    device(device_name, "--device")
+    input_dir(run, "--run", "run folder")
+    for name in ("config.yaml", "student.safetensors"):
+        input_file(Path(run).expanduser() / name, "--run", what=f"finished run's {name}")
+    output_dir(out, "--out")
+    writable(out, is_dir=True)
+
+
+def check_classifier_train(out: Path, seed_value: int) -> None:
+    """``fewstep classifier train``."""
+    output_file(out, "--out", ".safetensors")
+    seed(seed_value, "--seed")
+    writable(out)
+
+
+def check_teacher_train(out: Path, device_name: str) -> None:
+    """``fewstep teacher train`` (the config itself is validated by its model)."""
+    output_file(out, "--out", ".safetensors")
+    device(device_name, "device")
+    writable(out)
+
+
+def check_run_out(out: Path | None) -> None:
+    """``distill`` / ``demo``: the run folder (absent, or a folder) is writable."""
+    if out is not None:
+        output_dir(out, "--out")
+        writable(out, is_dir=True)

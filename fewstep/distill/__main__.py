@@ -1,8 +1,9 @@
 """``python -m fewstep.distill --config FILE [--out RUN_DIR] [--resume] [key=value ...]``.
 
 A thin wrapper over :func:`fewstep.distill.run.run_distill` (the ``fewstep distill`` command
-does the same). Exit codes: 0 done, 2 user error (one line on stderr), 143 stopped by
-SIGTERM / SIGINT after writing a checkpoint.
+does the same). Exit codes: 0 done, 2 user error (one line on stderr), 3 a write the
+operating system refused (one line), 143 stopped by SIGTERM / SIGINT after writing a
+checkpoint (see :mod:`fewstep.errors`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from fewstep.errors import FewstepError
-
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 143
+from fewstep.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, error_exit
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = run_distill(args.config, args.overrides, args.out, args.resume,
                               progress=not args.quiet)
-    except FewstepError as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
-        return EXIT_USER_ERROR
     except TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:  # user errors (2) and refused writes (3): one line, no traceback
+        mapped = error_exit(e)
+        if mapped is None:
+            raise
+        print(mapped[1], file=sys.stderr)
+        return mapped[0]
     if trainer.dist.is_main:
         print(json.dumps({"out": str(trainer.run_dir), "step": trainer.step,
                           "seconds": round(getattr(trainer, "seconds", 0.0), 1)}))
