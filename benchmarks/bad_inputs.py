@@ -475,6 +475,9 @@ def run_case(case: Case, fx: dict[str, str], timeout: float) -> dict[str, Any]:
         problems.append("stderr does not start with 'error: '")
     elif case.expect and case.expect not in lines[0]:
         problems.append(f"message lacks {case.expect!r}")
+    status = "clean" if not problems else "NOT CLEAN: " + "; ".join(problems)
+    print(f"{case.id}: {status}" + ("" if not problems else f"\n    {err.strip()[-400:]}"),
+          flush=True)
     return {"id": case.id, "argv": [case.module, *argv], "fault": case.fault, "rc": rc,
             "clean": not problems, "problems": problems, "stderr": err[-2000:],
             "seconds": round(time.perf_counter() - t0, 1)}
