@@ -86,3 +86,18 @@ def test_non_zero_ranks_do_not_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("RANK", "0")
     with RunLock(tmp_path) as lock:
         assert lock.held
+
+
+def test_distill_refuses_a_locked_run_folder(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from fewstep.distill.__main__ import main as distill_main
+
+    run = tmp_path / "run"
+    with RunLock(run, enabled=True):
+        for extra in ([], ["--resume"]):
+            rc = distill_main(["--out", str(run), "--quiet", "data=checkerboard", *extra])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 2 and len(err) == 1, err
+            assert err[0].startswith(f"error: --out: {run} is in use by another run (pid "
+                                     f"{os.getpid()} on host")
+    assert not (run / "checkpoints").exists()
