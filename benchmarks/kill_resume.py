@@ -135,10 +135,14 @@ def main(argv: list[str] | None = None) -> int:
                                  SLOW_FSYNC)
             first = False
             before = max_logged_step(run)
-            ev: dict[str, Any] = {"kill": i + 1, "kind": kind, "resumed_from_step": None}
+            ev: dict[str, Any] = {"kill": i + 1, "kind": kind}
             if kind == "cache":
-                wait_for(proc, lambda: (d := shard_dir(run_cache)) is not None
-                         and bool(temp_files(d)), "a teacher-cache shard write", log)
+                # the first cache kill lands in whatever write comes first (fingerprint.json),
+                # later ones in a shard write
+                pre = "." if i == 0 else ".shard_"
+                wait_for(proc, lambda pre=pre: (d := shard_dir(run_cache)) is not None
+                         and any(p.name.startswith(pre) for p in temp_files(d)),
+                         "a teacher-cache write", log)
                 d = shard_dir(run_cache)
                 ev["temp_files"] = [p.name for p in temp_files(d)] if d else []
             elif kind == "before_first_checkpoint":
