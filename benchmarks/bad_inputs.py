@@ -386,7 +386,8 @@ def _student_config(teacher_cfg: dict[str, Any], sigmas: torch.Tensor) -> dict[s
 
 
 def make_fixtures(root: Path) -> dict[str, str]:
-    """Files the cases refer to, as ``{placeholder: path}``."""
+    """Files the cases refer to, as ``{placeholder: path}`` (``{T}`` is replaced by a fresh
+    folder per case)."""
     f: dict[str, Path] = {"T": root}
     f["bin"] = root / "binary.yaml"
     f["bin"].write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00train:\x00\xff\xfe")
@@ -451,7 +452,10 @@ def _fill(s: str, fx: dict[str, str]) -> str:
 
 
 def run_case(case: Case, fx: dict[str, str], timeout: float) -> dict[str, Any]:
-    argv = [_fill(a, fx) for a in case.argv]
+    # {T} is a fresh folder per case (outputs of one case never meet another's)
+    own = Path(fx["T"]) / "cases" / case.id.replace("/", "__")
+    own.mkdir(parents=True)
+    argv = [_fill(a, {**fx, "T": str(own)}) for a in case.argv]
     where = fx["ro"] if case.fault in ("erofs", "eacces") else fx["full"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                COLUMNS="100")
@@ -459,7 +463,7 @@ def run_case(case: Case, fx: dict[str, str], timeout: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
-                             cwd=fx["T"])
+                             cwd=own)
         rc, out, err = res.returncode, res.stdout, res.stderr
     except subprocess.TimeoutExpired as e:
         rc, out, err = None, str(e.stdout or ""), f"timed out after {timeout:.0f} s"
