@@ -8,6 +8,7 @@ import math
 import multiprocessing as mp
 import resource
 import statistics
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -15,10 +16,14 @@ from typing import Any
 
 import torch
 
-from fewstep.config import apply_overrides, validate
-from fewstep.distill.config import DistillConfig
+from fewstep.assets import teacher_path
+from fewstep.config import apply_overrides, load_yaml, validate
+from fewstep.data.problem import get_problem
+from fewstep.distill.config import DEFAULT_METHOD, METHOD_CONFIGS, DistillConfig
 from fewstep.distill.trainer import Trainer
 from fewstep.evaluation import evaluate_samplers
+from fewstep.presets import preset_path
+from fewstep.teacher import load_denoiser
 
 #: the metric each data set is ranked by (lower is better), and the ones reported
 PRIMARY = {"digits": "fid", "checkerboard": "swd"}
@@ -44,10 +49,21 @@ def extra_overrides(args: argparse.Namespace) -> list[str]:
     return extra + list(args.set)
 
 
+def own_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the sections that only *other* methods read (a row starts from a
+    Turbo++ preset and switches ``method``; its ``step1`` / ``turbo`` / ... sections go)."""
+    own = METHOD_CONFIGS[data.get("method", DEFAULT_METHOD)].model_fields
+    others = {s for c in METHOD_CONFIGS.values() for s in c.sections()}
+    return {k: v for k, v in data.items() if k in own or k not in others}
+
+
 def run_one(base: dict[str, Any], overrides: list[str], run_dir: Path,
             num_samples: int = 2000) -> dict[str, Any]:
     """Train one student and evaluate it at its own step count from the eval noise."""
-    cfg = validate(DistillConfig, apply_overrides(base, overrides), "benchmark config")
+    data = apply_overrides(base, [o for o in overrides if o.startswith("method=")])
+    data = apply_overrides(own_sections(data), [o for o in overrides
+                                                if not o.startswith("method=")])
+    cfg = validate(DistillConfig, data, "benchmark config")
     torch.manual_seed(cfg.train.seed)
     t0 = time.perf_counter()
     tr = Trainer(cfg, run_dir, progress=False)
@@ -98,11 +114,6 @@ def run_rows(args: argparse.Namespace, preset: str, rows: dict[str, list[str]]
              ) -> dict[str, list[dict[str, Any]]]:
     """Train and evaluate every row (its overrides on top of ``preset``) for ``args.seeds``
     seeds, each run in its own process; returns ``{row: [result per seed]}``."""
-    import tempfile
-
-    from fewstep.config import load_yaml
-    from fewstep.presets import preset_path
-
     base = load_yaml(preset_path(preset))
     extra = extra_overrides(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,10 +127,6 @@ def run_rows(args: argparse.Namespace, preset: str, rows: dict[str, list[str]]
 def teacher_rows(data: str, steps: list[int], num_samples: int = 2000,
                  seed: int = 1234) -> dict[str, dict[str, float]]:
     """Naive few-step sampling of the shipped teacher (the baseline rows)."""
-    from fewstep.assets import teacher_path
-    from fewstep.data.problem import get_problem
-    from fewstep.teacher import load_denoiser
-
     den, cfg = load_denoiser(teacher_path(data))
     samp = cfg.get("sampling", {})
     m, _ = evaluate_samplers(get_problem(data), [f"teacher_{s}" for s in steps], den,

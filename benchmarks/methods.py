@@ -36,6 +36,8 @@ METHODS: dict[str, list[str]] = {
     "sid": ["method=sid"],
     "imagine_flash": ["method=imagine_flash", "imagine_flash.tau_min=0.02",
                       "imagine_flash.tau_max=0.5"],
+    # LADD (METHODS §6b): one shared network, hinge loss, the preset's discriminator layers
+    "ladd": ["method=ladd", "student.parameterization=shared", "gan.loss=hinge"],
 }
 STEPS = {"imagine_flash": (1, 2, 3)}
 PRESET = {"digits": "demo", "checkerboard": "turbo_pp_checkerboard"}

@@ -1,13 +1,20 @@
-"""The ``fewstep`` command line (typer). Every user error exits with code 2 and one line.
+"""The ``fewstep`` command line (typer): the one entry point.
+
+``fewstep ...``, ``python -m fewstep ...``, ``torchrun ... -m fewstep ...`` and
+``python -m fewstep.distill ...`` (= ``fewstep distill ...``) all go through :func:`run`, which
+configures logging (info messages such as "resumed from ..." go to stderr) and turns every user
+error -- bad options included -- into one line on stderr and exit code 2. ``key=value``
+overrides may stand anywhere on the line, before or after options.
 
 Subcommands: ``teacher train``, ``classifier train``, ``sample``, ``eval``, ``distill``,
-``demo``, ``plan``, ``bench``, ``export``. ``fewstep COMMAND --help`` documents each.
+``demo``, ``plan``, ``export``. ``fewstep COMMAND --help`` documents each.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +24,9 @@ import typer
 
 from fewstep.errors import FewstepError
 
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 143
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill diffusion / flow-matching generators into few-step generators.")
 teacher_app = typer.Typer(no_args_is_help=True, help="Train the embedded teachers.")
@@ -25,6 +35,23 @@ app.add_typer(teacher_app, name="teacher")
 app.add_typer(classifier_app, name="classifier")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def configure_logging(quiet: bool = False) -> None:
+    """Messages of the ``fewstep`` loggers on stderr: info and up (warnings with ``quiet``)."""
+    logger = logging.getLogger("fewstep")
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not any(getattr(h, "_fewstep", False) for h in logger.handlers):
+        h = logging.StreamHandler()  # stderr, looked up at emit time (works under capture)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        h._fewstep = True  # type: ignore[attr-defined]
+        logger.addHandler(h)
+
+
+@app.callback()
+def _root() -> None:
+    """Distill diffusion / flow-matching generators into few-step generators."""
+    configure_logging()
 
 
 def user_errors(fn: F) -> F:
@@ -75,7 +102,7 @@ def classifier_train(
 def _load_models(teacher: Path | None, student: Path | None, data: str | None, device: str):
     from fewstep.assets import teacher_path
     from fewstep.data.problem import get_problem
-    from fewstep.distill.trainer import load_student
+    from fewstep.distill.student_factory import load_student
     from fewstep.errors import ConfigError
     from fewstep.teacher import load_denoiser
 
@@ -213,23 +240,37 @@ def distill_cmd(
                       ] = False,
     preset: Annotated[str | None, typer.Option(help="a shipped preset name instead of --config")
                       ] = None,
-    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar, warnings only")] = False,
 ) -> None:
-    """Distill a teacher into a few-step student (any recipe: see the config's ``method``)."""
-    from fewstep.distill.run import TrainingInterrupted, run_distill
-    from fewstep.presets import preset_path
+    """Distill a teacher into a few-step student (any method: see the config's ``method``).
 
-    if preset is not None:
-        if config is not None:
-            raise typer.BadParameter("give --config or --preset, not both")
-        config = preset_path(preset)
+    Prints one JSON line ``{"out", "student", "step", "seconds"}`` when done; exit code 143
+    after SIGTERM / SIGINT (a checkpoint was written; continue with --resume)."""
+    from fewstep.distill.run import TrainingInterrupted, run_distill
+
+    configure_logging(quiet)
     try:
-        trainer = run_distill(config, overrides or [], out, resume, progress=not quiet)
+        trainer = run_distill(_config_path(config, preset), overrides or [], out, resume,
+                              progress=not quiet)
     except TrainingInterrupted as e:
         typer.echo(f"stopped: {e}", err=True)
-        raise typer.Exit(143) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if trainer.dist.is_main:
-        typer.echo(f"wrote {trainer.run_dir / 'student.safetensors'}")
+        typer.echo(json.dumps({"out": str(trainer.run_dir),
+                               "student": str(trainer.run_dir / "student.safetensors"),
+                               "step": trainer.step,
+                               "seconds": round(getattr(trainer, "seconds", 0.0), 1)}))
+
+
+def _config_path(config: Path | None, preset: str | None) -> Path | None:
+    """``--config`` or the shipped ``--preset`` (not both)."""
+    from fewstep.presets import preset_path
+
+    if preset is None:
+        return config
+    if config is not None:
+        raise typer.BadParameter("give --config or --preset, not both")
+    return preset_path(preset)
 
 
 @app.command("demo")
@@ -250,6 +291,8 @@ def demo_cmd(
 def plan_cmd(
     config: Annotated[Path | None, typer.Option(help="YAML DistillConfig")] = None,
     overrides: Overrides = None,
+    preset: Annotated[str | None, typer.Option(help="a shipped preset name instead of --config")
+                      ] = None,
     gpus: Annotated[int, typer.Option(min=1, help="number of GPUs (processes)")] = 1,
     gpu_memory_gb: Annotated[float | None, typer.Option(help="memory of one GPU (GiB)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -259,16 +302,33 @@ def plan_cmd(
     from fewstep.distill.run import load_distill_config
     from fewstep.plan import build_plan, format_plan
 
-    plan = build_plan(load_distill_config(config, overrides or []), gpus, gpu_memory_gb)
+    plan = build_plan(load_distill_config(_config_path(config, preset), overrides or []), gpus,
+                      gpu_memory_gb)
     typer.echo(plan.to_json() if json_out else format_plan(plan))
 
 
-def main() -> None:
-    """Entry point of the ``fewstep`` console script."""
+def run(argv: list[str] | None = None, prog_name: str = "fewstep") -> int:
+    """Run the app on ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Usage errors (unknown option, bad value) are one line on stderr with code 2, like every
+    other user error."""
+    configure_logging()
     try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+        rc = app(args=argv, prog_name=prog_name, standalone_mode=False)
+    except typer.exceptions.TyperException as e:  # usage errors, bad parameters
+        fmt = getattr(e, "format_message", None)
+        msg = " ".join(str(fmt() if callable(fmt) else e).split())
+        if msg:  # (empty after the help text that a bare group prints)
+            typer.echo(f"error: {msg} (see --help)", err=True)
+        return EXIT_USER_ERROR
+    except (typer.Abort, KeyboardInterrupt):
+        return 130
+    return rc if isinstance(rc, int) else 0
+
+
+def main() -> None:
+    """Entry point of the ``fewstep`` console script and ``python -m fewstep``."""
+    sys.exit(run())
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ import torch
 from torch import nn
 
 from fewstep.distill.config import DistillConfig
+from fewstep.distill.methods import DistillContext
+from fewstep.distill.methods.registry import method_class
+from fewstep.distill.student_factory import student_from_spec
 from fewstep.errors import ConfigError
 
 GB = 1024 ** 3
@@ -178,24 +181,15 @@ def feature_widths(den: nn.Module) -> list[int] | None:
 def meta_models(cfg: DistillConfig) -> tuple[dict[str, nn.Module], tuple[int, ...], dict]:
     """Teacher, student, EMA (= student) and the recipe's aux modules, all on meta."""
     from fewstep.data.problem import Problem
-    from fewstep.distill.methods import DistillContext, method_class
-    from fewstep.distill.student import Student, resolve_lora_targets
-    from fewstep.lora import find_lora_targets
     from fewstep.schedules import student_sigmas
 
     teacher, shape, ncls, info = meta_teacher(cfg)
     teacher.requires_grad_(False)
     _fake_features(teacher, shape)
     s = cfg.student
-    if s.parameterization == "lora":
-        try:
-            find_lora_targets(teacher, resolve_lora_targets(teacher, s.lora_targets), s.lora_rank)
-        except ValueError as e:
-            raise ConfigError(f"student.lora_targets: {e}") from None
     sig = student_sigmas(s.num_steps, cfg.teacher.steps, cfg.teacher.shift or 1.0, s.sigmas)
     with torch.device("meta"):  # new modules (LoRA adapters, heads) on meta too
-        student = Student(teacher, sig, s.parameterization, s.transition,  # type: ignore
-                          s.lora_rank, s.lora_alpha, s.lora_targets)
+        student = student_from_spec(teacher, s, sig)  # type: ignore[arg-type]
     if s.parameterization != "lora":
         for p in student.parameters():
             p.requires_grad_(True)
@@ -268,21 +262,9 @@ def activation_shape(den: nn.Module, shape: tuple[int, ...], cfg: DistillConfig
 
 
 def graph_forwards(cfg: DistillConfig) -> int:
-    """Network forwards whose graph one generator loss keeps for backward (per sample)."""
-    k = cfg.student.num_steps
-    m = cfg.method
-    if m == "regression":
-        return k
-    if m == "turbo_pp":
-        n = k if cfg.turbo.end_to_end else 1
-        gan = cfg.gan.weight > 0 or cfg.step1.loss == "adversarial"
-        return n + (1 if gan and cfg.gan.discriminator == "teacher_features" else 0) \
-            + (1 if cfg.step1.loss == "adversarial" else 0)
-    if m == "dmd2":
-        return 1 + (1 if cfg.gan.weight > 0 else 0)
-    if m == "sid":
-        return 3  # student step + teacher and fake score with gradient to their input
-    return 1  # imagine_flash: one student step
+    """Network forwards whose graph one generator loss keeps for backward (per sample): what
+    the method declares (:meth:`DistillMethod.graph_forwards`); an unknown method is an error."""
+    return method_class(cfg.method).graph_forwards(cfg)
 
 
 def activation_bytes(act: dict[str, Any], per_gpu_batch: int, forwards: int, grad_ckpt: bool,

@@ -94,3 +94,45 @@ def test_eval_and_sample_on_a_toy_teacher(tmp_path, toy_teacher_path):
             "--samplers", "teacher_8,teacher_2", "--num", "200", "--out", str(tmp_path / "s"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "s" / "grid.png").stat().st_size > 1000
+
+
+def test_one_entry_point_overrides_anywhere_and_info_logs(tmp_path, toy_teacher_path, capsys):
+    """``python -m fewstep`` / ``python -m fewstep.distill`` / ``fewstep`` are one typer app:
+    overrides before and after options, --preset accepted, "resumed from" printed."""
+    import json
+
+    from fewstep.cli import run as cli_run
+    from fewstep.distill.__main__ import main as distill_main
+
+    out = tmp_path / "run"
+    common = [f"teacher.path={toy_teacher_path}", f"cache.dir={tmp_path / 'cache'}",
+              "cache.size=64", "cache.shard_size=64", "train.batch_size=16", "eval.num_samples=10",
+              "gan.layers=[-1,-2]"]
+    # overrides on both sides of the options; --preset; mixed_precision=no is not a boolean
+    rc = cli_run(["distill", "data=checkerboard", "--preset", "turbo_pp_checkerboard",
+                  *common[:3], "--out", str(out), "--quiet", *common[3:],
+                  "train.iterations=2", "train.ckpt_every=1", "train.mixed_precision=no"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    done = json.loads(cap.out.strip().splitlines()[-1])
+    assert done["step"] == 2 and done["out"] == str(out)
+    # the same command through python -m fewstep.distill: resume and its info log
+    rc = distill_main(["--preset", "turbo_pp_checkerboard", "--out", str(out), "--resume",
+                       "data=checkerboard", *common, "train.iterations=3",
+                       "train.ckpt_every=1"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "resumed from" in cap.err and "ckpt_00000002" in cap.err
+    assert json.loads(cap.out.strip().splitlines()[-1])["step"] == 3
+
+
+def test_python_dash_m_fewstep_and_bad_options():
+    for mod in ("fewstep", "fewstep.distill"):
+        r = subprocess.run([sys.executable, "-m", mod, *([] if mod == "fewstep.distill"
+                                                          else ["distill"]), "--bogus"],
+                           capture_output=True, text=True, timeout=300)
+        _bad(r, "No such option: --bogus")
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([sys.executable, "-m", "fewstep", "plan", "--preset", "demo",
+                        "method=ladd"], capture_output=True, text=True, timeout=300)
+    _bad(r, "dm: section not used by method ladd")

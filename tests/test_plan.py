@@ -105,3 +105,19 @@ def test_plan_cli_json_and_table(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "rough estimate" in res.output and "teacher" in res.output
     bad = CliRunner().invoke(app, [*args[:-1], "3"])  # 8 not divisible by 3
     assert bad.exit_code == 2 and "train.batch_size" in bad.output
+
+
+def test_every_method_declares_its_graph_forwards():
+    from fewstep.distill.methods import config_class, method_names
+    from fewstep.plan import graph_forwards
+
+    for m in method_names():
+        cfg = validate(DistillConfig, {"method": m})
+        assert isinstance(cfg, config_class(m))
+        n = graph_forwards(cfg)
+        assert isinstance(n, int) and n >= 1, m
+    cfg = validate(DistillConfig, {"method": "turbo_pp", "student": {"num_steps": 2},
+                                   "step1": {"loss": "adversarial"}})
+    assert graph_forwards(cfg) == 2 + 1 + 1  # unroll, teacher features, step-1 D pass
+    with pytest.raises(ValueError, match="unknown method"):
+        graph_forwards(cfg.model_copy(update={"method": "nope"}))

@@ -1,8 +1,14 @@
-"""``fewstep distill`` configuration: one validated model, presets in ``configs/*.yaml``.
+"""``fewstep distill`` configuration: one validated model per method, presets in YAML.
 
-Sections: ``teacher``, ``student``, ``gan``, ``dm``, ``step1``, ``turbo``, ``sid``,
-``imagine_flash``, ``cache``, ``train``, ``eval``. Unknown keys and out-of-range values are
-rejected up front (see :mod:`fewstep.config`).
+The run config is a union discriminated on ``method``: every method file under
+:mod:`fewstep.distill.methods` defines a subclass of :class:`DistillConfig` (the sections all
+runs share: ``data``, ``teacher``, ``student``, ``cache``, ``train``, ``eval``) that adds the
+sections the method reads, and registers it (:func:`register_config`, called by
+:func:`fewstep.distill.methods.registry.register`). ``DistillConfig.model_validate(data)``
+picks the registered class from ``data["method"]`` (default ``turbo_pp``); a section the method
+does not read is rejected with a one-line reason. Shared blocks that several methods include:
+:class:`GanSpec` (``gan:``) and :class:`DMSpec` (``dm:``, the fake score / distribution
+matching). Unknown keys and out-of-range values are rejected up front (see :mod:`fewstep.config`).
 """
 
 from __future__ import annotations
@@ -10,9 +16,10 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fewstep.config import StrictModel, user_path
 from fewstep.data.problem import PROBLEMS
@@ -20,7 +27,8 @@ from fewstep.data.problem import PROBLEMS
 #: ``data`` value of a latents + prompts run (``teacher.kind: zimage``)
 PROMPTS_DATA = "prompts"
 
-Method = Literal["turbo_pp", "sid", "imagine_flash", "dmd2", "regression"]
+#: the method a config without ``method:`` gets
+DEFAULT_METHOD = "turbo_pp"
 
 
 TeacherKind = Literal["file", "zimage", "unet_eps"]
@@ -139,8 +147,16 @@ class StudentSpec(StrictModel):
         return self
 
 
+RealSource = Literal["teacher_cache", "teacher_online", "dataset"]
+
+
 class GanSpec(StrictModel):
-    """Adversarial term (Turbo++ §1; DMD2 / SiD heads)."""
+    """Adversarial block shared by the methods with a GAN (Turbo++, DMD2, SiD's head, LADD).
+
+    ``lr`` is the learning rate of every trainable discriminator part (heads, standalone
+    discriminator) in every method that includes this block; ``real`` / ``real_source`` say where
+    the "real" samples come from (see :meth:`real_from`).
+    """
 
     weight: float = Field(1.0, ge=0.0, description="lambda_adv; 0 disables the GAN")
     loss: Literal["hinge", "non_saturating"] = "non_saturating"
@@ -151,7 +167,7 @@ class GanSpec(StrictModel):
     head_hidden: int = Field(128, ge=8)
     sigma_min: float = Field(0.05, gt=0.0, lt=1.0)
     sigma_max: float = Field(0.8, gt=0.0, lt=1.0)
-    lr: float = Field(2e-4, gt=0.0)
+    lr: float = Field(2e-4, gt=0.0, description="discriminator (head) learning rate")
     warmup: int = Field(0, ge=0, description="generator updates before the GAN term starts")
 
     @model_validator(mode="after")
@@ -160,9 +176,16 @@ class GanSpec(StrictModel):
             raise ValueError(f"gan.sigma_min ({self.sigma_min}) > gan.sigma_max ({self.sigma_max})")
         return self
 
+    def real_from(self) -> RealSource:
+        """Where the discriminator's real samples come from."""
+        if self.real == "dataset":
+            return "dataset"
+        return "teacher_cache" if self.real_source == "cache" else "teacher_online"
+
 
 class DMSpec(StrictModel):
-    """Distribution-matching term with its fake score network (DMD, DMD2, Turbo++ L_DM)."""
+    """Distribution-matching block with its fake score network (DMD, DMD2, Turbo++ L_DM; SiD
+    trains its fake score at ``fake_lr``)."""
 
     weight: float = Field(0.0, ge=0.0, description="lambda_dm; 0 disables")
     cfg_scale: float | None = Field(None, description="teacher guidance for the real score")
@@ -174,54 +197,6 @@ class DMSpec(StrictModel):
     def _range(self) -> DMSpec:
         if self.sigma_min > self.sigma_max:
             raise ValueError(f"dm.sigma_min ({self.sigma_min}) > dm.sigma_max ({self.sigma_max})")
-        return self
-
-
-class Step1Spec(StrictModel):
-    """Turbo++ step-1 (iterative regularisation) loss on ``x0_hat_1``."""
-
-    loss: Literal["none", "teacher_traj", "adversarial", "dm"] = "teacher_traj"
-    weight: float = Field(1.0, ge=0.0)
-
-
-class TurboSpec(StrictModel):
-    end_to_end: bool = Field(True, description="false detaches x_2 (ablation)")
-    regression_weight: float = Field(0.0, ge=0.0, description="optional final-output "
-                                     "regression onto the teacher sample from the same noise")
-
-
-class SiDSpec(StrictModel):
-    alpha: float = 1.2
-    guidance: Literal["standard", "zero_cfg", "anti_cfg"] = "zero_cfg"
-    real_cfg_scale: float = 1.0
-    fake_cfg_scale: float = Field(1.0, description="fake-net w for guidance=standard")
-    anti_cfg_scale: float = Field(-0.5, description="fake-net w for anti_cfg (not published)")
-    gan_weight: float = Field(0.0, ge=0.0, le=1.0, description="diffusion-GAN share g: "
-                              "(1 - g) L_SiD + g L_GAN (0.5 = METHODS); 0 disables")
-    gan_warmup: int = Field(0, ge=0)
-    sigma_mean: float = Field(0.6931471805599453, description="loss level sigma ~ "
-                              "sigmoid(N(mean, std^2)); ln 2")
-    sigma_std: float = Field(1.6, gt=0.0)
-    sigma_clamp: float = Field(1e-3, gt=0.0, lt=0.5, description="sigma kept in [c, 1 - c]")
-
-
-class ImagineFlashSpec(StrictModel):
-    tau_min: float = Field(0.1, ge=0.0, le=1.0)
-    tau_max: float = Field(0.9, ge=0.0, le=1.0)
-    beta_power: float = Field(1.0, gt=0.0, description="tau = tau_min + (tau_max - tau_min) "
-                              "t^p; 1 = linear")
-    renoise: Literal["fresh", "student"] = Field(
-        "student", description="noise of x_tau: fresh N(0, I), or the noise the student's own "
-        "input implies, eps_k = (x_k - (1 - sigma_k) x0_theta) / sigma_k")
-    target_steps: int = Field(1, ge=1, description="1: the teacher's x0 prediction at "
-                              "(x_tau, tau) (METHODS); N > 1: its N-step Euler solve tau -> 0")
-    cfg_scale: float | None = None
-
-    @model_validator(mode="after")
-    def _range(self) -> ImagineFlashSpec:
-        if self.tau_min > self.tau_max:
-            raise ValueError(f"imagine_flash.tau_min ({self.tau_min}) > imagine_flash.tau_max "
-                             f"({self.tau_max})")
         return self
 
 
@@ -240,17 +215,20 @@ class CacheSpec(StrictModel):
 
 class TrainSpec(StrictModel):
     iterations: int = Field(600, ge=1, description="generator updates")
-    batch_size: int = Field(128, ge=1, description="global batch: with N processes (torchrun / "
-                            "accelerate launch) each rank draws batch_size / N of it")
+    batch_size: int = Field(128, ge=1, description="global batch: with N processes (torchrun) "
+                            "each rank draws batch_size / N of it")
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description="with more than one process: ddp (replicated student, averaged "
         "gradients) or fsdp (sharded trainable networks); ignored with one process")
-    lr: float = Field(1e-4, gt=0.0)
+    lr: float = Field(1e-4, gt=0.0, description="student learning rate")
     betas: tuple[float, float] = (0.0, 0.99)
     weight_decay: float = Field(0.0, ge=0.0)
-    grad_clip: float = Field(1.0, gt=0.0)
+    grad_clip: float = Field(1.0, gt=0.0, description="student gradient-norm clip")
+    aux_grad_clip: float = Field(10.0, gt=0.0, description="gradient-norm clip of the "
+                                 "auxiliary networks (discriminator / fake score)")
     ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
-    aux_ratio: int = Field(1, ge=1, description="aux (D / fake score) updates per G update")
+    aux_ratio: int = Field(1, ge=1, description="aux (D / fake score) updates per G update, "
+                           "for methods with auxiliary networks")
     seed: int = 0
     device: str = "cpu"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -268,6 +246,14 @@ class TrainSpec(StrictModel):
         "checkpoint and continue with the LR times rollback_lr_factor")
     rollback_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
     max_rollbacks: int = Field(3, ge=1, description="rollbacks before giving up")
+    rollbacks_per_checkpoint: int = Field(
+        1, ge=1, description="rollbacks to the same checkpoint (without a newer one written "
+        "since) before walking back to the next older good checkpoint")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML reads a bare ``no`` as false
 
     @field_validator("betas")
     @classmethod
@@ -289,20 +275,72 @@ class EvalSpec(StrictModel):
     seed: int = 1234
 
 
+#: method name -> its config class (filled by :func:`register_config`)
+METHOD_CONFIGS: dict[str, type[DistillConfig]] = {}
+
+
 class DistillConfig(StrictModel):
-    method: Method = "turbo_pp"
+    """The sections every run has; a method's config subclasses it and adds its own.
+
+    ``DistillConfig.model_validate(data)`` returns the registered subclass for
+    ``data["method"]``; subclasses validate as usual.
+    """
+
+    COMMON: ClassVar[tuple[str, ...]] = ("method", "data", "teacher", "student", "cache",
+                                         "train", "eval")
+
+    method: str = DEFAULT_METHOD
     data: str = "digits"
     teacher: TeacherSpec = TeacherSpec()
     student: StudentSpec = StudentSpec()
-    gan: GanSpec = GanSpec()
-    dm: DMSpec = DMSpec()
-    step1: Step1Spec = Step1Spec()
-    turbo: TurboSpec = TurboSpec()
-    sid: SiDSpec = SiDSpec()
-    imagine_flash: ImagineFlashSpec = ImagineFlashSpec()
     cache: CacheSpec = CacheSpec()
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> DistillConfig:  # type: ignore[override]
+        """Validate ``obj``; on the base class, as the config of ``obj["method"]``."""
+        if cls is DistillConfig and isinstance(obj, DistillConfig):
+            return obj
+        if not isinstance(obj, dict):
+            return super().model_validate(obj, **kwargs)
+        data = {"method": DEFAULT_METHOD, **obj}
+        target = cls
+        if cls is DistillConfig:
+            target = METHOD_CONFIGS.get(data["method"])  # type: ignore[assignment]
+            if target is None:
+                known = [repr(m) for m in sorted(METHOD_CONFIGS)]
+                err = PydanticCustomError(
+                    "literal_error", "Input should be {expected} (the registered methods)",
+                    {"expected": ", ".join(known[:-1]) + " or " + known[-1]})
+                raise ValidationError.from_exception_data(
+                    cls.__name__, [InitErrorDetails(type=err, loc=("method",),
+                                                    input=data["method"])])
+        data = target._own_sections(data)
+        return super(DistillConfig, target).model_validate(data, **kwargs)
+
+    @classmethod
+    def sections(cls) -> tuple[str, ...]:
+        """The method's own top-level sections (beyond :attr:`COMMON`)."""
+        return tuple(k for k in cls.model_fields if k not in cls.COMMON)
+
+    @classmethod
+    def _own_sections(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` without other methods' sections. Such a section is an error naming the
+        method's own sections, unless every value it sets is that section's default (it would
+        change nothing; e.g. the ``config.yaml`` of a run written before sections were per
+        method): then it is dropped."""
+        others = {s for c in METHOD_CONFIGS.values() for s in c.sections()}
+        foreign = [k for k in data if k not in cls.model_fields and k in others]
+        for key in foreign:
+            if not _is_default_section(key, data[key]):
+                used = ", ".join(cls.sections()) or "none"
+                err = PydanticCustomError(
+                    "unused_section", "section not used by method {method} (its sections: "
+                    "{used}); remove it", {"method": data["method"], "used": used})
+                raise ValidationError.from_exception_data(
+                    cls.__name__, [InitErrorDetails(type=err, loc=(key,), input=data[key])])
+        return {k: v for k, v in data.items() if k not in foreign}
 
     @field_validator("data")
     @classmethod
@@ -320,10 +358,66 @@ class DistillConfig(StrictModel):
                              f"+ prompts from teacher.prompts), got {self.data!r}")
         if not text and self.data == PROMPTS_DATA:
             raise ValueError(f"data: {PROMPTS_DATA!r} needs teacher.kind zimage")
-        if text and self.gan.real == "dataset":
+        gan = getattr(self, "gan", None)
+        if text and isinstance(gan, GanSpec) and gan.real == "dataset":
             raise ValueError("gan.real: 'dataset' is not available for teacher.kind zimage (a "
                              "prompts run has no image data set); use gan.real=teacher")
         if self.teacher.kind == "unet_eps" and self.data not in ("digits",):
             raise ValueError(f"data: teacher.kind unet_eps needs an image data set (digits), "
                              f"got {self.data!r}")
         return self
+
+
+def _is_default_section(key: str, value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    for c in METHOD_CONFIGS.values():
+        field = c.model_fields.get(key)
+        default = getattr(field, "default", None)
+        if isinstance(default, StrictModel):
+            dump = default.model_dump(mode="json")
+            if all(k in dump and dump[k] == _json_like(v) for k, v in value.items()):
+                return True
+    return False
+
+
+def _json_like(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def register_config(name: str, config: type[DistillConfig]) -> None:
+    """Make ``config`` the config class of ``method: name``.
+
+    ``config`` must declare ``method: Literal[name]`` (the union's discriminator)."""
+    ann = config.model_fields["method"].annotation
+    if getattr(ann, "__args__", None) != (name,):
+        raise TypeError(f"{config.__name__}.method must be Literal[{name!r}]")
+    if name in METHOD_CONFIGS and METHOD_CONFIGS[name] is not config:
+        raise ValueError(f"method {name!r} is already registered")
+    METHOD_CONFIGS[name] = config
+    _ADAPTER.clear()
+
+
+_ADAPTER: dict[str, TypeAdapter[Any]] = {}
+
+
+def config_union() -> Any:
+    """``Annotated[Union[<every registered config>], Field(discriminator="method")]``."""
+    if not METHOD_CONFIGS:
+        raise RuntimeError("no distillation method is registered (import fewstep.distill)")
+    members = tuple(METHOD_CONFIGS.values())
+    union = members[0] if len(members) == 1 else Union[members]  # noqa: UP007
+    return Annotated[union, Field(discriminator="method")]
+
+
+def config_adapter() -> TypeAdapter[Any]:
+    """A pydantic ``TypeAdapter`` over :func:`config_union` (rebuilt after a registration)."""
+    if "union" not in _ADAPTER:
+        _ADAPTER["union"] = TypeAdapter(config_union())
+    return _ADAPTER["union"]
+
+
+__all__ = ["DEFAULT_METHOD", "METHOD_CONFIGS", "PROMPTS_DATA", "CacheSpec",
+           "DMSpec", "DistillConfig", "EvalSpec", "GanSpec", "RealSource", "StudentSpec",
+           "TeacherSpec", "TrainSpec", "ValidationError", "config_adapter", "config_union",
+           "register_config"]

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from fewstep.denoiser import Denoiser
+from fewstep.distill.conditioning import where_cond
 from fewstep.distill.discriminator import FeatureHead, _labels
 from fewstep.distill.losses import denoising_loss
 from fewstep.path import FlowPath, logit_normal_sigma
@@ -77,8 +78,6 @@ class FakeScore(nn.Module):
         sigma = logit_normal_sigma(b, generator=generator).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         if cond_dropout > 0 and cond is not None and null_cond is not None:
-            from fewstep.distill.methods.base import where_cond
-
             drop = (torch.rand(b, generator=generator) < cond_dropout).to(x0.device)
             cond = where_cond(drop, null_cond, cond)  # labels or e.g. PromptEmbeds
         return denoising_loss(self(FlowPath.add_noise(x0, eps, sigma), sigma, cond), x0, sigma)

@@ -8,9 +8,11 @@ from fewstep.config import validate
 from fewstep.data.problem import get_problem
 from fewstep.distill import student as student_mod
 from fewstep.distill.config import DistillConfig
+from fewstep.distill.methods import config_class, method_names
 from fewstep.distill.methods.base import Batch, DistillContext
 from fewstep.distill.methods.dmd2 import DMD2
 from fewstep.distill.student import Student, backward_simulate
+from fewstep.distill.trainer import Trainer
 from fewstep.networks.registry import build_denoiser
 
 
@@ -57,12 +59,14 @@ def test_generator_gradient_reaches_only_step_k(monkeypatch):
 
 
 def test_gan_head_lives_on_the_fake_score_network():
-    ctx = _ctx(gan={"weight": 0.1, "real": "dataset"})
+    ctx = _ctx(gan={"weight": 0.1, "real": "dataset", "lr": 3e-4})
     m = DMD2(ctx)
     assert m.needs_real and m.fake.head is not None
-    groups = m.aux_parameter_groups()
+    groups = m.schedule().aux_groups
     head_ids = {id(p) for p in m.fake.head.parameters()}
-    assert head_ids <= {id(p) for g in groups for p in g["params"]}
+    # the head learns at the GAN block's rate, the fake score trunk at dm.fake_lr
+    assert [g["lr"] for g in groups] == [ctx.cfg.dm.fake_lr, 3e-4]
+    assert head_ids == {id(p) for p in groups[1]["params"]}
     b = _batch()
     aux, alogs = m.aux_loss(b, 0)
     assert {"fake_loss", "d_loss", "d_real", "d_fake"} <= set(alogs)
@@ -76,13 +80,12 @@ def test_gan_head_lives_on_the_fake_score_network():
     assert "d_loss" not in m0.aux_loss(b, 0)[1]
 
 
-@pytest.mark.parametrize("method", ["turbo_pp", "regression", "dmd2", "sid", "imagine_flash"])
+@pytest.mark.parametrize("method", method_names())
 def test_every_recipe_trains_through_the_trainer(method, toy_teacher_path, tmp_path):
-    from fewstep.distill.trainer import Trainer
-
+    own = {"gan": {"weight": 0.1, "real": "dataset"}, "sid": {"gan_weight": 0.5}}
     cfg = validate(DistillConfig, {
         "method": method, "data": "checkerboard", "teacher": {"path": str(toy_teacher_path)},
-        "gan": {"weight": 0.1, "real": "dataset"}, "sid": {"gan_weight": 0.5},
+        **{k: v for k, v in own.items() if k in config_class(method).sections()},
         "cache": {"dir": str(tmp_path / "cache"), "size": 64, "shard_size": 64},
         "train": {"iterations": 3, "batch_size": 32, "aux_ratio": 2}})
     tr = Trainer(cfg, tmp_path / "run", progress=False)

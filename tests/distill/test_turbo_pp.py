@@ -79,3 +79,84 @@ def test_generator_loss_reaches_step_one_only_end_to_end(toy_teacher_path, tmp_p
     assert any(g is not None and g.abs().sum() > 0 for g in g1)
     reached = any(g is not None and g.abs().sum() > 0 for g in g0)
     assert reached == end_to_end
+
+
+def _unit_ctx(**sections):
+    from fewstep.data.problem import get_problem
+    from fewstep.distill.methods.base import DistillContext
+    from fewstep.distill.student import Student
+    from fewstep.networks.registry import build_denoiser
+
+    torch.manual_seed(0)
+    den = build_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 32, "depth": 2,
+                          "emb": 16})
+    den.requires_grad_(False)
+    cfg = validate(DistillConfig, {"method": "turbo_pp", "data": "checkerboard",
+                                   "gan": {"layers": [-1, -2]}, **sections})
+    st = Student(den, torch.tensor([1.0, 0.5]), "decoupled")
+    return DistillContext(cfg, get_problem("checkerboard"), den, 1.0, st, torch.device("cpu"),
+                          torch.Generator().manual_seed(0), torch.zeros(2, 2))
+
+
+def _unit_batch(n: int = 8):
+    from fewstep.distill.methods.base import Batch
+
+    g = torch.Generator().manual_seed(1)
+    return Batch(torch.randn(n, 2, generator=g), None, real=torch.randn(n, 2, generator=g))
+
+
+def test_step1_dm_uses_a_fake_score_per_output(monkeypatch):
+    from fewstep.distill.fake_score import FakeScore
+    from fewstep.distill.methods.turbo_pp import TurboPP
+
+    seen: list[tuple[int, int]] = []  # (id of the fake score network, rows it trains on)
+    orig = FakeScore.loss
+
+    def record(self, x_g, cond, generator=None, **kw):
+        seen.append((id(self), x_g.shape[0]))
+        return orig(self, x_g, cond, generator, **kw)
+
+    monkeypatch.setattr(FakeScore, "loss", record)
+    m = TurboPP(_unit_ctx(gan={"weight": 0.0}, dm={"weight": 1.0}, step1={"loss": "dm"}))
+    assert m.matching is not None and m.matching_1 is not None
+    assert m.matching.fake is not m.matching_1.fake
+    _, logs = m.aux_loss(_unit_batch(), 0)
+    assert {"fake_loss", "fake_loss_1"} <= set(logs)
+    assert seen == [(id(m.matching.fake), 8), (id(m.matching_1.fake), 8)]  # each its own rows
+    # the generator's step-1 DM term uses the step-1 network's score
+    calls: list[str] = []
+    for name, mt in (("final", m.matching), ("step1", m.matching_1)):
+        f = mt.loss
+        monkeypatch.setattr(mt, "loss",
+                            lambda x, c, g, _f=f, _n=name: calls.append(_n) or _f(x, c, g))
+    m.generator_loss(_unit_batch(), 0)
+    assert calls == ["final", "step1"]
+    # both networks train at dm.fake_lr
+    assert [g["lr"] for g in m.schedule().aux_groups] == [m.ctx.cfg.dm.fake_lr] * 2
+    # the ablation: one network on the mixture of both outputs (2B rows)
+    seen.clear()
+    m2 = TurboPP(_unit_ctx(gan={"weight": 0.0}, step1={"loss": "dm", "fake_score": "shared"}))
+    assert m2.matching_1 is None
+    m2.aux_loss(_unit_batch(), 0)
+    assert seen == [(id(m2.matching.fake), 16)]
+
+
+def test_step1_adversarial_discriminator_shared_or_separate():
+    from fewstep.distill.methods.turbo_pp import TurboPP
+
+    shared = TurboPP(_unit_ctx(step1={"loss": "adversarial"}))
+    assert shared.adversary_1 is None
+    _, logs = shared.aux_loss(_unit_batch(), 0)
+    assert "d_loss" in logs and "d_loss_1" not in logs
+    sep = TurboPP(_unit_ctx(step1={"loss": "adversarial", "discriminator": "separate"}))
+    assert sep.adversary_1 is not None
+    _, logs = sep.aux_loss(_unit_batch(), 0)
+    assert {"d_loss", "d_loss_1"} <= set(logs)
+    heads = {id(p) for p in sep.adversary_1.parameters()}
+    assert heads.isdisjoint(id(p) for p in sep.adversary.parameters())
+    # the step-1 term goes through the step-1 heads, the final-output term through the others
+    total, glogs = sep.generator_loss(_unit_batch(), 0)
+    total.backward()
+    assert "g_step1" in glogs and "g_adv" in glogs
+    for adv in (sep.adversary, sep.adversary_1):
+        assert any(p.grad is not None for p in adv.parameters() if p.requires_grad)

@@ -1,27 +1,27 @@
-"""Distillation recipes, one per file, selected by ``method`` in the config."""
+"""Distillation methods, one per file, selected by ``method`` in the config.
+
+Importing this package imports every module in it, so each method file registers itself
+(:func:`~fewstep.distill.methods.registry.register`); nothing else lists the methods.
+"""
 
 from __future__ import annotations
 
+import pkgutil
 from importlib import import_module
 
-from fewstep.distill.methods.base import Batch, DistillContext, DistillMethod
+from fewstep.distill.methods.base import (
+    Batch,
+    DataNeeds,
+    DistillContext,
+    DistillMethod,
+    Logs,
+    UpdateSchedule,
+)
+from fewstep.distill.methods.registry import METHODS, config_class, method_class, method_names
 
-#: method name -> "module:Class" (imported lazily)
-METHODS: dict[str, str] = {
-    "turbo_pp": "fewstep.distill.methods.turbo_pp:TurboPP",
-    "regression": "fewstep.distill.methods.regression:Regression",
-    "dmd2": "fewstep.distill.methods.dmd2:DMD2",
-    "sid": "fewstep.distill.methods.sid:SiD",
-    "imagine_flash": "fewstep.distill.methods.imagine_flash:ImagineFlash",
-}
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in ("base", "registry"):
+        import_module(f"{__name__}.{_info.name}")
 
-
-def method_class(name: str) -> type[DistillMethod]:
-    """The recipe class registered under ``name``."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
-    mod, cls = METHODS[name].split(":")
-    return getattr(import_module(mod), cls)
-
-
-__all__ = ["METHODS", "Batch", "DistillContext", "DistillMethod", "method_class"]
+__all__ = ["METHODS", "Batch", "DataNeeds", "DistillContext", "DistillMethod", "Logs",
+           "UpdateSchedule", "config_class", "method_class", "method_names"]

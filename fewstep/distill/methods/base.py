@@ -1,58 +1,44 @@
-"""What every distillation recipe implements, and what the trainer hands it.
+"""What every distillation method implements, and what the trainer hands it.
 
-A recipe is an ``nn.Module`` holding its *auxiliary* trainable parts (discriminator, fake score
+A method is one file under :mod:`fewstep.distill.methods` holding
+
+* its config (a subclass of :class:`~fewstep.distill.config.DistillConfig` with
+  ``method: Literal["name"]`` and the sections it reads),
+* a :class:`DistillMethod` subclass decorated with
+  :func:`~fewstep.distill.methods.registry.register`, which declares
+
+  - :meth:`~DistillMethod.data_needs`: what each batch must carry (:class:`DataNeeds`),
+  - :meth:`~DistillMethod.schedule`: its optimizers (:class:`UpdateSchedule`: aux parameter
+    groups with their own learning rates, aux updates per generator update, aux clip),
+  - :meth:`~DistillMethod.graph_forwards`: network passes whose graph one generator loss keeps
+    (per sample; ``fewstep plan`` sizes activations with it),
+  - the losses :meth:`~DistillMethod.generator_loss` and :meth:`~DistillMethod.aux_loss`.
+
+A method is an ``nn.Module`` holding its *auxiliary* trainable parts (discriminator, fake score
 network); the student and the frozen teacher live in :class:`DistillContext`. Per iteration the
-trainer calls :meth:`DistillMethod.aux_loss` ``train.aux_ratio`` times (each on a fresh batch,
-stepping the aux optimizer), then :meth:`DistillMethod.generator_loss` once (stepping the
-student optimizer). The budget ``train.iterations`` counts generator updates.
+trainer runs ``schedule().aux_per_generator`` aux updates (each on a fresh batch), then one
+student update. The budget ``train.iterations`` counts generator updates.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from fewstep.data.problem import Problem
 from fewstep.denoiser import Denoiser
-from fewstep.distill.config import DistillConfig
+from fewstep.distill.conditioning import cat_cond, where_cond
+from fewstep.distill.config import DistillConfig, RealSource
 from fewstep.distill.student import Student
 
 Logs = dict[str, Tensor]
 
-
-def cat_cond(a: Any, b: Any) -> Any:
-    """Concatenate two conditioning batches along the batch axis.
-
-    ``None`` + ``None`` is ``None`` (unconditional); tensors (labels ``(B,)``, embeddings
-    ``(B, ...)``) use ``torch.cat``; other objects use their type's ``cat([a, b])`` (e.g.
-    :class:`~fewstep.diffusers_adapters.zimage.PromptEmbeds`, whose rows may be padded to
-    different lengths).
-    """
-    if a is None and b is None:
-        return None
-    if a is None or b is None:
-        raise ValueError("cannot concatenate a conditioned and an unconditional batch")
-    if torch.is_tensor(a):
-        return torch.cat([a, b])
-    cat = getattr(type(a), "cat", None)
-    if cat is None:
-        raise TypeError(f"{type(a).__name__} conditioning has no cat(); give it a static "
-                        "cat(items) or pass tensors")
-    return cat([a, b])
-
-
-def where_cond(mask: Tensor, a: Any, b: Any) -> Any:
-    """Row ``i`` of ``a`` where ``mask[i]`` else of ``b`` (``mask (B,)`` bool; e.g. condition
-    dropout to the null condition). Tensors use ``torch.where``; other objects are indexed per
-    row and joined with their type's ``cat``."""
-    if torch.is_tensor(a):
-        return torch.where(mask.reshape(-1, *([1] * (a.ndim - 1))), a, b)
-    rows = [a[i] if bool(m) else b[i] for i, m in enumerate(mask.tolist())]
-    return type(a).cat(rows)
+__all__ = ["Batch", "DataNeeds", "DistillContext", "DistillMethod", "Logs", "UpdateSchedule",
+           "cat_cond", "where_cond"]
 
 
 @dataclass
@@ -76,9 +62,46 @@ class Batch:
     real_cond: Any = None
 
 
+@dataclass(frozen=True)
+class DataNeeds:
+    """What a method's batches carry beyond noise and condition.
+
+    Attributes:
+        teacher_pairs: ``(noise, teacher sample from that noise)`` pairs from the teacher cache
+            (``Batch.noise`` is then the cached noise, ``teacher_sample`` / ``teacher_mid``
+            are set).
+        real: where ``Batch.real`` comes from: the teacher cache, fresh teacher samples, or the
+            data set's train split; ``None``: no real samples.
+    """
+
+    teacher_pairs: bool = False
+    real: RealSource | None = None
+
+    @property
+    def teacher_cache(self) -> bool:
+        """The run needs the teacher-sample cache."""
+        return self.teacher_pairs or self.real == "teacher_cache"
+
+
+@dataclass
+class UpdateSchedule:
+    """A method's optimizer layout beyond the student's AdamW (``train.lr``, ``grad_clip``).
+
+    Attributes:
+        aux_groups: AdamW parameter groups ``{"params": [...], "lr": ...}`` of the auxiliary
+            networks (one optimizer); empty: no aux update.
+        aux_per_generator: aux updates (each on a fresh batch) before every generator update.
+        aux_clip: gradient-norm clip of the aux optimizer.
+    """
+
+    aux_groups: list[dict[str, Any]] = field(default_factory=list)
+    aux_per_generator: int = 1
+    aux_clip: float = 10.0
+
+
 @dataclass
 class DistillContext:
-    """Everything a recipe may read. ``generator`` drives all randomness inside the losses."""
+    """Everything a method may read. ``generator`` drives all randomness inside the losses."""
 
     cfg: DistillConfig
     problem: Problem
@@ -99,12 +122,11 @@ class DistillContext:
 
 
 class DistillMethod(nn.Module, ABC):
-    """Base class of a recipe. Subclasses set the class attributes below."""
+    """Base class of a method (see the module docstring)."""
 
-    #: the batch needs the teacher's sample from the same noise (regression-type losses)
-    needs_teacher_pairs: bool = False
-    #: the batch needs "real" samples for a discriminator
-    needs_real: bool = False
+    #: set by :func:`~fewstep.distill.methods.registry.register`
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[DistillConfig]] = DistillConfig
 
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__()
@@ -114,17 +136,41 @@ class DistillMethod(nn.Module, ABC):
     def ctx(self) -> DistillContext:
         return self._ctx[0]
 
+    # ------------------------------------------------------------ declarations
+    def data_needs(self) -> DataNeeds:
+        """What the batches must carry (default: noise and condition only)."""
+        return DataNeeds()
+
+    def schedule(self) -> UpdateSchedule:
+        """The aux optimizer layout (default: none)."""
+        return UpdateSchedule()
+
+    @classmethod
+    @abstractmethod
+    def graph_forwards(cls, cfg: DistillConfig) -> int:
+        """Network passes (student steps, teacher / fake / discriminator passes with gradient
+        to the student) whose graph one generator loss keeps, per sample."""
+
+    def aux_parameter_groups(self) -> list[dict[str, Any]]:
+        """``schedule().aux_groups`` (the aux optimizer's parameter groups)."""
+        return self.schedule().aux_groups
+
+    @property
+    def needs_teacher_pairs(self) -> bool:
+        return self.data_needs().teacher_pairs
+
+    @property
+    def needs_real(self) -> bool:
+        return self.data_needs().real is not None
+
+    # ------------------------------------------------------------ losses
     @abstractmethod
     def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
         """Scalar loss for the student at generator update ``step`` and its named terms."""
 
     def aux_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs] | None:
-        """Scalar loss for the auxiliary modules, or ``None`` when the recipe has none."""
+        """Scalar loss for the auxiliary modules, or ``None`` when the method has none."""
         return None
-
-    def aux_parameter_groups(self) -> list[dict[str, Any]]:
-        """Optimizer groups (``{"params": [...], "lr": ...}``) for the auxiliary modules."""
-        return []
 
     @torch.no_grad()
     def student_samples(self, batch: Batch) -> Tensor:

@@ -22,24 +22,60 @@ two-time-scale fake score update.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from fewstep.distill.builders import build_fake_score, build_matching
+from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
 from fewstep.distill.fake_score import FakeScore
 from fewstep.distill.losses import d_loss, g_loss
-from fewstep.distill.methods.base import Batch, DistillContext, DistillMethod, Logs
+from fewstep.distill.methods.base import (
+    Batch,
+    DataNeeds,
+    DistillContext,
+    DistillMethod,
+    Logs,
+    UpdateSchedule,
+)
+from fewstep.distill.methods.registry import register
 from fewstep.distill.student import backward_simulate
 
 
+class DMD2Config(DistillConfig):
+    """DMD2 reads ``dm`` (fake score: ``fake_lr``, ``cfg_scale``, sigma range) and ``gan``
+    (``weight``, ``loss``, ``real`` / ``real_source``, ``sigma_min`` / ``sigma_max``, ``warmup``;
+    ``lr`` for the logit head; the head sits on the fake network, so ``discriminator``,
+    ``layers`` and ``head_hidden`` are not read); ``train.aux_ratio`` is the two-time-scale
+    rule."""
+
+    method: Literal["dmd2"] = "dmd2"
+    gan: GanSpec = GanSpec()
+    dm: DMSpec = DMSpec()
+
+
+@register(DMD2Config)
 class DMD2(DistillMethod):
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
-        self.use_gan = ctx.cfg.gan.weight > 0
-        self.needs_real = self.use_gan
+        self.use_gan = ctx.cfg.gan.weight > 0  # type: ignore[attr-defined]
         self.matching = build_matching(ctx, fake=build_fake_score(ctx, gan_head=self.use_gan))
+
+    def data_needs(self) -> DataNeeds:
+        cfg: DMD2Config = self.ctx.cfg  # type: ignore[assignment]
+        return DataNeeds(real=cfg.gan.real_from() if self.use_gan else None)
+
+    def schedule(self) -> UpdateSchedule:
+        cfg: DMD2Config = self.ctx.cfg  # type: ignore[assignment]
+        groups = [{"params": list(self.fake.den.parameters()), "lr": cfg.dm.fake_lr}]
+        if self.fake.head is not None:  # the GAN head learns at the GAN block's rate
+            groups.append({"params": list(self.fake.head.parameters()), "lr": cfg.gan.lr})
+        return UpdateSchedule(groups, cfg.train.aux_ratio, cfg.train.aux_grad_clip)
+
+    @classmethod
+    def graph_forwards(cls, cfg: DistillConfig) -> int:
+        return 1 + (1 if cfg.gan.weight > 0 else 0)  # type: ignore[attr-defined]
 
     @property
     def fake(self) -> FakeScore:
@@ -77,6 +113,3 @@ class DMD2(DistillMethod):
             logs["d_real"], logs["d_fake"] = lr.mean().detach(), lf.mean().detach()
             total = total + logs["d_loss"]
         return total, logs
-
-    def aux_parameter_groups(self) -> list[dict[str, Any]]:
-        return [{"params": list(self.fake.parameters()), "lr": self.ctx.cfg.dm.fake_lr}]

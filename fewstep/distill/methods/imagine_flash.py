@@ -28,13 +28,17 @@ inference option: :mod:`fewstep.noise_correction`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import Tensor
 
+from fewstep.config import StrictModel
+from fewstep.distill.config import DistillConfig
 from fewstep.distill.methods.base import Batch, DistillContext, DistillMethod, Logs
+from fewstep.distill.methods.registry import register
 from fewstep.distill.student import backward_simulate
 from fewstep.noise_correction import noise_corrected
 from fewstep.path import FlowPath
@@ -48,7 +52,39 @@ def power_beta(tau_min: float, tau_max: float, power: float = 1.0) -> Callable[[
     return beta
 
 
+class ImagineFlashSpec(StrictModel):
+    tau_min: float = Field(0.1, ge=0.0, le=1.0)
+    tau_max: float = Field(0.9, ge=0.0, le=1.0)
+    beta_power: float = Field(1.0, gt=0.0, description="tau = tau_min + (tau_max - tau_min) "
+                              "t^p; 1 = linear")
+    renoise: Literal["fresh", "student"] = Field(
+        "student", description="noise of x_tau: fresh N(0, I), or the noise the student's own "
+        "input implies, eps_k = (x_k - (1 - sigma_k) x0_theta) / sigma_k")
+    target_steps: int = Field(1, ge=1, description="1: the teacher's x0 prediction at "
+                              "(x_tau, tau) (METHODS); N > 1: its N-step Euler solve tau -> 0")
+    cfg_scale: float | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> ImagineFlashSpec:
+        if self.tau_min > self.tau_max:
+            raise ValueError(f"imagine_flash.tau_min ({self.tau_min}) > imagine_flash.tau_max "
+                             f"({self.tau_max})")
+        return self
+
+
+class ImagineFlashConfig(DistillConfig):
+    method: Literal["imagine_flash"] = "imagine_flash"
+    imagine_flash: ImagineFlashSpec = ImagineFlashSpec()
+
+
+@register(ImagineFlashConfig)
 class ImagineFlash(DistillMethod):
+    """No auxiliary network and no data beyond noise: one student step with gradient."""
+
+    @classmethod
+    def graph_forwards(cls, cfg: DistillConfig) -> int:
+        return 1
+
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
         s = ctx.cfg.imagine_flash

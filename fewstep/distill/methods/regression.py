@@ -1,16 +1,33 @@
 """Trajectory regression baseline: the student regresses the teacher's N-step sample from the
-same noise, ``L = ||G(eps) - T_N(eps)||^2`` (end-to-end through all student steps)."""
+same noise, ``L = ||G(eps) - T_N(eps)||^2`` (end-to-end through all student steps).
+
+Config: no section of its own; data: teacher pairs from the teacher cache.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from fewstep.distill.methods.base import Batch, DistillMethod, Logs
+from fewstep.distill.config import DistillConfig
+from fewstep.distill.methods.base import Batch, DataNeeds, DistillMethod, Logs
+from fewstep.distill.methods.registry import register
 
 
+class RegressionConfig(DistillConfig):
+    method: Literal["regression"] = "regression"
+
+
+@register(RegressionConfig)
 class Regression(DistillMethod):
-    needs_teacher_pairs = True
+    def data_needs(self) -> DataNeeds:
+        return DataNeeds(teacher_pairs=True)
+
+    @classmethod
+    def graph_forwards(cls, cfg: DistillConfig) -> int:
+        return cfg.student.num_steps  # the whole unroll keeps its graph
 
     def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
         out = self.ctx.student.generate(batch.noise, batch.cond, generator=self.ctx.generator)

@@ -29,41 +29,96 @@ Aux update (one per generator update, ``train.aux_ratio = 1``)::
 with real and fake re-noised at the same ``sigma`` (drawn like the loss level) and ``D`` a
 logit head on the fake network's last hidden features. When the fake net is evaluated with
 guidance (``w_f != 1``) it is trained with 10 % condition dropout so both branches track the
-student. The student's step levels are ``student.sigmas`` (``t_i = 1 - i/K`` in the paper equals
-the default schedule for K = 2).
+student. The student's step levels are ``student.sigmas``; the paper's ``t_i = 1 - i/K`` equals
+the default schedule (every ``N/K``-th level of the teacher's shifted schedule) only at shift 1
+(for K = 2 at shift 3 the default is ``[1, 0.75]``, not ``[1, 0.5]``): set ``student.sigmas``
+to reproduce it.
+
+Config: ``sid`` (the loss), ``dm.fake_lr`` (fake score network), and from ``gan`` the head's
+``lr`` and where real samples come from (``real`` / ``real_source``); the head's loss is
+non-saturating and its share / warm-up are ``sid.gan_weight`` / ``sid.gan_warmup``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from fewstep.config import StrictModel
 from fewstep.distill.builders import build_fake_score
+from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
 from fewstep.distill.losses import d_loss, g_loss, sid_loss
-from fewstep.distill.methods.base import Batch, DistillContext, DistillMethod, Logs
+from fewstep.distill.methods.base import (
+    Batch,
+    DataNeeds,
+    DistillContext,
+    DistillMethod,
+    Logs,
+    UpdateSchedule,
+)
+from fewstep.distill.methods.registry import register
 from fewstep.distill.student import backward_simulate
 from fewstep.path import FlowPath, logit_normal_sigma
 
 FAKE_COND_DROPOUT = 0.1
 
 
+class SiDSpec(StrictModel):
+    alpha: float = 1.2
+    guidance: Literal["standard", "zero_cfg", "anti_cfg"] = "zero_cfg"
+    real_cfg_scale: float = 1.0
+    fake_cfg_scale: float = Field(1.0, description="fake-net w for guidance=standard")
+    anti_cfg_scale: float = Field(-0.5, description="fake-net w for anti_cfg (not published)")
+    gan_weight: float = Field(0.0, ge=0.0, le=1.0, description="diffusion-GAN share g: "
+                              "(1 - g) L_SiD + g L_GAN (0.5 = METHODS); 0 disables")
+    gan_warmup: int = Field(0, ge=0)
+    sigma_mean: float = Field(0.6931471805599453, description="loss level sigma ~ "
+                              "sigmoid(N(mean, std^2)); ln 2")
+    sigma_std: float = Field(1.6, gt=0.0)
+    sigma_clamp: float = Field(1e-3, gt=0.0, lt=0.5, description="sigma kept in [c, 1 - c]")
+
+
+class SiDConfig(DistillConfig):
+    method: Literal["sid"] = "sid"
+    sid: SiDSpec = SiDSpec()
+    dm: DMSpec = DMSpec()
+    gan: GanSpec = GanSpec()
+
+
+@register(SiDConfig)
 class SiD(DistillMethod):
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
-        s = ctx.cfg.sid
+        s = ctx.cfg.sid  # type: ignore[attr-defined]
         self.use_gan = s.gan_weight > 0
-        self.needs_real = self.use_gan
         self.fake = build_fake_score(ctx, gan_head=self.use_gan)
         self.real_w = 1.0 if s.guidance == "zero_cfg" else s.real_cfg_scale
         self.fake_w = {"zero_cfg": 1.0, "standard": s.fake_cfg_scale,
                        "anti_cfg": s.anti_cfg_scale}[s.guidance]
 
+    # ------------------------------------------------------------ declarations
+    def data_needs(self) -> DataNeeds:
+        cfg: SiDConfig = self.ctx.cfg  # type: ignore[assignment]
+        return DataNeeds(real=cfg.gan.real_from() if self.use_gan else None)
+
+    def schedule(self) -> UpdateSchedule:
+        cfg: SiDConfig = self.ctx.cfg  # type: ignore[assignment]
+        groups = [{"params": list(self.fake.den.parameters()), "lr": cfg.dm.fake_lr}]
+        if self.fake.head is not None:  # the GAN head learns at the GAN block's rate
+            groups.append({"params": list(self.fake.head.parameters()), "lr": cfg.gan.lr})
+        return UpdateSchedule(groups, cfg.train.aux_ratio, cfg.train.aux_grad_clip)
+
+    @classmethod
+    def graph_forwards(cls, cfg: DistillConfig) -> int:
+        return 3  # student step + teacher and fake score with gradient to their input
+
     # ------------------------------------------------------------ pieces
     def loss_sigma(self, n: int) -> Tensor:
         """``(n,)`` loss noise levels ``sigmoid(N(mean, std^2))`` clamped to ``[c, 1 - c]``."""
-        s = self.ctx.cfg.sid
+        s = self.ctx.cfg.sid  # type: ignore[attr-defined]
         sig = logit_normal_sigma(n, s.sigma_mean, s.sigma_std, generator=self.ctx.generator)
         return sig.to(self.ctx.device).clamp(s.sigma_clamp, 1.0 - s.sigma_clamp)
 
@@ -119,6 +174,3 @@ class SiD(DistillMethod):
             logs["d_real"], logs["d_fake"] = lr.mean().detach(), lf.mean().detach()
             total = total + logs["d_loss"]
         return total, logs
-
-    def aux_parameter_groups(self) -> list[dict[str, Any]]:
-        return [{"params": list(self.fake.parameters()), "lr": self.ctx.cfg.dm.fake_lr}]

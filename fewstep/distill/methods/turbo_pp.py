@@ -14,44 +14,133 @@ Generator objective on one batch (noise ``eps``, condition ``c``)::
 * ``turbo.end_to_end = false`` detaches ``x_2`` (ablation); step decoupling is the student's
   ``parameterization``.
 
-Aux update: the discriminator on real vs. (detached) student outputs — both the final output
-and, when ``step1.loss = adversarial``, the step-1 output — and the fake score network on the
-final output when ``lambda_dm > 0`` or ``step1.loss = dm``.
+Aux update: the discriminator on real vs. (detached) student outputs, and the fake score
+network(s) on the detached outputs.
+
+The step-1 losses that need an auxiliary network:
+
+* ``step1.loss = dm``: each output has its *own* fake score network (``step1.fake_score =
+  per_output``, default): ``F_final`` trains on the final outputs only, ``F_1`` on the step-1
+  outputs only, so each DM gradient uses the score of that output's own distribution.
+  ``shared`` (ablation; the earlier behaviour) trains one network on the concatenation, whose
+  score is that of the mixture: a biased DM gradient for both outputs.
+* ``step1.loss = adversarial``: ``step1.discriminator = shared`` (default) — one discriminator
+  sees both outputs as fake (its real batch duplicated), so both are pushed towards the
+  teacher's sample distribution by the same critic; the step-1 output is an x0 estimate that
+  should itself look like a teacher sample, and sharing halves the heads and their updates.
+  ``separate`` gives step 1 its own heads on the same frozen teacher features.
+
+Data: teacher pairs when ``step1.loss = teacher_traj`` (or ``turbo.regression_weight > 0``);
+real samples per ``gan.real`` / ``gan.real_source`` when there is a GAN.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
+from fewstep.config import StrictModel
 from fewstep.distill.builders import build_adversary, build_matching
-from fewstep.distill.methods.base import Batch, DistillContext, DistillMethod, Logs, cat_cond
+from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
+from fewstep.distill.methods.base import (
+    Batch,
+    DataNeeds,
+    DistillContext,
+    DistillMethod,
+    Logs,
+    UpdateSchedule,
+    cat_cond,
+)
+from fewstep.distill.methods.registry import register
 
 
+class Step1Spec(StrictModel):
+    """Turbo++ step-1 (iterative regularisation) loss on ``x0_hat_1``."""
+
+    loss: Literal["none", "teacher_traj", "adversarial", "dm"] = "teacher_traj"
+    weight: float = Field(1.0, ge=0.0)
+    fake_score: Literal["per_output", "shared"] = Field(
+        "per_output", description="loss=dm: a fake score network per output (unbiased), or one "
+        "on both outputs' mixture (ablation)")
+    discriminator: Literal["shared", "separate"] = Field(
+        "shared", description="loss=adversarial: one discriminator for both outputs, or heads "
+        "of their own for step 1")
+
+
+class TurboSpec(StrictModel):
+    end_to_end: bool = Field(True, description="false detaches x_2 (ablation)")
+    regression_weight: float = Field(0.0, ge=0.0, description="optional final-output "
+                                     "regression onto the teacher sample from the same noise")
+
+
+class TurboPPConfig(DistillConfig):
+    method: Literal["turbo_pp"] = "turbo_pp"
+    gan: GanSpec = GanSpec()
+    dm: DMSpec = DMSpec()
+    step1: Step1Spec = Step1Spec()
+    turbo: TurboSpec = TurboSpec()
+
+
+@register(TurboPPConfig)
 class TurboPP(DistillMethod):
-    needs_real = True
-
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
-        cfg = ctx.cfg
-        self.needs_teacher_pairs = (cfg.step1.loss == "teacher_traj" and cfg.step1.weight > 0) \
-            or cfg.turbo.regression_weight > 0
-        self.use_gan = cfg.gan.weight > 0 or cfg.step1.loss == "adversarial"
-        self.use_dm = cfg.dm.weight > 0 or cfg.step1.loss == "dm"
-        self.needs_real = self.use_gan
+        cfg: TurboPPConfig = ctx.cfg  # type: ignore[assignment]
+        multi = ctx.student.num_steps > 1
+        s1 = cfg.step1
+        self.use_gan = cfg.gan.weight > 0 or s1.loss == "adversarial"
         self.adversary = build_adversary(ctx) if self.use_gan else None
-        self.matching = build_matching(ctx) if self.use_dm else None
+        #: step-1 heads of their own (``step1.discriminator = separate``)
+        self.adversary_1 = build_adversary(ctx) if (
+            s1.loss == "adversarial" and s1.discriminator == "separate" and multi) else None
+        per_output = s1.loss == "dm" and s1.fake_score == "per_output" and multi
+        final_dm = cfg.dm.weight > 0 or (s1.loss == "dm" and not per_output)
+        self.matching = build_matching(ctx) if final_dm else None
+        #: the step-1 outputs' own fake score (``step1.fake_score = per_output``)
+        self.matching_1 = build_matching(ctx) if per_output else None
 
+    # ------------------------------------------------------------ declarations
+    def data_needs(self) -> DataNeeds:
+        cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
+        pairs = (cfg.step1.loss == "teacher_traj" and cfg.step1.weight > 0) \
+            or cfg.turbo.regression_weight > 0
+        return DataNeeds(teacher_pairs=pairs,
+                         real=cfg.gan.real_from() if self.use_gan else None)
+
+    def schedule(self) -> UpdateSchedule:
+        cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
+        groups = []
+        for adv in (self.adversary, self.adversary_1):
+            if adv is not None:
+                groups.append({"params": [p for p in adv.parameters() if p.requires_grad],
+                               "lr": cfg.gan.lr})
+        for m in (self.matching, self.matching_1):
+            if m is not None:
+                groups.append({"params": list(m.fake.parameters()), "lr": cfg.dm.fake_lr})
+        return UpdateSchedule(groups, cfg.train.aux_ratio, cfg.train.aux_grad_clip)
+
+    @classmethod
+    def graph_forwards(cls, cfg: DistillConfig) -> int:
+        c: TurboPPConfig = cfg  # type: ignore[assignment]
+        n = c.student.num_steps if c.turbo.end_to_end else 1
+        gan = c.gan.weight > 0 or c.step1.loss == "adversarial"
+        return n + (1 if gan and c.gan.discriminator == "teacher_features" else 0) \
+            + (1 if c.step1.loss == "adversarial" else 0)
+
+    # ------------------------------------------------------------ losses
     def _unroll(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
         traj = self.ctx.student.generate(batch.noise, batch.cond, generator=self.ctx.generator,
-                                         detach_between_steps=not self.ctx.cfg.turbo.end_to_end)
+                                         detach_between_steps=not cfg.turbo.end_to_end)
         return traj.x0s[0], traj.sample
 
     def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
-        cfg, gen = self.ctx.cfg, self.ctx.generator
+        cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
+        gen = self.ctx.generator
         x0_1, x0_k = self._unroll(batch)
         logs: Logs = {}
         total = x0_k.new_zeros(())
@@ -75,53 +164,52 @@ class TurboPP(DistillMethod):
 
     def _step1_loss(self, x0_1: Tensor, batch: Batch, gen: torch.Generator, gan_on: bool
                     ) -> Tensor | None:
-        kind = self.ctx.cfg.step1.loss
+        kind = self.ctx.cfg.step1.loss  # type: ignore[attr-defined]
         if kind == "teacher_traj":
             return F.mse_loss(x0_1, batch.teacher_mid)
         if kind == "adversarial":
-            return self.adversary.generator_loss(x0_1, batch.cond, gen) if gan_on else None
+            adv = self.adversary_1 or self.adversary
+            return adv.generator_loss(x0_1, batch.cond, gen) if gan_on else None
         if kind == "dm":
-            return self.matching.loss(x0_1, batch.cond, gen)[0]
+            return (self.matching_1 or self.matching).loss(x0_1, batch.cond, gen)[0]
         return None
 
     def aux_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs] | None:
-        if self.adversary is None and self.matching is None:
+        if self.adversary is None and self.matching is None and self.matching_1 is None:
             return None
+        cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
         gen = self.ctx.generator
+        multi = self.ctx.student.num_steps > 1
         with torch.no_grad():
             traj = self.ctx.student.generate(batch.noise, batch.cond, generator=gen)
         logs: Logs = {}
         total = batch.noise.new_zeros(())
         if self.adversary is not None:
             fake, fake_cond = traj.sample, batch.cond
-            if self.ctx.cfg.step1.loss == "adversarial" and self.ctx.student.num_steps > 1:
+            real, real_cond = batch.real, batch.real_cond
+            if cfg.step1.loss == "adversarial" and multi and self.adversary_1 is None:
                 fake = torch.cat([fake, traj.x0s[0]])
                 fake_cond = cat_cond(batch.cond, batch.cond)
                 real, real_cond = (torch.cat([batch.real, batch.real]),
                                    cat_cond(batch.real_cond, batch.real_cond))
-            else:
-                real, real_cond = batch.real, batch.real_cond
             ld, dl = self.adversary.discriminator_loss(real, real_cond, fake, fake_cond, gen)
             logs.update(dl)
             logs["d_loss"] = ld
             total = total + ld
+        if self.adversary_1 is not None:
+            ld1, dl1 = self.adversary_1.discriminator_loss(batch.real, batch.real_cond,
+                                                           traj.x0s[0], batch.cond, gen)
+            logs.update({f"{k}_1": v for k, v in dl1.items()})
+            logs["d_loss_1"] = ld1
+            total = total + ld1
         if self.matching is not None:
-            fake_in = traj.sample
-            if self.ctx.cfg.step1.loss == "dm" and self.ctx.student.num_steps > 1:
+            fake_in, cond = traj.sample, batch.cond
+            if cfg.step1.loss == "dm" and multi and self.matching_1 is None:  # shared (ablation)
                 fake_in = torch.cat([traj.sample, traj.x0s[0]])
                 cond = cat_cond(batch.cond, batch.cond)
-            else:
-                cond = batch.cond
             logs["fake_loss"] = self.matching.fake.loss(fake_in, cond, gen)
             total = total + logs["fake_loss"]
+        if self.matching_1 is not None:
+            logs["fake_loss_1"] = self.matching_1.fake.loss(traj.x0s[0], batch.cond, gen)
+            total = total + logs["fake_loss_1"]
         return total, logs
-
-    def aux_parameter_groups(self) -> list[dict[str, Any]]:
-        groups = []
-        if self.adversary is not None:
-            groups.append({"params": [p for p in self.adversary.parameters() if p.requires_grad],
-                           "lr": self.ctx.cfg.gan.lr})
-        if self.matching is not None:
-            groups.append({"params": list(self.matching.fake.parameters()),
-                           "lr": self.ctx.cfg.dm.fake_lr})
-        return groups

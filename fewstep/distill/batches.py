@@ -1,0 +1,109 @@
+"""The batch source: what each training batch holds, drawn as the method's
+:class:`~fewstep.distill.methods.base.DataNeeds` ask.
+
+* noise and condition: fresh ``N(0, I)`` and the problem's conditions -- or, with
+  ``teacher_pairs``, rows of the teacher-sample cache (its noise, condition, the teacher's
+  sample and mid-trajectory estimate from that noise);
+* ``real`` (for discriminators): rows of the teacher cache, fresh teacher samples
+  (``teacher_online``), or the data set's train split.
+
+Every draw uses the run's data generator (part of the checkpointed state) in a fixed order, so
+a resumed run draws the same batches. With N processes every rank draws the global batch and
+keeps its slice (:meth:`DistEnv.shard`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fewstep.data.problem import Problem
+from fewstep.denoiser import Denoiser
+from fewstep.distill.config import DistillConfig
+from fewstep.distill.distributed import DistEnv
+from fewstep.distill.methods.base import Batch, DataNeeds
+from fewstep.distill.teacher_cache import TeacherCache
+from fewstep.errors import ConfigError
+from fewstep.samplers import euler_sample
+from fewstep.schedules import teacher_sigmas
+
+
+class BatchSource:
+    """Draws :class:`Batch` es for one run (call :meth:`prepare` once, then :meth:`next`)."""
+
+    def __init__(self, cfg: DistillConfig, needs: DataNeeds, problem: Problem,
+                 teacher: Denoiser, teacher_id: str, teacher_shift: float, teacher_w: float,
+                 mid_sigma: float | None, generator: torch.Generator, dist: DistEnv,
+                 device: torch.device) -> None:
+        self.cfg, self.needs, self.problem = cfg, needs, problem
+        self.teacher, self.teacher_id = teacher, teacher_id
+        self.teacher_shift, self.teacher_w = teacher_shift, teacher_w
+        self.mid_sigma = mid_sigma
+        self.gen, self.dist, self.device = generator, dist, device
+        self.cache: dict[str, Tensor] | None = None
+        self.data: tuple[Tensor, Tensor | None] | None = None
+
+    def prepare(self, progress: bool = True) -> None:
+        """Load / build the teacher cache and load the data set, as far as needed."""
+        c = self.cfg
+        if self.needs.teacher_cache:
+            root = Path(c.cache.dir).expanduser()
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"cache.dir: cannot use {root} as a folder ({e.strerror or e})"
+                                  ) from None
+            p = self.problem
+            cache = TeacherCache(
+                root, self.teacher, self.teacher_id, p.data_shape,
+                lambda n, g: p.sample_cond(n, g), p.cond_map, steps=c.teacher.steps,
+                shift=self.teacher_shift, cfg_scale=self.teacher_w, mid_sigma=self.mid_sigma,
+                size=c.cache.size, shard_size=min(c.cache.shard_size, c.cache.size),
+                seed=c.train.seed, batch_size=c.cache.batch_size, device=self.device)
+            self.cache = {k: v.to(self.device) for k, v in cache.load(progress).items()}
+        if self.needs.real == "dataset":
+            x, y = self.problem.split("train")
+            self.data = (x.to(self.device), None if y is None else y.to(self.device))
+
+    def _randint(self, high: int, n: int) -> Tensor:
+        return torch.randint(0, high, (n,), generator=self.gen).to(self.device)
+
+    def next(self) -> Batch:
+        """This rank's rows of the next global batch."""
+        b = self.cfg.train.batch_size
+        c, p = self.cache, self.problem
+        if self.needs.teacher_pairs:
+            assert c is not None
+            i = self._randint(c["eps"].shape[0], b)
+            cond = p.cond_map(c["cond"][i]) if "cond" in c else None
+            batch = Batch(c["eps"][i], cond,
+                          teacher_sample=c["sample"][i], teacher_mid=c.get("mid", c["sample"])[i])
+        else:
+            noise = torch.randn((b, *p.data_shape), generator=self.gen).to(self.device)
+            batch = Batch(noise, p.cond_map(p.sample_cond(b, self.gen, self.device)))
+        real = self.needs.real
+        if real == "dataset":
+            assert self.data is not None
+            j = self._randint(self.data[0].shape[0], b)
+            batch.real = self.data[0][j]
+            batch.real_cond = None if self.data[1] is None else self.data[1][j]
+        elif real == "teacher_cache":
+            assert c is not None
+            j = self._randint(c["sample"].shape[0], b)
+            batch.real = c["sample"][j]
+            batch.real_cond = p.cond_map(c["cond"][j]) if "cond" in c else None
+        elif real == "teacher_online":
+            batch.real, batch.real_cond = self._online_teacher(b)
+        return self.dist.shard(batch, b)  # this rank's rows (online teacher rows already are)
+
+    @torch.no_grad()
+    def _online_teacher(self, b: int) -> tuple[Tensor, Any]:
+        p = self.problem
+        noise = torch.randn((b, *p.data_shape), generator=self.gen).to(self.device)
+        cond = p.cond_map(p.sample_cond(b, self.gen, self.device))
+        noise, cond = self.dist.shard(noise, b), self.dist.shard(cond, b)  # only this rank's
+        sig = teacher_sigmas(self.cfg.teacher.steps, self.teacher_shift)
+        return euler_sample(self.teacher, noise, cond, sig, self.teacher_w).sample, cond

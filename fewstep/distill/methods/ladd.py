@@ -1,0 +1,162 @@
+"""LADD (METHODS §6b): latent adversarial diffusion distillation (Sauer et al. 2024, the
+SD3-Turbo recipe) -- a purely adversarial baseline: teacher samples as "real", discriminator
+heads on the frozen teacher's features at re-noised inputs, no distribution-matching term, no
+unrolling between student steps.
+
+Generator update on a batch of teacher pairs (``x_T``: the teacher's sample, condition ``c``)::
+
+    k ~ U{0..K-1}  (per sample with a shared student -- LADD's default here -- else per batch)
+    x_k = (1 - s_k) x_T + s_k eps                    (the student's input at its level s_k)
+    x0  = G_k(x_k, s_k, c)
+    s^ ~ sigmoid(N(ladd.sigma_mean = 1, ladd.sigma_std = 1))    (biased to high noise)
+    L_G = gan.weight * g(D(x0_{s^}, s^, c)),   x0_{s^} = (1 - s^) x0 + s^ eps'
+
+with ``g`` the ``gan.loss`` generator loss (``hinge``, LADD's: ``-D``) and ``D`` a head per
+teacher block in ``gan.layers`` on the frozen teacher's features (``gan.discriminator =
+teacher_features``), conditioned on ``s^`` and the class label. The gradient reaches the
+student through the frozen teacher, never its weights. At ``k = 0`` (``s_0 = 1``) the input is
+pure noise, as in sampling.
+
+Aux update (``train.aux_ratio`` per generator update), on detached student outputs ``x0``
+built as above and real samples ``r`` (the teacher's, from its cache; ``gan.real = dataset`` is
+the ablation), each re-noised at its own ``s^``::
+
+    L_D = d(D(r_{s^}), D(x0_{s^}))    (hinge: mean relu(1 - D(r)) + mean relu(1 + D(x0)))
+
+Config: ``ladd`` (the discriminator's noise distribution) and ``gan`` (``weight``, ``loss``,
+``real`` / ``real_source``, ``discriminator``, ``layers``, ``head_hidden``, ``lr``;
+``sigma_min`` / ``sigma_max`` / ``warmup`` are not read). The student defaults to
+``parameterization: shared`` (LADD's single network); sampling is the usual K-step sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from fewstep.config import StrictModel
+from fewstep.distill.config import DistillConfig, GanSpec, StudentSpec
+from fewstep.distill.discriminator import StandaloneDiscriminator, TeacherFeatureDiscriminator
+from fewstep.distill.fake_score import feature_dims
+from fewstep.distill.losses import d_loss, g_loss
+from fewstep.distill.methods.base import (
+    Batch,
+    DataNeeds,
+    DistillContext,
+    DistillMethod,
+    Logs,
+    UpdateSchedule,
+)
+from fewstep.distill.methods.registry import register
+from fewstep.distill.student import random_step
+from fewstep.path import FlowPath, logit_normal_sigma
+
+
+class LADDSpec(StrictModel):
+    sigma_mean: float = Field(1.0, description="discriminator noise level s^ ~ "
+                              "sigmoid(N(mean, std^2)); 1 biases it to high noise")
+    sigma_std: float = Field(1.0, gt=0.0)
+
+
+class LADDStudentSpec(StudentSpec):
+    """The student section with LADD's default: one network shared by all steps."""
+
+    parameterization: Literal["decoupled", "lora", "shared"] = "shared"
+
+
+class LADDGanSpec(GanSpec):
+    """The GAN block with LADD's default loss (hinge)."""
+
+    loss: Literal["hinge", "non_saturating"] = "hinge"
+
+
+class LADDConfig(DistillConfig):
+    method: Literal["ladd"] = "ladd"
+    student: LADDStudentSpec = LADDStudentSpec()
+    gan: LADDGanSpec = LADDGanSpec()
+    ladd: LADDSpec = LADDSpec()
+
+    @model_validator(mode="after")
+    def _gan_on(self) -> LADDConfig:
+        if self.gan.weight <= 0:
+            raise ValueError("gan.weight: must be > 0 for method ladd (its only loss term)")
+        return self
+
+
+@register(LADDConfig)
+class LADD(DistillMethod):
+    def __init__(self, ctx: DistillContext) -> None:
+        super().__init__(ctx)
+        g: GanSpec = ctx.cfg.gan  # type: ignore[attr-defined]
+        nc = ctx.problem.num_classes
+        if g.discriminator == "teacher_features":
+            dims = feature_dims(ctx.teacher, ctx.example, ctx.example_cond)
+            disc: nn.Module = TeacherFeatureDiscriminator(ctx.teacher, dims, g.layers,
+                                                          g.head_hidden, nc)
+        else:
+            disc = StandaloneDiscriminator(ctx.problem.data_shape, num_classes=nc)
+        self.disc = disc.to(ctx.device)
+
+    # ------------------------------------------------------------ declarations
+    def data_needs(self) -> DataNeeds:
+        cfg: LADDConfig = self.ctx.cfg  # type: ignore[assignment]
+        return DataNeeds(teacher_pairs=True, real=cfg.gan.real_from())
+
+    def schedule(self) -> UpdateSchedule:
+        cfg: LADDConfig = self.ctx.cfg  # type: ignore[assignment]
+        params = [p for p in self.disc.parameters() if p.requires_grad]
+        return UpdateSchedule([{"params": params, "lr": cfg.gan.lr}], cfg.train.aux_ratio,
+                              cfg.train.aux_grad_clip)
+
+    @classmethod
+    def graph_forwards(cls, cfg: DistillConfig) -> int:
+        # one student step, plus the frozen teacher's feature pass (gradient to its input)
+        return 1 + (1 if cfg.gan.discriminator == "teacher_features" else 0)  # type: ignore
+
+    # ------------------------------------------------------------ pieces
+    def student_x0(self, x_teacher: Tensor, cond: Any) -> tuple[Tensor, Tensor]:
+        """``(x0 (B, ...), s_k (B,))``: the student's prediction from teacher samples
+        re-noised to its step levels (with gradient)."""
+        st, gen = self.ctx.student, self.ctx.generator
+        b = x_teacher.shape[0]
+        sig = st.sigmas.to(x_teacher.device)
+        if st.parameterization == "shared":  # one network: a level per sample
+            k = torch.randint(0, st.num_steps, (b,), generator=gen).to(x_teacher.device)
+            s_k, step = sig[k], 0
+        else:  # one step module per batch (every rank runs the same one)
+            step = random_step(st, gen)
+            s_k = sig[step].expand(b)
+        x_k = FlowPath.add_noise(x_teacher, self.ctx.randn_like(x_teacher), s_k)
+        return st(step, x_k, s_k, cond), s_k
+
+    def disc_sigma(self, n: int) -> Tensor:
+        """``(n,)`` discriminator levels ``s^ ~ sigmoid(N(mean, std^2))``."""
+        s = self.ctx.cfg.ladd  # type: ignore[attr-defined]
+        sig = logit_normal_sigma(n, s.sigma_mean, s.sigma_std, generator=self.ctx.generator)
+        return sig.to(self.ctx.device)
+
+    def logits(self, x: Tensor, cond: Any) -> Tensor:
+        """``D`` at ``x`` re-noised to a fresh ``s^`` (fresh noise), ``(B,)``."""
+        sigma = self.disc_sigma(x.shape[0])
+        return self.disc(FlowPath.add_noise(x, self.ctx.randn_like(x), sigma), sigma, cond)
+
+    # ------------------------------------------------------------ losses
+    def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
+        g: GanSpec = self.ctx.cfg.gan  # type: ignore[attr-defined]
+        x0, s_k = self.student_x0(batch.teacher_sample, batch.cond)
+        adv = g_loss(self.logits(x0, batch.cond), g.loss)
+        total = g.weight * adv
+        return total, {"g_adv": adv.detach(), "g_total": total.detach(),
+                       "student_sigma": s_k.mean()}
+
+    def aux_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
+        with torch.no_grad():
+            x0, _ = self.student_x0(batch.teacher_sample, batch.cond)
+        lr = self.logits(batch.real, batch.real_cond)
+        lf = self.logits(x0, batch.cond)
+        loss = d_loss(lr, lf, self.ctx.cfg.gan.loss)  # type: ignore[attr-defined]
+        return loss, {"d_loss": loss.detach(), "d_real": lr.mean().detach(),
+                      "d_fake": lf.mean().detach()}

@@ -1,0 +1,136 @@
+"""Build, save and load the K-step student: the one place a :class:`Student` is made from a
+config.
+
+* :func:`build_student` -- a fresh student from the teacher and the run's ``student`` section
+  (step levels from :func:`fewstep.schedules.student_sigmas`);
+* :func:`save_student` / :func:`load_student` -- ``student.safetensors``: the student's weights
+  with what rebuilds it (``{"denoiser": teacher config, "student": student section, "sigmas",
+  "method", "data"}``, see :func:`student_file_config`);
+* :func:`student_from_spec` -- the constructor call both use (with the LoRA check);
+* training switches: :func:`float32_trainables`, :func:`enable_gradient_checkpointing`,
+  :func:`compile_student`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fewstep.denoiser import Denoiser
+from fewstep.diffusers_adapters.export import resolve_builder
+from fewstep.distill.config import DistillConfig, StudentSpec
+from fewstep.distill.student import Student, resolve_lora_targets
+from fewstep.errors import CheckpointError, ConfigError
+from fewstep.io import load_state_into, load_tensors, save_tensors
+from fewstep.lora import find_lora_targets
+from fewstep.schedules import student_sigmas
+from fewstep.teacher import denoiser_from_config
+
+STUDENT_KIND = "student"
+
+
+def check_lora(teacher: nn.Module, rank: int, targets: list[str] | None) -> None:
+    """:class:`ConfigError` naming ``student.lora_*`` if the LoRA settings do not fit."""
+    try:
+        find_lora_targets(teacher, resolve_lora_targets(teacher, targets), rank)
+    except ValueError as e:
+        field = "student.lora_rank" if "rank" in str(e) else "student.lora_targets"
+        raise ConfigError(f"{field}: {e}") from None
+
+
+def student_from_spec(like: Denoiser, spec: StudentSpec | Mapping[str, Any], sigmas: Tensor
+                      ) -> Student:
+    """``Student(like, sigmas, ...)`` from a ``student`` section (model or its dump), its
+    trainable parts in float32 (:func:`float32_trainables`)."""
+    s = spec if isinstance(spec, StudentSpec) else StudentSpec.model_validate(dict(spec))
+    if s.parameterization == "lora":
+        check_lora(like, s.lora_rank, s.lora_targets)
+    student = Student(like, sigmas, s.parameterization, s.transition, s.lora_rank,
+                      s.lora_alpha, s.lora_targets)
+    float32_trainables(student)
+    return student
+
+
+def build_student(teacher: Denoiser, cfg: DistillConfig, teacher_shift: float) -> Student:
+    """A fresh K-step student initialised from ``teacher`` (``cfg.student``)."""
+    s = cfg.student
+    sig = student_sigmas(s.num_steps, cfg.teacher.steps, teacher_shift, s.sigmas)
+    return student_from_spec(teacher, s, sig)
+
+
+def float32_trainables(student: Student) -> None:
+    """Keep what trains in float32 (master weights) whatever ``teacher.dtype`` is: the step
+    copies (``decoupled`` / ``shared``) or the LoRA weights; a LoRA base keeps the teacher's
+    dtype. A no-op for float32 teachers."""
+    for m in student.steps:
+        m.float()
+    for p in student.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def student_file_config(cfg: DistillConfig, teacher_cfg: dict[str, Any], sigmas: Tensor
+                        ) -> dict[str, Any]:
+    """What :func:`load_student` needs to rebuild the student (stored in the file)."""
+    return {"denoiser": teacher_cfg, "student": cfg.student.model_dump(),
+            "sigmas": [float(s) for s in sigmas], "method": cfg.method, "data": cfg.data}
+
+
+def save_student(path: str | Path, student: nn.Module, config: dict[str, Any]) -> None:
+    """Write a student (all steps) with what rebuilds it (atomic, safetensors)."""
+    save_tensors(path, student.state_dict(), STUDENT_KIND, config)
+
+
+def like_denoiser(denoiser_cfg: dict[str, Any]) -> Denoiser:
+    """A randomly initialised network of the teacher's architecture (weights follow)."""
+    if "builder" in denoiser_cfg:  # a diffusers teacher (teacher.kind zimage / unet_eps)
+        target, kwargs = denoiser_cfg["builder"]
+        return resolve_builder(target)(**kwargs)
+    return denoiser_from_config(denoiser_cfg)
+
+
+def load_student(path: str | Path, device: str | torch.device = "cpu",
+                 like: Denoiser | None = None) -> tuple[Student, dict[str, Any]]:
+    """Rebuild a student written by :func:`save_student`; returns ``(student (eval), config)``.
+
+    ``like``: the loaded teacher to build on (skips building a random one first)."""
+    tensors, config = load_tensors(path, kind=STUDENT_KIND)
+    try:
+        base = like if like is not None else like_denoiser(config["denoiser"])
+        st = student_from_spec(base, config["student"], torch.tensor(config["sigmas"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: student config is invalid ({e})") from None
+    load_state_into(st, tensors, str(path))
+    return st.to(device).eval(), config
+
+
+def enable_gradient_checkpointing(student: Student, others: Iterable[nn.Module]) -> None:
+    """``train.gradient_checkpointing``: block-level checkpointing in the student's step
+    networks (with per-step LoRA: its ``checkpoint_fn``, so recomputation uses the adapter that
+    was active in forward), and in ``others`` that support it (the method's trainable teacher
+    copies, the frozen teacher whose features carry gradients to the student's samples).
+    Denoisers expose it as ``set_gradient_checkpointing(enabled, checkpoint_fn)``;
+    :class:`ConfigError` if the student's cannot."""
+    if student.lora is not None:
+        mods, fn = [student.lora.base], student.lora.checkpoint_fn
+    else:
+        mods, fn = list(student.steps), None
+    for m in mods:
+        if not hasattr(m, "set_gradient_checkpointing"):
+            raise ConfigError(f"train.gradient_checkpointing: {type(m).__name__} does not "
+                              "support gradient checkpointing (use a zimage / unet_eps teacher)")
+        m.set_gradient_checkpointing(True, checkpoint_fn=fn)
+    for m in others:
+        if hasattr(m, "set_gradient_checkpointing"):
+            m.set_gradient_checkpointing(True)
+
+
+def compile_student(student: Student) -> None:
+    """``torch.compile`` every step module in place (state-dict keys unchanged)."""
+    mods = [student.lora.base] if student.lora is not None else list(student.steps)
+    for m in mods:
+        m.compile()
