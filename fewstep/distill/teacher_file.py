@@ -24,6 +24,8 @@ def resolve_teacher(cfg: DistillConfig, device: torch.device
     :class:`ConfigError` / :class:`CheckpointError` naming ``teacher.path``.
     """
     path = Path(cfg.teacher.path).expanduser() if cfg.teacher.path else teacher_path(cfg.data)
+    if path.is_dir():
+        raise ConfigError(f"teacher.path: {path} is a directory, expected a teacher file")
     if not path.is_file():
         hint = "" if cfg.teacher.path else (f" (no shipped teacher for data {cfg.data!r}; train "
                                             "one with `fewstep teacher train`)")

@@ -66,6 +66,7 @@ from fewstep.distill.student_factory import (
 from fewstep.distill.teacher_file import resolve_teacher
 from fewstep.distill.teachers import load_teacher
 from fewstep.errors import ConfigError, DivergenceError
+from fewstep.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ class Trainer:
         if not resumed:
             self.losses.cut(0)  # a fresh start (or no checkpoint yet): no rows from before
         if main:
-            (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
         first = t.on_divergence == "rollback" and not self.ckpt.list()
         if self.dist.all_flags(first, self.device)[1]:
             self.save_checkpoint()  # something to roll back to
