@@ -154,9 +154,11 @@ def sampler_steps(names: Iterable[str], field: str = "--samplers") -> list[str]:
             raise ConfigError(f"{field}: unknown sampler {name!r}; use teacher_<N> or "
                               "student_<K> (N, K >= 1), comma-separated")
         steps = int(m.group(2))
-        if not 1 <= steps <= MAX_SAMPLER_STEPS:
-            raise ConfigError(f"{field}: {name!r} has {steps} steps; must lie in "
-                              f"[1, {MAX_SAMPLER_STEPS}]")
+        if steps < 1:
+            raise ConfigError(f"{field}: sampler {name!r}: steps must be >= 1")
+        if steps > MAX_SAMPLER_STEPS:
+            raise ConfigError(f"{field}: sampler {name!r}: steps must be <= "
+                              f"{MAX_SAMPLER_STEPS} (got {steps})")
         out.append(name)
     if not out:
         raise ConfigError(f"{field}: give at least one sampler")
@@ -274,7 +276,7 @@ def check_models_input(teacher: Path | None, student: Path | None, data: str | N
     if student is not None:
         input_file(student, "--student", ".safetensors", "student file")
     if student is None and any(s.strip().startswith("student_") for s in samplers):
-        raise ConfigError("--samplers: student samplers need --student FILE")
+        raise ConfigError("--samplers: a student_<K> sampler needs a student (--student FILE)")
 
 
 def check_sample(out: Path, samplers: str, teacher: Path | None, student: Path | None,
