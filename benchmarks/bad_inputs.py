@@ -50,12 +50,13 @@ from contextlib import nullcontext
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from fewstep.testing.faults import disk_full, refuse_writes
 fault, where, module = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.argv = [module, *sys.argv[4:]]
-ctx = {"none": nullcontext(), "erofs": refuse_writes(where),
-       "eacces": refuse_writes(where, errno.EACCES), "enospc": disk_full(where),
-       "enospc_open": refuse_writes(where, errno.ENOSPC)}[fault]
+ctx = nullcontext()
+if fault != "none":  # (fewstep.testing imports the tiny diffusers fixtures: slow)
+    from fewstep.testing.faults import disk_full, refuse_writes
+    ctx = {"erofs": refuse_writes(where), "eacces": refuse_writes(where, errno.EACCES),
+           "enospc": disk_full(where), "enospc_open": refuse_writes(where, errno.ENOSPC)}[fault]
 with ctx:
     if module == "fewstep.distill":
         from fewstep.distill.__main__ import main as distill_main

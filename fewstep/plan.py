@@ -45,6 +45,7 @@ from fewstep.distill.methods import DistillContext
 from fewstep.distill.methods.registry import method_class
 from fewstep.distill.student_factory import student_from_spec
 from fewstep.errors import ConfigError
+from fewstep.teachers import meta_teacher as registry_meta_teacher
 
 GB = 1024 ** 3
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -97,61 +98,10 @@ class Plan:
 # Models on the meta device
 # --------------------------------------------------------------------------------------------
 def meta_teacher(cfg: DistillConfig) -> tuple[nn.Module, tuple[int, ...], int, dict[str, Any]]:
-    """``(teacher on meta, sample shape, num_classes, info)`` from configs only."""
-    t = cfg.teacher
-    if t.kind == "file":
-        from pathlib import Path
-
-        from fewstep.assets import teacher_path
-        from fewstep.data.problem import get_problem
-        from fewstep.io import read_metadata
-        from fewstep.teacher import denoiser_from_config
-
-        path = Path(t.path).expanduser() if t.path else teacher_path(cfg.data)
-        if not path.is_file():
-            raise ConfigError(f"teacher.path: teacher file not found: {path}")
-        dcfg = json.loads(read_metadata(path).get("config", "{}"))
-        with torch.device("meta"):
-            den = denoiser_from_config(dcfg)
-        prob = get_problem(cfg.data)
-        return den, tuple(prob.data_shape), prob.num_classes, {"kind": "file", "path": str(path)}
-    assert t.pretrained is not None
-    if t.kind == "zimage":
-        from diffusers import ZImageTransformer2DModel
-
-        from fewstep.diffusers_adapters.zimage import ZImageDenoiser
-        from fewstep.distill.teachers import zimage_latent_shape
-
-        assert t.resolution is not None
-        shape = zimage_latent_shape(t.pretrained, t.resolution)
-        tcfg = ZImageTransformer2DModel.load_config(t.pretrained, subfolder="transformer")
-        with torch.device("meta"):
-            den = ZImageDenoiser(ZImageTransformer2DModel.from_config(tcfg))
-        return den, shape, 0, {"kind": "zimage", "pretrained": t.pretrained}
-    from diffusers import UNet2DModel
-
-    from fewstep.data.problem import get_problem
-
-    try:
-        ucfg = UNet2DModel.load_config(t.pretrained, subfolder="unet")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"teacher.pretrained: cannot read unet/config.json from "
-                          f"{t.pretrained}: {e}") from None
-    with torch.device("meta"):
-        unet = UNet2DModel.from_config(ucfg)
-    prob = get_problem(cfg.data)
-    return _Wrapped(unet), tuple(prob.data_shape), prob.num_classes, {"kind": "unet_eps"}
-
-
-class _Wrapped(nn.Module):
-    """A network without a fewstep Denoiser around it (counting only)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        raise NotImplementedError
+    """``(teacher on meta, sample shape, num_classes, info)`` from configs only (the teacher
+    registry's adapter for ``teacher.kind``)."""
+    m = registry_meta_teacher(cfg)
+    return m.module, tuple(m.data_shape), m.num_classes, m.info
 
 
 def _fake_features(den: nn.Module, shape: tuple[int, ...]) -> None:
@@ -169,6 +119,8 @@ def _fake_features(den: nn.Module, shape: tuple[int, ...]) -> None:
 
 def feature_widths(den: nn.Module) -> list[int] | None:
     """Width of each of ``den.features`` where known from the architecture."""
+    if hasattr(den, "feature_widths"):  # the generic diffusers denoisers say it themselves
+        return list(den.feature_widths())
     tr = getattr(den, "transformer", None)
     if tr is not None and hasattr(den, "feature_layers"):
         return [int(tr.config.dim)] * len(den.feature_layers)

@@ -51,7 +51,7 @@ def test_meta_counts_equal_real_models(toy_teacher_path: Path, tmp_path: Path, m
 
 
 def _tiny_zimage_folder(tmp: Path) -> Path:
-    from fewstep.diffusers_adapters.zimage import build_tiny_zimage_pipeline
+    from fewstep.testing import build_tiny_zimage_pipeline
 
     pipe = build_tiny_zimage_pipeline()
     pipe.transformer.save_config(tmp / "zi" / "transformer")  # configs only, no weights
@@ -61,8 +61,9 @@ def _tiny_zimage_folder(tmp: Path) -> Path:
 
 
 def test_zimage_plan_from_configs_only(tmp_path: Path) -> None:
-    from fewstep.diffusers_adapters.zimage import TINY_TRANSFORMER_CONFIG, ZIMAGE_LORA_TARGETS
+    from fewstep.diffusers_adapters.zimage import ZIMAGE_LORA_TARGETS
     from fewstep.lora import PerStepLoRA
+    from fewstep.testing import TINY_TRANSFORMER_CONFIG
 
     folder = _tiny_zimage_folder(tmp_path)
     assert not list(folder.rglob("*.safetensors"))

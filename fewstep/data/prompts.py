@@ -1,10 +1,10 @@
-"""Latents + prompts: the *problem* of a text-to-image teacher (e.g. Z-Image).
+"""Latents + prompts: the *problem* of a text-conditioned teacher (any ``teacher.kind``).
 
 :class:`PromptProblem` has the interface of :class:`fewstep.data.problem.Problem` that the
 trainer uses: ``data_shape`` is the latent shape ``(C_lat, H / f, W / f)``, ``num_classes`` is
 0, :meth:`PromptProblem.sample_cond` returns prompt *ids* ``(n,)`` long (what the teacher-sample
 cache stores) and :meth:`PromptProblem.cond_map` turns ids into the teacher's conditioning, a
-:class:`~fewstep.diffusers_adapters.zimage.PromptEmbeds` read from a
+:class:`~fewstep.conditioning.PromptEmbeds` read from a
 :class:`~fewstep.diffusers_adapters.prompts.PromptCache` (embeddings computed once; the empty
 prompt, for CFG, is the denoiser's ``null_cond``).
 
@@ -54,7 +54,7 @@ class PromptProblem:
 
     def split(self, split: str) -> tuple[Tensor, Tensor | None]:
         """Not available: a prompts run has no image data set (use the teacher's samples)."""
-        raise ConfigError("gan.real: a prompts run (teacher.kind zimage) has no image data set; "
+        raise ConfigError("gan.real: a prompts run (data: prompts) has no image data set; "
                           "use gan.real=teacher")
 
     def sample_cond(self, n: int, generator: torch.Generator | None = None,

@@ -40,10 +40,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from fewstep.diffusers_adapters.zimage import PromptEmbeds
+from fewstep.conditioning import PromptEmbeds
 
-#: ``encode_fn(prompts) -> [(L_i, D), ...]``, one tensor per prompt.
-EncodeFn = Callable[[list[str]], list[Tensor]]
+#: ``encode_fn(prompts) -> [(L_i, D), ...]``, one tensor per prompt, or ``[((L_i, D), (P,)),
+#: ...]`` with a pooled vector per prompt (stored as ``q<index>``).
+EncodeFn = Callable[[list[str]], list[Any]]
 
 FORMAT = "fewstep-prompt-cache-v1"
 NULL_SHARD = "null.safetensors"
@@ -53,12 +54,15 @@ NULL_SHARD = "null.safetensors"
 # Encoders and fingerprints
 # --------------------------------------------------------------------------------------------
 def pipeline_encode_fn(pipe: Any, max_sequence_length: int | None = None,
-                       device: torch.device | str | None = None) -> EncodeFn:
+                       device: torch.device | str | None = None, mask_index: int | None = None,
+                       pooled_index: int | None = None) -> EncodeFn:
     """An :data:`EncodeFn` calling the pipeline's own ``encode_prompt`` (no CFG branch).
 
     Handles the common return conventions: a tuple whose first item is the positive
     embeddings, given either as a list of ``(L_i, D)`` (Z-Image) or a padded ``(B, L, D)`` tensor
-    (SD-style; every row then keeps the full length ``L``).
+    (SD-style; every row then keeps the full length ``L``). ``mask_index``: the position of the
+    ``(B, L)`` attention mask in the tuple (rows are cut to their valid, front tokens);
+    ``pooled_index``: the position of a ``(B, P)`` pooled embedding (rows become pairs).
     """
     if not hasattr(pipe, "encode_prompt"):
         raise TypeError(f"{type(pipe).__name__} has no encode_prompt; pass your own encode_fn")
@@ -75,6 +79,8 @@ def pipeline_encode_fn(pipe: Any, max_sequence_length: int | None = None,
             kwargs["num_images_per_prompt"] = 1
         if max_sequence_length is not None and "max_sequence_length" in params:
             kwargs["max_sequence_length"] = max_sequence_length
+        if "clean_caption" in params:
+            kwargs["clean_caption"] = False
         with torch.no_grad():
             out = pipe.encode_prompt(list(prompts), **kwargs)
         pos = out[0] if isinstance(out, tuple) else out
@@ -82,7 +88,13 @@ def pipeline_encode_fn(pipe: Any, max_sequence_length: int | None = None,
         if len(rows) != len(prompts):
             raise RuntimeError(f"encode_prompt returned {len(rows)} rows for "
                                f"{len(prompts)} prompts")
-        return [r.detach() for r in rows]
+        if mask_index is not None:
+            mask = out[mask_index].bool()
+            rows = [r[: max(int(m.sum()), 1)] for r, m in zip(rows, mask, strict=True)]
+        rows = [r.detach() for r in rows]
+        if pooled_index is not None:
+            return list(zip(rows, out[pooled_index].detach().unbind(0), strict=True))
+        return rows
 
     return fn
 
@@ -251,27 +263,33 @@ class PromptCache:
         ok = (meta.get("fingerprint") == self.fingerprint
               and meta.get("prompt_file_sha256") == self.prompt_sha256
               and meta.get("start") == str(start) and meta.get("end") == str(end)
-              and set(tensors) == keys
+              and set(tensors) in (keys, keys | {"q" + k for k in keys})
               and meta.get("sha256") == tensors_sha256(tensors))
         return tensors if ok else None
 
     def _encode(self, prompts: Sequence[str]) -> list[Tensor]:
         if self.encode_fn is None:
             raise RuntimeError(f"prompt cache {self.dir} needs regeneration but has no encode_fn")
-        out: list[Tensor] = []
+        out: list[Any] = []
         for i in range(0, len(prompts), self.batch_size):
             out.extend(self.encode_fn(list(prompts[i:i + self.batch_size])))
-        if self.dtype is not None:
-            out = [t.to(self.dtype) for t in out]
-        return [t.detach().cpu().contiguous() for t in out]
+
+        def fix(t: Tensor) -> Tensor:
+            t = t.to(self.dtype) if self.dtype is not None else t
+            return t.detach().cpu().contiguous()
+
+        return [tuple(fix(x) for x in t) if isinstance(t, tuple) else fix(t) for t in out]
 
     def _generate(self, name: str) -> dict[str, Tensor]:
         start, end = self._range(name)
-        if name == NULL_SHARD:
-            tensors = {"null": self._encode([""])[0]}
-        else:
-            embs = self._encode(self.prompts[start:end])
-            tensors = {f"p{start + j}": e for j, e in enumerate(embs)}
+        keys = ["null"] if name == NULL_SHARD else [f"p{i}" for i in range(start, end)]
+        embs = self._encode([""] if name == NULL_SHARD else self.prompts[start:end])
+        tensors: dict[str, Tensor] = {}
+        for key, e in zip(keys, embs, strict=True):
+            if isinstance(e, tuple):  # (tokens, pooled)
+                tensors[key], tensors["q" + key] = e
+            else:
+                tensors[key] = e
         meta = {"sha256": tensors_sha256(tensors), "fingerprint": self.fingerprint,
                 "prompt_file_sha256": self.prompt_sha256, "start": str(start), "end": str(end),
                 "format": FORMAT}
@@ -311,11 +329,17 @@ class PromptCache:
             raise IndexError(f"prompt index {i} out of range [0, {len(self.prompts)})")
         return self._shard(self.shard_names()[i // self.shard_size])[f"p{i}"]
 
+    def pooled(self, i: int) -> Tensor | None:
+        """``(P,)`` pooled embedding of prompt ``i`` (``None`` if the encoder has none)."""
+        return self._shard(self.shard_names()[i // self.shard_size]).get(f"qp{i}")
+
     def get(self, indices: Sequence[int] | Tensor, device: torch.device | str | None = None,
             dtype: torch.dtype | None = None) -> PromptEmbeds:
         """A padded :class:`PromptEmbeds` batch for prompt ``indices``."""
         idx = indices.tolist() if torch.is_tensor(indices) else list(indices)
-        return PromptEmbeds.from_list([self.embedding(int(i)) for i in idx]).to(device, dtype)
+        pooled = [self.pooled(int(i)) for i in idx]
+        return PromptEmbeds.from_list([self.embedding(int(i)) for i in idx],
+                                      None if pooled[0] is None else pooled).to(device, dtype)
 
     @property
     def null_embeds(self) -> Tensor:
@@ -324,10 +348,17 @@ class PromptCache:
             self._null = self._shard(NULL_SHARD)["null"]
         return self._null
 
+    @property
+    def null_pooled(self) -> Tensor | None:
+        """``(P,)`` pooled embedding of the empty prompt, or ``None``."""
+        return self._shard(NULL_SHARD).get("qnull")
+
     def null(self, batch: int = 1, device: torch.device | str | None = None,
              dtype: torch.dtype | None = None) -> PromptEmbeds:
         """The empty-prompt :class:`PromptEmbeds` repeated ``batch`` times."""
-        return PromptEmbeds.from_list([self.null_embeds] * batch).to(device, dtype)
+        p = self.null_pooled
+        return PromptEmbeds.from_list([self.null_embeds] * batch,
+                                      None if p is None else [p] * batch).to(device, dtype)
 
 
 __all__ = ["EncodeFn", "PromptCache", "encoder_fingerprint", "pipeline_encode_fn",

@@ -208,17 +208,5 @@ def _jsonable(config: Any) -> dict[str, Any]:
             if not k.startswith("_")}
 
 
-def tiny_unet_config(sample_size: int = 8, in_channels: int = 3,
-                     num_class_embeds: int | None = None) -> dict[str, Any]:
-    """A test-size ``UNet2DModel`` config (block_out_channels (32, 64), one layer per block)."""
-    return {
-        "sample_size": sample_size, "in_channels": in_channels, "out_channels": in_channels,
-        "layers_per_block": 1, "block_out_channels": (32, 64), "norm_num_groups": 8,
-        "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D"), "attention_head_dim": 8,
-        "num_class_embeds": num_class_embeds,
-    }
-
-
 __all__ = ["VPEpsilonDenoiser", "flow_sigma_from_alpha_bar", "timestep_from_alpha_bar",
-           "tiny_unet_config", "vp_alpha_bar", "vp_input_scale"]
+           "vp_alpha_bar", "vp_input_scale"]

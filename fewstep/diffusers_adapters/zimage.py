@@ -21,96 +21,18 @@ the transformer, which does its own padding (to a multiple of 32, with its learn
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from fewstep.conditioning import PromptEmbeds
 from fewstep.denoiser import Denoiser
 from fewstep.guidance import cfg_combine, w_from_zimage_scale
 from fewstep.path import expand_like
 
 #: Names (suffixes) of the attention and MLP projections of a Z-Image block, for LoRA.
 ZIMAGE_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
-
-#: Transformer size used by diffusers' own tests (~0.36 M parameters); see FINDINGS.md.
-TINY_TRANSFORMER_CONFIG: dict[str, Any] = {
-    "all_patch_size": (2,), "all_f_patch_size": (1,), "in_channels": 16, "dim": 32,
-    "n_layers": 2, "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "norm_eps": 1e-5,
-    "qk_norm": True, "cap_feat_dim": 16, "rope_theta": 256.0, "t_scale": 1000.0,
-    "axes_dims": [8, 4, 4], "axes_lens": [256, 32, 32],
-}
-
-
-# --------------------------------------------------------------------------------------------
-# Conditioning
-# --------------------------------------------------------------------------------------------
-@dataclass
-class PromptEmbeds:
-    """Per-sample caption features, right-padded: ``embeds (B, L, D)``, ``mask (B, L)`` bool.
-
-    Row ``i`` holds ``mask[i].sum()`` valid tokens at the front. Build from the pipeline's list
-    output with :meth:`from_list`; get it back with :meth:`to_list`.
-    """
-
-    embeds: Tensor
-    mask: Tensor
-
-    def __post_init__(self) -> None:
-        if self.embeds.ndim != 3 or self.mask.shape != self.embeds.shape[:2]:
-            raise ValueError(f"PromptEmbeds needs embeds (B, L, D) and mask (B, L); got "
-                             f"{tuple(self.embeds.shape)} and {tuple(self.mask.shape)}")
-        self.mask = self.mask.to(dtype=torch.bool)
-
-    @classmethod
-    def from_list(cls, feats: Sequence[Tensor]) -> PromptEmbeds:
-        """Pad a list of ``(L_i, D)`` tensors (each ``L_i >= 1``) into a batch."""
-        if len(feats) == 0:
-            raise ValueError("empty list of caption features")
-        lengths = [int(f.shape[0]) for f in feats]
-        if min(lengths) < 1:
-            raise ValueError("every caption needs at least one token")
-        embeds = torch.nn.utils.rnn.pad_sequence(list(feats), batch_first=True)
-        mask = torch.arange(embeds.shape[1], device=embeds.device)[None] < torch.tensor(
-            lengths, device=embeds.device)[:, None]
-        return cls(embeds, mask)
-
-    def to_list(self) -> list[Tensor]:
-        """The valid tokens of each row: ``[(L_i, D), ...]``."""
-        lengths = self.mask.sum(dim=1).tolist()
-        return [self.embeds[i, : int(n)] for i, n in enumerate(lengths)]
-
-    def __len__(self) -> int:
-        return int(self.embeds.shape[0])
-
-    def __getitem__(self, idx: Any) -> PromptEmbeds:
-        e, m = self.embeds[idx], self.mask[idx]
-        if e.ndim == 2:
-            e, m = e[None], m[None]
-        return PromptEmbeds(e, m)
-
-    def to(self, device: torch.device | str | None = None,
-           dtype: torch.dtype | None = None) -> PromptEmbeds:
-        """Move (and cast the float embeddings; the mask stays bool)."""
-        return PromptEmbeds(self.embeds.to(device=device, dtype=dtype), self.mask.to(device))
-
-    def repeat(self, n: int) -> PromptEmbeds:
-        """Tile the whole batch ``n`` times: ``[c0, c1, c0, c1, ...]``."""
-        return PromptEmbeds(self.embeds.repeat(n, 1, 1), self.mask.repeat(n, 1))
-
-    def repeat_interleave(self, n: int) -> PromptEmbeds:
-        """Repeat each row ``n`` times: ``[c0, c0, c1, c1, ...]`` (several images per prompt)."""
-        return PromptEmbeds(self.embeds.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0))
-
-    @staticmethod
-    def cat(items: Sequence[PromptEmbeds]) -> PromptEmbeds:
-        """Concatenate batches with possibly different padded lengths."""
-        feats: list[Tensor] = []
-        for it in items:
-            feats.extend(it.to_list())
-        return PromptEmbeds.from_list(feats)
-
 
 # --------------------------------------------------------------------------------------------
 # Denoiser
@@ -298,121 +220,4 @@ def init_pad_tokens(transformer: nn.Module, std: float = 0.02,
                 p.copy_(torch.randn(p.shape, generator=generator) * std)
 
 
-# --------------------------------------------------------------------------------------------
-# Tiny offline stack and loading
-# --------------------------------------------------------------------------------------------
-_TINY_WORDS = (
-    "user", "assistant", "system", "a", "an", "the", "of", "in", "on", "with", "and", "photo",
-    "picture", "painting", "cat", "dog", "bird", "car", "house", "tree", "flower", "red", "green",
-    "blue", "yellow", "black", "white", "small", "big", "digit", "zero", "one", "two", "three",
-    "four", "five", "six", "seven", "eight", "nine",
-)
-_TINY_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "[UNK]")
-_TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
-    "{% endif %}{% endif %}"
-)
-
-
-def build_tiny_tokenizer() -> Any:
-    """A word-level tokenizer built in code (no files), with a Qwen-like chat template."""
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate((*_TINY_SPECIALS, *_TINY_WORDS))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
-                                   pad_token="<|endoftext|>", eos_token="<|im_end|>")
-    fast.add_special_tokens({"additional_special_tokens": [
-        AddedToken(s, special=True, normalized=False) for s in _TINY_SPECIALS[1:5]]})
-    fast.chat_template = _TINY_CHAT_TEMPLATE
-    return fast
-
-
-def build_tiny_zimage_pipeline(seed: int = 0, scheduler_shift: float = 3.0) -> Any:
-    """The tiny, randomly initialised, fully offline ``ZImagePipeline`` of FINDINGS.md.
-
-    Transformer: :data:`TINY_TRANSFORMER_CONFIG` (pad tokens initialised); text encoder: a
-    2-layer Qwen3 with hidden size 16 (= ``cap_feat_dim``); tokenizer: :func:`build_tiny_tokenizer`;
-    VAE: ``AutoencoderKL`` with 16 latent channels, ``scaling_factor=0.3611``,
-    ``shift_factor=0.1159`` (spatial factor 2: 32x32 images <-> 16x16 latents); scheduler:
-    ``FlowMatchEulerDiscreteScheduler(shift=scheduler_shift)``.
-    """
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        ZImagePipeline,
-        ZImageTransformer2DModel,
-    )
-    from transformers import Qwen3Config, Qwen3Model
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer = ZImageTransformer2DModel(**TINY_TRANSFORMER_CONFIG)
-        init_pad_tokens(transformer, generator=gen)
-        tokenizer = build_tiny_tokenizer()
-        text_encoder = Qwen3Model(Qwen3Config(
-            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, head_dim=8,
-            max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id))
-        vae = AutoencoderKL(in_channels=3, out_channels=3,
-                            down_block_types=["DownEncoderBlock2D"] * 2,
-                            up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 64],
-                            layers_per_block=1, latent_channels=16, norm_num_groups=32,
-                            scaling_factor=0.3611, shift_factor=0.1159)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=scheduler_shift)
-    pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder.eval(),
-                          tokenizer=tokenizer, transformer=transformer.eval())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _diffusers_has_dtype_kwarg() -> bool:
-    try:
-        from diffusers.utils import deprecation_utils
-    except ImportError:
-        return False
-    return hasattr(deprecation_utils, "_resolve_dtype")
-
-
-@dataclass
-class ZImageTeacher:
-    """A loaded Z-Image pipeline and its transformer wrapped as a :class:`ZImageDenoiser`."""
-
-    pipeline: Any
-    denoiser: ZImageDenoiser
-
-
-def load_zimage_teacher(path_or_hub_id: str, torch_dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", freeze: bool = True,
-                        max_sequence_length: int = 512, **from_pretrained_kwargs: Any
-                        ) -> ZImageTeacher:
-    """``ZImagePipeline.from_pretrained`` (local folder or hub id; never remote code), moved to
-    ``device``, optionally frozen (``requires_grad=False``, eval mode), wrapped as a denoiser
-    whose ``null_cond`` is the encoded empty prompt."""
-    from diffusers import ZImagePipeline
-
-    if from_pretrained_kwargs.pop("trust_remote_code", False):
-        raise ValueError("fewstep never loads remote code; trust_remote_code must stay False")
-    # newer diffusers renamed ``torch_dtype`` to ``dtype`` (the old name warns)
-    dtype_kw = "dtype" if _diffusers_has_dtype_kwarg() else "torch_dtype"
-    from_pretrained_kwargs[dtype_kw] = torch_dtype
-    pipe = ZImagePipeline.from_pretrained(path_or_hub_id, **from_pretrained_kwargs)
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    if freeze:
-        for name in ("transformer", "text_encoder", "vae"):
-            m = getattr(pipe, name, None)
-            if isinstance(m, nn.Module):
-                m.eval().requires_grad_(False)
-    den = ZImageDenoiser.from_pipeline(pipe, max_sequence_length=max_sequence_length)
-    return ZImageTeacher(pipeline=pipe, denoiser=den)
-
-
-__all__ = ["TINY_TRANSFORMER_CONFIG", "ZIMAGE_LORA_TARGETS", "PromptEmbeds", "ZImageDenoiser",
-           "ZImageTeacher", "build_tiny_tokenizer", "build_tiny_zimage_pipeline",
-           "init_pad_tokens", "load_zimage_teacher"]
+__all__ = ["ZIMAGE_LORA_TARGETS", "PromptEmbeds", "ZImageDenoiser", "init_pad_tokens"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -23,98 +22,14 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fewstep.config import Seed, StrictModel, user_path
 from fewstep.data.problem import PROBLEMS
+from fewstep.teachers.base import get_adapter
+from fewstep.teachers.spec import TeacherSpec
 
-#: ``data`` value of a latents + prompts run (``teacher.kind: zimage``)
+#: ``data`` value of a latents + prompts run (any text-conditioned teacher)
 PROMPTS_DATA = "prompts"
 
 #: the method a config without ``method:`` gets
 DEFAULT_METHOD = "turbo_pp"
-
-
-TeacherKind = Literal["file", "zimage", "unet_eps"]
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-class TeacherSpec(StrictModel):
-    """The frozen teacher.
-
-    ``kind``: ``file`` (default) is a fewstep denoiser file (``path: null`` takes the shipped
-    teacher for ``data``); ``zimage`` is a diffusers ``ZImagePipeline`` and ``unet_eps`` a
-    VP ``UNet2DModel`` folder (``unet/`` + ``scheduler/``), both loaded from ``pretrained``
-    (a local folder or a hub id; never remote code) in ``dtype``. A ``zimage`` teacher also
-    needs ``prompts`` (one per line), ``resolution`` (pixels) and ``data: prompts``; its
-    samples are VAE latents (see docs/real_teachers.md).
-    """
-
-    kind: TeacherKind = "file"
-    path: str | None = None
-    pretrained: str | None = Field(None, description="diffusers folder or hub id (kind != file)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype of the frozen teacher (trainable copies stay float32)")
-    prompts: str | None = Field(None, description="prompt file, one prompt per line (zimage)")
-    resolution: int | None = Field(None, ge=8, description="image size in pixels (zimage); "
-                                   "the latent shape follows from the VAE")
-    max_sequence_length: int = Field(512, ge=1, description="text-encoder tokens (zimage)")
-    steps: int = Field(8, ge=1, description="teacher sampling steps (the 'real' distribution)")
-    shift: float | None = Field(None, gt=0.0, description="time shift; null: the teacher's own "
-                                "(file config, or the diffusers scheduler's shift)")
-    cfg_scale: float | None = Field(None, description="guidance w; null: the file's own "
-                                    "(1 = no CFG for diffusers teachers)")
-
-    @field_validator("path")
-    @classmethod
-    def _path_ok(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if not v.endswith(".safetensors"):
-            raise ValueError("must be a .safetensors denoiser file (weights are only read "
-                             "from safetensors)")
-        return user_path(v)
-
-    @field_validator("prompts")
-    @classmethod
-    def _prompts_ok(cls, v: str | None) -> str | None:
-        return None if v is None else user_path(v)
-
-    @field_validator("pretrained")
-    @classmethod
-    def _pretrained_ok(cls, v: str | None) -> str | None:
-        """A local folder (resolved) or an ``owner/name`` hub id (kept as is)."""
-        if v is None:
-            return v
-        local = v.startswith(("/", ".", "~")) or Path(v).expanduser().exists()
-        if local:
-            return user_path(v)
-        if not _HUB_ID.fullmatch(v):
-            raise ValueError("must be an existing local folder or a hub id 'owner/name'")
-        return v
-
-    @model_validator(mode="after")
-    def _kind_fields(self) -> TeacherSpec:
-        k = self.kind
-        if k == "file":
-            for name in ("pretrained", "prompts", "resolution"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"teacher.{name}: only used with teacher.kind zimage / "
-                                     "unet_eps (teacher.kind is file)")
-            return self
-        if self.path is not None:
-            raise ValueError(f"teacher.path: only used with teacher.kind file (teacher.kind is "
-                             f"{k}); set teacher.pretrained instead")
-        if self.pretrained is None:
-            raise ValueError(f"teacher.pretrained: required for teacher.kind {k} (a diffusers "
-                             "folder or hub id)")
-        if k == "zimage":
-            if self.prompts is None:
-                raise ValueError("teacher.prompts: required for teacher.kind zimage (a text "
-                                 "file, one prompt per line)")
-            if self.resolution is None:
-                raise ValueError("teacher.resolution: required for teacher.kind zimage "
-                                 "(image size in pixels, e.g. 1024)")
-        elif self.prompts is not None or self.resolution is not None:
-            raise ValueError("teacher.prompts / teacher.resolution: only used with teacher.kind "
-                             "zimage (a unet_eps teacher works on the data set's own shape)")
-        return self
 
 
 class StudentSpec(StrictModel):
@@ -347,24 +262,22 @@ class DistillConfig(StrictModel):
     def _data_known(cls, v: str) -> str:
         if v not in (*PROBLEMS, PROMPTS_DATA):
             raise ValueError(f"unknown data set; choose from {', '.join(PROBLEMS)} (or "
-                             f"{PROMPTS_DATA} with teacher.kind zimage)")
+                             f"{PROMPTS_DATA} with teacher.prompts)")
         return v
 
     @model_validator(mode="after")
     def _teacher_fits_data(self) -> DistillConfig:
-        text = self.teacher.kind == "zimage"
-        if text and self.data != PROMPTS_DATA:
-            raise ValueError(f"data: must be {PROMPTS_DATA!r} for teacher.kind zimage (latents "
-                             f"+ prompts from teacher.prompts), got {self.data!r}")
-        if not text and self.data == PROMPTS_DATA:
-            raise ValueError(f"data: {PROMPTS_DATA!r} needs teacher.kind zimage")
+        """Any teacher kind may take prompts; the kind's adapter says which data fit it."""
+        if self.data == PROMPTS_DATA and self.teacher.prompts is None:
+            raise ValueError(f"teacher.prompts: data {PROMPTS_DATA!r} needs a prompt file")
+        if self.data != PROMPTS_DATA and self.teacher.prompts is not None:
+            raise ValueError(f"data: must be {PROMPTS_DATA!r} when teacher.prompts is set, got "
+                             f"{self.data!r}")
         gan = getattr(self, "gan", None)
-        if text and isinstance(gan, GanSpec) and gan.real == "dataset":
-            raise ValueError("gan.real: 'dataset' is not available for teacher.kind zimage (a "
-                             "prompts run has no image data set); use gan.real=teacher")
-        if self.teacher.kind == "unet_eps" and self.data not in ("digits",):
-            raise ValueError(f"data: teacher.kind unet_eps needs an image data set (digits), "
-                             f"got {self.data!r}")
+        if self.data == PROMPTS_DATA and isinstance(gan, GanSpec) and gan.real == "dataset":
+            raise ValueError("gan.real: 'dataset' is not available with data: prompts (no "
+                             "image data set); use gan.real=teacher")
+        get_adapter(self.teacher.kind).check_data(self.teacher, self.data)
         return self
 
 

@@ -13,7 +13,7 @@ config.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from fewstep.denoiser import Denoiser
-from fewstep.diffusers_adapters.export import resolve_builder
 from fewstep.distill.config import DistillConfig, StudentSpec
 from fewstep.distill.student import Student, resolve_lora_targets
 from fewstep.errors import CheckpointError, ConfigError
 from fewstep.io import load_state_into, load_tensors, save_tensors
 from fewstep.lora import find_lora_targets
 from fewstep.schedules import student_sigmas
-from fewstep.teacher import denoiser_from_config
+from fewstep.teachers import rebuild_denoiser
 
 STUDENT_KIND = "student"
 
@@ -85,22 +84,17 @@ def save_student(path: str | Path, student: nn.Module, config: dict[str, Any]) -
     save_tensors(path, student.state_dict(), STUDENT_KIND, config)
 
 
-def like_denoiser(denoiser_cfg: dict[str, Any]) -> Denoiser:
-    """A randomly initialised network of the teacher's architecture (weights follow)."""
-    if "builder" in denoiser_cfg:  # a diffusers teacher (teacher.kind zimage / unet_eps)
-        target, kwargs = denoiser_cfg["builder"]
-        return resolve_builder(target)(**kwargs)
-    return denoiser_from_config(denoiser_cfg)
-
-
 def load_student(path: str | Path, device: str | torch.device = "cpu",
-                 like: Denoiser | None = None) -> tuple[Student, dict[str, Any]]:
+                 like: Denoiser | None = None, allow_builders: Sequence[str] = ()
+                 ) -> tuple[Student, dict[str, Any]]:
     """Rebuild a student written by :func:`save_student`; returns ``(student (eval), config)``.
 
-    ``like``: the loaded teacher to build on (skips building a random one first)."""
+    ``like``: the loaded teacher to build on (skips building a random one first);
+    ``allow_builders``: custom teacher builders the run's config names (``teacher.builder``),
+    the only ones a student file may make fewstep import."""
     tensors, config = load_tensors(path, kind=STUDENT_KIND)
     try:
-        base = like if like is not None else like_denoiser(config["denoiser"])
+        base = like if like is not None else rebuild_denoiser(config["denoiser"], allow_builders)
         st = student_from_spec(base, config["student"], torch.tensor(config["sigmas"]))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: student config is invalid ({e})") from None

@@ -63,7 +63,6 @@ from fewstep.distill.student_factory import (
     save_student,
     student_file_config,
 )
-from fewstep.distill.teacher_file import resolve_teacher
 from fewstep.distill.teachers import load_teacher
 from fewstep.errors import ConfigError, DivergenceError
 from fewstep.io import atomic_write_text
@@ -72,7 +71,7 @@ log = logging.getLogger(__name__)
 
 # re-exported for callers of the earlier single-module trainer (teachers / export / cli)
 __all__ = ["Trainer", "TrainingInterrupted", "float32_trainables", "load_student",
-           "resolve_teacher", "save_student"]
+           "save_student"]
 
 
 class TrainingInterrupted(Exception):

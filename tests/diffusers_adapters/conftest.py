@@ -9,7 +9,7 @@ from da_helpers import MAX_SEQ
 
 @pytest.fixture(scope="session")
 def tiny_pipe():
-    from fewstep.diffusers_adapters.zimage import build_tiny_zimage_pipeline
+    from fewstep.testing import build_tiny_zimage_pipeline
 
     return build_tiny_zimage_pipeline(seed=0)
 
@@ -25,7 +25,7 @@ def zden(tiny_pipe):
 
 @pytest.fixture(scope="session")
 def prompt_cond(tiny_pipe):
-    from fewstep.diffusers_adapters.zimage import PromptEmbeds
+    from fewstep.conditioning import PromptEmbeds
 
     with torch.no_grad():
         pos, _ = tiny_pipe.encode_prompt(["a red cat", "a photo of a big blue dog"],

@@ -26,8 +26,7 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Saved tiny teachers: a ZImagePipeline folder and a DDPM UNet folder, plus prompts."""
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from fewstep.diffusers_adapters.unet_eps import tiny_unet_config
-    from fewstep.diffusers_adapters.zimage import build_tiny_zimage_pipeline
+    from fewstep.testing import build_tiny_zimage_pipeline, tiny_unet_config
 
     root = tmp_path_factory.mktemp("real_teachers")
     build_tiny_zimage_pipeline(seed=0).save_pretrained(root / "zimage")
@@ -103,9 +102,9 @@ def zimage_run(stacks, tmp_path_factory):
 
 @pytest.mark.parametrize("components", ["copy", "reference"])
 def test_export_reload_same_images(zimage_run, tmp_path, components):
+    from fewstep.conditioning import PromptEmbeds
     from fewstep.diffusers_adapters.latents import decode
     from fewstep.diffusers_adapters.student_pipeline import StudentPipeline
-    from fewstep.diffusers_adapters.zimage import PromptEmbeds
     from fewstep.distill.export import export_run
 
     tr = zimage_run
@@ -205,7 +204,7 @@ def test_zimage_errors_name_the_field(stacks, tmp_path, overrides, message):
 
 
 @pytest.mark.parametrize(("data", "message"), [
-    ({"data": "digits"}, r"data: must be 'prompts' for teacher\.kind zimage"),
+    ({"data": "digits"}, r"data: must be 'prompts' when teacher\.prompts is set"),
     ({"gan": {"real": "dataset"}}, r"gan\.real: 'dataset' is not available"),
     ({"teacher": {"resolution": None}}, r"teacher\.resolution: required"),
     ({"teacher": {"pretrained": "not a hub id!"}}, r"teacher\.pretrained: .*hub id"),

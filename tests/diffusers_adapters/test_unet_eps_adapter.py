@@ -10,11 +10,11 @@ from fewstep.diffusers_adapters.unet_eps import (
     VPEpsilonDenoiser,
     flow_sigma_from_alpha_bar,
     timestep_from_alpha_bar,
-    tiny_unet_config,
     vp_alpha_bar,
     vp_input_scale,
 )
 from fewstep.path import FlowPath
+from fewstep.testing import tiny_unet_config
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 from da_helpers import MAX_SEQ, latents
 
-from fewstep.diffusers_adapters.zimage import (
-    PromptEmbeds,
-    ZImageDenoiser,
-    load_zimage_teacher,
-)
+from fewstep.conditioning import PromptEmbeds
+from fewstep.config import validate
+from fewstep.diffusers_adapters.zimage import ZImageDenoiser
+from fewstep.distill.config import DistillConfig
 from fewstep.guidance import w_from_zimage_scale
 from fewstep.samplers import euler_sample
+from fewstep.teachers import load_teacher
 
 
 def _raw_by_hand(transformer, x, sigma, feats):
@@ -132,9 +131,13 @@ def test_bf16_autocast_and_bf16_weights(zden, prompt_cond):
 
 @torch.no_grad()
 def test_from_pretrained_roundtrip(tiny_pipe, zden, prompt_cond, tmp_path):
+    """The one Z-Image loader (the registry's) gives the in-memory pipeline's denoiser."""
     tiny_pipe.save_pretrained(tmp_path / "tiny")
-    teacher = load_zimage_teacher(str(tmp_path / "tiny"), torch_dtype=torch.float32,
-                                  device="cpu", max_sequence_length=MAX_SEQ)
+    (tmp_path / "p.txt").write_text("a red cat\n")
+    cfg = validate(DistillConfig, {"data": "prompts", "teacher": {
+        "kind": "zimage", "pretrained": str(tmp_path / "tiny"), "prompts": str(tmp_path / "p.txt"),
+        "resolution": 32, "max_sequence_length": MAX_SEQ}, "cache": {"dir": str(tmp_path / "c")}})
+    teacher = load_teacher(cfg, "cpu")
     den = teacher.denoiser
     assert all(not p.requires_grad for p in den.parameters())
     torch.testing.assert_close(den.null_embeds, zden.null_embeds)
@@ -142,12 +145,7 @@ def test_from_pretrained_roundtrip(tiny_pipe, zden, prompt_cond, tmp_path):
     sigma = torch.tensor([0.9, 0.1])
     torch.testing.assert_close(den(x, sigma, prompt_cond), zden(x, sigma, prompt_cond))
     # the reloaded tokenizer + text encoder give the same prompt features
-    pos, _ = teacher.pipeline.encode_prompt(["a red cat"], device="cpu",
-                                            do_classifier_free_guidance=False,
-                                            max_sequence_length=MAX_SEQ)
-    torch.testing.assert_close(pos[0], prompt_cond.to_list()[0])
-    with pytest.raises(ValueError, match="remote code"):
-        load_zimage_teacher(str(tmp_path / "tiny"), trust_remote_code=True)
+    torch.testing.assert_close(teacher.problem.prompts.embedding(0), prompt_cond.to_list()[0])
 
 
 def test_prompt_embeds_container():

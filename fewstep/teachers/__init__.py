@@ -1,0 +1,63 @@
+"""Teachers: one registered adapter per ``teacher.kind`` (see docs/adapters.md).
+
+* :func:`load_teacher` -- ``(cfg, device) -> LoadedTeacher`` for any kind;
+* :func:`meta_teacher` -- the network on the ``meta`` device (``fewstep plan``);
+* :func:`rebuild_denoiser` -- a teacher-shaped denoiser from a saved teacher config (student
+  reload), honouring the custom builders the run's config allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from fewstep.diffusers_adapters.export import resolve_builder
+from fewstep.teacher import denoiser_from_config
+from fewstep.teachers import file as _file  # noqa: F401  (registers kind file)
+from fewstep.teachers import pipeline as _pipeline  # noqa: F401  (diffusers, zimage)
+from fewstep.teachers import unet_eps as _unet_eps  # noqa: F401  (unet_eps)
+from fewstep.teachers.base import (
+    LoadedTeacher,
+    MetaTeacher,
+    TeacherAdapter,
+    get_adapter,
+    register,
+    teacher_kinds,
+)
+from fewstep.teachers.custom import CustomTeacher, allow_builder, custom_denoiser
+from fewstep.teachers.spec import TeacherSpec
+
+if TYPE_CHECKING:
+    from fewstep.distill.config import DistillConfig
+
+
+def load_teacher(cfg: DistillConfig, device: torch.device | str) -> LoadedTeacher:
+    """The frozen teacher of ``cfg`` (any ``teacher.kind``)."""
+    return get_adapter(cfg.teacher.kind).load(cfg, torch.device(device))
+
+
+def meta_teacher(cfg: DistillConfig) -> MetaTeacher:
+    """The teacher network on ``meta`` from configs only."""
+    return get_adapter(cfg.teacher.kind).meta(cfg)
+
+
+def rebuild_denoiser(teacher_config: dict[str, Any], allow_builders: Sequence[str] = ()
+                     ) -> nn.Module:
+    """A randomly initialised denoiser of the saved teacher's architecture: its ``builder``
+    (diffusers / custom teachers) or the fewstep network config (``file``)."""
+    for b in allow_builders:
+        allow_builder(b)
+    if "builder" not in teacher_config:
+        return denoiser_from_config(teacher_config)
+    target, kwargs = teacher_config["builder"]
+    if target == "fewstep.teachers.custom:custom_denoiser":
+        return custom_denoiser(**kwargs)
+    return resolve_builder(target)(**kwargs)
+
+
+__all__ = ["CustomTeacher", "LoadedTeacher", "MetaTeacher", "TeacherAdapter", "TeacherSpec",
+           "allow_builder", "get_adapter", "load_teacher", "meta_teacher", "rebuild_denoiser",
+           "register", "teacher_kinds"]

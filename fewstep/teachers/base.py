@@ -1,0 +1,170 @@
+"""The teacher registry: one :class:`TeacherAdapter` per ``teacher.kind``.
+
+An adapter knows, for its kind, how to
+
+* ``check(spec)`` -- validate the ``teacher`` section (``ValueError`` naming the field);
+* ``check_data(spec, data)`` -- whether the run's ``data`` fits the teacher;
+* ``load(cfg, device)`` -- build a :class:`LoadedTeacher`: the frozen denoiser, the problem
+  (sample shape, conditioning), the teacher config (sampling defaults, ``builder`` that
+  rebuilds the architecture on reload), an identity, the pipeline and latent codec if any;
+* ``meta(cfg)`` -- the teacher network on the ``meta`` device from configs only (``plan``).
+
+Every place that used to switch on ``teacher.kind`` asks :func:`get_adapter` instead.
+Register a new kind with ``@register`` on a subclass with a ``kind`` class attribute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from fewstep.denoiser import Denoiser
+from fewstep.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only (the config module imports this package)
+    from fewstep.distill.config import DistillConfig
+    from fewstep.teachers.spec import TeacherSpec
+
+
+@dataclass
+class LoadedTeacher:
+    """A frozen teacher and what the trainer needs around it.
+
+    Attributes:
+        denoiser: ``D(x_sigma, sigma, cond) -> x0_hat`` (eval, ``requires_grad=False``).
+        config: JSON-able; ``kind``, ``builder`` (``[target, kwargs]`` rebuilding the network,
+            for non-file teachers), ``sampling`` (``steps``, ``shift``, ``cfg_scale``,
+            ``sigmas`` = the N + 1 teacher levels, ``noise_scale``).
+        identity: a string that changes with the weights (teacher-cache key, resume check).
+        problem: sample shape, conditioning sampler and map (``Problem`` / ``PromptProblem``).
+        pipeline: the diffusers pipeline (VAE, text encoder) or ``None``.
+        codec: a :class:`~fewstep.diffusers_adapters.latents.LatentCodec` or ``None`` (pixels).
+    """
+
+    denoiser: Denoiser
+    config: dict[str, Any]
+    identity: str
+    problem: Any
+    pipeline: Any = None
+    codec: Any = None
+
+    @property
+    def sigmas(self) -> Tensor:
+        """The teacher sampler's ``N + 1`` levels (last 0)."""
+        return torch.tensor(self.config["sampling"]["sigmas"], dtype=torch.float32)
+
+    def start(self, noise: Tensor) -> Tensor:
+        """The sampler's first input from standard noise: ``noise * sampling.noise_scale`` (1
+        unless the schedule starts below sigma = 1, e.g. a VP pipeline's own levels)."""
+        return noise * float(self.config["sampling"].get("noise_scale", 1.0))
+
+
+@dataclass
+class MetaTeacher:
+    """The teacher network on the ``meta`` device (no weights) for ``fewstep plan``."""
+
+    module: nn.Module
+    data_shape: tuple[int, ...]
+    num_classes: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class TeacherAdapter(ABC):
+    """One ``teacher.kind`` (see module docstring)."""
+
+    kind: ClassVar[str]
+    #: spec fields this kind reads (others must stay at their defaults)
+    fields: ClassVar[tuple[str, ...]] = ()
+
+    def check(self, spec: TeacherSpec) -> None:
+        """Validate the section; ``ValueError("teacher.<field>: reason")``."""
+        for name in ("path", "pretrained", "prompts", "resolution", "builder"):
+            if name not in self.fields and getattr(spec, name) is not None:
+                raise ValueError(f"teacher.{name}: not used with teacher.kind {self.kind}")
+
+    def check_data(self, spec: TeacherSpec, data: str) -> None:
+        """``ValueError`` if ``data`` cannot be this teacher's problem (default: any)."""
+        return None
+
+    @abstractmethod
+    def load(self, cfg: DistillConfig, device: torch.device) -> LoadedTeacher:
+        """Load and freeze the teacher."""
+
+    @abstractmethod
+    def meta(self, cfg: DistillConfig) -> MetaTeacher:
+        """The network on ``meta`` from configs only."""
+
+
+_REGISTRY: dict[str, TeacherAdapter] = {}
+
+
+def register(cls: type[TeacherAdapter]) -> type[TeacherAdapter]:
+    """Class decorator: make ``cls.kind`` a valid ``teacher.kind``."""
+    _REGISTRY[cls.kind] = cls()
+    return cls
+
+
+def get_adapter(kind: str) -> TeacherAdapter:
+    """The adapter of ``kind``; ``ConfigError`` naming ``teacher.kind`` if unknown."""
+    try:
+        return _REGISTRY[kind]
+    except KeyError:
+        raise ConfigError(f"teacher.kind: unknown kind {kind!r}; choose from "
+                          f"{', '.join(sorted(_REGISTRY))}") from None
+
+
+def teacher_kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# ---------------------------------------------------------------------------- shared helpers
+def torch_dtype(name: str) -> torch.dtype:
+    """``"bfloat16"`` -> ``torch.bfloat16`` (float32 | bfloat16 | float16)."""
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[name]
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
+    """``from_pretrained`` keyword for the dtype (newer diffusers renamed ``torch_dtype``)."""
+    try:
+        from diffusers.utils import deprecation_utils
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
+def weights_probe(module: nn.Module, h: Any, n: int = 4) -> None:
+    """Feed names and the first 1024 values of the first / last ``n`` parameters into ``h``."""
+    named = list(module.named_parameters())
+    for name, p in named[:n] + named[-n:]:
+        h.update(name.encode())
+        h.update(p.detach().flatten()[:1024].to("cpu", torch.float64).numpy().tobytes())
+
+
+def identity_of(info: dict[str, Any], module: nn.Module) -> str:
+    """sha256 of ``info`` (JSON) and a probe of ``module``'s weights."""
+    h = hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode())
+    weights_probe(module, h)
+    return h.hexdigest()
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def sampling_config(spec: TeacherSpec, sigmas: Tensor, shift: float, cfg_scale: float,
+                    noise_scale: float = 1.0) -> dict[str, Any]:
+    """The ``sampling`` block of a teacher config."""
+    return {"steps": spec.steps, "shift": float(shift), "cfg_scale": float(cfg_scale),
+            "sigmas": [float(s) for s in sigmas], "noise_scale": float(noise_scale)}
+
+
+__all__ = ["LoadedTeacher", "MetaTeacher", "TeacherAdapter", "dtype_kwargs", "first_line",
+           "get_adapter", "identity_of", "register", "sampling_config", "teacher_kinds",
+           "torch_dtype", "weights_probe"]
