@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         args_run = ["--config", str(root / "run.yaml"), "--out", str(run), "--quiet"]
         first = True
         ckpts = run / "checkpoints"
+        n_first = kinds.count("before_first_checkpoint")
+        first_targets = sorted(rng.sample(range(1, args.ckpt_every), n_first))
         for i, kind in enumerate(kinds):
             proc = start_distill(args_run if first else [*args_run, "--resume"], log,
                                  SLOW_FSYNC)
@@ -146,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                 d = shard_dir(run_cache)
                 ev["temp_files"] = [p.name for p in temp_files(d)] if d else []
             elif kind == "before_first_checkpoint":
-                target = rng.randint(1, args.ckpt_every - 1)
+                # increasing targets: the log a previous kill left holds fewer steps, so the
+                # kill comes after *this* process has emptied it and logged the target again
+                target = first_targets.pop(0)
                 wait_for(proc, lambda t=target: max_logged_step(run) >= t, f"step {target}",
                          log)
                 ev["target_step"] = target
