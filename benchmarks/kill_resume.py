@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                                  SLOW_FSYNC)
             first = False
             before = max_logged_step(run)
+            stale = set(temp_files(ckpts))
             ev: dict[str, Any] = {"kill": i + 1, "kind": kind}
             if kind == "cache":
                 # the first cache kill lands in whatever write comes first (fingerprint.json),
@@ -154,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for(proc, lambda t=target: max_logged_step(run) >= t, f"step {target}",
                          log)
                 ev["target_step"] = target
-            elif kind == "checkpoint":
-                wait_for(proc, lambda: bool(temp_files(ckpts)), "a checkpoint write", log)
-                ev["temp_files"] = [p.name for p in temp_files(ckpts)]
+            elif kind == "checkpoint":  # a temp file of *this* process (not a torn old one)
+                wait_for(proc, lambda stale=stale: bool(set(temp_files(ckpts)) - stale),
+                         "a checkpoint write", log)
+                ev["temp_files"] = [p.name for p in set(temp_files(ckpts)) - stale]
             else:
                 done = list_checkpoints(ckpts)
                 last = int(done[-1].name[5:13]) if done else 0
@@ -168,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             kill(proc)
             ev["checkpoints_after_kill"] = [p.name for p in list_checkpoints(ckpts)]
             ev["max_logged_step"] = max_logged_step(run)
-            if kind in ("cache", "checkpoint"):
-                d = shard_dir(run_cache) if kind == "cache" else ckpts
+            if kind == "cache":
+                d = shard_dir(run_cache)
                 ev["landed_in_write"] = bool(d and temp_files(d))
+            elif kind == "checkpoint":
+                ev["landed_in_write"] = bool(set(temp_files(ckpts)) - stale)
             ev["consistent"], why = consistent(ref, run)
             if why:
                 ev["inconsistency"] = why

@@ -57,19 +57,21 @@ def test_sigkill_and_sigterm_resume_is_bit_identical(rel_teacher_path: Path,
         return start_distill([*args, "--resume"] if resume else args, log, SLOW_FSYNC)
 
     # 1. twice before the first checkpoint: the resumed run starts clean, the log too
-    for i in range(2):
+    # (increasing targets: a kill waits for *this* process to log past the previous one's log)
+    for i, target in enumerate(sorted(rng.sample(range(1, CKPT_EVERY), 2))):
         proc = start(resume=i > 0)
-        target = rng.randint(1, CKPT_EVERY - 1)
         wait_for(proc, lambda t=target: max_logged_step(run) >= t, f"step {target}", log)
         kill(proc)
         assert not list_checkpoints(ckpts)
     # 2. inside a checkpoint write: the torn temp file is ignored, the previous one used
+    stale = set(temp_files(ckpts))
     proc = start()
-    wait_for(proc, lambda: bool(temp_files(ckpts)), "a checkpoint write", log)
+    wait_for(proc, lambda: bool(set(temp_files(ckpts)) - stale), "a checkpoint write", log)
     kill(proc)
     # 3. SIGTERM (early, with many steps left): checkpoint at the next step boundary, exit 143
+    # (past what the log holds now: then this process is in its loop, its handlers installed)
     proc = start()
-    seen = max((int(p.name[5:13]) for p in list_checkpoints(ckpts)), default=0)
+    seen = max_logged_step(run)
     wait_for(proc, lambda: max_logged_step(run) > seen, f"a step past {seen}", log)
     proc.send_signal(signal.SIGTERM)
     assert finish(proc, log) == 143, log.read_text()
@@ -79,10 +81,11 @@ def test_sigkill_and_sigterm_resume_is_bit_identical(rel_teacher_path: Path,
     for _ in range(2):
         done = list_checkpoints(ckpts)
         last = int(done[-1].name[5:13]) if done else 0
-        if last >= ITERATIONS - 1:
+        lo = max(last, max_logged_step(run)) + 1  # past the log a previous process left
+        if lo > ITERATIONS - 1:
             break
         proc = start()
-        target = rng.randint(last + 1, min(last + 2 * CKPT_EVERY, ITERATIONS - 1))
+        target = rng.randint(lo, min(lo + 2 * CKPT_EVERY, ITERATIONS - 1))
         wait_for(proc, lambda t=target: max_logged_step(run) >= t, f"step {target}", log)
         kill(proc)
 
