@@ -19,7 +19,7 @@ import torch
 from fewstep.assets import teacher_path
 from fewstep.config import apply_overrides, load_yaml, validate
 from fewstep.data.problem import get_problem
-from fewstep.distill.config import DEFAULT_METHOD, METHOD_CONFIGS, DistillConfig
+from fewstep.distill.config import DistillConfig, drop_foreign_sections
 from fewstep.distill.trainer import Trainer
 from fewstep.evaluation import evaluate_samplers
 from fewstep.presets import preset_path
@@ -49,19 +49,11 @@ def extra_overrides(args: argparse.Namespace) -> list[str]:
     return extra + list(args.set)
 
 
-def own_sections(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` without the sections that only *other* methods read (a row starts from a
-    Turbo++ preset and switches ``method``; its ``step1`` / ``turbo`` / ... sections go)."""
-    own = METHOD_CONFIGS[data.get("method", DEFAULT_METHOD)].model_fields
-    others = {s for c in METHOD_CONFIGS.values() for s in c.sections()}
-    return {k: v for k, v in data.items() if k in own or k not in others}
-
-
 def run_one(base: dict[str, Any], overrides: list[str], run_dir: Path,
             num_samples: int = 2000) -> dict[str, Any]:
     """Train one student and evaluate it at its own step count from the eval noise."""
     data = apply_overrides(base, [o for o in overrides if o.startswith("method=")])
-    data = apply_overrides(own_sections(data), [o for o in overrides
+    data = apply_overrides(drop_foreign_sections(data), [o for o in overrides
                                                 if not o.startswith("method=")])
     cfg = validate(DistillConfig, data, "benchmark config")
     torch.manual_seed(cfg.train.seed)

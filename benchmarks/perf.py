@@ -401,20 +401,19 @@ def lora_memory(teacher_path: Path, rank: int = 16) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- Turbo++
 class ReferenceTrainer(Trainer):
     """The Turbo++ iteration as it was before the optimisations, for before/after timings:
-    per-parameter finite checks on every gradient, a per-tensor EMA loop, for-loop AdamW and
-    real / fake through the discriminator in two passes."""
+    a per-tensor EMA loop, for-loop AdamW and real / fake through the discriminator in two
+    passes (the finite check is the current one)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        t = self.cfg.train
-        self.opt_g = torch.optim.AdamW(
+        t, o = self.cfg.train, self.optim
+        o.g = torch.optim.AdamW(
             [p for p in self.student.parameters() if p.requires_grad], lr=t.lr, betas=t.betas,
             weight_decay=t.weight_decay, foreach=False)
-        groups = self.method.aux_parameter_groups()
-        self.opt_aux = torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, foreach=False)
+        o.aux = torch.optim.AdamW(o.schedule.aux_groups, lr=t.lr, betas=t.betas, foreach=False)
         lam = torch.optim.lr_scheduler.LambdaLR  # the demo has no LR warm-up
-        self.sched_g = lam(self.opt_g, lambda i: 1.0)
-        self.sched_aux = lam(self.opt_aux, lambda i: 1.0)
+        o.sched_g = lam(o.g, lambda i: 1.0)
+        o.sched_aux = lam(o.aux, lambda i: 1.0)
         adv = getattr(self.method, "adversary", None)
         if adv is not None:  # real and fake through the discriminator in two passes
             def two_pass(real: Tensor, real_cond: Any, fake: Tensor, fake_cond: Any,
@@ -426,10 +425,6 @@ class ReferenceTrainer(Trainer):
                 return d_loss(lr, lf, adv.kind), {"d_real": lr.mean().detach(),
                                                   "d_fake": lf.mean().detach()}
             adv.discriminator_loss = two_pass
-
-    def _check_finite(self, logs: dict[str, Tensor], params: Iterator[nn.Parameter], phase: str,
-                      total_norm: Tensor | None = None) -> None:
-        super()._check_finite(logs, params, phase, None)
 
     @torch.no_grad()
     def _update_ema(self) -> None:

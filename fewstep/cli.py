@@ -30,7 +30,8 @@ from fewstep.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, error_exit
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill diffusion / flow-matching generators into few-step generators.")
 teacher_app = typer.Typer(no_args_is_help=True, help="Train the embedded teachers.")
-classifier_app = typer.Typer(no_args_is_help=True, help="Train the digits feature network.")
+classifier_app = typer.Typer(no_args_is_help=True,
+                             help="Train a feature network (digits, or your own labels).")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(classifier_app, name="classifier")
 
@@ -76,19 +77,47 @@ def user_errors(fn: F) -> F:
 Overrides = Annotated[list[str] | None, typer.Argument(help="dotted.key=value overrides")]
 
 
+def data_option(value: str | None) -> Any:
+    """``--data``: a name / path, or a YAML mapping ``{path: ..., resolution: 16, ...}``."""
+    if value is None or not value.strip().startswith("{"):
+        return value
+    from fewstep.config import parse_override
+
+    return parse_override(f"data={value}")[1]
+
+
 @teacher_app.command("train")
 @user_errors
 def teacher_train(
     out: Annotated[Path, typer.Option(help="where to write the teacher (.safetensors)")],
     config: Annotated[Path | None, typer.Option(help="YAML TeacherConfig")] = None,
     overrides: Overrides = None,
+    data: Annotated[str | None, typer.Option(
+        help="built-in name or your own images (folder, .npy / .npz / .safetensors, saved "
+             "datasets folder); without --config the preset is chosen by image size")] = None,
+    minutes: Annotated[float | None, typer.Option(min=0.01, help="time budget (minutes)")
+                       ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Train a flow-matching teacher on an embedded data set and save its EMA weights."""
-    from fewstep.config import load_config
-    from fewstep.teacher import TeacherConfig, train_teacher
+    """Train a flow-matching teacher and save its EMA weights (with sample grids for your own
+    images in <out stem>_samples/)."""
+    from fewstep.config import load_config, validate
+    from fewstep.data.problem import get_problem
+    from fewstep.presets import preset_path
+    from fewstep.teacher import TeacherConfig, teacher_preset_for, train_teacher
 
-    cfg = load_config(TeacherConfig, config, overrides)
+    extra = list(overrides or [])
+    if data is not None:
+        extra.insert(0, f"data={json.dumps(data_option(data))}")
+    if minutes is not None:
+        extra.append(f"minutes={minutes}")
+    if config is None and data is not None:
+        problem = get_problem(validate(TeacherConfig, {"data": data_option(data)}, "--data").data)
+        config = preset_path(teacher_preset_for(tuple(problem.data_shape)))
+        if not quiet:
+            typer.echo(f"{problem.image_data().summary() if problem.is_user_data else data}; "
+                       f"preset {config.stem}", err=True)
+    cfg = load_config(TeacherConfig, config, extra)
     validation.check_teacher_train(out, cfg.device)
     _, info = train_teacher(cfg, out, progress=not quiet)
     typer.echo(json.dumps({"out": str(out), **info}))
@@ -97,15 +126,34 @@ def teacher_train(
 @classifier_app.command("train")
 @user_errors
 def classifier_train(
-    out: Annotated[Path, typer.Option(help="output .safetensors")] = Path(
-        "fewstep/assets/digits_classifier.safetensors"),
+    out: Annotated[Path | None, typer.Option(
+        help="output .safetensors (default without --data: the shipped digits asset)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    data: Annotated[str | None, typer.Option(
+        help="your own labelled images: train a feature network / class judge on them "
+             "(use it with fewstep eval --features classifier:FILE)")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="training steps (with --data)")] = 1500,
 ) -> None:
-    """Train the digits feature network (FID / PRDC / class accuracy) on the train split."""
-    from fewstep.metrics.classifier import train_and_save_classifier
+    """Train the digits feature network, or (--data) a classifier on your own labels, used for
+    Fréchet distance / PRDC / class accuracy."""
+    from fewstep.metrics.classifier import DEFAULT_ASSET, train_and_save_classifier
 
-    validation.check_classifier_train(out, seed)
-    typer.echo(json.dumps(train_and_save_classifier(out, seed=seed), default=str))
+    if out is not None:
+        validation.check_classifier_train(out, seed)
+    else:
+        validation.seed(seed)
+    if data is None:
+        typer.echo(json.dumps(train_and_save_classifier(out or DEFAULT_ASSET, seed=seed),
+                              default=str))
+        return
+    from fewstep.errors import ConfigError
+    from fewstep.metrics.image_classifier import save_image_classifier, train_image_classifier
+
+    if out is None:
+        raise ConfigError("--out: required with --data (where to write the classifier)")
+    model, record = train_image_classifier(data_option(data), steps=steps, seed=seed)
+    save_image_classifier(model, out, record)
+    typer.echo(json.dumps({"out": str(out), **record}))
 
 
 def _load_models(teacher: Path | None, student: Path | None, data: str | None, device: str):
@@ -113,6 +161,7 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
     from fewstep.data.problem import get_problem
     from fewstep.distill.student_factory import load_student
     from fewstep.errors import CheckpointError, ConfigError
+    from fewstep.io import read_metadata
     from fewstep.teacher import load_denoiser
 
     st, scfg = (None, None)
@@ -121,10 +170,14 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
             st, scfg = load_student(student, device)
         except CheckpointError as e:
             raise CheckpointError(f"--student: {e}") from None
+    if data is None and scfg:
+        data = scfg["data"]
+    if data is None and teacher is not None:  # a teacher trained on your own images
+        data = json.loads(read_metadata(teacher).get("config", "{}")).get("data")
     if data is None:
-        data = scfg["data"] if scfg else "digits"
+        data = "digits"
     try:
-        problem = get_problem(data)
+        problem = get_problem(data_option(data))
     except ValueError as e:
         raise ConfigError(f"--data: {e}") from None
     shape, ncls = tuple(problem.data_shape), problem.num_classes
@@ -141,7 +194,9 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
     return problem, den, samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), st
 
 
-DataOpt = Annotated[str | None, typer.Option(help="digits | 8gaussians | checkerboard | moons")]
+DataOpt = Annotated[str | None, typer.Option(
+    help="digits | 8gaussians | checkerboard | moons, or a path to your own images (default: "
+         "the student's / teacher's data)")]
 Samplers = Annotated[str, typer.Option(help="comma-separated: teacher_<N>, student_<K>")]
 
 
@@ -211,11 +266,14 @@ def export_cmd(
     run: Annotated[Path, typer.Option(help="a finished distill run folder")],
     out: Annotated[Path, typer.Option(help="output folder (exported student)")],
     components: Annotated[str, typer.Option(
-        help="Z-Image: copy the VAE / text encoder / tokenizer into the folder, or reference "
-             "the teacher's pretrained folder / hub id")] = "copy",
+        help="auto | reference | full: a LoRA student references its base (the teacher's "
+             "pretrained folder / hub id) unless 'full' copies the whole pipeline; decoupled / "
+             "shared students are always complete pipelines (auto: reference for LoRA)")
+    ] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
 ) -> None:
-    """Export a run's EMA student as a folder (both steps; see docs/real_teachers.md)."""
+    """Export a run's EMA student as a folder (all steps; diffusers teachers: a folder plain
+    diffusers loads, with a model card and loading snippet; see docs/export.md)."""
     from fewstep.distill.export import export_run
 
     validation.check_export(run, out, components, device)
@@ -234,15 +292,21 @@ def eval_cmd(
     num: Annotated[int, typer.Option(min=10, help="samples per sampler")] = 2000,
     seed: Annotated[int, typer.Option(help="noise seed")] = 1234,
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    features: Annotated[str, typer.Option(
+        help="feature space of fd / PRDC: auto (digits: digits_classifier; your images: "
+             "pixels) | pixels | digits_classifier | classifier:FILE | builder:pkg.mod:fn")
+                        ] = "auto",
 ) -> None:
-    """Metrics JSON per sampler vs. held-out data and vs. the 8-step teacher (same noise)."""
+    """Metrics JSON per sampler vs. held-out data and vs. the 8-step teacher (same noise); each
+    entry names the feature_space it was scored in."""
     from fewstep.evaluation import evaluate_samplers, parse_sampler
     from fewstep.io import atomic_write_text
 
     validation.check_eval(out, samplers, teacher, student, data, num, seed, device)
     names = [parse_sampler(s).name for s in samplers.split(",")]
     problem, den, w, shift, st = _load_models(teacher, student, data, device)
-    metrics, _ = evaluate_samplers(problem, names, den, w, shift, st, num, seed, device=device)
+    metrics, _ = evaluate_samplers(problem, names, den, w, shift, st, num, seed, device=device,
+                                   features=features)
     text = json.dumps(metrics, indent=2)
     if out is not None:
         atomic_write_text(out, text)
@@ -301,13 +365,29 @@ def _config_path(config: Path | None, preset: str | None) -> Path | None:
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo_out"),
     overrides: Overrides = None,
+    data: Annotated[str | None, typer.Option(
+        help="your own images (folder, .npy / .npz / .safetensors, saved datasets folder): "
+             "train a teacher, distill, evaluate and report on them")] = None,
+    minutes: Annotated[float, typer.Option(min=0.5, help="time budget with --data (minutes)")
+                       ] = 15.0,
+    teacher: Annotated[Path | None, typer.Option(
+        help="with --data: use this teacher file instead of training one")] = None,
+    features: Annotated[str, typer.Option(
+        help="with --data: auto | pixels | classifier:FILE | builder:pkg.mod:fn")] = "auto",
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Distill the shipped digits teacher into a 2-step student (Turbo++) and report."""
-    from fewstep.demo import run_demo
+    """Distill the shipped digits teacher into a 2-step student (Turbo++) and report; with
+    --data, the whole pipeline on your own images."""
+    from fewstep.demo import run_demo, run_image_demo
 
     validation.check_run_out(out)
-    run_demo(out, overrides, progress=not quiet)
+    if data is None:
+        if teacher is not None:
+            raise typer.BadParameter("--teacher needs --data")
+        run_demo(out, overrides, progress=not quiet)
+        return
+    run_image_demo(data_option(data), out, minutes, teacher, overrides, progress=not quiet,
+                   features=features)
 
 
 @app.command("plan")

@@ -11,6 +11,13 @@ samples from an *independent* noise draw (so ``teacher_8``'s own value is the tw
 ``mse_vs_teacher``: mean squared distance to the teacher's sample from the same noise; ``nfe``
 and ``seconds_per_image``. 2-D toys report ``swd``, ``mode_coverage``, ``quality`` and
 ``swd_vs_teacher`` instead of the image metrics.
+
+Your own images (and any ``features`` other than the digits classifier) report ``fd`` (Fréchet
+distance in the chosen feature space, default raw pixels), ``swd`` (sliced Wasserstein in
+pixel space), ``precision`` / ``recall`` / ``density`` / ``coverage`` (same feature space),
+``fd_vs_teacher``, and ``class_accuracy`` only when the feature space has a classifier for the
+data's classes (see :mod:`fewstep.metrics.features`). Every sampler's entry records the
+``feature_space`` it was scored in.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from fewstep.data.problem import Problem
 from fewstep.denoiser import Denoiser
 from fewstep.distill.student import Student
 from fewstep.errors import ConfigError
+from fewstep.metrics.features import DIGITS_FEATURES, FeatureSpace, resolve_feature_space
 from fewstep.samplers import euler_sample
 from fewstep.schedules import teacher_sigmas
 
@@ -99,12 +107,24 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
                       teacher_w: float = 1.0, teacher_shift: float = 1.0,
                       student: Student | None = None, num_samples: int = 2000,
                       seed: int = 1234, classifier: torch.nn.Module | None = None,
-                      device: torch.device | str = "cpu") -> tuple[dict[str, dict[str, float]],
-                                                                   dict[str, Tensor]]:
-    """Metrics (see module docstring) and samples for each named sampler, from the same noise."""
-    from fewstep.metrics.evaluate import evaluate_digits, evaluate_toy
+                      device: torch.device | str = "cpu", features: str | FeatureSpace = "auto"
+                      ) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor]]:
+    """Metrics (see module docstring) and samples for each named sampler, from the same noise.
+
+    ``features``: the feature space of the image metrics (``auto``, ``pixels``,
+    ``digits_classifier``, ``classifier:FILE``, ``builder:pkg.mod:fn``; see
+    :func:`fewstep.metrics.features.resolve_feature_space`); a given ``classifier`` overrides
+    it (the legacy digits path)."""
+    from fewstep.metrics.evaluate import evaluate_digits, evaluate_images, evaluate_toy
     from fewstep.metrics.fid import extract_features, frechet_distance
     from fewstep.metrics.toy import sliced_wasserstein
+
+    fs = features if isinstance(features, FeatureSpace) else \
+        resolve_feature_space(problem, features, device)
+    if classifier is not None:
+        fs = FeatureSpace(DIGITS_FEATURES, classifier, classifier)
+    # the digits classifier on data with its classes: the original digits metrics ("fid")
+    legacy = fs.name == DIGITS_FEATURES and fs.classifier is not None and not problem.is_toy
 
     specs = [parse_sampler(s) for s in samplers]
     noise, cond = eval_noise(problem, num_samples, seed, device)
@@ -116,12 +136,11 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
     teacher_ref, _, _ = run_sampler(t8, noise_b, cond_b, teacher, teacher_w, teacher_shift)
     same = run_sampler(t8, noise, cond, teacher, teacher_w, teacher_shift)
     teacher_same = same[0]
-    if not problem.is_toy:
-        if classifier is None:
-            from fewstep.metrics.classifier import load_default_classifier
-
-            classifier = load_default_classifier(device)
+    if legacy:
+        classifier = fs.net
         f_teacher = extract_features(classifier, teacher_ref)
+    elif not problem.is_toy:
+        f_teacher = fs.features(teacher_ref)
     results: dict[str, dict[str, float]] = {}
     samples: dict[str, Tensor] = {}
     for spec in specs:
@@ -135,11 +154,15 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
             m = evaluate_toy(x, ref, problem.name)
             m["swd_vs_teacher"] = sliced_wasserstein(
                 x, teacher_ref, 256, 2.0, torch.Generator().manual_seed(0))
-        else:
+        elif legacy:
             m = evaluate_digits(x, cond, ref, classifier)
             m["fid_vs_teacher"] = frechet_distance(f_teacher, extract_features(classifier, x))
+        else:
+            m = evaluate_images(x, cond, ref, fs)
+            m["fd_vs_teacher"] = frechet_distance(f_teacher, fs.features(x))
         m["mse_vs_teacher"] = float((x - teacher_same).pow(2).mean())
         m["nfe"] = nfe
         m["seconds_per_image"] = secs
         results[spec.name] = {k: float(v) for k, v in m.items()}
+        results[spec.name]["feature_space"] = fs.name  # type: ignore[assignment]
     return results, samples

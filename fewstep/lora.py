@@ -1,22 +1,39 @@
-"""Per-step LoRA: one shared frozen base, one peft LoRA adapter per student step.
+"""Per-step LoRA: one shared frozen base, one LoRA adapter per student step.
 
 Works on any ``nn.Module`` with ``nn.Linear`` layers (a plain MLP, a diffusers transformer, a
-fewstep :class:`~fewstep.Denoiser` wrapping either). Adapters are named ``step0``, ``step1``,
-...; ``lora_B`` starts at zero, so every step starts equal to the base model.
+fewstep :class:`~fewstep.Denoiser` wrapping either). Every targeted ``nn.Linear`` is replaced
+in place by a :class:`StepLoRALinear` holding the original layer as ``base_layer`` and one
+``(lora_A, lora_B)`` pair per step, named ``step0``, ``step1``, ... (the parameter names follow
+peft: ``<layer>.base_layer.weight``, ``<layer>.lora_A.step0.weight``). ``lora_A`` is
+Kaiming-uniform, ``lora_B`` starts at zero, so every step starts equal to the base model:
+
+    y = base_layer(x) + (alpha / rank) * lora_B_k(lora_A_k(dropout(x)))   (step k active)
+    y = base_layer(x)                                                      (no step active)
+
+computed exactly as peft computes it (the same operations in the same order and dtypes), so
+adapters exported in the diffusers / peft format reproduce the student bit for bit.
 
 Usage::
 
-    lora = PerStepLoRA(teacher_copy, num_steps=2, rank=8, target_modules=ZIMAGE_LORA_TARGETS)
+    lora = PerStepLoRA(base, num_steps=2, rank=8, target_modules=ZIMAGE_LORA_TARGETS)
     x0_1 = lora.step_forward(0, x1, s1, c)          # or: with lora.use_step(0): base(...)
     x2 = transition(...)                              # no detach: end-to-end
     x0_2 = lora.step_forward(1, x2, s2, c)
     loss(x0_2).backward()                             # grads reach step1 AND step0 adapters
 
-Why not ``peft``'s ``set_adapter`` alone: it sets ``requires_grad=False`` on inactive adapters,
-and autograd silently skips accumulating into a leaf whose ``requires_grad`` is False at
-*backward* time, so step 0 would get no gradient from a loss computed after switching to
-step 1. :class:`PerStepLoRA` switches the active adapter and then restores every adapter's
-``requires_grad`` to the state it tracks (all trainable by default; see :meth:`set_trainable`).
+Switching steps is O(1): every LoRA layer reads the active step from one shared cell, so a
+switch never walks the layers and never touches ``requires_grad`` (a leaf whose
+``requires_grad`` is False at *backward* time silently gets no gradient, which is why peft's
+``set_adapter`` cannot be used to switch inside one graph).
+
+Fast inference: under ``torch.inference_mode()``, with float32 base weights and no autocast,
+each layer uses a cached merged weight ``W + (alpha / rank) B_k A_k`` (one matmul, the cost of
+the base) while the cached copies fit :attr:`PerStepLoRA.merge_budget_bytes`; the cache is
+rebuilt when any of the three tensors changes. The result equals the unmerged computation up to
+float32 rounding (~1e-7 relative; more after an ill-conditioned output conversion such as an
+epsilon network's ``/ (1 - sigma)`` near sigma = 1). Everywhere else (training,
+``torch.no_grad``, other dtypes) the layers compute exactly what peft computes, so a student
+sampled under ``no_grad`` matches its diffusers export bit for bit.
 
 Gradient checkpointing recomputes forwards during backward, when another adapter may be
 active; use :meth:`PerStepLoRA.checkpoint_fn` as the checkpointing function (diffusers:
@@ -31,14 +48,15 @@ with ``"re:"`` is a regular expression that must match the full name. ``None`` t
 
 from __future__ import annotations
 
+import math
 import re
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -74,25 +92,137 @@ def _step_name(k: int) -> str:
     return f"step{k}"
 
 
+class _StepCell:
+    """The state every :class:`StepLoRALinear` of one :class:`PerStepLoRA` reads: the active
+    step (``None``: base only) and whether merged inference weights may be used."""
+
+    __slots__ = ("merge", "step")
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.merge = True
+
+
+class _MergeCache(dict):
+    """Merged inference weights per step; copies of a layer start with an empty cache."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _MergeCache:
+        return _MergeCache()
+
+
+class StepLoRALinear(nn.Module):
+    """``base_layer`` (an ``nn.Linear``, kept as is) plus one LoRA pair per step.
+
+    ``lora_A[f"step{k}"]``: ``nn.Linear(in, rank, bias=False)``; ``lora_B[...]``:
+    ``nn.Linear(rank, out, bias=False)``, zero at init. The active step is read from a cell
+    shared by all layers of the owning :class:`PerStepLoRA` (see the module docstring).
+    """
+
+    def __init__(self, base_layer: nn.Linear, num_steps: int, rank: int, alpha: float,
+                 dropout: float, cell: _StepCell) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        w = base_layer.weight
+        dt = w.dtype if w.dtype.is_floating_point else torch.float32
+        fin, fout = base_layer.in_features, base_layer.out_features
+        self.lora_A = nn.ModuleDict({_step_name(k): nn.Linear(fin, rank, bias=False,
+                                                              device=w.device, dtype=dt)
+                                     for k in range(num_steps)})
+        self.lora_B = nn.ModuleDict({_step_name(k): nn.Linear(rank, fout, bias=False,
+                                                              device=w.device, dtype=dt)
+                                     for k in range(num_steps)})
+        with torch.no_grad():
+            for k in range(num_steps):
+                nn.init.kaiming_uniform_(self.lora_A[_step_name(k)].weight, a=math.sqrt(5))
+                nn.init.zeros_(self.lora_B[_step_name(k)].weight)
+        self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = alpha / rank
+        self.cell = cell
+        self._merged: dict[int, tuple[tuple[Any, ...], Tensor]] = _MergeCache()
+
+    # what callers of the replaced nn.Linear may read
+    @property
+    def weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    def _can_merge(self, x: Tensor, a: Tensor, b: Tensor) -> bool:
+        w = self.base_layer.weight
+        return (self.cell.merge and torch.is_inference_mode_enabled()
+                and w.dtype == a.dtype == b.dtype == x.dtype == torch.float32
+                and not torch.is_autocast_enabled(x.device.type)
+                and (not self.training or isinstance(self.lora_dropout, nn.Identity)))
+
+    def merged_weight(self, k: int) -> Tensor:
+        """``W + scaling * B_k A_k`` (cached until one of the three tensors changes)."""
+        w = self.base_layer.weight
+        a, b = self.lora_A[_step_name(k)].weight, self.lora_B[_step_name(k)].weight
+        key = (w.data_ptr(), a.data_ptr(), b.data_ptr(), _version(w), _version(a), _version(b))
+        hit = self._merged.get(k)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.no_grad():
+            merged = torch.addmm(w, b, a, alpha=self.scaling)
+        self._merged[k] = (key, merged)
+        return merged
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = self.cell.step
+        if k is None:
+            return self.base_layer(x)
+        name = _step_name(k)
+        lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+        if self._can_merge(x, lora_a.weight, lora_b.weight):
+            return F.linear(x, self.merged_weight(k), self.base_layer.bias)
+        result = self.base_layer(x)
+        dtype = result.dtype
+        if x.dtype != lora_a.weight.dtype:
+            x = x.to(lora_a.weight.dtype)
+        result = result + lora_b(lora_a(self.lora_dropout(x))) * self.scaling
+        return result.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"steps={len(self.lora_A)}, scaling={self.scaling:g}"
+
+
+def _version(t: Tensor) -> int:
+    try:
+        return int(t._version)
+    except RuntimeError:  # inference tensors have no version counter (and cannot change)
+        return -1
+
+
 class PerStepLoRA(nn.Module):
-    """A frozen ``base`` with ``num_steps`` LoRA adapters ``step0 .. step{K-1}`` (peft).
+    """A frozen ``base`` with ``num_steps`` LoRA adapters ``step0 .. step{K-1}``.
 
     Args:
-        base: the module to adapt in place (its own parameters are frozen).
+        base: the module to adapt in place (its targeted ``nn.Linear`` layers are replaced by
+            :class:`StepLoRALinear`; its own parameters are frozen and stay the same tensors,
+            so a base whose weights are shared with a teacher stays shared).
         num_steps: K, the number of student steps.
         rank, alpha, dropout: LoRA hyper-parameters (scale ``alpha / rank``).
         target_modules: name patterns (see module docstring); ``None``: all ``nn.Linear``.
-        init_lora_weights: forwarded to peft (``True``: ``lora_B = 0``).
+        merge_budget_bytes: merged inference weights are used while the K merged copies of
+            the targeted weights take at most this many bytes (module docstring).
 
     ``forward(k, *args, **kwargs)`` = :meth:`step_forward`.
     """
 
     def __init__(self, base: nn.Module, num_steps: int, rank: int = 8, alpha: float | None = None,
                  dropout: float = 0.0, target_modules: Sequence[str] | None = None,
-                 init_lora_weights: bool | str = True) -> None:
+                 merge_budget_bytes: int = 512 * 2**20) -> None:
         super().__init__()
-        from peft import LoraConfig, inject_adapter_in_model
-
         if num_steps < 1:
             raise ValueError("num_steps must be >= 1")
         if rank < 1:
@@ -105,69 +235,75 @@ class PerStepLoRA(nn.Module):
         self.target_patterns = None if target_modules is None else list(target_modules)
         for p in base.parameters():
             p.requires_grad_(False)
-        regex = "^(" + "|".join(re.escape(n) for n in self.targets) + ")$"
-        for k in range(num_steps):
-            cfg = LoraConfig(r=rank, lora_alpha=self.alpha, lora_dropout=dropout,
-                             target_modules=regex, init_lora_weights=init_lora_weights)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*peft_config.*")
-                base = inject_adapter_in_model(cfg, base, adapter_name=_step_name(k))
+        self.cell = _StepCell()
+        for name in self.targets:
+            parent_name, _, attr = name.rpartition(".")
+            parent = base.get_submodule(parent_name) if parent_name else base
+            lin = getattr(parent, attr)
+            setattr(parent, attr, StepLoRALinear(lin, num_steps, rank, self.alpha, dropout,
+                                                 self.cell))
         self.base = base
         self._trainable = [True] * num_steps
-        self._active: int | None = None
-        self._select(None)
+        # per-step (name, parameter) lists, built once: no walk over the model afterwards
+        self._step_params: list[list[tuple[str, nn.Parameter]]] = [[] for _ in range(num_steps)]
+        for name in self.targets:
+            layer = base.get_submodule(name)
+            for k in range(num_steps):
+                s = _step_name(k)
+                self._step_params[k] += [(f"{name}.lora_A.{s}.weight", layer.lora_A[s].weight),
+                                         (f"{name}.lora_B.{s}.weight", layer.lora_B[s].weight)]
+        self.merge_budget_bytes = merge_budget_bytes
 
     # -- parameters ---------------------------------------------------------------------------
-    def _tuner_layers(self) -> Iterator[nn.Module]:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for m in self.base.modules():
-            if isinstance(m, BaseTunerLayer):
-                yield m
+    def lora_layers(self) -> list[tuple[str, StepLoRALinear]]:
+        """``(qualified name in base, layer)`` of every LoRA layer."""
+        return [(n, self.base.get_submodule(n)) for n in self.targets]  # type: ignore[misc]
 
     def named_step_parameters(self, k: int) -> Iterator[tuple[str, nn.Parameter]]:
         """``(qualified name in base, parameter)`` of step ``k``'s adapter."""
-        tag = f".{_step_name(k)}."
-        for name, p in self.base.named_parameters():
-            if ".lora_" in name and tag in name + ".":
-                yield name, p
+        yield from self._step_params[k]
 
     def step_parameters(self, k: int) -> list[nn.Parameter]:
         """Trainable parameters of step ``k`` (disjoint across steps)."""
-        return [p for _, p in self.named_step_parameters(k)]
+        return [p for _, p in self._step_params[k]]
 
     def base_parameters(self) -> list[nn.Parameter]:
         """The frozen shared parameters (everything that is not a LoRA weight)."""
         return [p for n, p in self.base.named_parameters() if ".lora_" not in n]
 
     def set_trainable(self, k: int, trainable: bool) -> None:
-        """Freeze / unfreeze step ``k``'s adapter (kept across adapter switches)."""
+        """Freeze / unfreeze step ``k``'s adapter (switching steps never changes it)."""
         self._trainable[k] = trainable
-        self._restore_requires_grad()
-
-    def _restore_requires_grad(self) -> None:
-        for k in range(self.num_steps):
-            for p in self.step_parameters(k):
-                p.requires_grad_(self._trainable[k])
+        for p in self.step_parameters(k):
+            p.requires_grad_(trainable)
 
     def adapter_state_dict(self, k: int) -> dict[str, Tensor]:
-        """Step ``k``'s LoRA weights with the adapter name replaced by ``{step}``."""
-        tag = _step_name(k)
-        return {n.replace(f".{tag}.", ".{step}."): p.detach()
-                for n, p in self.named_step_parameters(k)}
+        """Step ``k``'s LoRA weights in the peft / diffusers key format, relative to ``base``:
+        ``<layer>.lora_A.weight`` ``(rank, in)`` and ``<layer>.lora_B.weight`` ``(out, rank)``."""
+        tag = f".{_step_name(k)}."
+        return {n.replace(tag, "."): p.detach() for n, p in self._step_params[k]}
 
     def load_adapter_state_dict(self, k: int, state: dict[str, Tensor]) -> None:
-        """Inverse of :meth:`adapter_state_dict` (strict on names and shapes)."""
-        own = dict(self.named_step_parameters(k))
-        tag = _step_name(k)
-        renamed = {n.replace(".{step}.", f".{tag}."): t for n, t in state.items()}
-        if set(renamed) != set(own):
-            missing, extra = set(own) - set(renamed), set(renamed) - set(own)
+        """Inverse of :meth:`adapter_state_dict` (strict on names and shapes; the adapter takes
+        the dtype of ``state``)."""
+        tag = f".{_step_name(k)}."
+        own = {n.replace(tag, "."): p for n, p in self._step_params[k]}
+        if set(state) != set(own):
+            missing, extra = set(own) - set(state), set(state) - set(own)
             raise KeyError(f"adapter keys differ: missing {sorted(missing)[:5]}, "
                            f"unexpected {sorted(extra)[:5]}")
         with torch.no_grad():
-            for n, t in renamed.items():
-                own[n].copy_(t)
+            for n, t in state.items():
+                if own[n].shape != t.shape:
+                    raise ValueError(f"{n}: shape {tuple(t.shape)} != {tuple(own[n].shape)}")
+                own[n].data = t.detach().to(own[n].device).clone()
+
+    def adapter_config(self) -> dict[str, Any]:
+        """peft ``LoraConfig`` keyword arguments of every adapter (diffusers stores them as the
+        ``lora_adapter_metadata`` of a LoRA file)."""
+        return {"r": self.rank, "lora_alpha": self.alpha, "lora_dropout": self.dropout,
+                "target_modules": list(self.targets), "bias": "none", "use_dora": False,
+                "use_rslora": False, "init_lora_weights": True}
 
     def base_state_dict(self) -> dict[str, Tensor]:
         """The base's non-LoRA weights under their *original* (pre-injection) names."""
@@ -175,32 +311,38 @@ class PerStepLoRA(nn.Module):
                 for n, t in self.base.state_dict().items() if ".lora_" not in n}
 
     # -- switching ----------------------------------------------------------------------------
+    @property
+    def merge_budget_bytes(self) -> int:
+        return self._merge_budget
+
+    @merge_budget_bytes.setter
+    def merge_budget_bytes(self, budget: int) -> None:
+        """Allow merged inference weights iff K merged float32 copies fit ``budget`` bytes."""
+        self._merge_budget = int(budget)
+        need = self.num_steps * sum(4 * layer.base_layer.weight.numel()
+                                    for _, layer in self.lora_layers())
+        self.cell.merge = need <= self._merge_budget
+        for _, layer in self.lora_layers():
+            layer._merged.clear()
+
     def _select(self, k: int | None) -> None:
-        # ``None`` = no adapter: peft layers with an empty active list compute the base only.
-        names: list[str] = [] if k is None else [_step_name(k)]
-        for layer in self._tuner_layers():
-            layer.set_adapter(names)
-        self._restore_requires_grad()
-        self._active = k
+        self.cell.step = k
 
     @property
     def active_step(self) -> int | None:
-        return self._active
+        return self.cell.step
 
     @contextmanager
     def use_step(self, k: int | None) -> Iterator[None]:
         """Activate step ``k``'s adapter (``None``: base only) inside the block, then restore."""
         if k is not None and not 0 <= k < self.num_steps:
             raise IndexError(f"step {k} out of range [0, {self.num_steps})")
-        prev = self._active
-        if prev == k:
-            yield
-            return
-        self._select(k)
+        prev = self.cell.step
+        self.cell.step = k
         try:
             yield
         finally:
-            self._select(prev)
+            self.cell.step = prev
 
     #: Alias of :meth:`use_step`.
     use = use_step
@@ -220,7 +362,7 @@ class PerStepLoRA(nn.Module):
     def checkpoint_fn(self, module: Callable[..., Any], *args: Any) -> Any:
         """Non-reentrant activation checkpointing that recomputes under the adapter that was
         active in forward (signature of diffusers' ``gradient_checkpointing_func``)."""
-        k = self._active
+        k = self.cell.step
 
         def contexts() -> tuple[Any, Any]:
             return nullcontext(), self.use_step(k)
@@ -229,4 +371,4 @@ class PerStepLoRA(nn.Module):
                                                  context_fn=contexts)
 
 
-__all__ = ["PerStepLoRA", "find_lora_targets"]
+__all__ = ["PerStepLoRA", "StepLoRALinear", "find_lora_targets"]

@@ -16,9 +16,9 @@ from torch import Tensor
 
 from fewstep.viz import save_panels
 
-COLUMNS = ("fid", "fid_vs_teacher", "precision", "recall", "coverage", "class_accuracy",
-           "swd", "swd_vs_teacher", "mode_coverage", "mse_vs_teacher", "nfe",
-           "seconds_per_image")
+COLUMNS = ("fid", "fid_vs_teacher", "fd", "fd_vs_teacher", "precision", "recall", "density",
+           "coverage", "class_accuracy", "swd", "swd_vs_teacher", "mode_coverage",
+           "mse_vs_teacher", "nfe", "seconds_per_image")
 
 
 def _img(path: Path) -> str:
@@ -76,7 +76,9 @@ def write_report(out_dir: Path, metrics: dict[str, dict[str, float]],
                 scale=0.35)
     parts = [f"<h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(s)}</p>" for s in notes]
-    parts.append("<h2>Metrics</h2>" + metrics_table_html(metrics))
+    spaces = sorted({str(m["feature_space"]) for m in metrics.values() if "feature_space" in m})
+    fs_note = f"<p>feature_space: {html.escape(', '.join(spaces))}</p>" if spaces else ""
+    parts.append("<h2>Metrics</h2>" + fs_note + metrics_table_html(metrics))
     parts.append("<h2>Samples from the same noise (column = class)</h2>"
                  + _img(out_dir / "grid.png"))
     if history is not None and plot_losses(history, out_dir / "losses.png"):

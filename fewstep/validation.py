@@ -214,7 +214,7 @@ def _classes(cfg: Mapping[str, Any] | None) -> int | None:
     return int(n) if isinstance(n, int) else None
 
 
-def models_fit(data: str, data_shape: tuple[int, ...], num_classes: int,
+def models_fit(data: Any, data_shape: tuple[int, ...], num_classes: int,
                teacher_cfg: Mapping[str, Any] | None, teacher_field: str,
                student_cfg: Mapping[str, Any] | None = None,
                student_field: str = "--student") -> None:
@@ -230,7 +230,7 @@ def models_fit(data: str, data_shape: tuple[int, ...], num_classes: int,
         rec = cfg.get("data") if isinstance(cfg, Mapping) else None
         if what == "student" and student_cfg is not None:
             rec = student_cfg.get("data", rec)
-        if isinstance(rec, str) and rec != data:
+        if isinstance(rec, str) and rec in _builtin() and data in _builtin() and rec != data:
             raise ConfigError(f"{field}: the {what} was trained on {rec!r} but the data set is "
                               f"{data!r} (pass --data {rec}, or a {what} for {data})")
         shape = _shape(cfg)
@@ -254,12 +254,10 @@ def models_fit(data: str, data_shape: tuple[int, ...], num_classes: int,
 # in the command.
 
 
-def _data_name(data: str | None, field: str = "--data") -> None:
+def _builtin() -> tuple[str, ...]:
     from fewstep.data.problem import PROBLEMS
 
-    if data is not None and data not in PROBLEMS:
-        raise ConfigError(f"{field}: unknown data set {data!r}; choose from "
-                          f"{', '.join(PROBLEMS)}")
+    return tuple(PROBLEMS)
 
 
 def check_models_input(teacher: Path | None, student: Path | None, data: str | None,
@@ -270,7 +268,6 @@ def check_models_input(teacher: Path | None, student: Path | None, data: str | N
     count(num, "--num", min_num, MAX_SAMPLES)
     seed(seed_value, "--seed")
     device(device_name, "--device")
-    _data_name(data)
     if teacher is not None:
         input_file(teacher, "--teacher", ".safetensors", "teacher file")
     if student is not None:
@@ -311,8 +308,8 @@ def check_eval(out: Path | None, samplers: str, teacher: Path | None, student: P
 
 def check_export(run: Path, out: Path, components: str, device_name: str) -> None:
     """``fewstep export``: a finished run folder, a folder to write, known options."""
-    if components not in ("copy", "reference"):
-        raise ConfigError(f"--components: {components!r}; must be copy or reference")
+    if components not in ("auto", "reference", "full", "copy"):
+        raise ConfigError(f"--components: {components!r}; must be auto, reference or full")
     device(device_name, "--device")
     input_dir(run, "--run", "run folder")
     for name in ("config.yaml", "student.safetensors"):

@@ -43,7 +43,10 @@ def test_meta_counts_equal_real_models(toy_teacher_path: Path, tmp_path: Path, m
     plan = build_plan(cfg, 1)
     got = {m.name: (m.total, m.trainable) for m in plan.models}
     assert got["student"] == _count(real.student)
-    assert got["ema"][0] == _count(real.ema)[0]
+    # the EMA copies what the student owns: not a base shared with the teacher
+    ema = getattr(real.ema, "model", real.ema)
+    teacher_ids = {id(p) for p in real.teacher.parameters()}
+    assert got["ema"][0] == sum(p.numel() for p in ema.parameters() if id(p) not in teacher_ids)
     if param == "lora":
         assert real.student.lora is not None
         adapters = sum(p.numel() for k in range(2) for p in real.student.lora.step_parameters(k))
@@ -90,7 +93,7 @@ def test_zimage_plan_from_configs_only(tmp_path: Path) -> None:
             assert rows[(True, lo, gc)].total < rows[(False, lo, gc)].total
             assert rows[(False, lo, True)].activations < rows[(False, lo, False)].activations
     assert rows[(False, True, False)].total < rows[(False, False, False)].total  # LoRA saves
-    assert not rows[(True, True, False)].supported
+    assert all(r.supported for r in plan.rows)  # fsdp shards LoRA students too
 
 
 def test_plan_cli_json_and_table(tmp_path: Path) -> None:
@@ -104,8 +107,37 @@ def test_plan_cli_json_and_table(tmp_path: Path) -> None:
     assert out["gpus"] == 4 and len(out["rows"]) == 8
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0 and "rough estimate" in res.output and "teacher" in res.output
-    bad = CliRunner().invoke(app, [*args[:-1], "3"])  # 8 not divisible by 3
-    assert bad.exit_code == 2 and "train.batch_size" in bad.output
+    odd = CliRunner().invoke(app, [*args[:-1], "3"])  # 8 not divisible by 3: says what to set
+    assert odd.exit_code == 0 and "set train.batch_size=9" in odd.output
+
+
+def test_preset_plan_offline_with_shipped_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped Z-Image preset plans offline from the shipped public configs, at the real
+    sizes, and a global batch that does not split over the GPUs gets a suggestion."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    res = CliRunner().invoke(app, ["plan", "--preset", "zimage_turbo_2step", "--gpus", "8",
+                                   "--gpu-memory-gb", "80", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    counts = {m["name"]: m["total"] for m in out["models"]}
+    assert 6.0e9 < counts["teacher"] < 6.3e9  # the 6.15 B transformer
+    assert 3.9e9 < counts["text_encoder"] < 4.1e9 and 8e7 < counts["vae"] < 9e7
+    assert out["per_gpu_batch"] == 1 and out["global_batch"] == 8
+    assert any("set train.batch_size=8" in n for n in out["notes"])
+    # eps, sample, mid (float32) + a condition id per entry
+    assert out["host"]["teacher_cache_disk"] == 2048 * (3 * 16 * 128 * 128 * 4 + 8)
+    mine = [r for r in out["rows"] if r["configured"]]
+    assert len(mine) == 1 and mine[0]["lora"] and mine[0]["data"] > 0
+
+
+def test_unknown_hub_id_offline_names_the_field(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    res = CliRunner().invoke(app, ["plan", "--preset", "zimage_turbo_2step",
+                                   "teacher.pretrained=someone/not-shipped"])
+    assert res.exit_code == 2 and "teacher.pretrained" in res.output
+    assert "Tongyi-MAI/Z-Image-Turbo" in res.output  # lists what ships
 
 
 def test_every_method_declares_its_graph_forwards():

@@ -18,8 +18,12 @@ Folder layout::
 
     student_index.json      format, mode, num_steps, sigmas, builder, lora config, extra
     step0/model.safetensors  (full)    |  base/model.safetensors      (lora; original names)
-    step1/model.safetensors            |  step0/adapter.safetensors   ("{step}" in key names)
-    ...                                |  step1/adapter.safetensors ...
+    step1/model.safetensors            |  step0/adapter.safetensors   (peft keys:
+    ...                                |  step1/adapter.safetensors ... <layer>.lora_A.weight)
+
+This is fewstep's own format, for networks without a diffusers counterpart (``teacher.kind:
+file``); students of diffusers teachers are exported in the diffusers format by
+:func:`fewstep.diffusers_adapters.student_pipeline.export_student`.
 
 Loading only imports builders from modules under ``allowed_prefixes`` (default ``fewstep`` and
 ``diffusers``) so a folder cannot name arbitrary callables.

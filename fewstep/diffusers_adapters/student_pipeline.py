@@ -1,58 +1,92 @@
-"""An exported K-step student as a self-describing folder, and the pipeline that samples it.
+"""Export a K-step student as a folder plain diffusers loads, and sample it with fewstep.
 
-Folder written by :func:`export_student` (the student part is :mod:`fewstep.diffusers_adapters.
-export`'s format; ``extra`` in ``student_index.json`` records how to sample it)::
+Students of diffusers teachers (``teacher.kind`` ``zimage`` / ``unet_eps``) are written in the
+diffusers format by :func:`export_student` (format ``fewstep-diffusers-student-v1``)::
 
-    student_index.json     format, mode (full | lora), sigmas, builder, lora, extra:
-                           {"pipeline": "zimage" | "unet_eps" | "file", "transition",
-                            "teacher": {...}, "components": "copy" | "reference" | "none",
-                            "latent_shape", "num_classes", "max_sequence_length"}
-    step0/ step1/ ...      (full: one network per step) | base/ + step*/adapter (lora)
-    vae/ text_encoder/ tokenizer/ scheduler/      (Z-Image, components = copy)
+    README.md                model card: teacher, recipe, steps, sigmas, metrics, loading snippet
+    fewstep_student.json     every setting in machine-readable form (INFO below)
+    model_index.json         a stock pipeline (ZImagePipeline / DDPMPipeline): decoupled and
+                             shared students always, LoRA students with components = full
+    transformer/ | unet/     step 0's network (decoupled, shared) or the base (LoRA, full)
+    transformer_step1/ ...   decoupled: one more folder per step (config.json + safetensors)
+    step0/adapter.safetensors, step0/adapter_config.json, step1/...
+                             LoRA: one adapter per step, diffusers / peft keys
+                             (``transformer.<layer>.lora_A.weight``) with the peft config in
+                             the ``lora_adapter_metadata`` header, loadable with
+                             ``pipe.load_lora_weights(f"{folder}/step0",
+                             weight_name="adapter.safetensors", adapter_name="step0")``
+    vae/ text_encoder/ tokenizer/ scheduler/     (Z-Image, in the dtype they were trained with)
 
-With ``components = reference`` the Z-Image components are not copied; they are loaded from
-the teacher's ``pretrained`` folder / hub id recorded in ``extra.teacher`` (smaller export; the
-teacher must stay available). ``unet_eps`` and ``file`` students work in pixel space and need
-no components.
+A LoRA student references its base (the teacher's ``pretrained`` hub id or folder) unless
+``components = "full"`` copies it. Every tensor keeps its dtype. The README's snippet (see
+:mod:`fewstep.diffusers_adapters.model_card`) samples the student with diffusers alone;
+:class:`StudentPipeline` does the same with fewstep's sampler (``fewstep sample --student``).
 
-:class:`StudentPipeline` rebuilds it and generates: noise ``(B, *latent_shape)`` from
-``torch.Generator().manual_seed(seed)`` on the CPU, the K-step student sampler
-(:func:`fewstep.samplers.sample`, fresh step noise from the same generator), and for Z-Image
-the VAE decode. From the same noise and conditioning it reproduces the in-memory
-:meth:`fewstep.distill.student.Student.generate` exactly.
+Students of other teachers (``teacher.kind: file``) use fewstep's own folder format
+(:mod:`fewstep.diffusers_adapters.export`, ``student_index.json``), which needs fewstep.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fewstep.diffusers_adapters.export import INDEX, LoadedStudent, load_student, save_student
+from fewstep.diffusers_adapters.model_card import model_card
 from fewstep.samplers import sample
+from fewstep.teachers.base import dtype_kwargs
 
-Components = Literal["copy", "reference"]
+Components = Literal["auto", "reference", "full", "copy"]
 ZIMAGE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
 
 
+#: ``fewstep_student.json``: format, family, parameterization, transition, num_steps, sigmas,
+#: component, step_subfolders (full) | lora {rank, alpha, targets, files, dtype}, base {source,
+#: copied, fingerprint}, dtypes {pipeline, denoiser}, latent_shape, vae_factor, num_classes,
+#: max_sequence_length, unet {timesteps, prediction_type, null_class, min_one_minus_sigma},
+#: teacher, run {method, student, recipe}, metrics.
+INFO = "fewstep_student.json"
+FORMAT = "fewstep-diffusers-student-v1"
+#: teacher kind -> the diffusers component its denoiser wraps (attribute and folder name)
+FAMILIES = {"zimage": "transformer", "unet_eps": "unet"}
+
+
 def export_student(student: Any, folder: str | os.PathLike[str], teacher_config: dict[str, Any],
-                   pipeline: Any = None, components: Components = "copy",
+                   pipeline: Any = None, components: Components = "auto",
                    num_classes: int = 0, latent_shape: tuple[int, ...] | None = None,
-                   extra: dict[str, Any] | None = None) -> Path:
+                   extra: dict[str, Any] | None = None, run: dict[str, Any] | None = None,
+                   metrics: dict[str, Any] | None = None) -> Path:
     """Write a :class:`~fewstep.distill.student.Student` (all K steps) as a folder.
 
     Args:
-        student: the (EMA) student; ``lora`` parameterisation exports base + adapters, the
-            others one network per step (``shared`` repeats its one network K times).
-        teacher_config: the trainer's teacher config (``kind``, ``builder``, ...).
-        pipeline: the teacher's diffusers pipeline (Z-Image: its VAE, text encoder, tokenizer
-            and scheduler are saved when ``components = copy``).
+        student: the (EMA) student.
+        teacher_config: the trainer's teacher config (``kind``, ``pretrained``, ``dtype``, ...).
+        pipeline: the teacher's diffusers pipeline (Z-Image: VAE, text encoder, tokenizer and
+            scheduler are copied from it).
+        components: ``reference`` (LoRA: the base stays at the teacher's ``pretrained``),
+            ``full`` (copy everything; ``copy`` is an alias) or ``auto`` (LoRA: reference,
+            others: full). Decoupled / shared students are always complete pipelines.
         num_classes / latent_shape: what the sampler draws (labels ``i % C``; noise shape).
+        run / metrics: the run's config (``method``, ``student``, recipe sections) and metrics
+            for the model card.
+
+    The folder is written next to its destination and moved into place at the end.
     """
     kind = teacher_config.get("kind", "file")
+    shape = list(latent_shape if latent_shape is not None
+                 else teacher_config.get("latent_shape", []))
+    if kind in FAMILIES:
+        return _export_diffusers(student, Path(folder), teacher_config, pipeline, components,
+                                 num_classes, shape, run or {}, metrics or {})
     if "builder" in teacher_config:
         target, kwargs = teacher_config["builder"]
         builder = (str(target), dict(kwargs))
@@ -61,24 +95,259 @@ def export_student(student: Any, folder: str | os.PathLike[str], teacher_config:
     k = student.num_steps
     steps = student.lora if student.lora is not None else \
         [student.step_denoiser(i) for i in range(k)]
-    shape = list(latent_shape if latent_shape is not None
-                 else teacher_config.get("latent_shape", []))
     info = {"pipeline": kind, "transition": student.transition,
             "teacher": {key: v for key, v in teacher_config.items() if key != "builder"},
             "components": "none", "latent_shape": shape, "num_classes": int(num_classes),
             "max_sequence_length": teacher_config.get("max_sequence_length"), **(extra or {})}
-    out = Path(folder)
+    return save_student(Path(folder), steps, student.sigmas.detach().cpu(), builder, extra=info)
+
+
+def normalise_components(components: str, lora: bool) -> str:
+    """``auto`` / ``copy`` / ``full`` / ``reference`` -> ``full`` | ``reference``."""
+    c = {"copy": "full", "auto": "reference" if lora else "full"}.get(components, components)
+    if c not in ("full", "reference"):
+        raise ValueError(f"components must be auto|reference|full, got {components!r}")
+    return c if lora else "full"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _clean_model(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """A fresh diffusers model of ``model``'s class and config holding ``state`` (no LoRA
+    layers), built on the meta device so no extra copy of the weights is made."""
+    cls = type(model)
+    try:
+        with torch.device("meta"):
+            clean = cls.from_config(dict(model.config))
+        clean.load_state_dict(state, strict=True, assign=True)
+    except (RuntimeError, NotImplementedError):
+        clean = cls.from_config(dict(model.config)).to(next(iter(state.values())).dtype)
+        clean.load_state_dict(state, strict=True)
+    return clean
+
+
+def _stock_pipeline(kind: str, net: nn.Module, pipeline: Any, pretrained: str | None) -> Any:
+    from diffusers import DDPMPipeline, DDPMScheduler, ZImagePipeline
+
     if kind == "zimage":
-        if components not in ("copy", "reference"):
-            raise ValueError(f"components must be copy|reference, got {components!r}")
-        if components == "copy":
-            if pipeline is None:
-                raise ValueError("components=copy needs the teacher pipeline")
-            out.mkdir(parents=True, exist_ok=True)
-            for name in ZIMAGE_COMPONENTS:
-                getattr(pipeline, name).save_pretrained(out / name)
-        info["components"] = components
-    return save_student(out, steps, student.sigmas.detach().cpu(), builder, extra=info)
+        if pipeline is None:
+            raise ValueError("exporting a complete Z-Image pipeline needs the teacher pipeline")
+        return ZImagePipeline(scheduler=pipeline.scheduler, vae=pipeline.vae,
+                              text_encoder=pipeline.text_encoder, tokenizer=pipeline.tokenizer,
+                              transformer=net)
+    if pretrained is None:
+        raise ValueError("exporting a unet_eps student needs teacher.pretrained (its scheduler)")
+    return DDPMPipeline(unet=net, scheduler=DDPMScheduler.from_pretrained(
+        pretrained, subfolder="scheduler"))
+
+
+def _write_adapter(lora: Any, k: int, comp: str, out: Path) -> None:
+    cfg = lora.adapter_config()
+    cfg["target_modules"] = [t.removeprefix(comp + ".") for t in cfg["target_modules"]]
+    meta = {"format": "pt",
+            "lora_adapter_metadata": json.dumps({f"{comp}.{key}": v for key, v in cfg.items()},
+                                                sort_keys=True)}
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {n: t.detach().contiguous().cpu().clone() for n, t in lora.adapter_state_dict(k).items()}
+    save_file(sd, str(out / "adapter.safetensors"), metadata=meta)
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+
+
+def _export_diffusers(student: Any, out: Path, tcfg: dict[str, Any], pipeline: Any,
+                      components: str, num_classes: int, shape: list[int], run: dict[str, Any],
+                      metrics: dict[str, Any]) -> Path:
+    kind = tcfg["kind"]
+    comp = FAMILIES[kind]
+    lora = student.lora
+    k_steps = student.num_steps
+    comps = normalise_components(components, lora is not None)
+    pretrained = tcfg.get("pretrained")
+    if pretrained and Path(pretrained).expanduser().exists():  # a local folder: absolute
+        pretrained = str(Path(pretrained).expanduser().resolve())
+    if lora is not None and comps == "reference" and not pretrained:
+        raise ValueError("components=reference needs the teacher's pretrained hub id / folder")
+    den0 = student.step_denoiser(0)
+    info: dict[str, Any] = {
+        "format": FORMAT, "family": kind, "parameterization": student.parameterization,
+        "transition": student.transition, "num_steps": k_steps,
+        "sigmas": [float(x) for x in student.sigmas.detach().cpu().float().tolist()],
+        "component": comp, "latent_shape": shape, "num_classes": int(num_classes),
+        "max_sequence_length": tcfg.get("max_sequence_length"),
+        "teacher": {key: v for key, v in tcfg.items() if key != "builder"},
+        "run": run, "metrics": metrics,
+    }
+    if kind == "zimage":
+        vae = getattr(pipeline, "vae", None)
+        info["vae_factor"] = (2 ** (len(vae.config.block_out_channels) - 1) if vae is not None
+                              else int(tcfg["resolution"]) // int(shape[-1]))
+        pdt = next(vae.parameters()).dtype if vae is not None else None
+        info["dtypes"] = {"pipeline": _dtype_name(pdt) if pdt else tcfg.get("dtype", "float32")}
+    else:
+        info["dtypes"] = {}
+        info["unet"] = {"timesteps": [float(t) for t in den0.timestep(
+            student.sigmas.detach().cpu().float()).tolist()],
+            "prediction_type": den0.prediction_type, "null_class": den0.null_class,
+            "min_one_minus_sigma": float(den0.min_one_minus_sigma)}
+    out = out.expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if lora is not None:
+            model = getattr(lora.base, comp)
+            if any(not t.startswith(comp + ".") for t in lora.targets):
+                raise ValueError(f"LoRA targets outside {comp!r} cannot be exported")
+            info["lora"] = {"rank": lora.rank, "alpha": lora.alpha,
+                            "targets": [t.removeprefix(comp + ".") for t in lora.targets],
+                            "files": [f"step{k}/adapter.safetensors" for k in range(k_steps)],
+                            "dtype": _dtype_name(lora.step_parameters(0)[0].dtype)}
+            for k in range(k_steps):
+                _write_adapter(lora, k, comp, tmp / f"step{k}")
+            base_sd = {n.removeprefix(comp + "."): t for n, t in lora.base_state_dict().items()
+                       if n.startswith(comp + ".")}
+            info["dtypes"]["denoiser"] = _dtype_name(model.dtype)
+            info["base"] = {"source": pretrained if comps == "reference" else ".",
+                            "copied": comps == "full",
+                            "fingerprint": student.base_fingerprint()}
+            if comps == "full":
+                clean = _clean_model(model, base_sd)
+                _stock_pipeline(kind, clean, pipeline, pretrained).save_pretrained(
+                    tmp, safe_serialization=True)
+        else:
+            nets = [getattr(student.step_denoiser(k), comp) for k in range(k_steps)]
+            folders = [comp] * k_steps if student.parameterization == "shared" else \
+                [comp] + [f"{comp}_step{k}" for k in range(1, k_steps)]
+            info["step_subfolders"] = folders
+            info["dtypes"]["denoiser"] = _dtype_name(nets[0].dtype)
+            info["base"] = {"source": ".", "copied": True, "fingerprint": None}
+            _stock_pipeline(kind, nets[0], pipeline, pretrained).save_pretrained(
+                tmp, safe_serialization=True)
+            for k in range(1, k_steps):
+                if folders[k] != folders[0]:
+                    nets[k].save_pretrained(tmp / folders[k], safe_serialization=True)
+        if "pipeline" not in info["dtypes"]:
+            info["dtypes"]["pipeline"] = info["dtypes"]["denoiser"]
+        (tmp / INFO).write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(info, str(out)), encoding="utf-8")
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp`` (two renames; an old folder is removed afterwards)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_info(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``fewstep_student.json`` of a diffusers-format export (``ValueError`` if it is not)."""
+    path = Path(folder) / INFO
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if info.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} export (format={info.get('format')!r})")
+    return info
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dt
+
+
+def _scheduler_alphas(src: str) -> Tensor:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_pretrained(src, subfolder="scheduler").alphas_cumprod
+
+
+def load_diffusers_student(folder: str | os.PathLike[str], device: torch.device | str = "cpu",
+                           dtype: torch.dtype | None = None) -> LoadedStudent:
+    """Rebuild the student of a diffusers-format export as fewstep denoisers (eval mode).
+    ``dtype`` casts the networks (default: as saved)."""
+    from diffusers import UNet2DModel, ZImageTransformer2DModel
+
+    from fewstep.diffusers_adapters.unet_eps import VPEpsilonDenoiser
+    from fewstep.diffusers_adapters.zimage import ZImageDenoiser
+    from fewstep.lora import PerStepLoRA
+
+    root = Path(folder)
+    info = read_info(root)
+    family, comp = info["family"], info["component"]
+    model_cls = ZImageTransformer2DModel if family == "zimage" else UNet2DModel
+    den_dtype = _torch_dtype(info["dtypes"]["denoiser"])
+    src = str(root) if info["base"]["copied"] else str(info["base"]["source"])
+    sched_src = src if family == "unet_eps" else None
+
+    def wrap(model: nn.Module) -> nn.Module:
+        if family == "zimage":
+            return ZImageDenoiser(model)
+        u = info["unet"]
+        return VPEpsilonDenoiser(model, _scheduler_alphas(sched_src), u["prediction_type"],
+                                 u["null_class"], u["min_one_minus_sigma"])
+
+    def load(where: str, sub: str) -> nn.Module:
+        return model_cls.from_pretrained(where, subfolder=sub, use_safetensors=True,
+                                         **_dtype_kwargs(den_dtype))
+
+    sigmas = torch.tensor(info["sigmas"], dtype=torch.float32)
+    index = {"format": FORMAT, "extra": info}
+    if info["parameterization"] == "lora":
+        cfg = info["lora"]
+        lora = PerStepLoRA(wrap(load(src, comp)), info["num_steps"], rank=cfg["rank"],
+                           alpha=cfg["alpha"],
+                           target_modules=[f"re:{re.escape(comp + '.' + t)}"
+                                           for t in cfg["targets"]])
+        for k, name in enumerate(cfg["files"]):
+            lora.load_adapter_state_dict(k, load_file(str(root / name)))
+        lora.to(device=device, dtype=dtype).eval()
+        return LoadedStudent(sigmas=sigmas, lora=lora, index=index)
+    nets: dict[str, nn.Module] = {}
+    for sub in info["step_subfolders"]:
+        if sub not in nets:
+            nets[sub] = wrap(load(str(root), sub)).to(device=device, dtype=dtype).eval()
+    return LoadedStudent(sigmas=sigmas, steps=[nets[s] for s in info["step_subfolders"]],
+                         index=index)
+
+
+def _dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
+    """``dtype=`` (newer diffusers) or ``torch_dtype=`` (older); nothing for ``None``."""
+    return {} if dtype is None else dtype_kwargs(dtype)
+
+
+def load_zimage_text_pipeline(src: str, dtype: torch.dtype | None,
+                              device: torch.device | str) -> Any:
+    """A transformer-less ``ZImagePipeline`` (VAE, text encoder, tokenizer, scheduler) from
+    ``src``; ``dtype=None`` keeps the dtype the weights were saved in."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline
+    from transformers import AutoModel, AutoTokenizer
+
+    if dtype is None:  # the saved dtype (diffusers would otherwise load float32)
+        from fewstep.diffusers_adapters.export import _file_float_dtype
+
+        files = sorted((Path(src) / "vae").glob("*.safetensors"))
+        dtype = _file_float_dtype(str(files[0])) if files else None
+    vae = AutoencoderKL.from_pretrained(src, subfolder="vae", use_safetensors=True,
+                                        **_dtype_kwargs(dtype)).to(device)
+    text_encoder = AutoModel.from_pretrained(src, subfolder="text_encoder",
+                                             trust_remote_code=False,
+                                             **({"dtype": dtype} if dtype else {})).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(src, subfolder="tokenizer",
+                                              trust_remote_code=False)
+    sched = FlowMatchEulerDiscreteScheduler.from_pretrained(src, subfolder="scheduler")
+    vae.eval().requires_grad_(False)
+    text_encoder.eval().requires_grad_(False)
+    return ZImagePipeline(scheduler=sched, vae=vae, text_encoder=text_encoder,
+                          tokenizer=tokenizer, transformer=None)
 
 
 class StudentPipeline:
@@ -104,36 +373,28 @@ class StudentPipeline:
         """Load the student (and, for Z-Image, VAE + text encoder + tokenizer) on ``device``.
         ``dtype`` casts the student (default: as saved)."""
         root = Path(folder)
+        if (root / INFO).is_file():
+            st = load_diffusers_student(root, device=device, dtype=dtype)
+            info = st.index["extra"]
+            text_pipe = None
+            if info["family"] == "zimage":
+                src = str(root) if (root / "vae").is_dir() else str(info["base"]["source"])
+                text_pipe = load_zimage_text_pipeline(src, _torch_dtype(info["dtypes"]["pipeline"]),
+                                                      device)
+            return cls(st, getattr(text_pipe, "vae", None), text_pipe, device)
         if not (root / INDEX).is_file():
-            raise FileNotFoundError(f"{root} is not an exported student ({INDEX} missing)")
+            raise FileNotFoundError(f"{root} is not an exported student ({INFO} / {INDEX} "
+                                    "missing)")
         st = load_student(root, device=device, dtype=dtype)
         extra = st.index.get("extra", {})
-        vae = text_pipe = None
-        if extra.get("pipeline") == "zimage":
-            from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline
-            from transformers import AutoModel, AutoTokenizer
-
+        text_pipe = None
+        if extra.get("pipeline") == "zimage":  # an export of an older fewstep
             copied = extra.get("components") == "copy"
             src = str(root) if copied else extra["teacher"]["pretrained"]
-            kw: dict[str, Any] = {}
-            tkw: dict[str, Any] = {}
             tdtype = extra.get("teacher", {}).get("dtype")
-            if tdtype and not copied:  # copies keep the dtype they were saved in
-                from fewstep.distill.teachers import _dtype_kwargs, torch_dtype
-
-                kw = _dtype_kwargs(torch_dtype(tdtype))
-                tkw = {"dtype": torch_dtype(tdtype)}
-            vae = AutoencoderKL.from_pretrained(src, subfolder="vae", **kw).to(device)
-            text_encoder = AutoModel.from_pretrained(src, subfolder="text_encoder",
-                                                     trust_remote_code=False, **tkw).to(device)
-            tokenizer = AutoTokenizer.from_pretrained(src, subfolder="tokenizer",
-                                                      trust_remote_code=False)
-            sched = FlowMatchEulerDiscreteScheduler.from_pretrained(src, subfolder="scheduler")
-            text_pipe = ZImagePipeline(scheduler=sched, vae=vae, text_encoder=text_encoder.eval(),
-                                       tokenizer=tokenizer, transformer=None)
-            vae.eval().requires_grad_(False)
-            text_encoder.requires_grad_(False)
-        return cls(st, vae, text_pipe, device)
+            text_pipe = load_zimage_text_pipeline(
+                src, None if copied or not tdtype else _torch_dtype(tdtype), device)
+        return cls(st, getattr(text_pipe, "vae", None), text_pipe, device)
 
     # -- conditioning --------------------------------------------------------------------------
     @torch.no_grad()
@@ -189,4 +450,6 @@ class StudentPipeline:
         return self.decode(self.generate_latents(cond, n, seed))
 
 
-__all__ = ["ZIMAGE_COMPONENTS", "StudentPipeline", "export_student"]
+__all__ = ["FAMILIES", "FORMAT", "INFO", "ZIMAGE_COMPONENTS", "StudentPipeline", "export_student",
+           "load_diffusers_student", "load_zimage_text_pipeline", "normalise_components",
+           "read_info"]

@@ -7,13 +7,18 @@
 * ``real`` (for discriminators): rows of the teacher cache, fresh teacher samples
   (``teacher_online``), or the data set's train split.
 
-Every draw uses the run's data generator (part of the checkpointed state) in a fixed order, so
-a resumed run draws the same batches. With N processes every rank draws the global batch and
-keeps its slice (:meth:`DistEnv.shard`).
+The teacher cache is *streamed* (:class:`~fewstep.distill.teacher_cache.CacheReader`): its
+shards stay on disk, memory-mapped, and each batch's rows are gathered one batch ahead (pinned
+memory on CUDA) and copied to the device; which rows batch ``p`` holds depends on the seed and
+``p`` only, and ``p`` is checkpointed (:meth:`BatchSource.state_dict`). Every other draw uses
+the run's data generator (part of the checkpointed state) in a fixed order, so a resumed run
+draws the same batches. With N processes every rank draws the global batch and keeps its
+slice (:meth:`DistEnv.shard`; cache rows: only its slice is read).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,7 @@ from fewstep.denoiser import Denoiser
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.distributed import DistEnv
 from fewstep.distill.methods.base import Batch, DataNeeds
-from fewstep.distill.teacher_cache import TeacherCache
+from fewstep.distill.teacher_cache import CacheReader, TeacherCache
 from fewstep.errors import ConfigError
 from fewstep.samplers import euler_sample
 from fewstep.schedules import teacher_sigmas
@@ -37,13 +42,18 @@ class BatchSource:
     def __init__(self, cfg: DistillConfig, needs: DataNeeds, problem: Problem,
                  teacher: Denoiser, teacher_id: str, teacher_shift: float, teacher_w: float,
                  mid_sigma: float | None, generator: torch.Generator, dist: DistEnv,
-                 device: torch.device) -> None:
+                 device: torch.device, teacher_levels: Tensor | None = None,
+                 start: Callable[[Tensor], Tensor] | None = None) -> None:
         self.cfg, self.needs, self.problem = cfg, needs, problem
+        # the teacher's own N + 1 sampling levels and its first input from standard noise
+        self.teacher_levels = teacher_levels if teacher_levels is not None else \
+            teacher_sigmas(cfg.teacher.steps, teacher_shift)
+        self.start = start if start is not None else (lambda e: e)
         self.teacher, self.teacher_id = teacher, teacher_id
         self.teacher_shift, self.teacher_w = teacher_shift, teacher_w
         self.mid_sigma = mid_sigma
         self.gen, self.dist, self.device = generator, dist, device
-        self.cache: dict[str, Tensor] | None = None
+        self.reader: CacheReader | None = None
         self.data: tuple[Tensor, Tensor | None] | None = None
 
     def prepare(self, progress: bool = True) -> None:
@@ -63,10 +73,31 @@ class BatchSource:
                 shift=self.teacher_shift, cfg_scale=self.teacher_w, mid_sigma=self.mid_sigma,
                 size=c.cache.size, shard_size=min(c.cache.shard_size, c.cache.size),
                 seed=c.train.seed, batch_size=c.cache.batch_size, device=self.device)
-            self.cache = {k: v.to(self.device) for k, v in cache.load(progress).items()}
+            b = c.train.batch_size
+            self.reader = cache.reader(b, c.train.seed, pairs=self.needs.teacher_pairs,
+                                       real=self.needs.real == "teacher_cache",
+                                       rows=self.dist.shard_slice(b) if self.dist.enabled
+                                       else None, device=self.device, progress=progress)
         if self.needs.real == "dataset":
             x, y = self.problem.split("train")
             self.data = (x.to(self.device), None if y is None else y.to(self.device))
+
+    @property
+    def cache(self) -> dict[str, Tensor] | None:
+        """The whole teacher cache as host tensors (a copy: for tests and inspection; training
+        reads it through :attr:`reader`)."""
+        if self.reader is None:
+            return None
+        views = self.reader.views
+        return {k: torch.cat([v[k] for v in views])[:self.reader.size] for k in views[0]}
+
+    def state_dict(self) -> dict[str, int]:
+        """What a checkpoint records to continue the cache stream."""
+        return {} if self.reader is None else {"cache_position": self.reader.position}
+
+    def load_state_dict(self, counters: dict[str, Any]) -> None:
+        if self.reader is not None:
+            self.reader.load_state_dict({"position": int(counters.get("cache_position", 0))})
 
     def _randint(self, high: int, n: int) -> Tensor:
         return torch.randint(0, high, (n,), generator=self.gen).to(self.device)
@@ -74,13 +105,12 @@ class BatchSource:
     def next(self) -> Batch:
         """This rank's rows of the next global batch."""
         b = self.cfg.train.batch_size
-        c, p = self.cache, self.problem
+        p = self.problem
+        rows = self.reader.next() if self.reader is not None else {}  # this rank's rows
         if self.needs.teacher_pairs:
-            assert c is not None
-            i = self._randint(c["eps"].shape[0], b)
-            cond = p.cond_map(c["cond"][i]) if "cond" in c else None
-            batch = Batch(c["eps"][i], cond,
-                          teacher_sample=c["sample"][i], teacher_mid=c.get("mid", c["sample"])[i])
+            cond = p.cond_map(rows["cond"]) if "cond" in rows else None
+            batch = Batch(rows["eps"], cond, teacher_sample=rows["sample"],
+                          teacher_mid=rows.get("mid", rows["sample"]))
         else:
             noise = torch.randn((b, *p.data_shape), generator=self.gen).to(self.device)
             batch = Batch(noise, p.cond_map(p.sample_cond(b, self.gen, self.device)))
@@ -91,10 +121,8 @@ class BatchSource:
             batch.real = self.data[0][j]
             batch.real_cond = None if self.data[1] is None else self.data[1][j]
         elif real == "teacher_cache":
-            assert c is not None
-            j = self._randint(c["sample"].shape[0], b)
-            batch.real = c["sample"][j]
-            batch.real_cond = p.cond_map(c["cond"][j]) if "cond" in c else None
+            batch.real = rows["real_sample"]
+            batch.real_cond = p.cond_map(rows["real_cond"]) if "real_cond" in rows else None
         elif real == "teacher_online":
             batch.real, batch.real_cond = self._online_teacher(b)
         return self.dist.shard(batch, b)  # this rank's rows (online teacher rows already are)
@@ -105,5 +133,5 @@ class BatchSource:
         noise = torch.randn((b, *p.data_shape), generator=self.gen).to(self.device)
         cond = p.cond_map(p.sample_cond(b, self.gen, self.device))
         noise, cond = self.dist.shard(noise, b), self.dist.shard(cond, b)  # only this rank's
-        sig = teacher_sigmas(self.cfg.teacher.steps, self.teacher_shift)
-        return euler_sample(self.teacher, noise, cond, sig, self.teacher_w).sample, cond
+        return euler_sample(self.teacher, self.start(noise), cond, self.teacher_levels,
+                            self.teacher_w).sample, cond

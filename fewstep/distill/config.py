@@ -22,6 +22,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fewstep.config import Seed, StrictModel, user_path
 from fewstep.data.problem import PROBLEMS
+from fewstep.data.spec import canonical_data, is_builtin, missing_data_path
+from fewstep.errors import ConfigError
 from fewstep.teachers.base import get_adapter
 from fewstep.teachers.spec import TeacherSpec
 
@@ -146,7 +148,9 @@ class TrainSpec(StrictModel):
                            "for methods with auxiliary networks")
     seed: Seed = 0
     device: str = "cpu"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA (where supported), float32 elsewhere; "
+        "fp16 runs with a gradient scaler (see fewstep/distill/precision.py)")
     gradient_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile the student's step modules (first "
                           "iterations are slow while it compiles; needs a C++ compiler on CPU)")
@@ -205,7 +209,10 @@ class DistillConfig(StrictModel):
                                          "train", "eval")
 
     method: str = DEFAULT_METHOD
-    data: str = "digits"
+    data: str | dict[str, Any] = Field(
+        "digits", description="a built-in name, a path (image folder, .npy / .npz / "
+        ".safetensors, saved datasets folder) or a mapping {path: ..., options} (see "
+        "docs/own_images.md); stored in canonical form")
     teacher: TeacherSpec = TeacherSpec()
     student: StudentSpec = StudentSpec()
     cache: CacheSpec = CacheSpec()
@@ -259,11 +266,20 @@ class DistillConfig(StrictModel):
 
     @field_validator("data")
     @classmethod
-    def _data_known(cls, v: str) -> str:
-        if v not in (*PROBLEMS, PROMPTS_DATA):
+    def _data_known(cls, v: str | dict[str, Any]) -> str | dict[str, Any]:
+        if v == PROMPTS_DATA or is_builtin(v):
+            return v
+        try:  # validates the options and resolves paths; the data are read by the trainer
+            canon = canonical_data(v)
+        except ConfigError as e:
+            raise ValueError(f"{str(e).removeprefix('data: ')} (built-in: "
+                             f"{', '.join(PROBLEMS)}; {PROMPTS_DATA} with teacher.prompts)"
+                             ) from None
+        if (missing := missing_data_path(canon)) is not None:
             raise ValueError(f"unknown data set; choose from {', '.join(PROBLEMS)} (or "
-                             f"{PROMPTS_DATA} with teacher.prompts)")
-        return v
+                             f"{PROMPTS_DATA} with teacher.prompts), or a path to your images "
+                             f"(no such file or folder: {missing})")
+        return canon
 
     @model_validator(mode="after")
     def _teacher_fits_data(self) -> DistillConfig:
@@ -330,7 +346,30 @@ def config_adapter() -> TypeAdapter[Any]:
     return _ADAPTER["union"]
 
 
-__all__ = ["DEFAULT_METHOD", "METHOD_CONFIGS", "PROMPTS_DATA", "CacheSpec",
-           "DMSpec", "DistillConfig", "EvalSpec", "GanSpec", "RealSource", "StudentSpec",
-           "TeacherSpec", "TrainSpec", "ValidationError", "config_adapter", "config_union",
-           "register_config"]
+def drop_foreign_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a raw run config) without the sections only *other* methods read: lets one
+    base config (e.g. a Turbo++ preset) serve every ``method``, as benchmarks and tests do."""
+    own = METHOD_CONFIGS[data.get("method", DEFAULT_METHOD)].model_fields
+    others = {s for c in METHOD_CONFIGS.values() for s in c.sections()}
+    return {k: v for k, v in data.items() if k in own or k not in others}
+
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHOD_CONFIGS",
+    "PROMPTS_DATA",
+    "CacheSpec",
+    "DMSpec",
+    "DistillConfig",
+    "EvalSpec",
+    "GanSpec",
+    "RealSource",
+    "StudentSpec",
+    "TeacherSpec",
+    "TrainSpec",
+    "ValidationError",
+    "config_adapter",
+    "config_union",
+    "drop_foreign_sections",
+    "register_config",
+]

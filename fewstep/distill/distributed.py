@@ -1,39 +1,39 @@
 """Multi-process data-parallel training for the distillation :class:`~fewstep.distill.trainer.
-Trainer`: process group, per-rank batches, gradient averaging and FSDP sharding.
+Trainer`: process group, per-rank batches, DDP over each loss and FSDP sharding.
 
 Launch with ``torchrun --nproc_per_node N`` or ``accelerate launch --multi_gpu --num_processes
 N`` (both set ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT``);
 the trainer then joins the group (``env://``; gloo on CPU, nccl on CUDA with ``cuda:LOCAL_RANK``)
 unless ``torch.distributed`` is already initialised, in which case it uses that group.
 
-Why not ``DistributedDataParallel``: a recipe calls the student several times per loss (step 1,
-then step 2 end-to-end, or a random number of no-grad steps first) through
-``Student.generate`` -- a method, not ``forward`` -- and aux modules are called from inside the
-student's loss. DDP's reducer assumes one ``forward`` through the wrapper per backward and
-would have to be told about every other call. Synchronous data parallelism only needs the
-*average* of the ranks' gradients before each optimizer step, so :meth:`DistEnv.average_gradients`
-all-reduces the trainable parameters' gradients (bucketed) after ``backward``. That is the same
-update DDP computes (DDP also averages gradients), independent of how the modules were called.
-Initial weights are broadcast from rank 0 (:meth:`DistEnv.broadcast_modules`), so with
-identical gradients and optimizers every rank holds bit-identical weights, optimizer moments
-and EMA.
+DDP (``train.distributed: ddp``, the default): a recipe calls the student several times per
+loss (step 1, then step 2 end-to-end, or a random number of no-grad steps first) through
+``Student.generate`` -- a method, not ``forward`` -- and calls aux modules from inside the
+student's loss, while ``DistributedDataParallel`` expects one ``forward`` of the wrapped module
+per backward. :class:`DDPLoss` therefore wraps the *loss function*: a small module registering
+the trainable networks, whose ``forward`` runs the whole loss. Autograd sums all uses of a
+parameter into one accumulation, so DDP's reducer sees each parameter once per backward and
+all-reduces its bucket as soon as it is ready, overlapping communication with the rest of the
+backward pass. Rank 0's weights are broadcast first (:meth:`DistEnv.broadcast_modules`), so
+with identical gradients and optimizers every rank holds bit-identical weights, optimizer
+moments and EMA. :meth:`DistEnv.average_gradients` (bucketed all-reduce after backward) remains
+for parameters outside DDP (FSDP's unsharded heads).
 
 FSDP (``train.distributed: fsdp``) shards each trainable network with
-``torch.distributed.fsdp.fully_shard`` (FSDP2; every block of a ``ModuleList`` then the network
-itself, see :func:`fsdp_shard`). FSDP2 hooks ``forward`` of each sharded module, so any call
-pattern of the student works as long as *every rank calls the same sharded modules in the same
-order* (their all-gathers are collectives): the trainer therefore draws recipe decisions such as
-DMD2's random step ``k`` from a generator shared by all ranks. Sharded gradients are
-reduce-scattered (averaged) by FSDP itself; unsharded trainable parameters (discriminator
-heads) are still averaged by :meth:`DistEnv.average_gradients`. Checkpoints and student files
-hold full (gathered) tensors, so they are the same files as in a one-process run.
+``torch.distributed.fsdp.fully_shard`` (FSDP2): each block of the outermost block lists, then
+the network itself (:func:`fsdp_shard`). FSDP2 hooks ``forward`` of each sharded module, so any
+call pattern of the student works as long as *every rank calls the same sharded modules in the
+same order* (their all-gathers are collectives): the trainer therefore draws recipe decisions
+such as DMD2's random step ``k`` from a generator shared by all ranks. Sharded gradients are
+reduce-scattered (averaged) by FSDP itself. Checkpoints and student files hold full (gathered)
+tensors, so they are the same files as in a one-process run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, Literal
 
@@ -231,6 +231,76 @@ class DistEnv:
             self.owns_group = False
 
 
+class _LossModule(nn.Module):
+    """Registers the modules whose parameters a loss trains and runs the loss as ``forward``,
+    so that ``DistributedDataParallel`` sees one forward per backward however often the loss
+    calls those modules inside (``Student.generate`` runs each step network in turn)."""
+
+    def __init__(self, modules: Mapping[str, nn.Module], fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.mods = nn.ModuleDict(dict(modules))
+        self.fn = fn  # a plain attribute: the recipe's modules are not registered twice
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+class DDPLoss:
+    """A loss function ``fn(*args) -> (loss, logs)`` run through torch's
+    ``DistributedDataParallel`` over the trainable parameters of ``modules`` (only those in
+    ``params`` when given).
+
+    DDP's reducer hooks every trainable parameter's gradient accumulation and all-reduces
+    (averages) gradients in buckets *while backward still runs*, overlapping communication with
+    the rest of the backward pass. It requires one wrapper ``forward`` per backward, which is
+    why the whole loss -- not the student -- is the wrapped forward: a recipe may call the
+    student several times (steps 1..K, no-grad unrolls, aux modules), and autograd sums all uses
+    of a parameter into one accumulation, so the hook fires once per parameter and backward.
+    ``find_unused_parameters=True`` (default) lets a loss skip modules (DMD2's random step
+    ``k``; parameters used only under ``no_grad``): DDP then treats their gradient as zero on
+    that rank and leaves it ``None`` if no rank used it -- what :meth:`DistEnv.average_gradients`
+    does. Parameters must keep ``requires_grad`` between construction and every call (frozen
+    ones are ignored); toggling a *whole* wrapped set off while another loss runs is fine as
+    long as that loss does not backpropagate into it.
+
+    With one process, or ``fsdp`` (FSDP reduces its sharded parameters itself), ``fn`` is called
+    directly and :meth:`DistEnv.average_gradients` remains the fallback for unsharded leftovers.
+    Rank 0's parameters and buffers are broadcast when the wrapper is built.
+    """
+
+    def __init__(self, env: DistEnv, fn: Callable[..., Any], modules: Mapping[str, nn.Module],
+                 device: torch.device, params: Iterable[nn.Parameter] | None = None,
+                 find_unused_parameters: bool = True, bucket_cap_mb: float = 25.0) -> None:
+        self.env, self.fn = env, fn
+        self.ddp: nn.Module | None = None
+        keep = None if params is None else {id(p) for p in params}
+        if env.enabled and not env.fsdp and any(
+                p.requires_grad and (keep is None or id(p) in keep)
+                for m in modules.values() for p in m.parameters()):
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            wrapped = _LossModule(modules, fn)
+            # frozen weights (a LoRA base, a teacher a recipe holds), parameters another loss
+            # trains (``params`` not given for them) and buffers are neither reduced nor
+            # re-broadcast
+            frozen = [n for n, p in wrapped.named_parameters() if not p.requires_grad
+                      or (keep is not None and id(p) not in keep)]
+            DDP._set_params_and_buffers_to_ignore_for_model(
+                wrapped, frozen + [n for n, _ in wrapped.named_buffers()])
+            self.ddp = DDP(wrapped,
+                           device_ids=[device] if device.type == "cuda" else None,
+                           find_unused_parameters=find_unused_parameters,
+                           bucket_cap_mb=bucket_cap_mb)
+
+    @property
+    def synced(self) -> bool:
+        """``True`` if DDP averages the gradients (no :meth:`DistEnv.average_gradients`)."""
+        return self.ddp is not None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return (self.ddp or self.fn)(*args, **kwargs)
+
+
 def init_distributed(device: torch.device, mode: str | None) -> tuple[DistEnv, torch.device]:
     """Join (or reuse) the process group described by the environment.
 
@@ -257,19 +327,42 @@ def init_distributed(device: torch.device, mode: str | None) -> tuple[DistEnv, t
 # --------------------------------------------------------------------------------------------
 # FSDP
 # --------------------------------------------------------------------------------------------
-def fsdp_shard(module: nn.Module, forward_methods: Iterable[str] = ("features",)) -> nn.Module:
-    """Shard ``module`` in place with FSDP2: every element of each ``nn.ModuleList`` inside it
-    (transformer / residual blocks, gathered one at a time), then the module itself.
+def block_units(module: nn.Module) -> list[nn.Module]:
+    """The FSDP units of ``module``: every element (with parameters) of each *outermost*
+    ``nn.ModuleList`` -- transformer blocks, UNet down / mid / up blocks -- found by walking the
+    module tree and not descending into a list once found. Lists nested inside a block (e.g. an
+    attention's ``to_out``, a UNet block's ``resnets``) belong to their block's unit: sharding
+    them separately inside an already-sharded block is what breaks ``fully_shard``."""
+    units: list[nn.Module] = []
+
+    def visit(m: nn.Module) -> None:
+        for child in m.children():
+            if isinstance(child, nn.ModuleList):
+                units.extend(b for b in child if any(True for _ in b.parameters()))
+            else:
+                visit(child)
+
+    visit(module)
+    return units
+
+
+def fsdp_shard(module: nn.Module, forward_methods: Iterable[str] = ("features",),
+               ignored: Iterable[nn.Parameter] = ()) -> nn.Module:
+    """Shard ``module`` in place with FSDP2: each unit of :func:`block_units` (gathered one at a
+    time), then ``module`` itself, whose unit holds everything else (embeddings, final layers).
     ``forward_methods`` that ``module`` defines are registered so that calling them (like
-    ``Denoiser.features``) gathers the root's parameters as ``forward`` does."""
+    ``Denoiser.features``) gathers the root's parameters as ``forward`` does. Frozen and
+    trainable parameters may share a unit (only those with a gradient are reduce-scattered).
+    ``ignored`` parameters stay as they are, replicated: a LoRA student's base, which *is* the
+    teacher's weights, while its adapters are sharded."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-    for sub in list(module.modules()):
-        if isinstance(sub, nn.ModuleList):
-            for blk in sub:
-                if any(True for _ in blk.parameters()):
-                    fully_shard(blk)
-    fully_shard(module)
+    skip = set(ignored)
+    kw = {"ignored_params": skip} if skip else {}
+    for blk in block_units(module):
+        if any(p not in skip for p in blk.parameters()):
+            fully_shard(blk, **kw)
+    fully_shard(module, **kw)
     for name in forward_methods:
         if callable(getattr(module, name, None)):
             register_fsdp_forward_method(module, name)
@@ -285,13 +378,17 @@ class FullStateView:
     """``state_dict()`` / ``load_state_dict()`` of a (partly) FSDP-sharded module with full
     tensors, so checkpoints look like a one-process run's. Both are collectives."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, keys: Callable[[], Iterable[str]] | None = None
+                 ) -> None:
         self.module = module
+        self.keys = keys  # only these entries (e.g. a student's trainable state)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {k: full_tensor(v) for k, v in self.module.state_dict().items()}
+        want = None if self.keys is None else set(self.keys())
+        return {k: full_tensor(v) for k, v in self.module.state_dict().items()
+                if want is None or k in want}
 
-    def load_state_dict(self, sd: Mapping[str, Tensor]) -> Any:
+    def load_state_dict(self, sd: Mapping[str, Tensor], strict: bool = True) -> Any:
         from torch.distributed.tensor import distribute_tensor
 
         own = self.module.state_dict()
@@ -300,7 +397,13 @@ class FullStateView:
             cur = own.get(k)
             out[k] = (distribute_tensor(v.to(cur.device, cur.dtype), cur.device_mesh,
                                         cur.placements) if _is_dtensor(cur) else v)
-        return self.module.load_state_dict(out)
+        if self.keys is not None:
+            want = set(self.keys())
+            if set(out) != want:
+                raise KeyError(f"state keys differ: missing {sorted(want - set(out))[:5]}, "
+                               f"unexpected {sorted(set(out) - want)[:5]}")
+            return self.module.load_state_dict(out, strict=False)
+        return self.module.load_state_dict(out, strict=strict)
 
 
 class Snapshot:
@@ -343,5 +446,5 @@ class FullOptimizerView:
         self.opt.load_state_dict({**sd, "state": state})
 
 
-__all__ = ["DistEnv", "FullOptimizerView", "FullStateView", "Snapshot", "fsdp_shard",
-           "full_tensor", "init_distributed", "world_from_env"]
+__all__ = ["DDPLoss", "DistEnv", "FullOptimizerView", "FullStateView", "Snapshot", "block_units",
+           "fsdp_shard", "full_tensor", "init_distributed", "world_from_env"]

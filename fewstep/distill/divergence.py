@@ -31,3 +31,19 @@ def check_finite(logs: dict[str, Tensor], params: list[nn.Parameter], phase: str
             raise DivergenceError(
                 f"{phase} gradient of {names.get(id(p), 'a parameter')!r} is not finite at "
                 f"step {step} (loss terms {', '.join(logs) or 'total'} were finite)")
+
+
+def nonfinite_gradient(params: list[nn.Parameter], phase: str, norm: float, step: int,
+                       named: Callable[[], Iterator[tuple[str, nn.Parameter]]]
+                       ) -> DivergenceError:
+    """The error for a non-finite total gradient norm found when the logs of update ``step``
+    are read (every ``train.log_every`` steps): names the first parameter of ``params`` whose
+    current gradient is not finite (the newest update's), else the norm."""
+    names = {id(q): n for n, q in named()}
+    for p in params:
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return DivergenceError(
+                f"{phase} gradient of {names.get(id(p), 'a parameter')!r} is not finite at "
+                f"step {step} (its loss terms were finite)")
+    return DivergenceError(f"{phase} gradient norm is {norm} at step {step}")
+

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from fewstep.conditioning import where_cond
 from fewstep.denoiser import Denoiser
-from fewstep.distill.conditioning import where_cond
 from fewstep.distill.discriminator import FeatureHead, _labels
 from fewstep.distill.losses import denoising_loss
 from fewstep.path import FlowPath, logit_normal_sigma

@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from fewstep.distill.config import TrainSpec
 from fewstep.distill.distributed import full_tensor
 from fewstep.distill.methods.base import UpdateSchedule
+from fewstep.distill.precision import Precision
 
 
 def adamw_options(device: torch.device) -> dict[str, bool]:
@@ -32,12 +33,10 @@ def adamw_options(device: torch.device) -> dict[str, bool]:
 
 
 def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
-    """``train.mixed_precision``: ``no`` (float32), ``bf16`` or ``fp16`` autocast on ``device``;
-    the optimizers always step float32 master weights."""
-    if mixed_precision == "no":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    """``train.mixed_precision``: ``auto`` / ``no`` (float32) / ``bf16`` / ``fp16`` autocast on
+    ``device`` (:class:`~fewstep.distill.precision.Precision`; the trainer uses that, with the
+    fp16 gradient scaler); the optimizers always step float32 master weights."""
+    return Precision(mixed_precision, device).autocast()
 
 
 def lr_warmup(steps: int) -> Callable[[int], float]:

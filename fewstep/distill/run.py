@@ -18,8 +18,8 @@ from pathlib import Path
 from types import FrameType
 
 from fewstep import validation
-from fewstep.config import load_config, user_path
-from fewstep.distill.config import DistillConfig
+from fewstep.config import apply_overrides, load_config, load_yaml, user_path, validate
+from fewstep.distill.config import DistillConfig, drop_foreign_sections
 from fewstep.distill.run_lock import RunLock
 from fewstep.distill.state import list_checkpoints
 from fewstep.distill.trainer import Trainer, TrainingInterrupted
@@ -33,8 +33,18 @@ __all__ = ["TrainingInterrupted", "default_run_dir", "load_distill_config", "run
 
 def load_distill_config(config_path: str | Path | None, overrides: list[str] | None = None
                         ) -> DistillConfig:
-    """The validated :class:`DistillConfig` (raises a one-line :class:`ConfigError`)."""
-    return load_config(DistillConfig, config_path, overrides)
+    """The validated :class:`DistillConfig` (raises a one-line :class:`ConfigError`).
+
+    A ``method=`` override switches the recipe of a file written for another one (e.g. a
+    Turbo++ preset): the file's sections that only other methods read are dropped; sections
+    set on the command line are kept (and refused if the method does not read them)."""
+    ov = list(overrides or [])
+    switch = [o for o in ov if o.startswith("method=")]
+    if config_path is None or not switch:
+        return load_config(DistillConfig, config_path, ov)
+    data = drop_foreign_sections(apply_overrides(load_yaml(config_path), switch))
+    return validate(DistillConfig, apply_overrides(data, [o for o in ov if o not in switch]),
+                    str(config_path))
 
 
 def default_run_dir(cfg: DistillConfig) -> Path:

@@ -7,15 +7,24 @@ deterministic DDIM transition. ``sigma_0 = 1`` so ``x_0`` is pure noise.
 Parameterisations (``Student.parameterization``):
 
 * ``decoupled``: K full copies of the teacher, one per step (step-decoupled, Turbo++ §2);
-* ``lora``: one frozen copy of the teacher shared by all steps plus one LoRA adapter per step
-  (peft), so the steps are decoupled at a fraction of the memory;
+* ``lora``: the teacher's own frozen weights shared by all steps plus one LoRA adapter per step
+  (:mod:`fewstep.lora`), so the steps are decoupled at a fraction of the memory. The base is
+  a structural copy of the teacher whose parameters and buffers *are* the teacher's tensors:
+  one copy of the base weights exists, and a teacher call is the base with adapters off;
 * ``shared``: one copy used by every step (the usual few-step student; the ablation baseline).
+
+Trainable state (for EMA, checkpoints and exports): :meth:`Student.trainable_state_dict` holds
+only what training changes (the adapters, or the step copies); a LoRA student's frozen base is
+identified by :meth:`Student.base_fingerprint` (equal to :func:`weights_fingerprint` of the
+teacher's state dict) and re-read from the teacher. :meth:`Student.ema_copy` /
+:class:`StudentEMA` average the trainable parameters only and share the base.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -24,6 +33,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from fewstep.denoiser import Denoiser
+from fewstep.lora import PerStepLoRA
 from fewstep.path import randn_like
 from fewstep.samplers import Trajectory, Transition, sample
 
@@ -34,7 +44,9 @@ class Student(nn.Module):
     """K-step generator initialised from a teacher denoiser.
 
     Args:
-        teacher: the denoiser to copy (it is not modified or kept).
+        teacher: the denoiser to copy (``decoupled`` / ``shared``: not modified or kept;
+            ``lora``: its weights become the shared frozen base, the teacher module itself is
+            not modified).
         sigmas: ``(K,)`` input noise levels, ``sigmas[0] == 1``, strictly decreasing.
         parameterization: ``decoupled`` | ``lora`` | ``shared`` (module docstring).
         transition: ``fresh`` or ``ddim`` transition between steps.
@@ -57,10 +69,8 @@ class Student(nn.Module):
         elif parameterization == "shared":
             self.steps = nn.ModuleList([_trainable_copy(teacher)])
         elif parameterization == "lora":
-            from fewstep.lora import PerStepLoRA
-
             lora_targets = resolve_lora_targets(teacher, lora_targets)
-            self.lora = PerStepLoRA(copy.deepcopy(teacher), num_steps=k, rank=lora_rank,
+            self.lora = PerStepLoRA(share_weights_copy(teacher), num_steps=k, rank=lora_rank,
                                     alpha=lora_alpha, target_modules=lora_targets)
             self.steps = nn.ModuleList()
         else:
@@ -95,6 +105,63 @@ class Student(nn.Module):
         else:
             yield from (p for p in self.step_denoiser(k).parameters() if p.requires_grad)
 
+    # -- trainable state, base identity, EMA -----------------------------------------------
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """``(state-dict name, parameter)`` of everything training updates: every step's
+        adapter (``lora``) or the step copies (``decoupled`` / ``shared``); never the base."""
+        if self.lora is not None:
+            for k in range(self.num_steps):
+                for n, p in self.lora.named_step_parameters(k):
+                    yield f"lora.base.{n}", p
+        else:
+            yield from self.steps.named_parameters(prefix="steps")
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """The state that distinguishes this student from its teacher (detached tensors, the
+        names of :meth:`state_dict`): the adapters, or all of the step copies (with buffers)."""
+        if self.lora is not None:
+            return {n: p.detach() for n, p in self.named_trainable_parameters()}
+        return self.state_dict()
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load a :meth:`trainable_state_dict` (strict on names and shapes; tensors keep this
+        student's dtypes). A full :meth:`state_dict` is accepted too: its base entries must then
+        equal this student's base (checked by :func:`weights_fingerprint`)."""
+        own = self.trainable_state_dict()
+        extra = set(state) - set(own)
+        if extra and self.lora is not None:
+            base = {n: t for n, t in state.items() if n in extra}
+            mine = {f"lora.base.{n}": t for n, t in self.lora.base.state_dict().items()
+                    if ".lora_" not in n}
+            if set(base) != set(mine) or weights_fingerprint(base) != weights_fingerprint(mine):
+                raise ValueError("the state's base weights differ from this student's base "
+                                 "(another teacher?)")
+            state = {n: t for n, t in state.items() if n in own}
+            extra = set()
+        missing = set(own) - set(state)
+        if missing or extra:
+            raise KeyError(f"trainable state keys differ: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(extra)[:5]}")
+        for n, t in state.items():
+            if own[n].shape != t.shape:
+                raise ValueError(f"{n}: shape {tuple(t.shape)} != {tuple(own[n].shape)}")
+        self.load_state_dict(state, strict=False)
+
+    def base_fingerprint(self) -> str | None:
+        """:func:`weights_fingerprint` of the frozen base under its original names (= the
+        teacher's ``state_dict()``), or ``None`` when the student has no shared base."""
+        if self.lora is None:
+            return None
+        return weights_fingerprint(self.lora.base_state_dict())
+
+    def ema_copy(self) -> Student:
+        """A copy for an exponential moving average: trainable tensors copied, the frozen base
+        shared (``lora``: still one base in memory). Eval mode, nothing requires grad."""
+        shared = [] if self.lora is None else [*self.lora.base_parameters(),
+                                                *self.lora.base.buffers()]
+        ema = copy.deepcopy(self, {id(t): t for t in shared})
+        return ema.eval().requires_grad_(False)
+
     def generate(self, noise: Tensor, cond: Any, *, step_noises: list[Tensor] | None = None,
                  generator: torch.Generator | None = None, num_steps: int | None = None,
                  detach_between_steps: bool = False) -> Trajectory:
@@ -102,6 +169,70 @@ class Student(nn.Module):
         return sample(self, noise, cond, self.sigmas, self.transition, step_noises=step_noises,
                       generator=generator, stop_after=num_steps,
                       detach_between_steps=detach_between_steps)
+
+
+class StudentEMA:
+    """EMA of a student's trainable parameters only: ``ema <- decay ema + (1 - decay) p``.
+
+    ``model`` is a :meth:`Student.ema_copy` (samples like a student; a LoRA student's base is
+    shared, not copied); :meth:`state_dict` / :meth:`load_state_dict` hold the trainable part.
+    """
+
+    def __init__(self, student: Student, decay: float) -> None:
+        self.decay = float(decay)
+        self.model = student.ema_copy()
+
+    @torch.no_grad()
+    def update(self, student: Student, decay: float | None = None) -> None:
+        """One EMA step towards ``student`` (one multi-tensor ``lerp``)."""
+        d = self.decay if decay is None else float(decay)
+        mine = dict(self.model.named_trainable_parameters())
+        pairs = [(mine[n], p.detach()) for n, p in student.named_trainable_parameters()
+                 if p.requires_grad]
+        if pairs:
+            torch._foreach_lerp_([a for a, _ in pairs], [b.to(a.dtype) for a, b in pairs], 1 - d)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.model.trainable_state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.model.load_trainable_state_dict(state)
+
+
+class TrainableStateView:
+    """``state_dict()`` / ``load_state_dict()`` of a student's trainable state only, for code
+    that saves and restores modules through those two methods (training checkpoints)."""
+
+    def __init__(self, student: Student) -> None:
+        self.student = student
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.student.trainable_state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor], strict: bool = True) -> None:
+        self.student.load_trainable_state_dict(state)
+
+
+def share_weights_copy(module: nn.Module) -> nn.Module:
+    """A structural copy of ``module`` (new module objects) whose parameters and buffers are
+    the very same tensors: modifying the copy's structure (e.g. inserting LoRA layers) leaves
+    ``module`` untouched while no weight is duplicated."""
+    memo = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
+def weights_fingerprint(tensors: dict[str, Tensor], samples: int = 4096) -> str:
+    """sha256 over every tensor's name, dtype, shape and ``samples`` evenly strided values
+    (float64): identifies a set of weights in milliseconds, independent of device."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        flat = t.reshape(-1)
+        if flat.numel():
+            step = max(1, flat.numel() // samples)
+            h.update(flat[::step][:samples].to("cpu", torch.float64).numpy().tobytes())
+    return h.hexdigest()
 
 
 def profile_label(name: str) -> contextlib.AbstractContextManager:

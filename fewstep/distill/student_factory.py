@@ -24,9 +24,9 @@ from fewstep.denoiser import Denoiser
 from fewstep.distill.config import DistillConfig, StudentSpec
 from fewstep.distill.student import Student, resolve_lora_targets
 from fewstep.errors import CheckpointError, ConfigError
-from fewstep.io import load_state_into, load_tensors, save_tensors
+from fewstep.io import load_tensors, save_tensors
 from fewstep.lora import find_lora_targets
-from fewstep.schedules import student_sigmas
+from fewstep.schedules import student_sigmas, student_sigmas_from_levels
 from fewstep.teachers import rebuild_denoiser
 
 STUDENT_KIND = "student"
@@ -54,10 +54,19 @@ def student_from_spec(like: Denoiser, spec: StudentSpec | Mapping[str, Any], sig
     return student
 
 
-def build_student(teacher: Denoiser, cfg: DistillConfig, teacher_shift: float) -> Student:
-    """A fresh K-step student initialised from ``teacher`` (``cfg.student``)."""
+def build_student(teacher: Denoiser, cfg: DistillConfig, teacher_shift: float,
+                  teacher_levels: Tensor | None = None) -> Student:
+    """A fresh K-step student initialised from ``teacher`` (``cfg.student``).
+
+    Step levels: ``student.sigmas`` if set; else every ``N // K``-th of the teacher's own
+    ``N + 1`` levels ``teacher_levels`` (its schedule: uniform, the pipeline's or a list); else
+    (no levels, or ``K`` does not divide ``N``) the shifted uniform levels."""
     s = cfg.student
-    sig = student_sigmas(s.num_steps, cfg.teacher.steps, teacher_shift, s.sigmas)
+    n = cfg.teacher.steps
+    if s.sigmas is None and teacher_levels is not None and n % s.num_steps == 0:
+        sig = student_sigmas_from_levels(teacher_levels, s.num_steps)
+    else:
+        sig = student_sigmas(s.num_steps, n, teacher_shift, s.sigmas)
     return student_from_spec(teacher, s, sig)
 
 
@@ -80,8 +89,29 @@ def student_file_config(cfg: DistillConfig, teacher_cfg: dict[str, Any], sigmas:
 
 
 def save_student(path: str | Path, student: nn.Module, config: dict[str, Any]) -> None:
-    """Write a student (all steps) with what rebuilds it (atomic, safetensors)."""
+    """Write a student with what rebuilds it (atomic, safetensors): all steps' weights, or for a
+    LoRA student only its adapters plus the fingerprint of the frozen base (the base is the
+    teacher's, re-read on load)."""
+    if isinstance(student, Student) and student.lora is not None:
+        config = {**config, "base_fingerprint": student.base_fingerprint()}
+        save_tensors(path, student.trainable_state_dict(), STUDENT_KIND, config)
+        return
     save_tensors(path, student.state_dict(), STUDENT_KIND, config)
+
+
+def load_student_state(student: Student, tensors: dict[str, Tensor], config: dict[str, Any],
+                       where: str) -> None:
+    """Load a student file's tensors (full or trainable-only state) into ``student``;
+    :class:`CheckpointError` if they do not fit or the recorded base fingerprint differs from
+    the base ``student`` was built on (a LoRA file must be loaded on its own teacher)."""
+    want = config.get("base_fingerprint")
+    if want is not None and want != student.base_fingerprint():
+        raise CheckpointError(f"{where}: this LoRA student holds only its adapters and was "
+                              "trained on another base; load it with its teacher")
+    try:
+        student.load_trainable_state_dict(tensors)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: {e}") from None
 
 
 def load_student(path: str | Path, device: str | torch.device = "cpu",
@@ -89,7 +119,8 @@ def load_student(path: str | Path, device: str | torch.device = "cpu",
                  ) -> tuple[Student, dict[str, Any]]:
     """Rebuild a student written by :func:`save_student`; returns ``(student (eval), config)``.
 
-    ``like``: the loaded teacher to build on (skips building a random one first);
+    ``like``: the loaded teacher to build on (skips building a random one first; required for
+    a LoRA student, whose file holds only the adapters);
     ``allow_builders``: custom teacher builders the run's config names (``teacher.builder``),
     the only ones a student file may make fewstep import."""
     tensors, config = load_tensors(path, kind=STUDENT_KIND)
@@ -98,7 +129,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu",
         st = student_from_spec(base, config["student"], torch.tensor(config["sigmas"]))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: student config is invalid ({e})") from None
-    load_state_into(st, tensors, str(path))
+    load_student_state(st, tensors, config, str(path))
     return st.to(device).eval(), config
 
 

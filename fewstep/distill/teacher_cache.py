@@ -10,6 +10,12 @@ fingerprint hashes the teacher's identity, the sampling settings and the seed, s
 of them starts a new cache and an unchanged run reuses the old one. Shard ``i`` is generated
 from its own seed, so a shard that is missing or fails its checksum is regenerated to the same
 content; a run stopped half-way resumes at the first missing shard.
+
+Training reads the cache through :class:`CacheReader` (:meth:`TeacherCache.reader`): the shards
+stay on disk, memory-mapped (the OS pages in the rows a batch touches and may evict them), and
+only each batch's rows are copied -- into pinned memory when training on CUDA, then to the
+device without blocking -- by a background thread one batch ahead. Nothing moves to the device
+wholesale: the cache costs host page cache, not device memory.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import mmap
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +163,138 @@ class TeacherCache:
         self.build(progress)
         parts = [self.load_shard(i) for i in range(self.num_shards)]
         return {k: torch.cat([p[k] for p in parts])[:self.size] for k in parts[0]}
+
+    def reader(self, batch_size: int, seed: int, pairs: bool = True, real: bool = False,
+               rows: slice | None = None, device: str | torch.device = "cpu",
+               progress: bool = True, prefetch: bool = True) -> CacheReader:
+        """Build what is missing (verifying every shard's checksum), then a streaming
+        :class:`CacheReader` over the memory-mapped shards (see its docstring)."""
+        self.build(progress)
+        views = [mmap_safetensors(self.shard_path(i)) for i in range(self.num_shards)]
+        return CacheReader(views, self.size, self.shard_size, batch_size, seed, pairs=pairs,
+                           real=real, rows=rows, device=device, prefetch=prefetch)
+
+
+# safetensors dtype names -> torch dtypes (the ones fewstep writes)
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def mmap_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """Read-only, zero-copy CPU views of every tensor in a safetensors file, backed by a
+    private memory map (pages are read on first access; nothing is copied up front). Verify
+    the file (e.g. :func:`fewstep.io.load_tensors`) before trusting its contents. A file
+    replaced later (atomic rename) does not change the views: they map the old file."""
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    n = int.from_bytes(mm[:8], "little")
+    header = json.loads(mm[8:8 + n])
+    out: dict[str, Tensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _ST_DTYPES[info["dtype"]]
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        count = (end - start) // dtype.itemsize
+        t = (torch.frombuffer(mm, dtype=dtype, count=count, offset=8 + n + start) if count
+             else torch.empty(0, dtype=dtype))
+        out[name] = t.view(shape)
+    return out
+
+
+class CacheReader:
+    """Batches of cache rows, streamed from memory-mapped shards.
+
+    Which rows batch ``p`` (the ``p``-th call of :meth:`next`, counted from 0) holds is a pure
+    function of ``(seed, p)``: ``batch_size`` indices uniform over the cache (the pair rows:
+    ``eps``, ``sample``, ``mid``, ``cond``) and, with ``real``, another ``batch_size`` (the
+    "real" rows of a discriminator: ``real_sample``, ``real_cond``). So the stream is
+    deterministic, the next batch can be fetched while the current one trains, and resuming
+    only needs :attr:`position` (:meth:`state_dict`), which checkpoints record. Every
+    data-parallel rank draws the same global indices and reads only its ``rows`` slice of them.
+
+    Rows are gathered (``index_select`` on the shard views) into pinned host memory when
+    ``device`` is CUDA and copied with ``non_blocking=True``; on CPU the gathered tensors are
+    the batch. One background thread prepares batch ``p + 1`` while batch ``p`` trains.
+    """
+
+    def __init__(self, views: list[dict[str, Tensor]], size: int, shard_size: int,
+                 batch_size: int, seed: int, pairs: bool = True, real: bool = False,
+                 rows: slice | None = None, device: str | torch.device = "cpu",
+                 prefetch: bool = True) -> None:
+        self.views, self.size, self.shard_size = views, size, shard_size
+        self.batch_size, self.seed = batch_size, seed
+        self.pairs, self.real = pairs, real
+        self.rows = rows or slice(0, batch_size)
+        self.device = torch.device(device)
+        self.pin = self.device.type == "cuda"
+        self.position = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cache") if prefetch else None
+        self._ahead: tuple[int, Future] | None = None
+
+    # -- the index stream -----------------------------------------------------------------
+    def indices(self, position: int) -> dict[str, Tensor]:
+        """The global row indices of batch ``position`` (``pairs`` / ``real`` keys)."""
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + 7 * position) % (1 << 62))
+        out = {}
+        if self.pairs:
+            out["pairs"] = torch.randint(0, self.size, (self.batch_size,), generator=g)
+        if self.real:
+            out["real"] = torch.randint(0, self.size, (self.batch_size,), generator=g)
+        return out
+
+    def gather(self, idx: Tensor, keys: list[str] | None = None) -> dict[str, Tensor]:
+        """Rows ``idx`` (global cache indices) of every field, as fresh host tensors (pinned
+        for CUDA)."""
+        first = self.views[0]
+        keys = list(first) if keys is None else keys
+        shard, row = idx // self.shard_size, idx % self.shard_size
+        out = {k: torch.empty((len(idx), *first[k].shape[1:]), dtype=first[k].dtype,
+                              pin_memory=self.pin) for k in keys}
+        for s in shard.unique().tolist():
+            sel = (shard == s).nonzero().squeeze(1)
+            for k in keys:
+                out[k][sel] = self.views[s][k].index_select(0, row[sel])
+        return out
+
+    def _load(self, position: int) -> dict[str, Tensor]:
+        idx = self.indices(position)
+        out: dict[str, Tensor] = {}
+        if "pairs" in idx:
+            out.update(self.gather(idx["pairs"][self.rows]))
+        if "real" in idx:
+            keys = [k for k in ("sample", "cond") if k in self.views[0]]
+            out.update({f"real_{k}": v for k, v in
+                        self.gather(idx["real"][self.rows], keys).items()})
+        return out
+
+    def _fetch(self, position: int) -> Future | dict[str, Tensor]:
+        if self._ahead is not None and self._ahead[0] == position:
+            return self._ahead[1]
+        if self._pool is None:
+            return self._load(position)
+        return self._pool.submit(self._load, position)
+
+    def next(self) -> dict[str, Tensor]:
+        """Batch :attr:`position` on ``device`` (this rank's rows); advances the position."""
+        got = self._fetch(self.position)
+        host = got.result() if isinstance(got, Future) else got
+        self.position += 1
+        if self._pool is not None:
+            self._ahead = (self.position, self._pool.submit(self._load, self.position))
+        return {k: v.to(self.device, non_blocking=self.pin) for k, v in host.items()}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, sd: dict[str, int]) -> None:
+        """Continue at ``sd["position"]`` (a prefetched batch of another position is dropped)."""
+        self.position = int(sd["position"])
+        self._ahead = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

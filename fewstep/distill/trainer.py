@@ -2,7 +2,7 @@
 batch through it.
 
 ``Trainer(cfg, run_dir).train()`` wires the pieces, each in its own module -- the teacher
-(:func:`fewstep.distill.teachers.load_teacher`), the student and its EMA
+(:func:`fewstep.teachers.load_teacher`), the student and its EMA
 (:mod:`~fewstep.distill.student_factory`), the method (:mod:`fewstep.distill.methods`: losses,
 :class:`~fewstep.distill.methods.base.DataNeeds` and ``UpdateSchedule``),
 batches (:mod:`~fewstep.distill.batches`), optimizers (:mod:`~fewstep.distill.optim`),
@@ -15,15 +15,17 @@ Run directory: ``config.yaml``, ``checkpoints/``, ``tb/``, ``samples/``, ``losse
 NaN / Inf raises :class:`DivergenceError` naming step and term, or rolls back
 (``train.on_divergence``); :meth:`Trainer.request_stop` (SIGTERM) checkpoints and raises
 :class:`TrainingInterrupted` at the next step boundary. Multi-process (torchrun): the global
-batch is split over ranks, gradients are averaged over ranks after every backward (or sharded
-with FSDP2), only rank 0 writes (see ``docs/multi_gpu.md`` and
-:mod:`fewstep.distill.distributed`).
+batch is split over ranks, torch's DDP (wrapping each loss) averages gradients during backward
+(or FSDP2 shards the networks), only rank 0 writes (see ``docs/multi_gpu.md`` and
+:mod:`fewstep.distill.distributed`). Host syncs: loss terms and gradient norms stay on the
+device and are read -- and checked for NaN / Inf -- every ``train.log_every`` steps and before
+each checkpoint (:mod:`fewstep.distill.precision`, which also holds autocast and fp16's
+gradient scaler).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import random
 import time
@@ -47,13 +49,14 @@ from fewstep.distill.checkpoints import (
     state_views,
 )
 from fewstep.distill.config import DistillConfig
-from fewstep.distill.distributed import FullStateView, Snapshot, init_distributed
-from fewstep.distill.divergence import check_finite
+from fewstep.distill.distributed import DDPLoss, FullStateView, Snapshot, init_distributed
+from fewstep.distill.divergence import nonfinite_gradient
 from fewstep.distill.methods import Batch, DistillContext, DistillMethod, method_class
-from fewstep.distill.optim import Optimizers, autocast, grad_norm, params_of
+from fewstep.distill.optim import Optimizers, grad_norm, params_of
+from fewstep.distill.precision import DeferredLogs, Precision
 from fewstep.distill.replicas import distribute
 from fewstep.distill.run_logs import LossLog, ScalarWriter, write_samples
-from fewstep.distill.student import Student
+from fewstep.distill.student import Student, TrainableStateView
 from fewstep.distill.student_factory import (
     build_student,
     compile_student,
@@ -63,9 +66,9 @@ from fewstep.distill.student_factory import (
     save_student,
     student_file_config,
 )
-from fewstep.distill.teachers import load_teacher
 from fewstep.errors import ConfigError, DivergenceError
 from fewstep.io import atomic_write_text
+from fewstep.teachers import load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -119,26 +122,42 @@ class Trainer:
         self.teacher_shift = cfg.teacher.shift or samp.get("shift", 1.0)
         self.teacher_w = cfg.teacher.cfg_scale if cfg.teacher.cfg_scale is not None \
             else samp.get("cfg_scale", 1.0)
-        self.student = build_student(self.teacher, cfg, self.teacher_shift).to(self.device)
+        self.student = build_student(self.teacher, cfg, self.teacher_shift,
+                                     loaded.sigmas).to(self.device)
         self.student.train()
-        self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.ema = self.student.ema_copy()  # trainables copied, a LoRA base shared
         example = torch.zeros((2, *self.problem.data_shape), device=self.device)
         example_cond = self.problem.cond_map(self.problem.sample_cond(2, device=self.device))
         self.ctx = DistillContext(cfg, self.problem, self.teacher, self.teacher_w, self.student,
                                   self.device, self.loss_gen, example, example_cond)
         self.method: DistillMethod = method_class(cfg.method)(self.ctx).to(self.device)
-        distribute(self.dist, self.student, self.ema, self.method, self.step_gen)
+        distribute(self.dist, self.student, self.ema, self.method, self.step_gen,
+                   {id(p) for p in self.teacher.parameters()})
         if t.gradient_checkpointing:
             enable_gradient_checkpointing(
                 self.student, [*(m for m in self.method.modules() if isinstance(m, Denoiser)),
                                self.teacher])
         self.optim = Optimizers.build(self.student, self.method.schedule(), t, self.device)
+        self.prec = Precision(t.mixed_precision, self.device)  # autocast, fp16 GradScaler
+        # torch DDP over each *loss* (see distributed.DDPLoss): the generator loss reduces the
+        # student's gradients, the aux loss the aux optimizer's, during backward; the losses
+        # are looked up at call time (a recipe's loss may be replaced on the instance)
+        self.g_loss = DDPLoss(self.dist, lambda b, s: self.method.generator_loss(b, s),
+                              {"student": self.student}, self.device)
+        self.a_loss = DDPLoss(self.dist, lambda b, s: self.method.aux_loss(b, s),
+                              {"method": self.method}, self.device,
+                              params=params_of(self.optim.aux) if self.optim.aux else [])
+        # per-step logs stay on the device; read and checked every log_every steps
+        self.pending = DeferredLogs(("grad_norm", "_aux_grad_norm")
+                                    if self.prec.skips_overflow else ())
+        self._aux_terms: set[str] = set()
         if t.compile:
             compile_student(self.student)
         mid = float(self.student.sigmas[1]) if self.student.num_steps > 1 else None
         self.batches = BatchSource(cfg, self.method.data_needs(), self.problem, self.teacher,
                                    self.teacher_id, self.teacher_shift, self.teacher_w, mid,
-                                   self.gen, self.dist, self.device)
+                                   self.gen, self.dist, self.device,
+                                   teacher_levels=loaded.sigmas, start=loaded.start)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", t.keep_last, self.dist,
                                       self.device, t.rollbacks_per_checkpoint)
         self.losses = LossLog(self.run_dir / "losses.jsonl", enabled=self.dist.is_main)
@@ -165,8 +184,15 @@ class Trainer:
 
     # ------------------------------------------------------------ state
     def _state_objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        mods = {"student": self.student, "ema": self.ema, "method": self.method}
-        return state_views(mods, self.optim.optimizers(), self.dist.fsdp)
+        mods: dict[str, Any] = {"student": self.student, "ema": self.ema, "method": self.method}
+        if not self.dist.fsdp:  # trainable state only: a LoRA base is the teacher's
+            mods.update(student=TrainableStateView(self.student),
+                        ema=TrainableStateView(self.ema))
+            return state_views(mods, self.optim.optimizers(), False)
+        mods, opts = state_views(mods, self.optim.optimizers(), True)
+        for k, st in (("student", self.student), ("ema", self.ema)):  # full tensors, trainable
+            mods[k] = FullStateView(st, keys=lambda st=st: st.trainable_state_dict().keys())
+        return mods, opts
 
     def _schedulers(self) -> dict[str, Any]:
         return self.optim.schedulers()
@@ -181,13 +207,15 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write the full training state (refuses, with :class:`DivergenceError`, if non-finite)."""
         counters = {"step": self.step, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
-                    "teacher_id": self.teacher_id, "world_size": self.dist.world_size}
+                    "teacher_id": self.teacher_id, "world_size": self.dist.world_size,
+                    **self.batches.state_dict()}
         return self.ckpt.save(self.step, self._train_state(), counters,
                               self.cfg.model_dump(mode="json"))
 
     def _load_checkpoint(self, ck: Path) -> dict[str, Any]:
         counters = self.ckpt.load(ck, self._train_state())
         self.step = int(counters["step"])
+        self.batches.load_state_dict(counters)  # the cache stream continues
         self.losses.cut(self.step)  # the log matches the state
         return counters
 
@@ -200,6 +228,7 @@ class Trainer:
             return False
         ck, counters = got
         self.step = int(counters["step"])
+        self.batches.load_state_dict(counters)  # the cache stream continues
         self.losses.cut(self.step)  # the log matches the state
         self.rollbacks = int(counters.get("rollbacks", 0))
         self.lr_scale = float(counters.get("lr_scale", 1.0))
@@ -216,25 +245,37 @@ class Trainer:
         yield from (("method." + n, p) for n, p in self.method.named_parameters())
 
     def _backward_step(self, loss: Tensor, logs: dict[str, Tensor],
-                       opt: torch.optim.Optimizer, clip: float, phase: str
+                       opt: torch.optim.Optimizer, clip: float, phase: str, synced: bool
                        ) -> tuple[dict[str, Tensor], Tensor]:
-        """zero_grad, backward, average over ranks, divergence check, clip, step."""
+        """zero_grad, backward (DDP reduces during it when ``synced``), clip, step. No host
+        sync: loss terms and the gradient norm are checked when the logs are read
+        (:meth:`_flush_logs`); with fp16 the scaler skips a step whose gradients overflowed."""
         gen = phase == "generator"  # profiler labels as before: generator phase only
         opt.zero_grad(set_to_none=True)
         with record_function("generator_backward") if gen else contextlib.nullcontext():
-            loss.backward()
+            self.prec.backward(loss)
         with record_function("optimizer") if gen else contextlib.nullcontext():
             params = params_of(opt)
-            self.dist.average_gradients(params)
+            if not synced:
+                self.dist.average_gradients(params)
             logs = self.dist.mean_logs(logs, self.device)
+            self.prec.unscale_(opt)
             norm = grad_norm(params)
-            check_finite(logs, params, phase, norm, self.step + 1, self._named_trainable)
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-            opt.step()
+            self.prec.step(opt)
+            self.prec.update()
         return logs, norm
 
     def train_iteration(self) -> dict[str, float]:
-        """One generator update preceded by the method's auxiliary updates."""
+        """One generator update preceded by the method's auxiliary updates; returns its logs
+        as floats (a host sync; the training loop reads logs only every ``log_every``)."""
+        self.pending.add(self.step + 1, self._iteration())
+        last = self._flush_logs()
+        return {} if last is None else last
+
+    def _iteration(self) -> dict[str, Tensor]:
+        """One generator update preceded by the auxiliary updates; the logs stay on the
+        device (``_aux_grad_norm``: checked for divergence, not written)."""
         o = self.optim
         logs: dict[str, Tensor] = {}
         if o.aux is not None:
@@ -244,26 +285,52 @@ class Trainer:
             for _ in range(o.schedule.aux_per_generator):
                 with record_function("aux"):
                     batch = self.next_batch()
-                    with autocast(self.device, self.cfg.train.mixed_precision):
-                        out = self.method.aux_loss(batch, self.step)
+                    with self.prec.autocast():
+                        out = self.a_loss(batch, self.step)
                     if out is None:
                         break
-                    al, _ = self._backward_step(out[0], out[1], o.aux, o.schedule.aux_clip,
-                                                "auxiliary")
+                    al, anorm = self._backward_step(out[0], out[1], o.aux, o.schedule.aux_clip,
+                                                    "auxiliary", self.a_loss.synced)
+                self._aux_terms.update(al)
                 logs.update({k: v.detach() for k, v in al.items()})
+                logs["_aux_grad_norm"] = anorm.detach()
             for p in aux_params:
                 p.requires_grad_(False)
         with record_function("generator_forward"):
             batch = self.next_batch()
-            with autocast(self.device, self.cfg.train.mixed_precision):
-                loss, gl = self.method.generator_loss(batch, self.step)
-        gl, gnorm = self._backward_step(loss, gl, o.g, self.cfg.train.grad_clip, "generator")
+            with self.prec.autocast():
+                loss, gl = self.g_loss(batch, self.step)
+        gl, gnorm = self._backward_step(loss, gl, o.g, self.cfg.train.grad_clip, "generator",
+                                        self.g_loss.synced)
         o.step_schedulers()
         self._update_ema()
         self.step += 1
         logs.update({k: v.detach() for k, v in gl.items()})
         logs["grad_norm"] = gnorm.detach()
-        return {k: float(v) for k, v in logs.items()}
+        return logs
+
+    def _flush_logs(self) -> dict[str, float] | None:
+        """Read every pending step's logs from the device (one transfer), append them to
+        ``losses.jsonl`` and raise :class:`DivergenceError` naming the first non-finite term
+        (rows from that step on are not written). Returns the newest row's terms."""
+        rows, bad = self.pending.flush()
+        last = None
+        for r in rows:
+            if bad is not None and r["step"] >= bad[0]:
+                break
+            last = {k: v for k, v in r.items() if k != "step" and not k.startswith("_")}
+            self.losses.append(int(r["step"]), last)
+        if bad is not None:
+            step, term, value = bad
+            if term in ("grad_norm", "_aux_grad_norm"):
+                gen = term == "grad_norm"
+                opt = self.optim.g if gen else self.optim.aux
+                raise nonfinite_gradient(params_of(opt) if opt is not None else [],
+                                         "generator" if gen else "auxiliary", value, step,
+                                         self._named_trainable)
+            phase = "auxiliary" if term in self._aux_terms else "generator"
+            raise DivergenceError(f"{phase} loss term {term!r} is {value} at step {step}")
+        return last
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -299,20 +366,25 @@ class Trainer:
         try:
             while self.step < t.iterations:
                 try:
-                    logs = self.train_iteration()
+                    self.pending.add(self.step + 1, self._iteration())
+                    log_due = self.step % t.log_every == 0 or self.step == t.iterations
+                    ckpt_due = bool(t.ckpt_every) and self.step % t.ckpt_every == 0
+                    stop = self._stop_requested()
+                    # the loop's only host syncs: every log_every steps, before a checkpoint
+                    # (a state is never written unchecked) and before stopping
+                    logs = self._flush_logs() if log_due or ckpt_due or stop else None
                 except DivergenceError as e:
                     self._on_divergence(e)
                     bar.n = self.step
                     continue
-                self.losses.append(self.step, logs)
-                if self.step % t.log_every == 0 or self.step == t.iterations:
+                if log_due and logs is not None:
                     self.losses.flush()
                     writer.scalars(logs, self.step)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()
                                      if k.startswith(("g_total", "d_loss", "fake_loss"))})
                 if t.sample_every and self.step % t.sample_every == 0:
                     self.write_samples(f"step{self.step:06d}")
-                if t.ckpt_every and self.step % t.ckpt_every == 0:
+                if ckpt_due:
                     self.losses.flush()
                     try:
                         self.save_checkpoint()
@@ -321,7 +393,7 @@ class Trainer:
                         bar.n = self.step
                         continue
                 bar.update(1)
-                if self._stop_requested():
+                if stop:
                     self.losses.flush()
                     ck = self.save_checkpoint()
                     log.warning("%s: checkpoint %s", self._stop_reason, ck)
@@ -348,6 +420,7 @@ class Trainer:
     def _on_divergence(self, err: DivergenceError) -> None:
         """Stop with a message naming the last good checkpoint, or roll back."""
         t = self.cfg.train
+        self.pending.clear()  # rows of the discarded steps
         self.losses.flush()
         last = self.ckpt.latest_good()
         where = f"last good checkpoint: {last}" if last else "no checkpoint was written"

@@ -1,10 +1,12 @@
-"""One-call evaluation of generated digits and toy point clouds (see METHODS.md section 7)."""
+"""One-call evaluation of generated digits, other images and toy point clouds (see METHODS.md
+section 7 and :mod:`fewstep.metrics.features`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from fewstep.metrics.features import FeatureSpace
 from fewstep.metrics.fid import extract_features, frechet_distance
 from fewstep.metrics.prdc import prdc
 from fewstep.metrics.toy import mode_stats, sliced_wasserstein
@@ -42,6 +44,38 @@ def evaluate_digits(samples: Tensor, labels_requested: Tensor | None, reference:
             pred = torch.cat([classifier(samples[i:i + batch_size]).argmax(1)
                               for i in range(0, len(samples), batch_size)])
             classifier.train(was_training)
+        out["class_accuracy"] = (pred == labels_requested.to(pred.device)).double().mean().item()
+    return out
+
+
+def evaluate_images(samples: Tensor, labels_requested: Tensor | None, reference: Tensor,
+                    space: FeatureSpace, k: int = 5, num_projections: int = 256,
+                    seed: int = 0) -> dict[str, float]:
+    """Score generated images ``(M, C, H, W)`` against ``reference (N, C, H, W)`` (both in
+    [-1, 1]) in a :class:`FeatureSpace`.
+
+    Returns ``{"fd", "swd", "precision", "recall", "density", "coverage"}`` plus
+    ``class_accuracy`` when ``space.classifier`` exists and ``labels_requested`` is given:
+    ``fd`` and PRDC in the feature space, ``swd`` (sliced W2, ``num_projections`` fixed
+    directions) always on the flattened pixels.
+    """
+    if not torch.isfinite(samples).all():
+        raise ValueError("samples contain NaN or inf")
+    f_ref = space.features(reference)
+    f_gen = space.features(samples)
+    gen = torch.Generator().manual_seed(seed)
+    out = {"fd": frechet_distance(f_ref, f_gen),
+           "swd": sliced_wasserstein(samples.flatten(1).cpu(), reference.flatten(1).cpu(),
+                                     num_projections, p=2.0, generator=gen),
+           **prdc(f_ref, f_gen, k=k)}
+    if space.classifier is not None and labels_requested is not None:
+        with torch.no_grad():
+            clf = space.classifier
+            was_training = clf.training
+            clf.eval()
+            pred = torch.cat([clf(samples[i:i + 1024]).argmax(1)
+                              for i in range(0, len(samples), 1024)])
+            clf.train(was_training)
         out["class_accuracy"] = (pred == labels_requested.to(pred.device)).double().mean().item()
     return out
 

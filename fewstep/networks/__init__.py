@@ -3,5 +3,6 @@
 
 from fewstep.networks.mlp import ResMLP
 from fewstep.networks.registry import build_network
+from fewstep.networks.unet import UNet
 
-__all__ = ["ResMLP", "build_network"]
+__all__ = ["ResMLP", "UNet", "build_network"]

@@ -1,7 +1,9 @@
 """Build networks and denoisers from plain-dict configs stored beside their weights.
 
-A network config is ``{"type": "resmlp", ...kwargs}``; a denoiser config adds
-``{"prediction": ..., "time_input": ..., "null_class": int | None}``.
+A network config is ``{"type": "resmlp" | "unet", ...kwargs}``; a denoiser config adds
+``{"prediction": ..., "time_input": ..., "null_class": int | None}``. Denoisers around a
+network that supports gradient checkpointing (the UNet) expose ``set_gradient_checkpointing``
+(:class:`CheckpointableDenoiser`), which the trainer's ``train.gradient_checkpointing`` uses.
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ from torch import Tensor, nn
 
 from fewstep.denoiser import NetworkDenoiser
 from fewstep.networks.mlp import ResMLP
+from fewstep.networks.unet import UNet
 
-NETWORKS: dict[str, type[nn.Module]] = {"resmlp": ResMLP}
+NETWORKS: dict[str, type[nn.Module]] = {"resmlp": ResMLP, "unet": UNet}
+
+
+class CheckpointableDenoiser(NetworkDenoiser):
+    """A :class:`NetworkDenoiser` whose network has ``set_gradient_checkpointing``."""
+
+    def set_gradient_checkpointing(self, enabled: bool = True, checkpoint_fn: Any = None) -> None:
+        """Forwarded to the network (block-level checkpointing)."""
+        self.net.set_gradient_checkpointing(enabled, checkpoint_fn)  # type: ignore[operator]
 
 
 def build_network(cfg: dict[str, Any]) -> nn.Module:
@@ -37,5 +48,7 @@ def build_denoiser(net_cfg: dict[str, Any], prediction: str = "velocity",
     """A :class:`NetworkDenoiser` around :func:`build_network` (weights uninitialised)."""
     net = build_network(net_cfg)
     nc = label_null_cond(null_class) if null_class is not None else None
-    return NetworkDenoiser(net, prediction=prediction, time_input=time_input,  # type: ignore[arg-type]
-                           null_cond=nc)
+    cls = CheckpointableDenoiser if hasattr(net, "set_gradient_checkpointing") else \
+        NetworkDenoiser
+    return cls(net, prediction=prediction, time_input=time_input,  # type: ignore[arg-type]
+               null_cond=nc)

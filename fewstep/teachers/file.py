@@ -11,6 +11,7 @@ import torch
 
 from fewstep.assets import teacher_path
 from fewstep.data.problem import PROBLEMS, get_problem
+from fewstep.data.prompts import PROMPTS_NAME as PROMPTS_DATA
 from fewstep.errors import CheckpointError, ConfigError
 from fewstep.io import read_metadata
 from fewstep.schedules import resolve_teacher_sigmas
@@ -45,9 +46,9 @@ class FileTeacher(TeacherAdapter):
                              "uniform or a sigma list")
 
     def check_data(self, spec: TeacherSpec, data: str) -> None:
-        if data not in PROBLEMS:
-            raise ValueError(f"data: a file teacher works on a data set ({', '.join(PROBLEMS)}),"
-                             f" got {data!r}")
+        if data == PROMPTS_DATA:  # a built-in name or the user's own data (fewstep.data.spec)
+            raise ValueError(f"data: a file teacher works on a data set ({', '.join(PROBLEMS)}"
+                             f" or your own images), got {data!r}")
 
     def load(self, cfg: DistillConfig, device: torch.device) -> LoadedTeacher:
         path = _path(cfg)

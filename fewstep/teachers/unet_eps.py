@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fewstep.data.problem import PROBLEMS, Problem, get_problem
+from fewstep.data.problem import Problem, get_problem
+from fewstep.data.prompts import PROMPTS_NAME as PROMPTS_DATA
+from fewstep.data.spec import is_builtin
 from fewstep.diffusers_adapters.unet_eps import VPEpsilonDenoiser
 from fewstep.errors import ConfigError
 from fewstep.schedules import resolve_teacher_sigmas
@@ -42,9 +44,9 @@ class UNetEpsTeacher(TeacherAdapter):
                              "with unet/ and scheduler/, or a hub id)")
 
     def check_data(self, spec: TeacherSpec, data: str) -> None:
-        if data not in PROBLEMS or get_problem(data).is_toy:
-            raise ValueError(f"data: teacher.kind unet_eps needs an image data set (digits), "
-                             f"got {data!r}")
+        if data == PROMPTS_DATA or (is_builtin(data) and get_problem(data).is_toy):
+            raise ValueError(f"data: teacher.kind unet_eps needs an image data set (digits or "
+                             f"your own images), got {data!r}")
 
     def load(self, cfg: DistillConfig, device: torch.device) -> LoadedTeacher:
         from diffusers import DDPMScheduler, UNet2DModel

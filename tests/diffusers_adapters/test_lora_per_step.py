@@ -61,20 +61,63 @@ def test_mlp_end_to_end_gradients_reach_both_steps():
     assert lora.active_step is None
 
 
-def test_naive_peft_switching_drops_gradients():
-    """The pitfall PerStepLoRA works around: peft's set_adapter freezes inactive adapters."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_same_output_as_peft(dtype):
+    """Adapters loaded into peft (what diffusers' load_lora_weights does) compute bit for bit
+    what PerStepLoRA computes with autograd on (and, merged, within float32 rounding)."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    base = _mlp().to(dtype)
+    ref = copy.deepcopy(base)
+    lora = PerStepLoRA(base, num_steps=2, rank=4, alpha=8.0)
+    _randomise_lora_b(lora)
+    for k in range(2):
+        ref = inject_adapter_in_model(LoraConfig(**lora.adapter_config()), ref,
+                                      adapter_name=f"step{k}")
+        set_peft_model_state_dict(ref, {n: t.clone() for n, t in
+                                        lora.adapter_state_dict(k).items()},
+                                  adapter_name=f"step{k}")
+    x = torch.randn(5, 6).to(dtype)
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    lora = PerStepLoRA(_mlp(), num_steps=2, rank=4)
+    for k in range(2):
+        for m in ref.modules():
+            if isinstance(m, BaseTunerLayer):
+                m.set_adapter(f"step{k}")
+        want = ref(x)
+        assert torch.equal(lora(k, x), want)  # with autograd
+        with torch.no_grad():
+            assert torch.equal(lora(k, x), want)
+        with torch.inference_mode():
+            got = lora(k, x)
+        if dtype == torch.float32:  # merged weights
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        else:  # bfloat16 bases are never merged
+            assert torch.equal(got, want)
+
+
+def test_switching_is_constant_time_and_keeps_requires_grad():
+    lora = PerStepLoRA(_mlp(), num_steps=3, rank=2)
+    lora.set_trainable(1, False)
+    with lora.use_step(2):
+        assert all(layer.cell.step == 2 for _, layer in lora.lora_layers())
+        assert lora.cell is lora.lora_layers()[0][1].cell  # one shared cell, nothing walked
+    assert all(layer.cell.step is None for _, layer in lora.lora_layers())
+    assert [all(p.requires_grad for p in lora.step_parameters(k)) for k in range(3)] == \
+        [True, False, True]
+    # merged inference weights are rebuilt when a weight changes in place
+    x = torch.randn(4, 6)
     _randomise_lora_b(lora)
-    layers = [m for m in lora.base.modules() if isinstance(m, BaseTunerLayer)]
-    for m in layers:
-        m.set_adapter("step0")
-    h = lora.base(torch.randn(5, 6))
-    for m in layers:
-        m.set_adapter("step1")
-    lora.base(h).sum().backward()
-    assert all(p.grad is None for p in lora.step_parameters(0))
+    with torch.inference_mode():
+        a = lora(0, x)
+    with torch.no_grad():
+        for p in lora.step_parameters(0):
+            p.mul_(2.0)
+    with torch.inference_mode():
+        b = lora(0, x)
+    c = lora(0, x)
+    torch.testing.assert_close(b, c.detach(), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(a, b)
 
 
 def test_steps_start_at_base_and_switching_restores():

@@ -11,8 +11,9 @@ import pytest
 import torch
 from da_helpers import MAX_SEQ
 
-from fewstep.config import load_config, validate
-from fewstep.distill.config import DistillConfig
+from fewstep.config import validate
+from fewstep.distill.config import DistillConfig, drop_foreign_sections
+from fewstep.distill.run import load_distill_config
 from fewstep.distill.trainer import Trainer
 from fewstep.errors import ConfigError
 from fewstep.presets import preset_path
@@ -43,21 +44,21 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def zimage_cfg(stacks: dict[str, Path], *overrides: str, cache: Path | None = None
                ) -> DistillConfig:
     """The shipped ``tiny_zimage`` preset pointed at the test's folders."""
-    return load_config(DistillConfig, preset_path("tiny_zimage"), [
+    return load_distill_config(preset_path("tiny_zimage"), [
         f"teacher.pretrained={stacks['zimage']}", f"teacher.prompts={stacks['prompts']}",
         f"cache.dir={cache or stacks['cache']}", f"teacher.max_sequence_length={MAX_SEQ}",
         *overrides])
 
 
 def unet_cfg(stacks: dict[str, Path], method: str, **train: object) -> DistillConfig:
-    return validate(DistillConfig, {
+    return validate(DistillConfig, drop_foreign_sections({
         "method": method, "data": "digits",
         "teacher": {"kind": "unet_eps", "pretrained": str(stacks["unet"]), "steps": 4},
         "student": {"num_steps": 2, "parameterization": "decoupled"},
         "gan": {"weight": 0.5, "layers": [-1]}, "sid": {"gan_weight": 0.5},
         "cache": {"dir": str(stacks["cache"]), "size": 4, "shard_size": 4, "batch_size": 4},
         "train": {"iterations": 1, "batch_size": 2, "gradient_checkpointing": True,
-                  "log_every": 1, **train}})
+                  "log_every": 1, **train}}))
 
 
 def _check_history(tr: Trainer) -> None:
@@ -217,15 +218,3 @@ def test_zimage_config_validation(stacks, data, message):
         base[k] = {**base[k], **v} if isinstance(v, dict) and k in base else v
     with pytest.raises(ConfigError, match=message):
         validate(DistillConfig, base)
-
-
-def test_cat_and_where_cond_handle_prompt_embeds(prompt_cond):
-    from fewstep.distill.methods.base import cat_cond, where_cond
-
-    assert cat_cond(None, None) is None
-    assert torch.equal(cat_cond(torch.tensor([1]), torch.tensor([2])), torch.tensor([1, 2]))
-    both = cat_cond(prompt_cond, prompt_cond[0])
-    assert len(both) == 3 and torch.equal(both[2].embeds, prompt_cond[0].embeds)
-    mixed = where_cond(torch.tensor([True, False]), prompt_cond[1].repeat(2), prompt_cond)
-    assert torch.equal(mixed.to_list()[0], prompt_cond.to_list()[1])
-    assert torch.equal(mixed.to_list()[1], prompt_cond.to_list()[1])

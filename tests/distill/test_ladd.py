@@ -120,5 +120,6 @@ def test_declarations():
 @pytest.mark.slow
 def test_short_run_improves_two_step_student(toy_distill):
     # low-noise discriminator levels: at s^ ~ 0.73 (the default) a 2-D checkerboard is blurred
-    r = toy_distill("ladd", gan={"layers": [-1, -2], "lr": 1e-3}, ladd={"sigma_mean": 0.0})
-    assert r["trained"] < 0.8 * r["init"], r
+    r = toy_distill("ladd", gan={"layers": [-1, -2], "lr": 1e-3}, ladd={"sigma_mean": 0.0},
+                    train={"iterations": 400})
+    assert r["trained"] < 0.9 * r["init"], r

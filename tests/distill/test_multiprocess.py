@@ -25,6 +25,8 @@ from fewstep.distill.config import DistillConfig
 from fewstep.teacher import NetworkConfig, TeacherConfig, train_teacher
 
 ITERS = 4
+#: student parameterizations run on the tiny Z-Image teacher (ddp and fsdp each)
+ZIMAGE_PARAMS = ("decoupled", "lora")
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +52,27 @@ def _cfg(teacher: Path, tmp: Path, method: str, **train: Any) -> dict[str, Any]:
     return data
 
 
+def _zimage_cfg(tmp: Path, param: str, **train: Any) -> dict[str, Any]:
+    """Regression (deterministic ddim transition, float32) on the tiny Z-Image teacher."""
+    return {"method": "regression", "data": "prompts",
+            "teacher": {"kind": "zimage", "pretrained": str(tmp / "zimage"), "dtype": "float32",
+                        "prompts": str(tmp / "prompts.txt"), "resolution": 16,
+                        "max_sequence_length": 16, "steps": 4, "shift": 3.0},
+            "student": {"num_steps": 2, "parameterization": param, "lora_rank": 2,
+                        "transition": "ddim"},
+            "cache": {"dir": str(tmp / "zcache"), "size": 8, "shard_size": 4, "batch_size": 4},
+            "train": {"iterations": 2, "batch_size": 4, "lr": 1e-3, "ema_decay": 0.5,
+                      "log_every": 1, "gradient_checkpointing": True, **train},
+            "eval": {"num_samples": 10}}
+
+
 def _scenarios(teacher: Path, tmp: Path) -> dict[str, dict[str, Any]]:
     return {"reg_ddp": _cfg(teacher, tmp, "regression"),
             "reg_fsdp": _cfg(teacher, tmp, "regression", distributed="fsdp"),
             "turbo_ddp": _cfg(teacher, tmp, "turbo_pp", aux_ratio=2),
-            "reg_half": _cfg(teacher, tmp, "regression", iterations=2, ckpt_every=2)}
+            "reg_half": _cfg(teacher, tmp, "regression", iterations=2, ckpt_every=2),
+            **{f"zi_{param}_{mode}": _zimage_cfg(tmp, param, distributed=mode)
+               for param in ZIMAGE_PARAMS for mode in ("ddp", "fsdp")}}
 
 
 def _train(data: dict[str, Any], run_dir: Path, resume: bool = False) -> Any:
@@ -101,9 +119,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _zimage_stack(tmp: Path) -> None:
+    from fewstep.testing import build_tiny_zimage_pipeline
+
+    build_tiny_zimage_pipeline(seed=0).save_pretrained(tmp / "zimage")
+    (tmp / "prompts.txt").write_text("a red cat\na photo of a big blue dog\nthe green tree\n"
+                                     "two birds\n")
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("mp_runs")
+    _zimage_stack(tmp)
     mp.spawn(_worker, args=(2, _free_port(), str(tiny_teacher), str(tmp)), nprocs=2, join=True)
     return tmp
 
@@ -114,13 +141,18 @@ def _losses(run: Path) -> list[dict[str, float]]:
 
 def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
     assert set(a) == set(b)
+    # gradients are compared relative to the largest gradient (rounding noise scales with it;
+    # some LoRA gradients are 1e-6 of the largest and carry only noise in their last digits)
+    gmax = max((float(v.abs().max()) for k, v in b.items() if k.startswith("grad/")), default=0)
     for k in a:
-        # gradients are compared relative to their own scale (they are small)
-        tol = atol * float(b[k].abs().max()) if k.startswith("grad/") else atol
+        tol = atol * gmax if k.startswith("grad/") else atol
         torch.testing.assert_close(a[k], b[k], atol=tol, rtol=1e-4, msg=k)
 
 
-@pytest.mark.parametrize("name", ["reg_ddp", "reg_fsdp", "turbo_ddp"])
+ZIMAGE_RUNS = [f"zi_{p}_{m}" for p in ZIMAGE_PARAMS for m in ("ddp", "fsdp")]
+
+
+@pytest.mark.parametrize("name", ["reg_ddp", "reg_fsdp", "turbo_ddp", *ZIMAGE_RUNS])
 def test_ranks_stay_identical(runs: Path, name: str) -> None:
     r0 = load_file(str(runs / f"{name}_rank0.safetensors"))
     r1 = load_file(str(runs / f"{name}_rank1.safetensors"))
@@ -129,14 +161,17 @@ def test_ranks_stay_identical(runs: Path, name: str) -> None:
         assert torch.equal(r0[k], r1[k]), k  # bit-identical: student, EMA, discriminator heads
 
 
-@pytest.mark.parametrize("name", ["reg_ddp", "reg_fsdp"])
+@pytest.mark.parametrize("name", ["reg_ddp", "reg_fsdp", *ZIMAGE_RUNS])
 def test_regression_matches_one_process(runs: Path, tiny_teacher: Path, name: str) -> None:
     data = _scenarios(tiny_teacher, runs)[name]
     data["train"].pop("distributed", None)
     one = _train(data, runs / f"{name}_1p")
-    _assert_close(load_file(str(runs / f"{name}_rank0.safetensors")), _full_state(one), 1e-5)
+    # Z-Image: attention over captions padded per batch sums in another order when the batch
+    # is split, and Adam turns those rounding differences into ~3e-5 weight differences
+    atol = 1e-4 if name.startswith("zi_") else 1e-5
+    _assert_close(load_file(str(runs / f"{name}_rank0.safetensors")), _full_state(one), atol)
     a, b = _losses(runs / f"{name}_mp"), _losses(runs / f"{name}_1p")
-    assert [r["step"] for r in a] == list(range(1, ITERS + 1))
+    assert [r["step"] for r in a] == list(range(1, data["train"]["iterations"] + 1))
     for ra, rb in zip(a, b, strict=True):
         assert ra["g_reg"] == pytest.approx(rb["g_reg"], rel=1e-4, abs=1e-6)
         assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-4, abs=1e-6)

@@ -5,14 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-PROMPTS = ["a red cat", "the green tree", "a photo of a big blue dog"]
-
-#: family -> (builder name in fewstep.testing, resolution in pixels, text tokens)
-FAMILY_SPECS = {"zimage": ("build_tiny_zimage_pipeline", 32, 64),
-                "sd": ("build_tiny_sd_pipeline", 16, 16),
-                "pixart": ("build_tiny_pixart_pipeline", 16, 16),
-                "flux": ("build_tiny_flux_pipeline", 16, 16)}
+from teachers_helpers import FAMILY_SPECS, PROMPTS
 
 
 @pytest.fixture(scope="session")

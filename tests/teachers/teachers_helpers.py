@@ -9,8 +9,16 @@ import torch
 from torch import nn
 
 from fewstep.config import validate
-from fewstep.distill.config import DistillConfig
+from fewstep.distill.config import DistillConfig, drop_foreign_sections
 from fewstep.teachers import CustomTeacher
+
+PROMPTS = ["a red cat", "the green tree", "a photo of a big blue dog"]
+
+#: family -> (builder name in fewstep.testing, resolution in pixels, text tokens)
+FAMILY_SPECS = {"zimage": ("build_tiny_zimage_pipeline", 32, 64),
+                "sd": ("build_tiny_sd_pipeline", 16, 16),
+                "pixart": ("build_tiny_pixart_pipeline", 16, 16),
+                "flux": ("build_tiny_flux_pipeline", 16, 16)}
 
 
 def diffusers_cfg(stacks: dict[str, Path], family: str, resolution: int, max_seq: int,
@@ -18,10 +26,10 @@ def diffusers_cfg(stacks: dict[str, Path], family: str, resolution: int, max_seq
     teacher = {"kind": "diffusers", "pretrained": str(stacks[family]),
                "prompts": str(stacks["prompts"]), "resolution": resolution,
                "max_sequence_length": max_seq, "steps": 4, **sections.pop("teacher", {})}
-    return validate(DistillConfig, {"data": "prompts", "teacher": teacher,
-                                    "cache": {"dir": str(stacks["cache"]), "size": 4,
-                                              "shard_size": 4, "batch_size": 4},
-                                    **sections})
+    data = {"data": "prompts", "teacher": teacher,
+            "cache": {"dir": str(stacks["cache"]), "size": 4, "shard_size": 4, "batch_size": 4},
+            **sections}
+    return validate(DistillConfig, drop_foreign_sections(data))
 
 
 # ------------------------------------------------ a custom network teacher: the user's code

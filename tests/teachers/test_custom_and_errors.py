@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAMILY_SPECS
-from teachers_helpers import diffusers_cfg
+from teachers_helpers import FAMILY_SPECS, diffusers_cfg
 
 from fewstep.config import validate
 from fewstep.distill.config import DistillConfig

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILY_SPECS
-from teachers_helpers import diffusers_cfg
+from teachers_helpers import FAMILY_SPECS, diffusers_cfg
 
 from fewstep.plan import build_plan
 from fewstep.teachers import load_teacher, meta_teacher

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILY_SPECS, PROMPTS
-from teachers_helpers import diffusers_cfg
+from teachers_helpers import FAMILY_SPECS, PROMPTS, diffusers_cfg
 
 from fewstep.diffusers_adapters.families import pack_2x2, unpack_2x2
 from fewstep.samplers import euler_sample

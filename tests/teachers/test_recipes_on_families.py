@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from conftest import FAMILY_SPECS
-from teachers_helpers import diffusers_cfg
+from teachers_helpers import FAMILY_SPECS, diffusers_cfg
 
 from fewstep.distill.trainer import Trainer, load_student
+from fewstep.errors import CheckpointError
 
 METHODS = ["turbo_pp", "regression", "dmd2", "sid", "imagine_flash"]
 
@@ -32,8 +32,12 @@ def test_every_recipe_one_iteration(saved_pipelines, tmp_path, family, method):
     tr.train()
     assert len(tr.history) == 1
     assert all(math.isfinite(v) for v in tr.history[0].values()), tr.history[0]
-    # the saved student rebuilds from the teacher's recorded builder and gives the same images
-    student, _ = load_student(tmp_path / "run" / "student.safetensors")
+    # the saved LoRA student holds only its adapters: it loads on its teacher (a randomly
+    # initialised base from the recorded builder is refused) and gives the same images
+    path = tmp_path / "run" / "student.safetensors"
+    with pytest.raises(CheckpointError, match="load it with its teacher"):
+        load_student(path)
+    student, _ = load_student(path, like=tr.teacher)
     x = torch.randn(1, *tr.problem.data_shape, generator=torch.Generator().manual_seed(0))
     cond = tr.problem.cond_map(torch.tensor([0]))
     with torch.no_grad():

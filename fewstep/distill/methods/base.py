@@ -29,9 +29,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from fewstep.conditioning import cat_cond, where_cond
 from fewstep.data.problem import Problem
 from fewstep.denoiser import Denoiser
-from fewstep.distill.conditioning import cat_cond, where_cond
 from fewstep.distill.config import DistillConfig, RealSource
 from fewstep.distill.student import Student
 

@@ -189,9 +189,9 @@ class TurboPP(DistillMethod):
             real, real_cond = batch.real, batch.real_cond
             if cfg.step1.loss == "adversarial" and multi and self.adversary_1 is None:
                 fake = torch.cat([fake, traj.x0s[0]])
-                fake_cond = cat_cond(batch.cond, batch.cond)
+                fake_cond = cat_cond([batch.cond, batch.cond])
                 real, real_cond = (torch.cat([batch.real, batch.real]),
-                                   cat_cond(batch.real_cond, batch.real_cond))
+                                   cat_cond([batch.real_cond, batch.real_cond]))
             ld, dl = self.adversary.discriminator_loss(real, real_cond, fake, fake_cond, gen)
             logs.update(dl)
             logs["d_loss"] = ld
@@ -206,7 +206,7 @@ class TurboPP(DistillMethod):
             fake_in, cond = traj.sample, batch.cond
             if cfg.step1.loss == "dm" and multi and self.matching_1 is None:  # shared (ablation)
                 fake_in = torch.cat([traj.sample, traj.x0s[0]])
-                cond = cat_cond(batch.cond, batch.cond)
+                cond = cat_cond([batch.cond, batch.cond])
             logs["fake_loss"] = self.matching.fake.loss(fake_in, cond, gen)
             total = total + logs["fake_loss"]
         if self.matching_1 is not None:

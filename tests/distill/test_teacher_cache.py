@@ -1,0 +1,76 @@
+"""The streamed teacher cache: memory-mapped shards, deterministic batches, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fewstep.denoiser import Denoiser
+from fewstep.distill.teacher_cache import CacheReader, TeacherCache, mmap_safetensors
+from fewstep.io import load_tensors
+
+
+class _Toy(Denoiser):
+    """A tiny deterministic denoiser on 2-d points."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: object = None) -> torch.Tensor:
+        s = sigma.reshape(-1, 1).expand(x.shape[0], 1)
+        return self.lin(torch.cat([x, s], 1))
+
+
+def _cache(tmp: Path, size: int = 10, shard: int = 4) -> TeacherCache:
+    torch.manual_seed(0)
+    return TeacherCache(tmp, _Toy().requires_grad_(False), "toy", (2,),
+                        lambda n, g: torch.randint(0, 3, (n,), generator=g), lambda c: c,
+                        steps=2, mid_sigma=0.5, size=size, shard_size=shard, seed=3,
+                        batch_size=4)
+
+
+def test_mmap_views_equal_the_verified_shard(tmp_path: Path) -> None:
+    c = _cache(tmp_path)
+    c.build(progress=False)
+    views = mmap_safetensors(c.shard_path(1))
+    loaded, _ = load_tensors(c.shard_path(1))
+    assert set(views) == set(loaded) == {"eps", "sample", "mid", "cond"}
+    for k in views:
+        assert torch.equal(views[k], loaded[k]), k
+    # a view, not a copy: its storage is the mapped file
+    assert views["eps"].untyped_storage().data_ptr() != loaded["eps"].untyped_storage().data_ptr()
+
+
+def test_reader_rows_match_the_loaded_cache_and_resume(tmp_path: Path) -> None:
+    c = _cache(tmp_path)
+    full = c.load(progress=False)
+    r = c.reader(batch_size=6, seed=11, real=True, progress=False)
+    batches = [r.next() for _ in range(5)]
+    for p, b in enumerate(batches):
+        idx = r.indices(p)
+        for k in ("eps", "sample", "mid", "cond"):
+            assert torch.equal(b[k], full[k][idx["pairs"]]), (p, k)
+        assert torch.equal(b["real_sample"], full["sample"][idx["real"]])
+        assert torch.equal(b["real_cond"], full["cond"][idx["real"]])
+    assert not all(torch.equal(batches[0]["eps"], b["eps"]) for b in batches[1:])
+    # resume at position 3 (what a checkpoint records) gives the same batches 3, 4
+    state = {"position": 3}
+    r2 = c.reader(batch_size=6, seed=11, real=True, progress=False, prefetch=False)
+    r2.load_state_dict(state)
+    for b in batches[3:]:
+        got = r2.next()
+        assert all(torch.equal(got[k], b[k]) for k in b)
+    r.close()
+
+
+def test_ranks_read_their_slice(tmp_path: Path) -> None:
+    c = _cache(tmp_path)
+    whole = c.reader(batch_size=4, seed=1, progress=False)
+    halves = [CacheReader(whole.views, c.size, c.shard_size, 4, 1, rows=slice(2 * r, 2 * r + 2))
+              for r in (0, 1)]
+    for _ in range(3):
+        w = whole.next()
+        parts = [h.next() for h in halves]
+        assert torch.equal(torch.cat([p["eps"] for p in parts]), w["eps"])
