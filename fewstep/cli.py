@@ -3,8 +3,10 @@
 ``fewstep ...``, ``python -m fewstep ...``, ``torchrun ... -m fewstep ...`` and
 ``python -m fewstep.distill ...`` (= ``fewstep distill ...``) all go through :func:`run`, which
 configures logging (info messages such as "resumed from ..." go to stderr) and turns every user
-error -- bad options included -- into one line on stderr and exit code 2. ``key=value``
-overrides may stand anywhere on the line, before or after options.
+error -- bad options included -- into one line on stderr and exit code 2, and a write the
+operating system refused into one line and exit code 3 (see :mod:`fewstep.errors`). Each
+command validates its options first (:mod:`fewstep.validation`). ``key=value`` overrides may
+stand anywhere on the line, before or after options.
 
 Subcommands: ``teacher train``, ``classifier train``, ``sample``, ``eval``, ``distill``,
 ``demo``, ``plan``, ``export``. ``fewstep COMMAND --help`` documents each.
@@ -23,10 +25,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from fewstep.errors import FewstepError
-
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 143
+from fewstep import validation
+from fewstep.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, error_exit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill diffusion / flow-matching generators into few-step generators.")
@@ -57,14 +57,21 @@ def _root() -> None:
 
 
 def user_errors(fn: F) -> F:
-    """Turn :class:`FewstepError` (and bad-value errors from the CLI layer) into exit code 2."""
+    """Turn user errors into one line on stderr and their exit code (:func:`error_exit`):
+    :class:`~fewstep.errors.FewstepError` 2 (:class:`~fewstep.errors.WriteError` 3), an
+    :class:`OSError` of a write 3."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except FewstepError as e:
-            typer.echo("error: " + " ".join(str(e).split()), err=True)
-            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            mapped = error_exit(e)
+            if mapped is None:
+                raise
+            typer.echo(mapped[1], err=True)
+            raise typer.Exit(mapped[0]) from None
     return wrapper  # type: ignore[return-value]
 
 
@@ -112,6 +119,7 @@ def teacher_train(
             typer.echo(f"{problem.image_data().summary() if problem.is_user_data else data}; "
                        f"preset {config.stem}", err=True)
     cfg = load_config(TeacherConfig, config, extra)
+    validation.check_teacher_train(out, cfg.device)
     _, info = train_teacher(cfg, out, progress=not quiet)
     typer.echo(json.dumps({"out": str(out), **info}))
 
@@ -131,6 +139,10 @@ def classifier_train(
     Fréchet distance / PRDC / class accuracy."""
     from fewstep.metrics.classifier import DEFAULT_ASSET, train_and_save_classifier
 
+    if out is not None:
+        validation.check_classifier_train(out, seed)
+    else:
+        validation.seed(seed)
     if data is None:
         typer.echo(json.dumps(train_and_save_classifier(out or DEFAULT_ASSET, seed=seed),
                               default=str))
@@ -149,13 +161,16 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
     from fewstep.assets import teacher_path
     from fewstep.data.problem import get_problem
     from fewstep.distill.student_factory import load_student
-    from fewstep.errors import ConfigError
+    from fewstep.errors import CheckpointError, ConfigError
     from fewstep.io import read_metadata
     from fewstep.teacher import load_denoiser
 
     st, scfg = (None, None)
     if student is not None:
-        st, scfg = load_student(student, device)
+        try:
+            st, scfg = load_student(student, device)
+        except CheckpointError as e:
+            raise CheckpointError(f"--student: {e}") from None
     if data is None and scfg:
         data = scfg["data"]
     if data is None and teacher is not None:  # a teacher trained on your own images
@@ -166,8 +181,16 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
         problem = get_problem(data_option(data))
     except ValueError as e:
         raise ConfigError(f"--data: {e}") from None
+    shape, ncls = tuple(problem.data_shape), problem.num_classes
+    validation.models_fit(data, shape, ncls, None, "--teacher", scfg, "--student")
     tpath = teacher if teacher is not None else teacher_path(data)
-    den, tcfg = load_denoiser(tpath, device)
+    if teacher is None and not tpath.is_file():
+        raise ConfigError(f"--data: no shipped teacher for {data!r}; pass --teacher FILE")
+    try:
+        den, tcfg = load_denoiser(tpath, device)
+    except CheckpointError as e:
+        raise CheckpointError(f"--teacher: {e}") from None
+    validation.models_fit(data, shape, ncls, tcfg, "--teacher", scfg, "--student")
     samp = tcfg.get("sampling", {})
     return problem, den, samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), st
 
@@ -218,6 +241,7 @@ def sample_cmd(
     from fewstep.io import save_tensors
     from fewstep.viz import save_panels
 
+    validation.check_sample(out, samplers, teacher, student, data, num, seed, device, prompt)
     if student is not None and student.is_dir():
         _sample_exported(student, out, prompt, num, seed, device)
         return
@@ -270,8 +294,7 @@ def export_cmd(
     diffusers loads, with a model card and loading snippet; see docs/export.md)."""
     from fewstep.distill.export import export_run
 
-    if components not in ("auto", "reference", "full", "copy"):
-        raise typer.BadParameter("--components must be auto, reference or full")
+    validation.check_export(run, out, components, device)
     folder = export_run(run, out, components, device)
     typer.echo(f"wrote {folder}")
 
@@ -303,7 +326,9 @@ def eval_cmd(
     ``seconds_per_image`` is timed like for like: same batch for every sampler, warm-up
     excluded, interleaved repeats, median."""
     from fewstep.evaluation import evaluate_samplers
+    from fewstep.io import atomic_write_text
 
+    validation.check_eval(out, samplers, teacher, student, data, num, seed, device)
     names = [sp.name for sp in _sampler_specs(samplers, noise_correction)]
     problem, den, w, shift, st = _load_models(teacher, student, data, device)
     metrics, _ = evaluate_samplers(problem, names, den, w, shift, st, num, seed, device=device,
@@ -311,8 +336,7 @@ def eval_cmd(
                                    timing_repeats=timing_repeats)
     text = json.dumps(metrics, indent=2)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        atomic_write_text(out, text)
     typer.echo(text)
 
 
@@ -337,8 +361,10 @@ def distill_cmd(
     from fewstep.distill.run import TrainingInterrupted, run_distill
 
     configure_logging(quiet)
+    config = _config_path(config, preset)
+    validation.check_run_out(out)
     try:
-        trainer = run_distill(_config_path(config, preset), overrides or [], out, resume,
+        trainer = run_distill(config, overrides or [], out, resume,
                               progress=not quiet)
     except TrainingInterrupted as e:
         typer.echo(f"stopped: {e}", err=True)
@@ -381,6 +407,7 @@ def demo_cmd(
     --data, the whole pipeline on your own images."""
     from fewstep.demo import run_demo, run_image_demo
 
+    validation.check_run_out(out)
     if data is None:
         if teacher is not None:
             raise typer.BadParameter("--teacher needs --data")
@@ -406,6 +433,7 @@ def plan_cmd(
     from fewstep.distill.run import load_distill_config
     from fewstep.plan import build_plan, format_plan
 
+    validation.plan_options(gpus, gpu_memory_gb)
     plan = build_plan(load_distill_config(_config_path(config, preset), overrides or []), gpus,
                       gpu_memory_gb)
     typer.echo(plan.to_json() if json_out else format_plan(plan))

@@ -8,15 +8,31 @@ per problem that names the field and the reason, e.g.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from fewstep.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+
+#: largest seed every generator accepts (numpy's ``np.random.seed`` takes 0 .. 2**32 - 1)
+MAX_SEED = 2**32 - 1
+
+
+def _device_name(v: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
+        raise ValueError("must be cpu, cuda, cuda:<index> or mps")
+    return v
+
+
+#: a seed field: ``0 <= seed <= 2**32 - 1`` (what torch, numpy and ``random`` all take)
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+#: a device name field (availability is checked where the device is used)
+DeviceName = Annotated[str, AfterValidator(_device_name)]
 
 
 class StrictModel(BaseModel):
@@ -59,12 +75,33 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     return "; ".join(lines)
 
 
-def validate(model: type[M], data: dict[str, Any], source: str = "config") -> M:
-    """Build ``model`` from ``data`` or raise a one-line :class:`ConfigError`."""
+def validate(model: type[M], data: dict[str, Any], source: str = "config",
+             overrides: list[str] | None = None) -> M:
+    """Build ``model`` from ``data`` or raise a one-line :class:`ConfigError`.
+
+    The message blames ``source`` (e.g. the YAML file), except for a field that one of
+    ``overrides`` set: that error names the override (``override 'train.lr=-1': ...``).
+    """
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"invalid {source}: {format_validation_error(e)}") from None
+        blamed = _blamed_override(e, overrides or [])
+        where = f"override {blamed!r}" if blamed else f"invalid {source}"
+        raise ConfigError(f"{where}: {format_validation_error(e)}") from None
+
+
+def _blamed_override(err: ValidationError, overrides: list[str]) -> str | None:
+    """The last override whose key is (a prefix of, or below) the first error's field."""
+    errors = err.errors()
+    if not errors:
+        return None
+    loc = [str(p) for p in errors[0]["loc"]]
+    for item in reversed(overrides):
+        key = item.split("=", 1)[0].split(".")
+        n = min(len(key), len(loc))
+        if n and key[:n] == loc[:n]:
+            return item
+    return None
 
 
 def yaml_reason(err: yaml.YAMLError) -> str:
@@ -108,26 +145,50 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def read_text_file(path: str | os.PathLike[str], what: str = "config file") -> str:
+    """The UTF-8 text of ``path``, or a one-line :class:`ConfigError` saying why not: missing,
+    a directory, unreadable, binary (NUL bytes) or not UTF-8."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p} is a directory, expected a {what}")
+    if not p.exists():
+        raise ConfigError(f"{what} not found: {p}")
+    if not p.is_file():
+        raise ConfigError(f"{p} is not a regular file (expected a {what})")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {p}: {e.strerror or e}") from None
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+                      (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
+        if raw.startswith(bom):
+            raise ConfigError(f"{p} is {name} text, expected a {what} in UTF-8 (re-save it as "
+                              "UTF-8)")
+    if b"\x00" in raw:
+        raise ConfigError(f"{p} is a binary file, expected a {what} (UTF-8 text)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                          f"{e.start}); expected a {what}") from None
+
+
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML mapping, with a :class:`ConfigError` for missing / malformed files."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p} is not a UTF-8 text (YAML) file: byte 0x{e.object[e.start]:02x} "
-                          f"at offset {e.start}") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {p}: {e.strerror or e}") from None
+    text = read_text_file(p)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p} is not valid YAML: {yaml_reason(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{p} is not valid YAML: nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p} must hold a mapping at the top level, got {type(data).__name__}")
+    if any(not isinstance(k, str) for k in data):
+        raise ConfigError(f"{p}: every top-level key must be a string")
     return data
 
 
@@ -139,7 +200,7 @@ def load_config(model: type[M], path: str | os.PathLike[str] | None,
     if path is not None:
         data = _deep_merge(data, load_yaml(path))
     data = apply_overrides(data, overrides or [])
-    return validate(model, data, str(path) if path else "config")
+    return validate(model, data, str(path) if path else "config", overrides)
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

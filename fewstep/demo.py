@@ -22,9 +22,11 @@ from fewstep.config import load_config
 from fewstep.data.problem import get_problem
 from fewstep.data.spec import canonical_data, data_label
 from fewstep.distill.config import DistillConfig
+from fewstep.distill.run_lock import RunLock
 from fewstep.distill.trainer import Trainer, TrainingInterrupted
 from fewstep.errors import ConfigError
 from fewstep.evaluation import evaluate_samplers
+from fewstep.io import atomic_write_text
 from fewstep.presets import preset_path
 from fewstep.report import metrics_table_markdown, write_report
 from fewstep.teacher import TeacherConfig, load_denoiser, teacher_preset_for, train_teacher
@@ -38,8 +40,9 @@ def run_demo(out: str | Path, overrides: list[str] | None = None, progress: bool
     out = Path(out)
     cfg = load_config(DistillConfig, preset_path(preset), overrides)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, out / "run", progress=progress)
-    student = trainer.train()
+    with RunLock(out / "run"):  # one demo per folder
+        trainer = Trainer(cfg, out / "run", progress=progress)
+        student = trainer.train()
     t_train = time.perf_counter() - t0
     samplers = [s for s in DEMO_SAMPLERS if not s.startswith("student")]
     samplers += [f"student_{k}" for k in range(student.num_steps, 0, -1)
@@ -49,7 +52,7 @@ def run_demo(out: str | Path, overrides: list[str] | None = None, progress: bool
                                          cfg.eval.num_samples, cfg.eval.seed,
                                          device=trainer.device)
     t_total = time.perf_counter() - t0
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     notes = [f"method={cfg.method}, data={cfg.data}, generator updates={cfg.train.iterations}, "
              f"batch={cfg.train.batch_size}; distillation {t_train:.0f} s, total {t_total:.0f} s."]
     write_report(out, metrics, samples, out / "run" / "losses.jsonl",

@@ -1,8 +1,32 @@
-"""Errors that the CLI reports as one line with exit code 2 (no traceback)."""
+"""Errors the command line reports as one line on stderr, without a traceback.
+
+Exit codes (``fewstep`` and ``python -m fewstep.distill``):
+
+====  ===========================================================================
+0     done
+2     bad input (:class:`FewstepError`: a config field, option, path or file that cannot be
+      used), a run folder locked by another run, or a run that diverged
+3     the operating system refused a write (:class:`WriteError`: read-only file system, no
+      space left, permission denied, ...); the files already there are kept intact
+130   interrupted by Ctrl-C before a checkpoint could be written
+143   stopped by SIGTERM / SIGINT after writing a checkpoint (continue with ``--resume``)
+====  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+EXIT_USER_ERROR = 2
+EXIT_WRITE_ERROR = 3
+EXIT_INTERRUPTED = 143
 
 
 class FewstepError(Exception):
-    """Base class: a problem with the user's input, not a bug."""
+    """Base class: a problem with the user's input, not a bug (exit code 2)."""
+
+    exit_code = EXIT_USER_ERROR
 
 
 class ConfigError(FewstepError):
@@ -15,3 +39,63 @@ class CheckpointError(FewstepError):
 
 class DivergenceError(FewstepError):
     """A loss or gradient became NaN / Inf during training."""
+
+
+class RunLockedError(FewstepError):
+    """Another live process is running in the same run folder."""
+
+
+class WriteError(FewstepError):
+    """The operating system refused a write (exit code 3). The message names the path, the
+    reason and what was kept (the previous file, or nothing: never a partial file)."""
+
+    exit_code = EXIT_WRITE_ERROR
+
+
+#: errno values that mean "this write cannot succeed here" (not a bug in fewstep)
+WRITE_ERRNOS = frozenset(
+    getattr(errno, n) for n in ("EROFS", "ENOSPC", "EDQUOT", "EACCES", "EPERM", "EFBIG", "EIO",
+                                "ENOTDIR", "EISDIR", "EEXIST", "ENAMETOOLONG", "EMFILE",
+                                "ENFILE", "ENOENT", "ELOOP", "EXDEV", "ETXTBSY")
+    if hasattr(errno, n))
+
+
+def os_reason(err: OSError) -> str:
+    """``strerror`` of an OS error, e.g. ``No space left on device`` (or its text)."""
+    if err.strerror:
+        return err.strerror
+    if err.errno is not None:
+        return os.strerror(err.errno)
+    return str(err) or type(err).__name__
+
+
+def write_error(err: OSError, path: str | os.PathLike[str] | None = None,
+                kept: str | None = None) -> WriteError:
+    """A :class:`WriteError` for ``err`` naming ``path`` (default: the error's own file name)
+    and ``kept`` (what is left on disk, e.g. ``"the previous file is unchanged"``)."""
+    where = path if path is not None else (err.filename or "a file")
+    msg = f"cannot write {where}: {os_reason(err)}"
+    if kept:
+        msg += f"; {kept}"
+    return WriteError(msg)
+
+
+def one_line(err: BaseException) -> str:
+    """The error message on a single line (newlines and runs of spaces collapsed)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def error_exit(err: BaseException) -> tuple[int, str] | None:
+    """``(exit code, one-line message)`` for an error the command line reports without a
+    traceback, or ``None`` for one that is a bug (let it raise).
+
+    :class:`FewstepError` gives its ``exit_code``; an :class:`OSError` that escaped the
+    write paths (e.g. from a third-party writer such as tensorboard or matplotlib) gives
+    :data:`EXIT_WRITE_ERROR`, naming the file it concerns.
+    """
+    if isinstance(err, FewstepError):
+        return err.exit_code, "error: " + one_line(err)
+    if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+        where = err.filename if err.filename is not None else "a file"
+        return EXIT_WRITE_ERROR, f"error: {where}: {os_reason(err)}"
+    return None

@@ -12,11 +12,12 @@ leaves either the old file or the new one, never a torn one. Nothing is ever unp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from fewstep.errors import CheckpointError
+from fewstep.errors import CheckpointError, write_error
 
 
 def tensors_digest(tensors: Mapping[str, Tensor]) -> str:
@@ -47,21 +48,32 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    An OS error (read-only file system, no space left, permission denied, ...) removes the
+    temp file and raises :class:`~fewstep.errors.WriteError` naming ``path`` and what was
+    kept: the previous ``path`` unchanged, or nothing. Never leaves a partial file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    existed = path.exists()
+    kept = "the previous file is unchanged" if existed else "no file was written"
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        tmp = None
+    except OSError as e:
+        raise write_error(e, path, kept) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     try:
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -70,6 +82,21 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             os.close(dfd)
     except OSError:  # some filesystems do not support fsync on directories
         pass
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def os_errors_as_write_errors(path: str | os.PathLike[str], kept: str) -> Iterator[None]:
+    """Inside the block, an :class:`OSError` becomes a :class:`~fewstep.errors.WriteError`
+    naming ``path`` and ``kept`` (for writers fewstep does not control, e.g. image files)."""
+    try:
+        yield
+    except OSError as e:
+        raise write_error(e, path, kept) from None
 
 
 def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, Tensor], kind: str,
@@ -87,6 +114,8 @@ def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, Tensor], ki
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """Metadata of a safetensors file, with a :class:`CheckpointError` for unreadable files."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, expected a file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

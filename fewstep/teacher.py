@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fewstep.config import StrictModel
+from fewstep.config import DeviceName, Seed, StrictModel
 from fewstep.data.problem import PROBLEMS, get_problem
 from fewstep.data.spec import canonical_data, data_label, is_builtin, missing_data_path
 from fewstep.denoiser import NetworkDenoiser
@@ -100,9 +100,9 @@ class TeacherConfig(StrictModel):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     cond_dropout: float = Field(0.1, ge=0.0, le=1.0)
     sigma_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
-    seed: int = 0
+    seed: Seed = 0
     sampling: SamplingDefaults = SamplingDefaults()
-    device: str = "cpu"
+    device: DeviceName = "cpu"
     minutes: float | None = Field(None, gt=0.0, description="time budget: training stops after "
                                   "this many minutes (or steps, whichever comes first); the LR "
                                   "schedule follows the larger of the two fractions")

@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from fewstep.config import StrictModel, user_path
+from fewstep.config import Seed, StrictModel, user_path
 from fewstep.data.problem import PROBLEMS
 from fewstep.data.spec import canonical_data, is_builtin, missing_data_path
 from fewstep.errors import ConfigError
@@ -146,7 +146,7 @@ class TrainSpec(StrictModel):
     ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
     aux_ratio: int = Field(1, ge=1, description="aux (D / fake score) updates per G update, "
                            "for methods with auxiliary networks")
-    seed: int = 0
+    seed: Seed = 0
     device: str = "cpu"
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA (where supported), float32 elsewhere; "
@@ -191,7 +191,7 @@ class TrainSpec(StrictModel):
 
 class EvalSpec(StrictModel):
     num_samples: int = Field(2000, ge=10)
-    seed: int = 1234
+    seed: Seed = 1234
 
 
 #: method name -> its config class (filled by :func:`register_config`)

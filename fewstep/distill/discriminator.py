@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from fewstep.denoiser import Denoiser
+from fewstep.errors import ConfigError
 from fewstep.networks.mlp import FourierTime, ResMLP
 
 
@@ -59,6 +60,12 @@ class TeacherFeatureDiscriminator(nn.Module):
         super().__init__()
         self._teacher = [teacher]  # a list hides it from .parameters() / state_dict()
         n = len(feature_dims)
+        bad = [i for i in layers if not -n <= i < n]
+        if not layers:
+            raise ConfigError("gan.layers: must name at least one teacher feature map")
+        if bad:
+            raise ConfigError(f"gan.layers: index {bad[0]} is out of range: the teacher returns "
+                              f"{n} feature maps (valid indices {-n} .. {n - 1})")
         self.layers = [i % n for i in layers]
         self.heads = nn.ModuleList(FeatureHead(feature_dims[i], hidden, num_classes)
                                    for i in self.layers)

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+from fewstep import validation
 from fewstep.config import apply_overrides, load_config, load_yaml, user_path, validate
 from fewstep.distill.config import DistillConfig, drop_foreign_sections
+from fewstep.distill.run_lock import RunLock
 from fewstep.distill.state import list_checkpoints
 from fewstep.distill.trainer import Trainer, TrainingInterrupted
 from fewstep.errors import ConfigError
@@ -52,16 +54,13 @@ def default_run_dir(cfg: DistillConfig) -> Path:
 
 def _run_dir(out: str | Path | None, cfg: DistillConfig) -> Path:
     if out is None:
-        return default_run_dir(cfg)
+        out = default_run_dir(cfg)
     try:
         path = Path(user_path(str(out)))
     except ValueError as e:
         raise ConfigError(f"--out: {e}") from None
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out: cannot use {path} as a run folder ({e.strerror or e})"
-                          ) from None
+    validation.output_dir(path, "--out")
+    validation.writable(path, is_dir=True)
     return path
 
 
@@ -108,13 +107,14 @@ def run_distill(config_path: str | Path | None, overrides: list[str] | None = No
             config_path = saved
     cfg = load_distill_config(config_path, overrides)
     run_dir = _run_dir(out, cfg)
-    if not resume and list_checkpoints(run_dir / "checkpoints"):
-        raise ConfigError(f"--out: {run_dir} already holds checkpoints of a run; pass --resume "
-                          "to continue it or choose another --out")
-    trainer = Trainer(cfg, run_dir, progress=progress, resume=resume)
-    try:
-        with stop_on_signals(trainer):
-            trainer.train()
-    finally:
-        trainer.dist.shutdown()  # leaves the process group (multi-process runs)
+    with RunLock(run_dir):  # one run per folder (rank 0 holds it; released even on SIGKILL)
+        if not resume and list_checkpoints(run_dir / "checkpoints"):
+            raise ConfigError(f"--out: {run_dir} already holds checkpoints of a run; pass "
+                              "--resume to continue it or choose another --out")
+        trainer = Trainer(cfg, run_dir, progress=progress, resume=resume)
+        try:
+            with stop_on_signals(trainer):
+                trainer.train()
+        finally:
+            trainer.dist.shutdown()  # leaves the process group (multi-process runs)
     return trainer

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fewstep.errors import CheckpointError, DivergenceError
+from fewstep.errors import CheckpointError, DivergenceError, WriteError
 from fewstep.io import load_tensors, read_metadata, save_tensors
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ def save_train_state(path: str | Path, modules: dict[str, nn.Module],
     """Write modules, optimizers, LR schedules, RNG states, counters and config atomically.
 
     Raises :class:`DivergenceError` (and writes nothing) if any tensor is NaN / Inf, so a
-    diverged state can never replace a good checkpoint.
+    diverged state can never replace a good checkpoint, and :class:`WriteError` if the operating
+    system refuses the write (the earlier checkpoints are untouched).
     """
     tensors: dict[str, Tensor] = {}
     for name, m in modules.items():
@@ -132,7 +133,11 @@ def save_train_state(path: str | Path, modules: dict[str, nn.Module],
     sched_meta = {name: s.state_dict() for name, s in (schedulers or {}).items()}
     extra = {"optimizers": json.dumps(opt_meta), "rng": json.dumps(rng_m),
              "counters": json.dumps(counters), "schedulers": json.dumps(sched_meta)}
-    save_tensors(path, tensors, "train_state", config, extra)
+    try:
+        save_tensors(path, tensors, "train_state", config, extra)
+    except WriteError as e:  # (exit code 3) say what the run can continue from
+        raise WriteError(f"{e}; the earlier checkpoints in {Path(path).parent} are kept "
+                         "(make room, then continue with --resume)") from None
 
 
 def load_train_state(path: str | Path, modules: dict[str, nn.Module],

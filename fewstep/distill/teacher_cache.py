@@ -20,6 +20,7 @@ wholesale: the cache costs host page cache, not device memory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,6 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fewstep.denoiser import Denoiser
+from fewstep.distill.run_lock import folder_lock
 from fewstep.errors import CheckpointError
 from fewstep.io import atomic_write_bytes, load_tensors, save_tensors
 from fewstep.noise_correction import default_noise_correction
@@ -148,14 +150,26 @@ class TeacherCache:
             return False
 
     def build(self, progress: bool = True) -> None:
-        """Generate every missing or corrupt shard (already-valid shards are kept)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.dir / "fingerprint.json",
-                           json.dumps(self.spec, indent=1, sort_keys=True).encode())
-        todo = [i for i in range(self.num_shards) if not self._shard_ok(i)]
-        for i in tqdm(todo, desc="teacher cache", disable=not progress or not todo):
-            save_tensors(self.shard_path(i), self._generate_shard(i), "teacher_cache_shard",
-                         {"index": i, **self.spec})
+        """Generate every missing or corrupt shard (already-valid shards are kept).
+
+        One process builds a cache folder at a time (``flock`` on ``.lock`` in it; another run
+        sharing the cache waits, then finds the shards valid). The builder holding the lock
+        deletes temp files that killed builders left behind."""
+        with contextlib.suppress(OSError):  # read-only: load what is there, or fail on write
+            self.dir.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.dir) as held:
+            if held:
+                for p in self.dir.iterdir():
+                    if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+                        p.unlink(missing_ok=True)
+            fp = self.dir / "fingerprint.json"
+            text = json.dumps(self.spec, indent=1, sort_keys=True).encode()
+            if not (fp.is_file() and fp.read_bytes() == text):
+                atomic_write_bytes(fp, text)
+            todo = [i for i in range(self.num_shards) if not self._shard_ok(i)]
+            for i in tqdm(todo, desc="teacher cache", disable=not progress or not todo):
+                save_tensors(self.shard_path(i), self._generate_shard(i),
+                             "teacher_cache_shard", {"index": i, **self.spec})
 
     def load(self, progress: bool = True) -> dict[str, Tensor]:
         """Build what is missing, then return all entries concatenated (first ``size``)."""

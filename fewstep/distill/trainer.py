@@ -67,6 +67,7 @@ from fewstep.distill.student_factory import (
     student_file_config,
 )
 from fewstep.errors import ConfigError, DivergenceError
+from fewstep.io import atomic_write_text
 from fewstep.teachers import load_teacher
 
 log = logging.getLogger(__name__)
@@ -354,7 +355,7 @@ class Trainer:
         if not resumed:
             self.losses.cut(0)  # a fresh start (or no checkpoint yet): no rows from before
         if main:
-            (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
         first = t.on_divergence == "rollback" and not self.ckpt.list()
         if self.dist.all_flags(first, self.device)[1]:
             self.save_checkpoint()  # something to roll back to

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 def _path(cfg: DistillConfig) -> Path:
     path = Path(cfg.teacher.path).expanduser() if cfg.teacher.path else teacher_path(cfg.data)
+    if path.is_dir():
+        raise ConfigError(f"teacher.path: {path} is a directory, expected a teacher file")
     if not path.is_file():
         hint = "" if cfg.teacher.path else (f" (no shipped teacher for data {cfg.data!r}; train "
                                             "one with `fewstep teacher train`)")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,26 +46,6 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     return env
-
-
-def start_distill(args: list[str], log: Path) -> subprocess.Popen:
-    """Start ``python -m fewstep.distill ARGS`` (one thread) with stdout+stderr to ``log``."""
-    f = log.open("ab")
-    return subprocess.Popen([sys.executable, "-c", SUBPROCESS_MAIN, *args], stdout=f,
-                            stderr=subprocess.STDOUT, env=subprocess_env())
-
-
-def max_logged_step(run_dir: Path) -> int:
-    """Largest step in ``losses.jsonl`` (torn lines ignored); 0 if none."""
-    path = run_dir / "losses.jsonl"
-    best = 0
-    if path.exists():
-        for line in path.read_bytes().splitlines():
-            try:
-                best = max(best, int(json.loads(line)["step"]))
-            except (ValueError, KeyError, TypeError):
-                continue
-    return best
 
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:

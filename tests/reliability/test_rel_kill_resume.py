@@ -1,4 +1,10 @@
-"""SIGKILL at random points, resume, and compare bit-for-bit with an uninterrupted run."""
+"""SIGKILL at seeded random moments, resume, and compare bit-for-bit with an uninterrupted run.
+
+Every kill waits on what the run wrote -- a logged step, a checkpoint temp file -- never on
+wall-clock time, and the timeouts only catch a hung run (minutes), so the test holds on an
+overloaded machine as on an idle one. Kills cover: before the first checkpoint, inside a
+checkpoint write (fsync slowed down so the temp file is observable), and at random steps.
+"""
 
 from __future__ import annotations
 
@@ -6,50 +12,34 @@ import json
 import random
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from rel_helpers import (
-    assert_same_tensors,
-    max_logged_step,
-    start_distill,
-    tiny_config,
-)
+from rel_helpers import assert_same_tensors, tiny_config
 
 from fewstep.distill.state import list_checkpoints
+from fewstep.testing.runs import (
+    finish,
+    kill,
+    logged_steps,
+    max_logged_step,
+    start_distill,
+    temp_files,
+    wait_for,
+)
 
-ITERATIONS = 80
-TIMEOUT = 240.0
-
-
-def _wait_for_progress(proc: subprocess.Popen, run_dir: Path, past: int, log: Path) -> None:
-    """Block until the run has logged a step beyond ``past`` (it is inside the loop)."""
-    deadline = time.monotonic() + TIMEOUT
-    while max_logged_step(run_dir) <= past:
-        if proc.poll() is not None:
-            pytest.fail(f"training exited early (rc {proc.returncode}):\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no progress past step {past}:\n{log.read_text()}")
-        time.sleep(0.05)
-
-
-def _finish(proc: subprocess.Popen, log: Path) -> int:
-    try:
-        return proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"training did not finish:\n{log.read_text()}")
+ITERATIONS = 40
+CKPT_EVERY = 8
+SLOW_FSYNC = 0.3
 
 
 @pytest.mark.slow
 def test_sigkill_and_sigterm_resume_is_bit_identical(rel_teacher_path: Path,
                                                      rel_cache_dir: Path,
                                                      tmp_path: Path) -> None:
-    cfg = tiny_config(rel_teacher_path, rel_cache_dir, iterations=ITERATIONS, ckpt_every=4,
-                      lr_warmup=30)
+    cfg = tiny_config(rel_teacher_path, rel_cache_dir, iterations=ITERATIONS,
+                      ckpt_every=CKPT_EVERY, lr_warmup=15)
     cfg_file = tmp_path / "distill.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     ref, run = tmp_path / "ref", tmp_path / "run"
@@ -57,41 +47,57 @@ def test_sigkill_and_sigterm_resume_is_bit_identical(rel_teacher_path: Path,
 
     # uninterrupted reference (also builds the shared teacher cache)
     proc = start_distill(["--config", str(cfg_file), "--out", str(ref), "--quiet"], log)
-    assert _finish(proc, log) == 0, log.read_text()
+    assert finish(proc, log) == 0, log.read_text()
 
     rng = random.Random(20240611)
     args = ["--config", str(cfg_file), "--out", str(run), "--quiet"]
-    kills, seen, first = [], 0, True
-    while len(kills) < 3:
-        proc = start_distill(args if first else [*args, "--resume"], log)
-        first = False
-        _wait_for_progress(proc, run, seen, log)
-        time.sleep(rng.uniform(0.0, 0.6))
-        if proc.poll() is not None:
-            pytest.fail(f"run finished before kill {len(kills) + 1}; raise ITERATIONS")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        seen = max_logged_step(run)
-        kills.append(seen)
-    assert len(kills) == 3 and kills[-1] < ITERATIONS, kills
+    ckpts = run / "checkpoints"
 
-    # SIGTERM: checkpoint at the next step boundary, exit 143
-    proc = start_distill([*args, "--resume"], log)
-    _wait_for_progress(proc, run, seen, log)
+    def start(resume: bool = True) -> subprocess.Popen:
+        return start_distill([*args, "--resume"] if resume else args, log, SLOW_FSYNC)
+
+    # 1. twice before the first checkpoint: the resumed run starts clean, the log too
+    # (increasing targets: a kill waits for *this* process to log past the previous one's log)
+    for i, target in enumerate(sorted(rng.sample(range(1, CKPT_EVERY), 2))):
+        proc = start(resume=i > 0)
+        wait_for(proc, lambda t=target: max_logged_step(run) >= t, f"step {target}", log)
+        kill(proc)
+        assert not list_checkpoints(ckpts)
+    # 2. inside a checkpoint write: the torn temp file is ignored, the previous one used
+    stale = set(temp_files(ckpts))
+    proc = start()
+    wait_for(proc, lambda: bool(set(temp_files(ckpts)) - stale), "a checkpoint write", log)
+    kill(proc)
+    # 3. SIGTERM (early, with many steps left): checkpoint at the next step boundary, exit 143
+    # (past what the log holds now: then this process is in its loop, its handlers installed)
+    proc = start()
+    seen = max_logged_step(run)
+    wait_for(proc, lambda: max_logged_step(run) > seen, f"a step past {seen}", log)
     proc.send_signal(signal.SIGTERM)
-    assert _finish(proc, log) == 143, log.read_text()
-    stopped = int(list_checkpoints(run / "checkpoints")[-1].name[5:13])
+    assert finish(proc, log) == 143, log.read_text()
+    stopped = int(list_checkpoints(ckpts)[-1].name[5:13])
     assert stopped == max_logged_step(run) < ITERATIONS
+    # 4. at random steps past the last checkpoint
+    for _ in range(2):
+        done = list_checkpoints(ckpts)
+        last = int(done[-1].name[5:13]) if done else 0
+        lo = max(last, max_logged_step(run)) + 1  # past the log a previous process left
+        if lo > ITERATIONS - 1:
+            break
+        proc = start()
+        target = rng.randint(lo, min(lo + 2 * CKPT_EVERY, ITERATIONS - 1))
+        wait_for(proc, lambda t=target: max_logged_step(run) >= t, f"step {target}", log)
+        kill(proc)
 
-    proc = start_distill([*args, "--resume"], log)
-    assert _finish(proc, log) == 0, log.read_text()
+    proc = start()
+    assert finish(proc, log) == 0, log.read_text()
 
     # same final EMA student, same full training state, same loss history
     assert_same_tensors(ref / "student.safetensors", run / "student.safetensors")
     last = f"ckpt_{ITERATIONS:08d}.safetensors"
-    assert_same_tensors(ref / "checkpoints" / last, run / "checkpoints" / last)
+    assert_same_tensors(ref / "checkpoints" / last, ckpts / last)
+    assert logged_steps(run) == list(range(1, ITERATIONS + 1))
     rows = [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, ITERATIONS + 1))
     assert (ref / "losses.jsonl").read_text() == (run / "losses.jsonl").read_text()
-    # no temp files of torn checkpoint writes are left behind
-    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert not temp_files(ckpts)  # no temp files of torn checkpoint writes are left behind

@@ -10,9 +10,11 @@ import pytest
 import torch
 from rel_helpers import flip_byte, truncate
 
+from fewstep.distill.run_lock import folder_lock
 from fewstep.distill.teacher_cache import TeacherCache
 from fewstep.errors import CheckpointError
 from fewstep.io import load_tensors, save_tensors
+from fewstep.networks.registry import build_denoiser
 from fewstep.teacher import load_denoiser
 
 
@@ -72,3 +74,28 @@ def test_changed_settings_start_a_new_cache(rel_teacher_path: Path, tmp_path: Pa
     shutil.copy(a.shard_path(0), b.shard_path(0))
     out = b.load(progress=False)
     assert not torch.equal(out["sample"][:100], load_tensors(a.shard_path(0))[0]["sample"])
+
+
+def test_temp_files_of_a_killed_builder_are_removed_under_the_lock(tmp_path: Path) -> None:
+    """A builder killed mid-write leaves ``.shard_*.tmp``; the next builder (holding the
+    folder lock, so no other process is writing) deletes it and keeps valid shards."""
+
+    net = {"type": "resmlp", "data_shape": [2], "hidden": 16, "depth": 1, "emb": 8,
+           "num_classes": 0}
+    den = build_denoiser(net, "velocity", "sigma", None).eval()
+
+    def cache() -> TeacherCache:
+        return TeacherCache(tmp_path, den, "t", (2,), lambda n, g: None, lambda c: c, steps=2,
+                            size=8, shard_size=4, batch_size=4)
+
+    c = cache()
+    c.build(progress=False)
+    first = c.shard_path(0).read_bytes()
+    torn = c.dir / ".shard_00001.safetensors.abc123.tmp"
+    torn.write_bytes(b"half a shard")
+    c.shard_path(1).unlink()
+    cache().build(progress=False)
+    assert not torn.exists() and c.shard_path(1).is_file()
+    assert c.shard_path(0).read_bytes() == first
+    with folder_lock(c.dir) as held:  # free again once a build is done
+        assert held

@@ -212,7 +212,7 @@ def test_real_processes_print_one_line_and_exit_2(tmp_path: Path) -> None:
         ([sys.executable, "-m", "fewstep.cli", "teacher", "train", "--out",
           str(tmp_path / "t.safetensors"), "steps=-3"], "steps"),
     ]:
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         assert res.returncode == 2, res.stderr
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and expect in lines[0], res.stderr
