@@ -128,8 +128,9 @@ def teacher_rows(data: str, steps: list[int], num_samples: int = 2000,
 
 
 def aggregate(runs: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
-    """Mean and (sample) standard deviation of every metric over seeds."""
-    keys = runs[0].keys()
+    """Mean and (sample) standard deviation of every numeric metric over seeds (labels such as
+    ``feature_space`` are skipped)."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
     out = {}
     for k in keys:
         vals = [r[k] for r in runs if not math.isnan(r[k])]

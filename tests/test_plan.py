@@ -75,6 +75,7 @@ def test_zimage_plan_from_configs_only(tmp_path: Path) -> None:
         "teacher": {"kind": "zimage", "pretrained": str(folder), "resolution": 32,
                     "prompts": str(tmp_path / "prompts.txt")},
         "student": {"parameterization": "lora", "lora_rank": 4},
+        "gan": {"layers": [-1, -2]},  # the tiny transformer has 2 feature maps
         "train": {"batch_size": 8, "distributed": "fsdp"}})
     plan = build_plan(cfg, 4, gpu_memory_gb=16)
     counts = {m.name: (m.total, m.trainable) for m in plan.models}
@@ -100,7 +101,7 @@ def test_plan_cli_json_and_table(tmp_path: Path) -> None:
     folder = _tiny_zimage_folder(tmp_path)
     args = ["plan", "teacher.kind=zimage", f"teacher.pretrained={folder}",
             f"teacher.prompts={tmp_path / 'prompts.txt'}", "teacher.resolution=32",
-            "data=prompts", "train.batch_size=8", "--gpus", "4"]
+            "data=prompts", "train.batch_size=8", "gan.layers=[-1,-2]", "--gpus", "4"]
     res = CliRunner().invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)

@@ -149,4 +149,4 @@ def test_binary_config_file(tmp_path: Path) -> None:
     bad.write_bytes(bytes(range(256)) * 4)
     r = CliRunner().invoke(app, ["distill", "--config", str(bad), "--quiet"])
     assert r.exit_code == 2
-    assert "is not a UTF-8 text (YAML) file" in r.output and "Traceback" not in r.output
+    assert "is a binary file, expected a config file" in r.output and "Traceback" not in r.output
