@@ -81,3 +81,13 @@ class FakeScore(nn.Module):
             drop = (torch.rand(b, generator=generator) < cond_dropout).to(x0.device)
             cond = where_cond(drop, null_cond, cond)  # labels or e.g. PromptEmbeds
         return denoising_loss(self(FlowPath.add_noise(x0, eps, sigma), sigma, cond), x0, sigma)
+
+
+def fake_score_groups(fake: FakeScore, fake_lr: float, gan_lr: float) -> list[dict[str, Any]]:
+    """Optimizer groups of a fake score network: its denoiser at ``fake_lr`` and, when it has
+    a GAN head (DMD2, SiD), the head at the GAN block's ``gan_lr``."""
+    groups: list[dict[str, Any]] = [{"params": list(fake.den.parameters()), "lr": fake_lr}]
+    if fake.head is not None:
+        groups.append({"params": list(fake.head.parameters()), "lr": gan_lr})
+    return groups
+

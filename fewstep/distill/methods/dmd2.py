@@ -29,7 +29,7 @@ from torch import Tensor
 
 from fewstep.distill.builders import build_fake_score, build_matching
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
-from fewstep.distill.fake_score import FakeScore
+from fewstep.distill.fake_score import FakeScore, fake_score_groups
 from fewstep.distill.losses import d_loss, g_loss
 from fewstep.distill.methods.base import (
     Batch,
@@ -68,9 +68,7 @@ class DMD2(DistillMethod):
 
     def schedule(self) -> UpdateSchedule:
         cfg: DMD2Config = self.ctx.cfg  # type: ignore[assignment]
-        groups = [{"params": list(self.fake.den.parameters()), "lr": cfg.dm.fake_lr}]
-        if self.fake.head is not None:  # the GAN head learns at the GAN block's rate
-            groups.append({"params": list(self.fake.head.parameters()), "lr": cfg.gan.lr})
+        groups = fake_score_groups(self.fake, cfg.dm.fake_lr, cfg.gan.lr)
         return UpdateSchedule(groups, cfg.train.aux_ratio, cfg.train.aux_grad_clip)
 
     @classmethod

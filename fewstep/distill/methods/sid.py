@@ -50,6 +50,7 @@ from torch import Tensor
 from fewstep.config import StrictModel
 from fewstep.distill.builders import build_fake_score
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
+from fewstep.distill.fake_score import fake_score_groups
 from fewstep.distill.losses import d_loss, g_loss, sid_loss
 from fewstep.distill.methods.base import (
     Batch,
@@ -106,9 +107,7 @@ class SiD(DistillMethod):
 
     def schedule(self) -> UpdateSchedule:
         cfg: SiDConfig = self.ctx.cfg  # type: ignore[assignment]
-        groups = [{"params": list(self.fake.den.parameters()), "lr": cfg.dm.fake_lr}]
-        if self.fake.head is not None:  # the GAN head learns at the GAN block's rate
-            groups.append({"params": list(self.fake.head.parameters()), "lr": cfg.gan.lr})
+        groups = fake_score_groups(self.fake, cfg.dm.fake_lr, cfg.gan.lr)
         return UpdateSchedule(groups, cfg.train.aux_ratio, cfg.train.aux_grad_clip)
 
     @classmethod
