@@ -264,15 +264,20 @@ def sampling_throughput(teacher_path: Path, s: Settings) -> dict[str, Any]:
     noise = torch.randn((s.batch, *DIGITS_NET["data_shape"]), generator=g)
     cond = torch.arange(s.batch) % 10
     tsig = teacher_sigmas(8)
-    students = {p: Student(den, student_sigmas(2, 8), p, "fresh").eval()
-                for p in ("decoupled", "shared", "lora")}
+    # "lora" samples inside Student.merged() held for the whole run (each step merged once, as
+    # a fused LoRA; eval and sample hold it per call); "lora_checked" (a second LoRA student)
+    # has no block, so at every step switch each layer checks its merged weight
+    kinds = {"decoupled": "decoupled", "shared": "shared", "lora": "lora",
+             "lora_checked": "lora"}
+    students = {name: Student(den, student_sigmas(2, 8), p, "fresh").eval()
+                for name, p in kinds.items()}
     fns: dict[str, Callable[[], Any]] = {
         "teacher_8": lambda: euler_sample(den, noise, cond, tsig),
         "one_forward": lambda: den(noise, torch.ones(s.batch), cond),
     }
     for p, st in students.items():
         fns[f"student_2_{p}"] = (lambda st=st: st.generate(noise, cond, generator=g))
-    with torch.inference_mode():
+    with torch.inference_mode(), students["lora"].merged():
         times = interleaved_times(fns, s.warmup + 2, s.sampling_repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     out: dict[str, Any] = {"batch": s.batch, "network": DIGITS_NET,

@@ -33,6 +33,7 @@ same number of network calls; ``seconds_per_image`` is the median wall time per 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
 import time
@@ -120,6 +121,14 @@ def _generate(spec: SamplerSpec, noise: Tensor, cond: Any, teacher: Denoiser, te
                           generator=g, num_steps=spec.steps).sample
 
 
+def _merged(spec: SamplerSpec, student: Student | None) -> contextlib.AbstractContextManager:
+    """A student sampler runs inside :meth:`Student.merged` (a LoRA student merges each step
+    once per call, like a fused LoRA; the timing includes that merge)."""
+    if spec.kind == "student" and student is not None:
+        return student.merged()
+    return contextlib.nullcontext()
+
+
 def _corrected(spec: SamplerSpec, teacher: Denoiser, student: Student | None) -> bool:
     from fewstep.noise_correction import is_epsilon_model, resolve_noise_correction
 
@@ -140,10 +149,11 @@ def run_sampler(spec: SamplerSpec, noise: Tensor, cond: Any, teacher: Denoiser,
     outs = []
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    for i in range(0, noise.shape[0], batch_size):
-        e = noise[i:i + batch_size]
-        c = None if cond is None else cond[i:i + batch_size]
-        outs.append(_generate(spec, e, c, teacher, teacher_w, teacher_shift, student, g))
+    with _merged(spec, student):
+        for i in range(0, noise.shape[0], batch_size):
+            e = noise[i:i + batch_size]
+            c = None if cond is None else cond[i:i + batch_size]
+            outs.append(_generate(spec, e, c, teacher, teacher_w, teacher_shift, student, g))
     secs = (time.perf_counter() - t0) / noise.shape[0]
     return torch.cat(outs), secs, _nfe(spec, teacher_w, cond, _corrected(spec, teacher, student))
 
@@ -178,8 +188,9 @@ def time_samplers(specs: Sequence[SamplerSpec], noise: Tensor, cond: Any, teache
         if cuda:
             torch.cuda.synchronize(noise.device)
         t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(reps[spec.name]):
-            _generate(spec, e, c, teacher, teacher_w, teacher_shift, student, g)
+        with _merged(spec, student):
+            for _ in range(reps[spec.name]):
+                _generate(spec, e, c, teacher, teacher_w, teacher_shift, student, g)
         if cuda:
             torch.cuda.synchronize(noise.device)
         k = reps[spec.name] * n

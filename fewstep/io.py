@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -171,3 +172,33 @@ def load_state_into(module: torch.nn.Module, state: Mapping[str, Tensor], source
                          f"{tuple(own[k].shape)}")
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
     module.load_state_dict(state)
+
+
+# safetensors dtype names -> torch dtypes (the ones fewstep writes)
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def mmap_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """Zero-copy CPU views of every tensor in a safetensors file, backed by a private memory
+    map (pages are read on first access; nothing is copied up front; writes to a view stay
+    private). Verify the file (e.g. :func:`load_tensors`, or a checksum over the views) before
+    trusting its contents. A file replaced later (atomic rename, as fewstep writes) does not
+    change the views: they map the old file; a file rewritten *in place* does change them."""
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    n = int.from_bytes(mm[:8], "little")
+    header = json.loads(mm[8:8 + n])
+    out: dict[str, Tensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _ST_DTYPES[info["dtype"]]
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        count = (end - start) // dtype.itemsize
+        t = (torch.frombuffer(mm, dtype=dtype, count=count, offset=8 + n + start) if count
+             else torch.empty(0, dtype=dtype))
+        out[name] = t.view(shape)
+    return out

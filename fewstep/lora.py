@@ -21,19 +21,26 @@ Usage::
     x0_2 = lora.step_forward(1, x2, s2, c)
     loss(x0_2).backward()                             # grads reach step1 AND step0 adapters
 
-Switching steps is O(1): every LoRA layer reads the active step from one shared cell, so a
-switch never walks the layers and never touches ``requires_grad`` (a leaf whose
+Switching steps is O(1) in training: every LoRA layer reads the active step from one shared
+cell, so a switch never walks the layers and never touches ``requires_grad`` (a leaf whose
 ``requires_grad`` is False at *backward* time silently gets no gradient, which is why peft's
 ``set_adapter`` cannot be used to switch inside one graph).
 
-Fast inference: under ``torch.inference_mode()``, with float32 base weights and no autocast,
-each layer uses a cached merged weight ``W + (alpha / rank) B_k A_k`` (one matmul, the cost of
-the base) while the cached copies fit :attr:`PerStepLoRA.merge_budget_bytes`; the cache is
-rebuilt when any of the three tensors changes. The result equals the unmerged computation up to
-float32 rounding (~1e-7 relative; more after an ill-conditioned output conversion such as an
-epsilon network's ``/ (1 - sigma)`` near sigma = 1). Everywhere else (training,
-``torch.no_grad``, other dtypes) the layers compute exactly what peft computes, so a student
-sampled under ``no_grad`` matches its diffusers export bit for bit.
+Fast inference: with float32 weights and no autocast, a layer can use a cached merged weight
+``W + (alpha / rank) B_k A_k`` (one matmul, the cost of the base) while the K cached copies fit
+:attr:`PerStepLoRA.merge_budget_bytes`. Two ways:
+
+* under ``torch.inference_mode()`` a switch checks each layer's cache against its three
+  tensors (rebuilt when one was replaced or changed in place): automatic and always current;
+* inside :meth:`PerStepLoRA.merged` (under ``no_grad`` or ``inference_mode``) every step is
+  merged once, on entry, and a switch is O(1) again: what samplers use (the weights must not
+  change inside the block).
+
+The result equals the unmerged computation up to float32 rounding (~1e-7 relative; more after
+an ill-conditioned output conversion such as an epsilon network's ``/ (1 - sigma)`` near
+sigma = 1). Everywhere else (training, plain ``torch.no_grad``, other dtypes) the layers compute
+exactly what peft computes, so a student sampled under ``no_grad`` matches its diffusers export
+bit for bit.
 
 Gradient checkpointing recomputes forwards during backward, when another adapter may be
 active; use :meth:`PerStepLoRA.checkpoint_fn` as the checkpointing function (diffusers:
@@ -94,13 +101,21 @@ def _step_name(k: int) -> str:
 
 class _StepCell:
     """The state every :class:`StepLoRALinear` of one :class:`PerStepLoRA` reads: the active
-    step (``None``: base only) and whether merged inference weights may be used."""
+    step (``None``: base only); whether merged inference weights may be used at all (``merge``,
+    the memory budget); whether the active step's merged weights are current (``merged``, set
+    at each switch); and, inside :meth:`PerStepLoRA.merged`, which steps were merged on entry
+    (``ready``). A copy (``copy.deepcopy``) starts outside any step and session."""
 
-    __slots__ = ("merge", "step")
+    __slots__ = ("merge", "merged", "ready", "step")
 
-    def __init__(self) -> None:
+    def __init__(self, merge: bool = True) -> None:
         self.step: int | None = None
-        self.merge = True
+        self.merge = merge
+        self.merged = False
+        self.ready: list[bool] | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _StepCell:
+        return _StepCell(self.merge)
 
 
 class _MergeCache(dict):
@@ -138,7 +153,7 @@ class StepLoRALinear(nn.Module):
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / rank
         self.cell = cell
-        self._merged: dict[int, tuple[tuple[Any, ...], Tensor]] = _MergeCache()
+        self._merged: dict[int, tuple[tuple[Any, ...], Tensor, Tensor | None]] = _MergeCache()
 
     # what callers of the replaced nn.Linear may read
     @property
@@ -157,34 +172,46 @@ class StepLoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
-    def _can_merge(self, x: Tensor, a: Tensor, b: Tensor) -> bool:
-        w = self.base_layer.weight
-        return (self.cell.merge and torch.is_inference_mode_enabled()
-                and w.dtype == a.dtype == b.dtype == x.dtype == torch.float32
-                and not torch.is_autocast_enabled(x.device.type)
-                and (not self.training or isinstance(self.lora_dropout, nn.Identity)))
+    def prepare_merged(self, k: int) -> bool:
+        """Make the cached ``W + scaling * B_k A_k`` current (rebuilt only when one of the
+        three tensors was replaced or changed in place) and return True; return False when
+        step ``k`` cannot merge (not float32, or a sharded DTensor). Dropout is the caller's
+        check (:meth:`PerStepLoRA.use_step`).
 
-    def merged_weight(self, k: int) -> Tensor:
-        """``W + scaling * B_k A_k`` (cached until one of the three tensors changes)."""
-        w = self.base_layer.weight
-        a, b = self.lora_A[_step_name(k)].weight, self.lora_B[_step_name(k)].weight
-        key = (w.data_ptr(), a.data_ptr(), b.data_ptr(), _version(w), _version(a), _version(b))
+        Runs for every layer at each step switch under inference mode, so the hot path (cache
+        hit) is a handful of dictionary lookups and tensor attribute reads.
+        """
+        name = _step_name(k)
+        w = self._modules["base_layer"]._parameters["weight"]  # type: ignore[index]
+        a = self._modules["lora_A"]._modules[name]._parameters["weight"]  # type: ignore[index]
+        b = self._modules["lora_B"]._modules[name]._parameters["weight"]  # type: ignore[index]
+        try:
+            key = (w.data_ptr(), a.data_ptr(), b.data_ptr(), w._version, a._version, b._version)
+        except RuntimeError:  # an inference tensor has no version counter (and cannot change)
+            key = (w.data_ptr(), a.data_ptr(), b.data_ptr(), _version(w), _version(a),
+                   _version(b))
+        bias = self._modules["base_layer"]._parameters["bias"]  # type: ignore[index]
         hit = self._merged.get(k)
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        if hit is not None and hit[0] == key and hit[2] is bias:
+            return True
+        f32 = torch.float32
+        if not (w.dtype == f32 and a.dtype == f32 and b.dtype == f32) or _is_dtensor(a):
+            return False
         with torch.no_grad():
-            merged = torch.addmm(w, b, a, alpha=self.scaling)
-        self._merged[k] = (key, merged)
-        return merged
+            self._merged[k] = (key, torch.addmm(w, b, a, alpha=self.scaling), bias)
+        return True
 
     def forward(self, x: Tensor) -> Tensor:
-        k = self.cell.step
+        cell = self.cell
+        k = cell.step
         if k is None:
             return self.base_layer(x)
+        if cell.merged and not torch.is_grad_enabled():
+            # prepared by PerStepLoRA.use_step / merged: the cache holds step k's merged weight
+            _, weight, bias = self._merged[k]
+            return F.linear(x, weight, bias)
         name = _step_name(k)
         lora_a, lora_b = self.lora_A[name], self.lora_B[name]
-        if self._can_merge(x, lora_a.weight, lora_b.weight):
-            return F.linear(x, self.merged_weight(k), self.base_layer.bias)
         result = self.base_layer(x)
         dtype = result.dtype
         if x.dtype != lora_a.weight.dtype:
@@ -194,6 +221,14 @@ class StepLoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"steps={len(self.lora_A)}, scaling={self.scaling:g}"
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
 
 
 def _version(t: Tensor) -> int:
@@ -243,6 +278,8 @@ class PerStepLoRA(nn.Module):
             setattr(parent, attr, StepLoRALinear(lin, num_steps, rank, self.alpha, dropout,
                                                  self.cell))
         self.base = base
+        self._layers: list[StepLoRALinear] = [base.get_submodule(n)  # type: ignore[misc]
+                                              for n in self.targets]
         self._trainable = [True] * num_steps
         # per-step (name, parameter) lists, built once: no walk over the model afterwards
         self._step_params: list[list[tuple[str, nn.Parameter]]] = [[] for _ in range(num_steps)]
@@ -257,7 +294,7 @@ class PerStepLoRA(nn.Module):
     # -- parameters ---------------------------------------------------------------------------
     def lora_layers(self) -> list[tuple[str, StepLoRALinear]]:
         """``(qualified name in base, layer)`` of every LoRA layer."""
-        return [(n, self.base.get_submodule(n)) for n in self.targets]  # type: ignore[misc]
+        return list(zip(self.targets, self._layers, strict=True))
 
     def named_step_parameters(self, k: int) -> Iterator[tuple[str, nn.Parameter]]:
         """``(qualified name in base, parameter)`` of step ``k``'s adapter."""
@@ -322,6 +359,7 @@ class PerStepLoRA(nn.Module):
         need = self.num_steps * sum(4 * layer.base_layer.weight.numel()
                                     for _, layer in self.lora_layers())
         self.cell.merge = need <= self._merge_budget
+        self.cell.merged, self.cell.ready = False, None
         for _, layer in self.lora_layers():
             layer._merged.clear()
 
@@ -332,25 +370,80 @@ class PerStepLoRA(nn.Module):
     def active_step(self) -> int | None:
         return self.cell.step
 
+    def _enter(self, k: int | None) -> tuple[int | None, bool]:
+        """Make step ``k`` active; returns the state that :meth:`_exit` restores."""
+        if k is not None and not 0 <= k < self.num_steps:
+            raise IndexError(f"step {k} out of range [0, {self.num_steps})")
+        cell = self.cell
+        prev = cell.step, cell.merged
+        cell.step = k
+        if k is None:
+            cell.merged = False
+        elif cell.ready is not None:  # inside merged(): prepared on entry
+            cell.merged = cell.ready[k]
+        else:
+            cell.merged = torch.is_inference_mode_enabled() and self._prepare_merged(k)
+        return prev
+
+    def _exit(self, prev: tuple[int | None, bool]) -> None:
+        self.cell.step, self.cell.merged = prev
+
     @contextmanager
     def use_step(self, k: int | None) -> Iterator[None]:
         """Activate step ``k``'s adapter (``None``: base only) inside the block, then restore."""
-        if k is not None and not 0 <= k < self.num_steps:
-            raise IndexError(f"step {k} out of range [0, {self.num_steps})")
-        prev = self.cell.step
-        self.cell.step = k
+        prev = self._enter(k)
         try:
             yield
         finally:
-            self.cell.step = prev
+            self._exit(prev)
+
+    def _prepare_merged(self, k: int) -> bool:
+        """Make every layer's merged weight for step ``k`` current (rebuilt only where a tensor
+        changed) and return True, when merging is allowed (budget, no active dropout, no
+        autocast, float32, not sharded); otherwise return False (the layers then compute the
+        unmerged sum)."""
+        if not self.cell.merge or (self.dropout > 0 and self.base.training):
+            return False
+        layers = self._layers
+        if torch.is_autocast_enabled(layers[0].base_layer.weight.device.type):
+            return False
+        return all([layer.prepare_merged(k) for layer in layers])  # all or none: no short cut
+
+    @contextmanager
+    def merged(self) -> Iterator[None]:
+        """Sample with per-step merged weights built once, on entry (like peft's
+        ``merge_adapter``): inside the block a step switch costs O(1) and walks no layer.
+
+        Without this block, merged weights are still used under ``torch.inference_mode`` but
+        checked against the adapters at every switch (one cache lookup per layer). Inside it
+        they are not checked: the weights must not change inside the block. Forwards that
+        record gradients use the unmerged sum, so training inside the block stays correct.
+        Enter under ``torch.no_grad()`` or ``torch.inference_mode()``; with merging not
+        allowed (budget, dtype, autocast, dropout) the block changes nothing.
+        """
+        if torch.is_grad_enabled():
+            raise RuntimeError("PerStepLoRA.merged() is for sampling: enter it under "
+                               "torch.no_grad() or torch.inference_mode()")
+        cell = self.cell
+        prev = cell.ready, cell.merged
+        cell.ready = [self._prepare_merged(k) for k in range(self.num_steps)]
+        cell.merged = cell.step is not None and cell.ready[cell.step]
+        try:
+            yield
+        finally:
+            cell.ready, cell.merged = prev
 
     #: Alias of :meth:`use_step`.
     use = use_step
 
     def step_forward(self, k: int | None, *args: Any, **kwargs: Any) -> Any:
-        """``base(*args, **kwargs)`` with step ``k``'s adapter active."""
-        with self.use_step(k):
+        """``base(*args, **kwargs)`` with step ``k``'s adapter active (= ``use_step`` without
+        the generator-based context manager, which costs measurably per sampling step)."""
+        prev = self._enter(k)
+        try:
             return self.base(*args, **kwargs)
+        finally:
+            self._exit(prev)
 
     def forward(self, k: int | None, *args: Any, **kwargs: Any) -> Any:
         return self.step_forward(k, *args, **kwargs)

@@ -37,10 +37,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from fewstep.conditioning import PromptEmbeds
+from fewstep.io import mmap_safetensors
 
 #: ``encode_fn(prompts) -> [(L_i, D), ...]``, one tensor per prompt, or ``[((L_i, D), (P,)),
 #: ...]`` with a pooled vector per prompt (stored as ``q<index>``).
@@ -173,7 +174,10 @@ class PromptCache:
         batch_size: prompts per ``encode_fn`` call.
         dtype: storage dtype (default: whatever ``encode_fn`` returns).
         verify_on_open: check (and repair) every shard now; otherwise on first use.
-        max_shards_in_memory: loaded shards kept in RAM (least recently used evicted).
+        max_shards_in_memory: verified shards kept mapped (least recently used unmapped; an
+            unmapped shard is verified again on its next use); ``None``: all. Shards are
+            memory-mapped, not loaded: only the pages a batch reads are in memory, and the
+            kernel can drop them again.
 
     Attributes:
         prompts: the prompt strings; ``regenerated``: names of shards written this session.
@@ -182,7 +186,7 @@ class PromptCache:
     def __init__(self, cache_dir: str | os.PathLike[str], prompt_file: str | os.PathLike[str],
                  encode_fn: EncodeFn | None, fingerprint: str, shard_size: int = 256,
                  batch_size: int = 16, dtype: torch.dtype | None = None,
-                 verify_on_open: bool = True, max_shards_in_memory: int = 4) -> None:
+                 verify_on_open: bool = True, max_shards_in_memory: int | None = None) -> None:
         if shard_size < 1:
             raise ValueError("shard_size must be >= 1")
         self.dir = Path(cache_dir)
@@ -255,7 +259,7 @@ class PromptCache:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            tensors = load_file(str(path))
+            tensors = mmap_safetensors(path)  # verified below, then used in place
         except Exception:  # any parse failure means the shard is unusable
             return None
         start, end = self._range(name)
@@ -295,7 +299,7 @@ class PromptCache:
                 "format": FORMAT}
         _atomic_save(tensors, self.dir / name, meta)
         self.regenerated.append(name)
-        return tensors
+        return mmap_safetensors(self.dir / name)  # the bytes just hashed, not a RAM copy
 
     def _shard(self, name: str) -> dict[str, Tensor]:
         if name in self._loaded:
@@ -304,19 +308,25 @@ class PromptCache:
         tensors = self._check(name)
         if tensors is None:
             tensors = self._generate(name)
-        self._loaded[name] = tensors
-        while len(self._loaded) > self.max_shards_in_memory:
-            self._loaded.popitem(last=False)
+        self._keep(name, tensors)
         return tensors
+
+    def _keep(self, name: str, tensors: dict[str, Tensor]) -> None:
+        self._loaded[name] = tensors
+        while self.max_shards_in_memory is not None and \
+                len(self._loaded) > self.max_shards_in_memory:
+            self._loaded.popitem(last=False)
 
     def verify(self) -> list[str]:
         """Check every shard (and the null shard); regenerate bad ones. Returns their names."""
         bad = []
         for name in [NULL_SHARD, *self.shard_names()]:
             self._loaded.pop(name, None)
-            if self._check(name) is None:
-                self._generate(name)
+            tensors = self._check(name)
+            if tensors is None:
+                tensors = self._generate(name)
                 bad.append(name)
+            self._keep(name, tensors)
         return bad
 
     # -- access -------------------------------------------------------------------------------

@@ -94,8 +94,7 @@ class Student(nn.Module):
             raise IndexError(f"step {k} out of range for a {self.num_steps}-step student")
         with profile_label("student_forward"):
             if self.lora is not None:
-                with self.lora.use_step(k):
-                    return self.lora.base(x, sigma, cond)
+                return self.lora.step_forward(k, x, sigma, cond)
             return self.step_denoiser(k)(x, sigma, cond)
 
     def step_parameters(self, k: int) -> Iterator[nn.Parameter]:
@@ -161,6 +160,12 @@ class Student(nn.Module):
                                                 *self.lora.base.buffers()]
         ema = copy.deepcopy(self, {id(t): t for t in shared})
         return ema.eval().requires_grad_(False)
+
+    def merged(self) -> contextlib.AbstractContextManager:
+        """Sampling block (under ``no_grad`` / ``inference_mode``) in which a LoRA student
+        uses per-step merged weights built once on entry (:meth:`PerStepLoRA.merged`); the
+        weights must not change inside. A no-op for ``decoupled`` / ``shared`` students."""
+        return self.lora.merged() if self.lora is not None else contextlib.nullcontext()
 
     def generate(self, noise: Tensor, cond: Any, *, step_noises: list[Tensor] | None = None,
                  generator: torch.Generator | None = None, num_steps: int | None = None,

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import mmap
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +36,7 @@ from tqdm.auto import tqdm
 from fewstep.denoiser import Denoiser
 from fewstep.distill.run_lock import folder_lock
 from fewstep.errors import CheckpointError
-from fewstep.io import atomic_write_bytes, load_tensors, save_tensors
+from fewstep.io import atomic_write_bytes, load_tensors, mmap_safetensors, save_tensors
 from fewstep.noise_correction import default_noise_correction
 from fewstep.samplers import euler_sample
 from fewstep.schedules import teacher_sigmas
@@ -186,35 +185,6 @@ class TeacherCache:
         views = [mmap_safetensors(self.shard_path(i)) for i in range(self.num_shards)]
         return CacheReader(views, self.size, self.shard_size, batch_size, seed, pairs=pairs,
                            real=real, rows=rows, device=device, prefetch=prefetch)
-
-
-# safetensors dtype names -> torch dtypes (the ones fewstep writes)
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
-              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def mmap_safetensors(path: str | Path) -> dict[str, Tensor]:
-    """Read-only, zero-copy CPU views of every tensor in a safetensors file, backed by a
-    private memory map (pages are read on first access; nothing is copied up front). Verify
-    the file (e.g. :func:`fewstep.io.load_tensors`) before trusting its contents. A file
-    replaced later (atomic rename) does not change the views: they map the old file."""
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    n = int.from_bytes(mm[:8], "little")
-    header = json.loads(mm[8:8 + n])
-    out: dict[str, Tensor] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _ST_DTYPES[info["dtype"]]
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        count = (end - start) // dtype.itemsize
-        t = (torch.frombuffer(mm, dtype=dtype, count=count, offset=8 + n + start) if count
-             else torch.empty(0, dtype=dtype))
-        out[name] = t.view(shape)
-    return out
 
 
 class CacheReader:

@@ -370,7 +370,7 @@ class Trainer:
                     self.pending.add(self.step + 1, self._iteration())
                     log_due = self.step % t.log_every == 0 or self.step == t.iterations
                     ckpt_due = bool(t.ckpt_every) and self.step % t.ckpt_every == 0
-                    stop = self._stop_requested()
+                    stop = self._stop_requested(log_due or ckpt_due)
                     # the loop's only host syncs: every log_every steps, before a checkpoint
                     # (a state is never written unchecked) and before stopping
                     logs = self._flush_logs() if log_due or ckpt_due or stop else None
@@ -414,9 +414,13 @@ class Trainer:
         self.dist.barrier()  # every rank returns once the files exist
         return self.ema
 
-    def _stop_requested(self) -> bool:
-        """A stop was requested (on any rank: all ranks stop at the same step)."""
-        return self.dist.all_flags(self._stop_reason is not None, self.device)[1]
+    def _stop_requested(self, sync_due: bool) -> bool:
+        """A stop was requested. One process: checked every step. Distributed: on any rank,
+        agreed by a collective only at ``sync_due`` steps (log / checkpoint steps, which sync
+        anyway), so all ranks stop at the same step without a per-step host sync."""
+        if not self.dist.enabled:
+            return self._stop_reason is not None
+        return sync_due and self.dist.all_flags(self._stop_reason is not None, self.device)[1]
 
     def _on_divergence(self, err: DivergenceError) -> None:
         """Stop with a message naming the last good checkpoint, or roll back."""

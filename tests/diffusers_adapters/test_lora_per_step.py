@@ -120,6 +120,75 @@ def test_switching_is_constant_time_and_keeps_requires_grad():
     assert not torch.allclose(a, b)
 
 
+def _count_prepares(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from fewstep.lora import StepLoRALinear
+
+    calls = [0]
+    orig = StepLoRALinear.prepare_merged
+
+    def counted(self: StepLoRALinear, k: int) -> bool:
+        calls[0] += 1
+        return orig(self, k)
+
+    monkeypatch.setattr(StepLoRALinear, "prepare_merged", counted)
+    return calls
+
+
+def test_merged_block_switches_without_walking_and_keeps_training_exact(monkeypatch):
+    lora = PerStepLoRA(_mlp(), num_steps=2, rank=4)
+    _randomise_lora_b(lora)
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        want = [lora(k, x) for k in range(2)]  # unmerged (peft's computation)
+    calls = _count_prepares(monkeypatch)
+    with torch.inference_mode():
+        lora(0, x)
+        assert calls[0] == 3  # checked: one per layer at each switch
+        calls[0] = 0
+        with lora.merged():
+            assert calls[0] == 2 * 3  # every step merged once, on entry
+            got = [lora(k, x) for k in (0, 1, 0, 1)]
+            assert calls[0] == 2 * 3  # switches inside the block walk nothing
+            assert lora.cell.step is None and not lora.cell.merged
+    for k, g in zip((0, 1, 0, 1), got, strict=True):
+        torch.testing.assert_close(g, want[k], rtol=1e-6, atol=1e-6)
+    assert not torch.equal(got[0], got[1])
+    # under no_grad (not inference mode) the block merges too; without it no_grad is exact
+    with torch.no_grad(), lora.merged():
+        torch.testing.assert_close(lora(1, x), want[1], rtol=1e-6, atol=1e-6)
+    # a forward that records gradients inside the block is the unmerged one: exact, with grads
+    with torch.no_grad(), lora.merged(), torch.enable_grad():
+        out = lora.step_forward(1, lora.step_forward(0, x))
+    out.sum().backward()
+    _assert_step_grads(lora)
+    with pytest.raises(RuntimeError, match="no_grad"), lora.merged():
+        pass
+
+
+def test_merged_weights_follow_replaced_tensors_and_copies_start_outside():
+    lora = PerStepLoRA(_mlp(), num_steps=2, rank=4)
+    _randomise_lora_b(lora)
+    x = torch.randn(5, 6)
+    with torch.inference_mode():
+        a = lora(1, x)
+    last = lora.base[4]
+    new_bias = nn.Parameter(last.bias.detach() + 1.0, requires_grad=False)
+    last.base_layer.bias = new_bias  # a replaced tensor, not an in-place change
+    state = {n: t + 0.5 for n, t in lora.adapter_state_dict(0).items()}
+    lora.load_adapter_state_dict(0, state)  # replaces the adapter tensors' data
+    with torch.no_grad():
+        want1, want0 = lora(1, x), lora(0, x)
+    with torch.inference_mode():
+        torch.testing.assert_close(lora(1, x), want1, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(lora(0, x), want0, rtol=1e-6, atol=1e-6)
+        with lora.merged(), lora.use_step(0):
+            twin = copy.deepcopy(lora)
+            assert lora.cell.merged and twin.cell.step is None and twin.cell.ready is None
+            assert twin.lora_layers()[0][1].cell is twin.cell
+            torch.testing.assert_close(twin(0, x), want0, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(a, want1)
+
+
 def test_steps_start_at_base_and_switching_restores():
     base = _mlp()
     ref = copy.deepcopy(base)

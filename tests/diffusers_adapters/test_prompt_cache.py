@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,6 +61,22 @@ def test_build_reuse_and_values(tiny_pipe, setup):
     torch.testing.assert_close(ro.embedding(1), cache.embedding(1))
     meta = json.loads((cdir / "manifest.json").read_text())
     assert meta["fingerprint"] == fp and meta["num_prompts"] == 5
+
+
+def test_shards_are_memory_mapped_not_loaded(setup):
+    """Verified shards are used in place (mapped from their files), including ones written in
+    this session, and their values are the encoder's."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        pytest.skip("needs /proc/self/maps (Linux)")
+    pf, cdir, enc, fp = setup
+    built = PromptCache(cdir, pf, enc, fp, shard_size=2)  # every shard written now
+    reopened = PromptCache(cdir, pf, None, fp, shard_size=2)
+    mapped = maps.read_text()
+    for name in ["null.safetensors", *built.shard_names()]:
+        assert str((cdir / name).resolve()) in mapped, name
+    for i in range(len(built)):
+        torch.testing.assert_close(reopened.embedding(i), enc.fn([built.prompts[i]])[0])
 
 
 def test_corrupted_shards_are_regenerated(setup):

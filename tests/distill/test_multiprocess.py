@@ -110,7 +110,32 @@ def _worker(rank: int, world: int, port: int, teacher: str, tmp: str) -> None:
     tr = _train(_cfg(Path(teacher), root, "regression", ckpt_every=2), root / "reg_half_mp",
                 resume=True)
     save_file(_full_state(tr), str(root / f"reg_resumed_rank{rank}.safetensors"))
+    _stop_on_one_rank(rank, Path(teacher), root)
     tr.dist.shutdown()
+
+
+def _stop_on_one_rank(rank: int, teacher: Path, root: Path) -> None:
+    """Rank 1 alone requests a stop after its first step; with log_every=3 every rank must
+    checkpoint and stop at step 3 (the ranks agree at log steps only)."""
+    from fewstep.distill.trainer import Trainer, TrainingInterrupted
+
+    data = _cfg(teacher, root, "regression", iterations=6, log_every=3)
+    tr = Trainer(validate(DistillConfig, data), root / "stop_mp", progress=False)
+    if rank == 1:
+        step_once = tr._iteration
+
+        def stop_after_first() -> dict[str, torch.Tensor]:
+            out = step_once()
+            tr.request_stop("test stop on rank 1")
+            return out
+
+        tr._iteration = stop_after_first  # type: ignore[method-assign]
+    try:
+        tr.train()
+        stopped = -1
+    except TrainingInterrupted as e:
+        stopped = e.step
+    (root / f"stop_rank{rank}.json").write_text(json.dumps({"step": stopped}))
 
 
 def _free_port() -> int:
@@ -191,3 +216,10 @@ def test_resume_on_every_rank(runs: Path) -> None:
     for r in (0, 1):
         _assert_close(load_file(str(runs / f"reg_resumed_rank{r}.safetensors")), full, 1e-6)
     assert [r["step"] for r in _losses(runs / "reg_half_mp")] == list(range(1, ITERS + 1))
+
+
+def test_a_stop_on_one_rank_stops_every_rank_at_the_next_log_step(runs: Path) -> None:
+    steps = [json.loads((runs / f"stop_rank{r}.json").read_text())["step"] for r in (0, 1)]
+    assert steps == [3, 3]
+    assert len(list((runs / "stop_mp" / "checkpoints").iterdir())) == 1  # the stop's own
+    assert [r["step"] for r in _losses(runs / "stop_mp")] == [1, 2, 3]

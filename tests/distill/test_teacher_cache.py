@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from fewstep.denoiser import Denoiser
-from fewstep.distill.teacher_cache import CacheReader, TeacherCache, mmap_safetensors
-from fewstep.io import load_tensors
+from fewstep.distill.teacher_cache import CacheReader, TeacherCache
+from fewstep.io import load_tensors, mmap_safetensors
 
 
 class _Toy(Denoiser):
