@@ -83,11 +83,17 @@ class PromptEmbeds:
             p = None if p is None else p[None]
         return PromptEmbeds(e, m, p)
 
-    def to(self, device: torch.device | str | None = None,
-           dtype: torch.dtype | None = None) -> PromptEmbeds:
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+           non_blocking: bool = False) -> PromptEmbeds:
         """Move (and cast the float embeddings; the mask stays bool)."""
-        p = None if self.pooled is None else self.pooled.to(device=device, dtype=dtype)
-        return PromptEmbeds(self.embeds.to(device=device, dtype=dtype), self.mask.to(device), p)
+        kw = {"device": device, "non_blocking": non_blocking}
+        p = None if self.pooled is None else self.pooled.to(dtype=dtype, **kw)
+        return PromptEmbeds(self.embeds.to(dtype=dtype, **kw), self.mask.to(**kw), p)
+
+    def pin_memory(self) -> PromptEmbeds:
+        """Page-locked host copies (for ``to(cuda, non_blocking=True)``)."""
+        p = None if self.pooled is None else self.pooled.pin_memory()
+        return PromptEmbeds(self.embeds.pin_memory(), self.mask.pin_memory(), p)
 
     def repeat(self, n: int) -> PromptEmbeds:
         """Tile the whole batch ``n`` times: ``[c0, c1, c0, c1, ...]``."""

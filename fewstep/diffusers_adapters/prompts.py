@@ -30,6 +30,7 @@ import hashlib
 import inspect
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -202,6 +203,7 @@ class PromptCache:
         self.max_shards_in_memory = max_shards_in_memory
         self.regenerated: list[str] = []
         self._loaded: OrderedDict[str, dict[str, Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
         self._null: Tensor | None = None
         self._open()
         if verify_on_open:
@@ -302,14 +304,15 @@ class PromptCache:
         return mmap_safetensors(self.dir / name)  # the bytes just hashed, not a RAM copy
 
     def _shard(self, name: str) -> dict[str, Tensor]:
-        if name in self._loaded:
-            self._loaded.move_to_end(name)
-            return self._loaded[name]
-        tensors = self._check(name)
-        if tensors is None:
-            tensors = self._generate(name)
-        self._keep(name, tensors)
-        return tensors
+        with self._lock:  # a data-loading thread and the main thread may both read batches
+            if name in self._loaded:
+                self._loaded.move_to_end(name)
+                return self._loaded[name]
+            tensors = self._check(name)
+            if tensors is None:
+                tensors = self._generate(name)
+            self._keep(name, tensors)
+            return tensors
 
     def _keep(self, name: str, tensors: dict[str, Tensor]) -> None:
         self._loaded[name] = tensors

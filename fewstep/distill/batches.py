@@ -77,7 +77,8 @@ class BatchSource:
             self.reader = cache.reader(b, c.train.seed, pairs=self.needs.teacher_pairs,
                                        real=self.needs.real == "teacher_cache",
                                        rows=self.dist.shard_slice(b) if self.dist.enabled
-                                       else None, device=self.device, progress=progress)
+                                       else None, device=self.device, progress=progress,
+                                       cond_map=p.cond_map)
         if self.needs.real == "dataset":
             x, y = self.problem.split("train")
             self.data = (x.to(self.device), None if y is None else y.to(self.device))
@@ -108,7 +109,7 @@ class BatchSource:
         p = self.problem
         rows = self.reader.next() if self.reader is not None else {}  # this rank's rows
         if self.needs.teacher_pairs:
-            cond = p.cond_map(rows["cond"]) if "cond" in rows else None
+            cond = rows.get("cond")  # already mapped by the reader (p.cond_map)
             batch = Batch(rows["eps"], cond, teacher_sample=rows["sample"],
                           teacher_mid=rows.get("mid", rows["sample"]))
         else:
@@ -122,7 +123,7 @@ class BatchSource:
             batch.real_cond = None if self.data[1] is None else self.data[1][j]
         elif real == "teacher_cache":
             batch.real = rows["real_sample"]
-            batch.real_cond = p.cond_map(rows["real_cond"]) if "real_cond" in rows else None
+            batch.real_cond = rows.get("real_cond")
         elif real == "teacher_online":
             batch.real, batch.real_cond = self._online_teacher(b)
         return self.dist.shard(batch, b)  # this rank's rows (online teacher rows already are)

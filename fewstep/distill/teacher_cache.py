@@ -178,13 +178,15 @@ class TeacherCache:
 
     def reader(self, batch_size: int, seed: int, pairs: bool = True, real: bool = False,
                rows: slice | None = None, device: str | torch.device = "cpu",
-               progress: bool = True, prefetch: bool = True) -> CacheReader:
+               progress: bool = True, prefetch: bool = True,
+               cond_map: CondMap | None = None) -> CacheReader:
         """Build what is missing (verifying every shard's checksum), then a streaming
         :class:`CacheReader` over the memory-mapped shards (see its docstring)."""
         self.build(progress)
         views = [mmap_safetensors(self.shard_path(i)) for i in range(self.num_shards)]
         return CacheReader(views, self.size, self.shard_size, batch_size, seed, pairs=pairs,
-                           real=real, rows=rows, device=device, prefetch=prefetch)
+                           real=real, rows=rows, device=device, prefetch=prefetch,
+                           cond_map=cond_map)
 
 
 class CacheReader:
@@ -201,12 +203,17 @@ class CacheReader:
     Rows are gathered (``index_select`` on the shard views) into pinned host memory when
     ``device`` is CUDA and copied with ``non_blocking=True``; on CPU the gathered tensors are
     the batch. One background thread prepares batch ``p + 1`` while batch ``p`` trains.
+    ``cond_map`` (optional) turns the host ``cond`` / ``real_cond`` ids into what the teacher
+    takes (e.g. prompt ids -> padded prompt embeddings from the prompt cache) in that thread,
+    so the main thread never copies ids back to the host; a result with ``pin_memory`` is
+    pinned too.
     """
 
     def __init__(self, views: list[dict[str, Tensor]], size: int, shard_size: int,
                  batch_size: int, seed: int, pairs: bool = True, real: bool = False,
                  rows: slice | None = None, device: str | torch.device = "cpu",
-                 prefetch: bool = True) -> None:
+                 prefetch: bool = True, cond_map: CondMap | None = None) -> None:
+        self.cond_map = cond_map
         self.views, self.size, self.shard_size = views, size, shard_size
         self.batch_size, self.seed = batch_size, seed
         self.pairs, self.real = pairs, real
@@ -242,7 +249,7 @@ class CacheReader:
                 out[k][sel] = self.views[s][k].index_select(0, row[sel])
         return out
 
-    def _load(self, position: int) -> dict[str, Tensor]:
+    def _load(self, position: int) -> dict[str, Any]:
         idx = self.indices(position)
         out: dict[str, Tensor] = {}
         if "pairs" in idx:
@@ -251,6 +258,11 @@ class CacheReader:
             keys = [k for k in ("sample", "cond") if k in self.views[0]]
             out.update({f"real_{k}": v for k, v in
                         self.gather(idx["real"][self.rows], keys).items()})
+        if self.cond_map is not None:
+            for k in ("cond", "real_cond"):
+                if k in out:
+                    c = self.cond_map(out[k])
+                    out[k] = c.pin_memory() if self.pin and hasattr(c, "pin_memory") else c
         return out
 
     def _fetch(self, position: int) -> Future | dict[str, Tensor]:
@@ -260,14 +272,15 @@ class CacheReader:
             return self._load(position)
         return self._pool.submit(self._load, position)
 
-    def next(self) -> dict[str, Tensor]:
+    def next(self) -> dict[str, Any]:
         """Batch :attr:`position` on ``device`` (this rank's rows); advances the position."""
         got = self._fetch(self.position)
         host = got.result() if isinstance(got, Future) else got
         self.position += 1
         if self._pool is not None:
             self._ahead = (self.position, self._pool.submit(self._load, self.position))
-        return {k: v.to(self.device, non_blocking=self.pin) for k, v in host.items()}
+        return {k: v if v is None else v.to(self.device, non_blocking=self.pin)
+                for k, v in host.items()}
 
     def state_dict(self) -> dict[str, int]:
         return {"position": self.position}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
 
+from fewstep.conditioning import PromptEmbeds
 from fewstep.denoiser import Denoiser
 from fewstep.distill.teacher_cache import CacheReader, TeacherCache
 from fewstep.io import load_tensors, mmap_safetensors
@@ -63,6 +65,29 @@ def test_reader_rows_match_the_loaded_cache_and_resume(tmp_path: Path) -> None:
         got = r2.next()
         assert all(torch.equal(got[k], b[k]) for k in b)
     r.close()
+
+
+def test_reader_maps_condition_ids_in_its_loading_thread(tmp_path: Path) -> None:
+    """``cond_map`` (prompt ids -> embeddings in a real run) runs on the host ids in the
+    prefetch thread, for the pair rows and the "real" rows alike."""
+    c = _cache(tmp_path)
+    full = c.load(progress=False)
+    threads: list[str] = []
+
+    def embed(ids: torch.Tensor) -> PromptEmbeds:
+        threads.append(threading.current_thread().name)
+        assert ids.device.type == "cpu"
+        return PromptEmbeds(ids.float()[:, None, None].expand(-1, 2, 3).clone(),
+                            torch.ones(len(ids), 2, dtype=torch.bool))
+
+    r = c.reader(batch_size=6, seed=11, real=True, progress=False, cond_map=embed)
+    for p in range(3):
+        b, idx = r.next(), r.indices(p)
+        for key, rows in (("cond", idx["pairs"]), ("real_cond", idx["real"])):
+            assert isinstance(b[key], PromptEmbeds)
+            assert torch.equal(b[key].embeds[:, 0, 0], full["cond"][rows].float()), (p, key)
+    r.close()
+    assert threads and all(t.startswith("cache") for t in threads)
 
 
 def test_ranks_read_their_slice(tmp_path: Path) -> None:
