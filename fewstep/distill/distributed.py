@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from fewstep.distill.precision import stack_scalars
 from fewstep.errors import ConfigError
 
 Mode = Literal["none", "ddp", "fsdp"]
@@ -204,8 +205,7 @@ class DistEnv:
         if not self.enabled or not logs:
             return dict(logs)
         keys = sorted(logs)
-        t = torch.stack([logs[k].detach().float().mean() for k in keys]).to(
-            self._device(device))
+        t = stack_scalars([logs[k] for k in keys]).to(self._device(device))
         dist.all_reduce(t)
         t /= self.world_size
         return {k: t[i] for i, k in enumerate(keys)}

@@ -122,6 +122,14 @@ class Precision:
             self.scaler.load_state_dict(st)
 
 
+def stack_scalars(values: list[Tensor]) -> Tensor:
+    """``(N,)`` float32 means of ``values`` on their accelerator device, if any (log terms may
+    mix device tensors with host scalars such as a step index; ``torch.stack`` would refuse).
+    Host values move to the device (no host sync); nothing moves to the host."""
+    dev = next((v.device for v in values if v.device.type != "cpu"), values[0].device)
+    return torch.stack([v.detach().float().mean().to(dev) for v in values])
+
+
 @dataclass
 class DeferredLogs:
     """Per-step scalar logs kept on the device; one host transfer per :meth:`flush`.
@@ -142,7 +150,7 @@ class DeferredLogs:
             self._rows.append((step, [], torch.zeros(0)))
             return
         keys = list(logs)
-        vals = torch.stack([logs[k].detach().float().mean() for k in keys])
+        vals = stack_scalars([logs[k] for k in keys])
         self._rows.append((step, keys, vals))
 
     def __len__(self) -> int:

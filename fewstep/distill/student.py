@@ -35,7 +35,7 @@ from torch.profiler import record_function
 from fewstep.denoiser import Denoiser
 from fewstep.lora import PerStepLoRA
 from fewstep.path import randn_like
-from fewstep.samplers import Trajectory, Transition, sample
+from fewstep.samplers import Trajectory, Transition, sample, transition
 
 Parameterization = Literal["decoupled", "lora", "shared"]
 
@@ -62,6 +62,8 @@ class Student(nn.Module):
         self.parameterization = parameterization
         self.transition = transition
         self.register_buffer("sigmas", sigmas.detach().float().clone(), persistent=False)
+        #: the same levels, always on the host: the sampler reads them without a device sync
+        self.host_sigmas = sigmas.detach().float().cpu().clone()
         k = int(sigmas.numel())
         self.lora = None
         if parameterization == "decoupled":
@@ -171,7 +173,8 @@ class Student(nn.Module):
                  generator: torch.Generator | None = None, num_steps: int | None = None,
                  detach_between_steps: bool = False) -> Trajectory:
         """Run the student from ``noise`` (``x_0``, at ``sigma = 1``). See :func:`sample`."""
-        return sample(self, noise, cond, self.sigmas, self.transition, step_noises=step_noises,
+        return sample(self, noise, cond, self.host_sigmas, self.transition,
+                      step_noises=step_noises,
                       generator=generator, stop_after=num_steps,
                       detach_between_steps=detach_between_steps)
 
@@ -277,8 +280,6 @@ def unroll_to_step(student: Student, noise: Tensor, cond: Any, k: int,
         with torch.no_grad():
             traj = student.generate(noise, cond, generator=generator, num_steps=k)
             last_x0 = traj.x0s[-1]
-            from fewstep.samplers import transition
-
             fresh = randn_like(noise, generator) if student.transition == "fresh" else None
             x = transition(traj.xs[-1], last_x0, traj.sigmas[-1].to(noise.device),
                            student.sigmas[k], student.transition, fresh)

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from fewstep.distill.precision import DeferredLogs, Precision, grad_norm, resolve_mode
+from fewstep.distill.precision import (
+    DeferredLogs,
+    Precision,
+    grad_norm,
+    resolve_mode,
+    stack_scalars,
+)
 from fewstep.errors import ConfigError
 
 
@@ -69,3 +75,16 @@ def test_deferred_logs_flush_once_and_name_the_first_bad_step() -> None:
     assert rows[0]["grad_norm"] == math.inf  # allowed: an fp16 overflow is a skipped step
     assert bad is not None and bad[:2] == (3, "a") and math.isnan(bad[2])
     assert len(logs) == 0 and logs.flush() == ([], None)
+
+
+def test_log_terms_on_mixed_devices_stack_on_the_accelerator() -> None:
+    """Recipes log device tensors next to host scalars (``step_k``); on a GPU ``torch.stack``
+    refuses mixed devices. The "meta" device stands in for an accelerator here."""
+    dev = torch.zeros((), device="meta")
+    host = torch.tensor(1.0)
+    for values in ([dev, host], [host, dev]):
+        assert stack_scalars(values).device.type == "meta"
+    logs = DeferredLogs()
+    logs.add(3, {"g_total": dev, "step_k": host})
+    assert len(logs) == 1
+    assert stack_scalars([host, torch.tensor([2.0, 4.0])]).tolist() == [1.0, 3.0]
