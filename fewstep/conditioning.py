@@ -18,7 +18,7 @@ everywhere if it has ``cat(items)`` (static), ``__getitem__``, ``to(device, dtyp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,11 +34,18 @@ class PromptEmbeds:
     Row ``i`` holds ``mask[i].sum()`` valid tokens at the front. ``pooled (B, P)`` is an
     optional per-sample vector (a pooled text embedding). Build from a list of ``(L_i, D)``
     tensors with :meth:`from_list`; get it back with :meth:`to_list`.
+
+    ``lengths``: the valid-token counts as host integers, kept by every operation that can keep
+    them without reading device memory (:meth:`from_list`, ``to``, indexing with host indices,
+    ``repeat``, ``cat``), so that :meth:`to_list` -- which networks taking a list of captions
+    (Z-Image) call in every forward -- needs no device-to-host copy. ``None``: read from
+    ``mask`` when needed.
     """
 
     embeds: Tensor
     mask: Tensor
     pooled: Tensor | None = None
+    lengths: tuple[int, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.embeds.ndim != 3 or self.mask.shape != self.embeds.shape[:2]:
@@ -49,6 +56,9 @@ class PromptEmbeds:
             raise ValueError(f"PromptEmbeds.pooled must be (B, P) with B = "
                              f"{self.embeds.shape[0]}; got {tuple(self.pooled.shape)}")
         self.mask = self.mask.to(dtype=torch.bool)
+        if self.lengths is not None and len(self.lengths) != self.embeds.shape[0]:
+            raise ValueError(f"PromptEmbeds.lengths has {len(self.lengths)} entries for "
+                             f"{self.embeds.shape[0]} rows")
 
     @classmethod
     def from_list(cls, feats: Sequence[Tensor], pooled: Sequence[Tensor] | Tensor | None = None
@@ -65,11 +75,11 @@ class PromptEmbeds:
             lengths, device=embeds.device)[:, None]
         if pooled is not None and not torch.is_tensor(pooled):
             pooled = torch.stack(list(pooled))
-        return cls(embeds, mask, pooled)
+        return cls(embeds, mask, pooled, tuple(lengths))
 
     def to_list(self) -> list[Tensor]:
         """The valid tokens of each row: ``[(L_i, D), ...]``."""
-        lengths = self.mask.sum(dim=1).tolist()
+        lengths = self.lengths if self.lengths is not None else self.mask.sum(dim=1).tolist()
         return [self.embeds[i, : int(n)] for i, n in enumerate(lengths)]
 
     def __len__(self) -> int:
@@ -81,30 +91,44 @@ class PromptEmbeds:
         if e.ndim == 2:
             e, m = e[None], m[None]
             p = None if p is None else p[None]
-        return PromptEmbeds(e, m, p)
+        return PromptEmbeds(e, m, p, self._lengths_at(idx))
+
+    def _lengths_at(self, idx: Any) -> tuple[int, ...] | None:
+        """``lengths`` of the rows ``idx`` selects, when that needs no device read."""
+        if self.lengths is None or (torch.is_tensor(idx) and idx.device.type != "cpu"):
+            return None
+        try:
+            rows = torch.arange(len(self.lengths))[idx]
+        except (IndexError, TypeError):  # not a batch index: recompute from mask when needed
+            return None
+        return tuple(self.lengths[i] for i in rows.reshape(-1).tolist())
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
            non_blocking: bool = False) -> PromptEmbeds:
         """Move (and cast the float embeddings; the mask stays bool)."""
         kw = {"device": device, "non_blocking": non_blocking}
         p = None if self.pooled is None else self.pooled.to(dtype=dtype, **kw)
-        return PromptEmbeds(self.embeds.to(dtype=dtype, **kw), self.mask.to(**kw), p)
+        return PromptEmbeds(self.embeds.to(dtype=dtype, **kw), self.mask.to(**kw), p,
+                            self.lengths)
 
     def pin_memory(self) -> PromptEmbeds:
         """Page-locked host copies (for ``to(cuda, non_blocking=True)``)."""
         p = None if self.pooled is None else self.pooled.pin_memory()
-        return PromptEmbeds(self.embeds.pin_memory(), self.mask.pin_memory(), p)
+        return PromptEmbeds(self.embeds.pin_memory(), self.mask.pin_memory(), p, self.lengths)
 
     def repeat(self, n: int) -> PromptEmbeds:
         """Tile the whole batch ``n`` times: ``[c0, c1, c0, c1, ...]``."""
         p = None if self.pooled is None else self.pooled.repeat(n, 1)
-        return PromptEmbeds(self.embeds.repeat(n, 1, 1), self.mask.repeat(n, 1), p)
+        lengths = None if self.lengths is None else self.lengths * n
+        return PromptEmbeds(self.embeds.repeat(n, 1, 1), self.mask.repeat(n, 1), p, lengths)
 
     def repeat_interleave(self, n: int) -> PromptEmbeds:
         """Repeat each row ``n`` times: ``[c0, c0, c1, c1, ...]`` (several images per prompt)."""
         p = None if self.pooled is None else self.pooled.repeat_interleave(n, 0)
+        lengths = None if self.lengths is None else \
+            tuple(v for v in self.lengths for _ in range(n))
         return PromptEmbeds(self.embeds.repeat_interleave(n, 0),
-                            self.mask.repeat_interleave(n, 0), p)
+                            self.mask.repeat_interleave(n, 0), p, lengths)
 
     @staticmethod
     def cat(items: Sequence[PromptEmbeds]) -> PromptEmbeds:

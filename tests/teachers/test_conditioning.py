@@ -32,6 +32,29 @@ def test_prompt_embeds_cat_index_where_keep_rows():
         cat_cond([a, _pe([1], pooled=False)])
 
 
+def test_host_lengths_follow_every_operation_and_spare_a_device_read():
+    a, b = _pe([2, 5, 1], seed=0), _pe([3], seed=1)
+
+    def true_lengths(pe: PromptEmbeds) -> tuple[int, ...]:
+        return tuple(pe.mask.sum(1).tolist())
+
+    results = {"from_list": a, "cat": cat_cond([a, b]), "int": a[1], "slice": a[1:],
+               "host tensor": a[torch.tensor([2, 0])], "bool mask": a[torch.tensor([1, 0, 1]) > 0],
+               "repeat": a.repeat(2), "repeat_interleave": a.repeat_interleave(2),
+               "to": cond_to(a, "cpu", torch.bfloat16)}
+    for name, pe in results.items():
+        assert pe.lengths is not None and pe.lengths == true_lengths(pe), name
+    assert a.repeat_interleave(2).lengths == (2, 2, 5, 5, 1, 1)
+    # on an accelerator ("meta" stands in: it has no data to read) to_list uses the host lengths
+    on_dev = a.to("meta")
+    assert [t.shape[0] for t in on_dev.to_list()] == [2, 5, 1]
+    assert on_dev[1:].lengths == (5, 1)
+    # an index living on the device cannot be read without a sync: lengths are recomputed later
+    assert on_dev[torch.tensor([0], device="meta")].lengths is None
+    with pytest.raises(ValueError, match="lengths"):
+        PromptEmbeds(a.embeds, a.mask, None, (1, 2))
+
+
 def test_labels_and_none():
     labels = torch.tensor([1, 2, 3])
     assert torch.equal(cat_cond([labels, labels[:1]]), torch.tensor([1, 2, 3, 1]))
