@@ -19,10 +19,12 @@ from typer.testing import CliRunner
 
 from benchmarks.export_roundtrip import (
     PROMPTS,
+    SEED,
     Case,
     build_student,
     load_teacher,
     save_teacher,
+    student_inputs,
 )
 from fewstep.cli import app
 from fewstep.conditioning import PromptEmbeds
@@ -177,3 +179,17 @@ def test_custom_kind_student_with_reference_is_one_line_error(tmp_path):
     msg = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(msg) == 1 and msg[0].count("--components") == 1 and "custom" in msg[0], r.output
     assert not list((tmp_path / "exp").glob("*"))  # nothing written
+
+
+def test_zimage_through_the_generic_kind_exports_as_zimage(teachers, tmp_path):
+    teacher = load_teacher("zimage", save_teacher("zimage", "float32", teachers), "float32")
+    teacher.config.update(kind="diffusers", family="ZImageTransformer2DModel",
+                          pipeline_class="ZImagePipeline")
+    st = build_student(teacher, Case("zimage", "lora", "float32"))
+    export_student(st, tmp_path / "e", teacher.config, teacher.pipeline, "auto", 0,
+                   teacher.latent_shape)
+    info = json.loads((tmp_path / "e" / "fewstep_student.json").read_text())
+    assert info["family"] == "zimage" and info["teacher"]["kind"] == "diffusers"
+    _, want = student_inputs(teacher, st)
+    got = StudentPipeline.from_pretrained(tmp_path / "e")(PROMPTS, seed=SEED)
+    assert torch.equal(got, decode(teacher.pipeline.vae, want).float())
