@@ -1,13 +1,18 @@
 """The loading snippet and model card (``README.md``) of an exported diffusers-format student.
 
-The snippet is plain diffusers (+ safetensors; peft for LoRA on models without a LoRA loader):
+The snippet is plain diffusers (+ safetensors; peft for LoRA on models without a LoRA loader,
+and for every ``teacher.kind: diffusers`` LoRA student):
 it loads the export, defines ``use_step(k) -> network`` (switches the per-step parameters)
 and a sampling function ``few_step`` of at most 15 lines that runs the student's K steps with
 its transition (``fresh``: re-noise with new noise, ``ddim``: reuse the predicted noise) and
 returns ``(images, x0)`` (``x0``: the final latents, or the images in pixel space). From the
 same seed it computes exactly what :class:`~fewstep.diffusers_adapters.student_pipeline.
 StudentPipeline` computes: noise from ``torch.Generator().manual_seed(seed)`` on the CPU, then
-one fresh noise per transition from the same generator.
+one fresh noise per transition from the same generator. For ``teacher.kind: diffusers`` students
+(family ``diffusers``) it loads the teacher's own pipeline class and also defines
+``encode(prompts)`` (the pipeline's ``encode_prompt`` conditioned as fewstep conditions the
+network) and ``call(net, x, t, cond)`` (the family's call signature of
+:data:`fewstep.diffusers_adapters.families.FAMILIES`, written out).
 
 ``info`` is the content of ``fewstep_student.json`` (see :mod:`fewstep.diffusers_adapters.
 student_pipeline`).
@@ -407,6 +412,12 @@ def model_card(info: dict[str, Any], folder: str) -> str:
     ]
     if info["family"] == "unet_eps":
         lines.append(f"| UNet timesteps | `{_floats(info['unet']['timesteps'])}` |")
+    if info["family"] == "diffusers":
+        net = info["network"]
+        pred = net.get("prediction_type", "velocity")
+        lines += [f"| pipeline / network | `{info['pipeline_class']}` / `{net['class']}` "
+                  f"({net['path']}, predicts `{pred}`) |",
+                  f"| network time input per step | `{_floats(net['timesteps'])}` |"]
     lines.append(f"| base | `{info['base']['source']}` (copied: {info['base']['copied']}) |")
     if s:
         switches = {k: v for k, v in s.items() if v is not None}

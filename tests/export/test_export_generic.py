@@ -85,6 +85,12 @@ def test_decoupled_export_is_the_teachers_pipeline(teachers, tmp_path, family):
     assert info["family"] == "diffusers" and info["network"]["class"] == cls_name
     assert info["step_subfolders"] == [comp, f"{comp}_step1"]
     assert info["dtypes"] == {"pipeline": "bfloat16", "denoiser": "float32"}
+    card = (tmp_path / "e" / "README.md").read_text()
+    assert PIPELINES[family] in card and "dmd2" in card and "def call(net" in card
+    body = card.split("def few_step(")[1].split("\n\n\n")[0]
+    assert len([ln for ln in body.splitlines()[1:] if ln.strip()]) <= 15
+    assert "fewstep" not in card.split("```python")[1].split("```")[0].replace(
+        "fewstep_student", "")
 
 
 @pytest.mark.parametrize("family", ["sd", "flux"])
