@@ -1,12 +1,14 @@
 """Export round trip: students exported by fewstep, sampled by plain diffusers without fewstep.
 
 For every case (teacher family x parameterization x dtype) a tiny, randomly initialised teacher
-is saved to disk, a student is built from it the way the trainer builds one (frozen teacher in
-``dtype``, trainable weights in float32) and its trainable weights are perturbed so that the
-steps differ, then :func:`~fewstep.diffusers_adapters.student_pipeline.export_student` writes
-the folder. The loading snippet of the folder's ``README.md`` runs in a subprocess in which
-importing fewstep fails (``sys.modules["fewstep"] = None`` before anything else; run from a
-folder without fewstep and without ``PYTHONPATH``), and its latents and images are compared with
+is saved to disk (Z-Image and the eps-UNet through their own kinds; an SD-style UNet,
+PixArt-Sigma and Flux pipeline through ``teacher.kind: diffusers``), a student is built from it
+the way the trainer builds one (frozen teacher in ``dtype``, trainable weights in float32) and
+its trainable weights are perturbed so that the steps differ, then
+:func:`~fewstep.diffusers_adapters.student_pipeline.export_student` writes the folder. The
+loading snippet of the folder's ``README.md`` runs in a subprocess in which importing fewstep
+fails (``sys.modules["fewstep"] = None`` before anything else; run from a folder without fewstep
+and without ``PYTHONPATH``), and its latents and images are compared with
 
 * the in-memory student (``Student.generate`` from the same seed, decoded by the teacher's VAE),
 * fewstep's own reload (:class:`~fewstep.diffusers_adapters.student_pipeline.StudentPipeline`).
@@ -37,12 +39,23 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+import fewstep.testing as testing
+from fewstep.conditioning import PromptEmbeds
+from fewstep.diffusers_adapters.families import FAMILIES as NETWORK_FAMILIES
 from fewstep.diffusers_adapters.latents import decode
 from fewstep.diffusers_adapters.model_card import snippet_from_card
+from fewstep.diffusers_adapters.prompts import pipeline_encode_fn
 from fewstep.diffusers_adapters.student_pipeline import StudentPipeline, export_student
 from fewstep.diffusers_adapters.zimage import ZImageDenoiser
 from fewstep.distill.student import Student
-from fewstep.teachers.pipeline import load_pipeline
+from fewstep.teachers.pipeline import (
+    build_denoiser,
+    denoiser_of,
+    family_of,
+    latent_multiple,
+    latent_shape,
+    load_pipeline,
+)
 from fewstep.testing import build_tiny_zimage_pipeline, tiny_unet_config
 
 PROMPTS = ["a red cat", "a photo of a big blue dog"]
@@ -51,6 +64,10 @@ SIGMAS = [1.0, 0.6]
 SEED = 5
 MAX_SEQ = 64
 FAMILIES = ("zimage", "unet_eps")
+#: ``teacher.kind: diffusers`` families: name -> (tiny pipeline builder, resolution, max tokens)
+GENERIC = {"sd": ("build_tiny_sd_pipeline", 16, 16),
+           "pixart": ("build_tiny_pixart_pipeline", 16, 16),
+           "flux": ("build_tiny_flux_pipeline", 16, 16)}
 PARAMS = ("lora", "decoupled", "shared")
 DTYPES = ("float32", "bfloat16")
 
@@ -102,6 +119,10 @@ class Case:
 def all_cases() -> list[Case]:
     cases = [Case(f, p, d) for f in FAMILIES for p in PARAMS for d in DTYPES]
     cases.append(Case("zimage", "lora", "float32", "ddim"))
+    for f in GENERIC:
+        cases += [Case(f, "lora", "float32"), Case(f, "decoupled", "float32"),
+                  Case(f, "lora", "bfloat16")]
+    cases += [Case("sd", "shared", "float32"), Case("sd", "decoupled", "float32", "ddim")]
     return cases
 
 
@@ -119,7 +140,13 @@ def save_teacher(family: str, dtype: str, root: Path) -> Path:
     if folder.is_dir():
         return folder
     dt = getattr(torch, dtype)
-    if family == "zimage":
+    if family in GENERIC:
+        pipe = getattr(testing, GENERIC[family][0])(seed=0)
+        for m in pipe.components.values():
+            if isinstance(m, nn.Module):
+                m.to(dt)
+        pipe.save_pretrained(folder, safe_serialization=True)
+    elif family == "zimage":
         pipe = tiny_zimage_pipeline()
         for name in ("transformer", "text_encoder", "vae"):
             getattr(pipe, name).to(dt)
@@ -145,6 +172,19 @@ class Teacher:
 def load_teacher(family: str, folder: Path, dtype: str) -> Teacher:
     """The frozen teacher as the trainer loads it, with the config export_student reads."""
     dt = getattr(torch, dtype)
+    if family in GENERIC:  # as DiffusersTeacher.from_pipeline builds it
+        pipe = load_pipeline(str(folder), dtype)
+        for m in pipe.components.values():
+            if isinstance(m, nn.Module):
+                m.eval().requires_grad_(False)
+        net = denoiser_of(pipe)
+        den = build_denoiser(pipe, net, family_of(net), None).eval().requires_grad_(False)
+        _, res, max_seq = GENERIC[family]
+        shape = latent_shape(pipe.vae.config, latent_multiple(net), res)
+        cfg = {"kind": "diffusers", "pretrained": str(folder), "dtype": dtype,
+               "resolution": res, "latent_shape": list(shape), "max_sequence_length": max_seq,
+               "pipeline_class": type(pipe).__name__, "family": type(net).__name__}
+        return Teacher(den, cfg, pipe, shape, 0)
     if family == "zimage":
         pipe = load_pipeline(str(folder), dtype)
         for m in (pipe.transformer, pipe.text_encoder, pipe.vae):
@@ -185,11 +225,7 @@ def build_student(teacher: Teacher, case: Case) -> Student:
 def student_inputs(teacher: Teacher, st: Student) -> tuple[Any, torch.Tensor]:
     """(cond, latents) of the in-memory student from ``SEED`` (StudentPipeline's protocol)."""
     if teacher.pipeline is not None:
-        from fewstep.diffusers_adapters.prompts import pipeline_encode_fn
-        from fewstep.diffusers_adapters.zimage import PromptEmbeds
-
-        cond: Any = PromptEmbeds.from_list(
-            pipeline_encode_fn(teacher.pipeline, MAX_SEQ, "cpu")(PROMPTS))
+        cond: Any = encode_prompts(teacher, PROMPTS)
         n = len(PROMPTS)
     else:
         cond = torch.tensor(LABELS)
@@ -198,6 +234,17 @@ def student_inputs(teacher: Teacher, st: Student) -> tuple[Any, torch.Tensor]:
     noise = torch.randn((n, *teacher.latent_shape), generator=g)
     with torch.no_grad():
         return cond, st.generate(noise, cond, generator=g).sample
+
+
+def encode_prompts(teacher: Teacher, prompts: list[str]) -> PromptEmbeds:
+    """The teacher pipeline's prompt embeddings as the trainer conditions the network."""
+    fam = NETWORK_FAMILIES.get(teacher.config.get("family", ""))
+    fn = pipeline_encode_fn(teacher.pipeline, teacher.config["max_sequence_length"], "cpu",
+                            fam.mask_index if fam else None, fam.pooled_index if fam else None)
+    rows = fn(list(prompts))
+    if isinstance(rows[0], tuple):
+        return PromptEmbeds.from_list([r[0] for r in rows], [r[1] for r in rows])
+    return PromptEmbeds.from_list(rows)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -254,6 +301,8 @@ def run(out_dir: Path | None, names: list[str] | None = None) -> dict[str, Any]:
     """Every case (or those in ``names``); writes the JSON + markdown when ``out_dir``."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     cases = [c for c in all_cases() if names is None or c.name in names]
+    if names is not None and len(cases) != len(set(names)):
+        raise SystemExit(f"unknown case names: {sorted(set(names) - {c.name for c in cases})}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

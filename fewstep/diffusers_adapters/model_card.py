@@ -1,13 +1,18 @@
 """The loading snippet and model card (``README.md``) of an exported diffusers-format student.
 
-The snippet is plain diffusers (+ safetensors; peft for LoRA on models without a LoRA loader):
+The snippet is plain diffusers (+ safetensors; peft for LoRA on models without a LoRA loader,
+and for every ``teacher.kind: diffusers`` LoRA student):
 it loads the export, defines ``use_step(k) -> network`` (switches the per-step parameters)
 and a sampling function ``few_step`` of at most 15 lines that runs the student's K steps with
 its transition (``fresh``: re-noise with new noise, ``ddim``: reuse the predicted noise) and
 returns ``(images, x0)`` (``x0``: the final latents, or the images in pixel space). From the
 same seed it computes exactly what :class:`~fewstep.diffusers_adapters.student_pipeline.
 StudentPipeline` computes: noise from ``torch.Generator().manual_seed(seed)`` on the CPU, then
-one fresh noise per transition from the same generator.
+one fresh noise per transition from the same generator. For ``teacher.kind: diffusers`` students
+(family ``diffusers``) it loads the teacher's own pipeline class and also defines
+``encode(prompts)`` (the pipeline's ``encode_prompt`` conditioned as fewstep conditions the
+network) and ``call(net, x, t, cond)`` (the family's call signature of
+:data:`fewstep.diffusers_adapters.families.FAMILIES`, written out).
 
 ``info`` is the content of ``fewstep_student.json`` (see :mod:`fewstep.diffusers_adapters.
 student_pipeline`).
@@ -15,8 +20,11 @@ student_pipeline`).
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
+
+import diffusers
 
 
 def _floats(xs: list[float]) -> str:
@@ -159,6 +167,159 @@ def _unet_snippet(info: dict[str, Any], folder: str) -> list[str]:
     return lines
 
 
+def _encode_kwargs(pipeline_class: str, max_sequence_length: int | None) -> str:
+    """``encode_prompt`` keyword arguments as fewstep passes them (no CFG branch)."""
+    params = inspect.signature(getattr(diffusers, pipeline_class).encode_prompt).parameters
+    kw = []
+    if "device" in params:
+        kw.append("device=DEVICE")
+    if "do_classifier_free_guidance" in params:
+        kw.append("do_classifier_free_guidance=False")
+    if "num_images_per_prompt" in params:
+        kw.append("num_images_per_prompt=1")
+    if max_sequence_length is not None and "max_sequence_length" in params:
+        kw.append(f"max_sequence_length={int(max_sequence_length)}")
+    if "clean_caption" in params:
+        kw.append("clean_caption=False")
+    return ", ".join(kw)
+
+
+def _encode_lines(info: dict[str, Any]) -> list[str]:
+    """``encode(prompts) -> (emb, mask, pooled)`` as fewstep conditions the network: rows cut to
+    their valid tokens (families with a mask) and zero-padded to the longest one."""
+    net = info["network"]
+    kw = _encode_kwargs(info["pipeline_class"], info.get("max_sequence_length"))
+    lines = ["def encode(prompts):",
+             f"    out = pipe.encode_prompt(list(prompts), {kw})",
+             "    emb = out[0]"]
+    if net.get("mask_index") is not None:
+        lines += [f"    n = out[{net['mask_index']}].bool().sum(1).clamp_min(1)  # valid tokens",
+                  "    mask = torch.arange(int(n.max()), device=DEVICE)[None] < n[:, None]",
+                  "    emb = emb[:, : mask.shape[1]] * mask[..., None]  # cut and zero-padded"]
+    else:
+        lines.append("    mask = torch.ones(emb.shape[:2], dtype=torch.bool, device=DEVICE)")
+    pooled = "None" if net.get("pooled_index") is None else f"out[{net['pooled_index']}]"
+    lines.append(f"    return emb, mask, {pooled}")
+    return lines
+
+
+def _call_lines(info: dict[str, Any]) -> list[str]:
+    """``call(net, x, t, cond) -> out``: the family's call signature (see
+    :data:`fewstep.diffusers_adapters.families.FAMILIES`), ``x`` and ``t`` in the network's
+    dtype, ``out`` the network's own prediction shaped like ``x``."""
+    cls = info["network"]["class"]
+    head = ["def call(net, x, t, cond):", "    emb, mask, pooled = cond"]
+    if cls == "UNet2DConditionModel":
+        return [*head, "    return net(x, t, encoder_hidden_states=emb.to(net.dtype), "
+                "return_dict=False)[0]"]
+    if cls == "PixArtTransformer2DModel":
+        return [*head,
+                "    out = net(x, encoder_hidden_states=emb.to(net.dtype), "
+                "encoder_attention_mask=mask.long(), timestep=t,",
+                '              added_cond_kwargs={"resolution": None, "aspect_ratio": None}, '
+                "return_dict=False)[0]",
+                "    return out[:, : x.shape[1]]  # learned variance: keep the mean prediction"]
+    if cls == "FluxTransformer2DModel":
+        g = info["network"].get("guidance")
+        guidance = "None" if g is None else \
+            f"torch.full((b,), {float(g)!r}, device=DEVICE, dtype=torch.float32)"
+        return [*head,
+                "    b, c, h, w = x.shape  # 2x2 patches -> tokens, Flux's position ids",
+                "    tokens = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)"
+                ".reshape(b, h * w // 4, c * 4)",
+                "    ids = torch.zeros(h // 2, w // 2, 3, device=DEVICE, dtype=x.dtype)",
+                "    ids[..., 1] = torch.arange(h // 2, device=DEVICE, dtype=x.dtype)[:, None]",
+                "    ids[..., 2] = torch.arange(w // 2, device=DEVICE, dtype=x.dtype)[None, :]",
+                "    txt_ids = torch.zeros(emb.shape[1], 3, device=DEVICE, dtype=x.dtype)",
+                f"    out = net(hidden_states=tokens, timestep=t, guidance={guidance},",
+                "              pooled_projections=pooled.to(net.dtype), "
+                "encoder_hidden_states=emb.to(net.dtype),",
+                "              txt_ids=txt_ids, img_ids=ids.reshape(-1, 3), return_dict=False)[0]",
+                "    return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)"
+                ".reshape(b, c, h, w)"]
+    raise ValueError(f"no loading snippet for denoiser {cls!r}")
+
+
+def _generic_snippet(info: dict[str, Any], folder: str) -> list[str]:
+    """Family ``diffusers``: the teacher's own pipeline class (VAE, text encoders) with the
+    student's networks, and the student's sampler around the network's raw call."""
+    k_steps, lora = info["num_steps"], info["parameterization"] == "lora"
+    net = info["network"]
+    cls, pcls, comp = net["class"], info["pipeline_class"], info["component"]
+    pdt, sdt = _dtype(info["dtypes"]["pipeline"]), _dtype(info["dtypes"]["denoiser"])
+    lines = ["import torch", f"from diffusers import {pcls}, {cls}"]
+    if lora:
+        lines = ["import json", "", *lines, "from peft import LoraConfig, inject_adapter_in_model",
+                 "from peft.tuners.tuners_utils import BaseTunerLayer",
+                 "from safetensors.torch import load_file"]
+    lines += ["", *_header(info, folder),
+              f"TIMES = torch.tensor({_floats(net['timesteps'])})  # the network's time input "
+              "of each step", ""]
+    if lora:
+        lines += [f'net = {cls}.from_pretrained(BASE, subfolder="{comp}", dtype={sdt}, '
+                  "use_safetensors=True).to(DEVICE)",
+                  f"pipe = {pcls}.from_pretrained(BASE, {comp}=net, dtype={pdt}, "
+                  "use_safetensors=True).to(DEVICE)",
+                  f"for k in range({k_steps}):",
+                  '    config = json.load(open(f"{FOLDER}/step{k}/adapter_config.json"))',
+                  '    inject_adapter_in_model(LoraConfig(**config), net, adapter_name=f"step{k}")',
+                  *_lora_restore("net", "k"), "", "",
+                  "def use_step(k):",
+                  "    for m in net.modules():",
+                  "        if isinstance(m, BaseTunerLayer):",
+                  '            m.set_adapter(f"step{k}")',
+                  "    return net"]
+    else:
+        folders = info["step_subfolders"]
+        lines += [f"STEP_FOLDERS = {folders!r}",
+                  f"nets = {{f: {cls}.from_pretrained(FOLDER, subfolder=f, dtype={sdt}, "
+                  "use_safetensors=True).to(DEVICE)",
+                  "        for f in dict.fromkeys(STEP_FOLDERS)}",
+                  f"pipe = {pcls}.from_pretrained(FOLDER, {comp}=nets[{folders[0]!r}], "
+                  f"dtype={pdt}, use_safetensors=True).to(DEVICE)", "", "",
+                  "def use_step(k):", "    return nets[STEP_FOLDERS[k]]"]
+    lines += ["", "", *_encode_lines(info), "", "", *_call_lines(info)]
+    vp = net["path"] == "vp"
+    if vp:
+        x0 = {"epsilon": f"x0 = (x - s * out) / (1 - s).clamp_min({net['min_one_minus_sigma']!r})",
+              "sample": "x0 = out",
+              "v_prediction": "x0 = ab.sqrt() * x * c_in - (1 - ab).sqrt() * out  # ab = "
+                              "alpha_bar"}[net["prediction_type"]]
+        step = ["        a, c_in = 1 - s, ((1 - s) ** 2 + s ** 2).rsqrt()  # flow -> VP input",
+                "        ab = a * a / (a * a + s * s)  # the VP level of sigma",
+                "        out = call(net, (x * c_in).to(net.dtype), t.expand(len(x)).to(net.dtype),"
+                " cond).to(x.dtype)"]
+    else:
+        x0 = "x0 = x - s * out  # out = velocity eps - x0"
+        step = ["        out = call(net, x.to(net.dtype), t.expand(len(x)).to(net.dtype), cond)"
+                ".to(x.dtype)"]
+    if net.get("sign", 1.0) != 1.0:
+        step.append(f"        out = {float(net['sign'])!r} * out")
+    c, h, w = info["latent_shape"]
+    f = info["vae_factor"]
+    lines += [
+        "", "", "@torch.no_grad()",
+        f"def few_step(prompts, seed=0, height={h * f}, width={w * f}, "
+        f"transition={info['transition']!r}):",
+        "    cond = encode(prompts)",
+        "    g = torch.Generator().manual_seed(seed)",
+        f"    x = torch.randn((len(prompts), {c}, height // {f}, width // {f}), "
+        "generator=g).to(DEVICE)",
+        "    for k, (s, t) in enumerate(zip(SIGMAS, TIMES)):",
+        "        net = use_step(k)  # step k's parameters",
+        *step,
+        f"        {x0}",
+        "        if k + 1 < len(SIGMAS):  # fresh re-noising or the deterministic (ddim) step",
+        "            eps = torch.randn(x.shape, generator=g).to(DEVICE) if transition == "
+        '"fresh" else (x - (1 - s) * x0) / s',
+        "            x = (1 - SIGMAS[k + 1]) * x0 + SIGMAS[k + 1] * eps",
+        "    vae = pipe.vae.config",
+        "    z = x0.to(pipe.vae.dtype) / vae.scaling_factor + (vae.shift_factor or 0.0)",
+        "    return pipe.vae.decode(z).sample, x0",
+    ]
+    return lines
+
+
 def loading_snippet(info: dict[str, Any], folder: str) -> str:
     """Python source that loads the export at ``folder`` and defines ``few_step`` (module
     docstring). Imports diffusers, torch, safetensors (and peft for a LoRA UNet) only.
@@ -168,13 +329,15 @@ def loading_snippet(info: dict[str, Any], folder: str) -> str:
         lines = _zimage_snippet(info, folder)
     elif family == "unet_eps":
         lines = _unet_snippet(info, folder)
+    elif family == "diffusers":
+        lines = _generic_snippet(info, folder)
     else:
         raise ValueError(f"no loading snippet for family {family!r}")
     return "\n".join(lines) + "\n"
 
 
 def usage_line(info: dict[str, Any]) -> str:
-    if info["family"] == "zimage":
+    if info["family"] in ("zimage", "diffusers"):
         return 'images, latents = few_step(["a red fox in the snow"], seed=0)  # [-1, 1]'
     return "images, _ = few_step([0, 1, 2, 3], seed=0)  # class labels -> images in [-1, 1]"
 
@@ -249,6 +412,12 @@ def model_card(info: dict[str, Any], folder: str) -> str:
     ]
     if info["family"] == "unet_eps":
         lines.append(f"| UNet timesteps | `{_floats(info['unet']['timesteps'])}` |")
+    if info["family"] == "diffusers":
+        net = info["network"]
+        pred = net.get("prediction_type", "velocity")
+        lines += [f"| pipeline / network | `{info['pipeline_class']}` / `{net['class']}` "
+                  f"({net['path']}, predicts `{pred}`) |",
+                  f"| network time input per step | `{_floats(net['timesteps'])}` |"]
     lines.append(f"| base | `{info['base']['source']}` (copied: {info['base']['copied']}) |")
     if s:
         switches = {k: v for k, v in s.items() if v is not None}

@@ -32,6 +32,8 @@ from fewstep.path import expand_like
 
 _TIME = {"sigma": lambda s: s, "sigma_1000": lambda s: 1000.0 * s,
          "one_minus_sigma": lambda s: 1.0 - s}
+#: a family's ``time`` name -> the network's time input as a function of sigma (export)
+TIME_INPUTS = _TIME
 
 
 class _PromptConditioned(nn.Module):
@@ -199,5 +201,5 @@ def build_pipeline_denoiser(model_class: str, model_config: dict[str, Any], fami
                               min_one_minus_sigma=min_one_minus_sigma)
 
 
-__all__ = ["FlowPipelineDenoiser", "VPPipelineDenoiser", "build_pipeline_denoiser", "jsonable",
-           "vp_scale"]
+__all__ = ["TIME_INPUTS", "FlowPipelineDenoiser", "VPPipelineDenoiser", "build_pipeline_denoiser",
+           "jsonable", "vp_scale"]

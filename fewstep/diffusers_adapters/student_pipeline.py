@@ -1,12 +1,16 @@
 """Export a K-step student as a folder plain diffusers loads, and sample it with fewstep.
 
-Students of diffusers teachers (``teacher.kind`` ``zimage`` / ``unet_eps``) are written in the
-diffusers format by :func:`export_student` (format ``fewstep-diffusers-student-v1``)::
+Students of diffusers teachers (``teacher.kind`` ``zimage`` / ``unet_eps`` / ``diffusers``) are
+written in the diffusers format by :func:`export_student` (format
+``fewstep-diffusers-student-v1``)::
 
     README.md                model card: teacher, recipe, steps, sigmas, metrics, loading snippet
     fewstep_student.json     every setting in machine-readable form (INFO below)
-    model_index.json         a stock pipeline (ZImagePipeline / DDPMPipeline): decoupled and
-                             shared students always, LoRA students with components = full
+    model_index.json         a stock pipeline (ZImagePipeline / DDPMPipeline / the teacher's own
+                             pipeline class for ``teacher.kind: diffusers``, e.g.
+                             StableDiffusionPipeline, PixArtSigmaPipeline, FluxPipeline):
+                             decoupled and shared students always, LoRA students with
+                             components = full
     transformer/ | unet/     step 0's network (decoupled, shared) or the base (LoRA, full)
     transformer_step1/ ...   decoupled: one more folder per step (config.json + safetensors)
     step0/adapter.safetensors, step0/adapter_config.json, step1/...
@@ -15,19 +19,26 @@ diffusers format by :func:`export_student` (format ``fewstep-diffusers-student-v
                              the ``lora_adapter_metadata`` header, loadable with
                              ``pipe.load_lora_weights(f"{folder}/step0",
                              weight_name="adapter.safetensors", adapter_name="step0")``
-    vae/ text_encoder/ tokenizer/ scheduler/     (Z-Image, in the dtype they were trained with)
+    vae/ text_encoder*/ tokenizer*/ scheduler/   (text-to-image teachers: copied from the
+                             teacher pipeline, in the dtype they were trained with)
 
 A LoRA student references its base (the teacher's ``pretrained`` hub id or folder) unless
 ``components = "full"`` copies it. Every tensor keeps its dtype. The README's snippet (see
 :mod:`fewstep.diffusers_adapters.model_card`) samples the student with diffusers alone;
 :class:`StudentPipeline` does the same with fewstep's sampler (``fewstep sample --student``).
 
-Students of other teachers (``teacher.kind: file``) use fewstep's own folder format
+Family of an export (``fewstep_student.json`` ``family``): ``zimage`` (also a Z-Image pipeline
+loaded through ``teacher.kind: diffusers``), ``unet_eps``, or ``diffusers`` (every other
+pipeline of :data:`fewstep.diffusers_adapters.families.FAMILIES`; ``network`` then records the
+denoiser class, the flow / VP path, the network's time input per step and the prediction type).
+
+Students of other teachers (``teacher.kind: file`` / ``custom``) use fewstep's own folder format
 (:mod:`fewstep.diffusers_adapters.export`, ``student_index.json``), which needs fewstep.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -41,7 +52,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fewstep.diffusers_adapters.export import INDEX, LoadedStudent, load_student, save_student
+from fewstep.diffusers_adapters.families import FAMILIES as NETWORK_FAMILIES
 from fewstep.diffusers_adapters.model_card import model_card
+from fewstep.diffusers_adapters.pipeline_denoiser import (
+    TIME_INPUTS,
+    FlowPipelineDenoiser,
+    VPPipelineDenoiser,
+)
 from fewstep.samplers import sample
 from fewstep.teachers.base import dtype_kwargs
 
@@ -53,11 +70,51 @@ ZIMAGE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
 #: component, step_subfolders (full) | lora {rank, alpha, targets, files, dtype}, base {source,
 #: copied, fingerprint}, dtypes {pipeline, denoiser}, latent_shape, vae_factor, num_classes,
 #: max_sequence_length, unet {timesteps, prediction_type, null_class, min_one_minus_sigma},
+#: pipeline_class + network {class, path, timesteps, sign, mask_index, pooled_index,
+#: prediction_type, min_one_minus_sigma, scheduler, guidance} (family ``diffusers``),
 #: teacher, run {method, student, recipe}, metrics.
 INFO = "fewstep_student.json"
 FORMAT = "fewstep-diffusers-student-v1"
 #: teacher kind -> the diffusers component its denoiser wraps (attribute and folder name)
 FAMILIES = {"zimage": "transformer", "unet_eps": "unet"}
+#: ``teacher.kind: diffusers`` (any pipeline of the family table) exports as family ``diffusers``
+GENERIC = "diffusers"
+
+
+def export_family(teacher_config: dict[str, Any]) -> str | None:
+    """The export family of a teacher config (``zimage`` / ``unet_eps`` / ``diffusers``), or
+    ``None`` for teachers without a diffusers counterpart (fewstep's own format)."""
+    kind = teacher_config.get("kind")
+    if kind in FAMILIES:
+        return str(kind)
+    if kind == GENERIC:
+        net = teacher_config.get("family")
+        if net == "ZImageTransformer2DModel":  # the same network and snippet as kind zimage
+            return "zimage"
+        if net not in NETWORK_FAMILIES:
+            raise ValueError(f"teacher.family: no diffusers export for denoiser {net!r} "
+                             f"(known: {', '.join(sorted(NETWORK_FAMILIES))})")
+        return GENERIC
+    return None
+
+
+def component_name(teacher_config: dict[str, Any], pipeline: Any = None) -> str:
+    """The pipeline attribute / folder of the denoiser: ``transformer`` or ``unet``."""
+    family = export_family(teacher_config)
+    if family in FAMILIES:
+        return FAMILIES[family]  # type: ignore[index]
+    if pipeline is not None:
+        return "unet" if isinstance(getattr(pipeline, "unet", None), nn.Module) else "transformer"
+    return "unet" if str(teacher_config.get("family", "")).startswith("UNet") else "transformer"
+
+
+def network_attribute(denoiser: nn.Module) -> str:
+    """Name of the child of a fewstep denoiser that is its diffusers network (``transformer``
+    for Z-Image, ``unet`` for VP wrappers, ``net`` for flow wrappers)."""
+    for name, child in denoiser.named_children():
+        if type(child).__module__.startswith("diffusers."):
+            return name
+    raise ValueError(f"{type(denoiser).__name__} holds no diffusers network")
 
 
 def export_student(student: Any, folder: str | os.PathLike[str], teacher_config: dict[str, Any],
@@ -84,9 +141,10 @@ def export_student(student: Any, folder: str | os.PathLike[str], teacher_config:
     kind = teacher_config.get("kind", "file")
     shape = list(latent_shape if latent_shape is not None
                  else teacher_config.get("latent_shape", []))
-    if kind in FAMILIES:
-        return _export_diffusers(student, Path(folder), teacher_config, pipeline, components,
-                                 num_classes, shape, run or {}, metrics or {})
+    family = export_family(teacher_config)
+    if family is not None:
+        return _export_diffusers(student, Path(folder), teacher_config, family, pipeline,
+                                 components, num_classes, shape, run or {}, metrics or {})
     if "builder" in teacher_config:
         target, kwargs = teacher_config["builder"]
         builder = (str(target), dict(kwargs))
@@ -128,9 +186,21 @@ def _clean_model(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
     return clean
 
 
-def _stock_pipeline(kind: str, net: nn.Module, pipeline: Any, pretrained: str | None) -> Any:
+def _stock_pipeline(kind: str, net: nn.Module, pipeline: Any, pretrained: str | None,
+                    comp: str = "transformer") -> Any:
     from diffusers import DDPMPipeline, DDPMScheduler, ZImagePipeline
 
+    if kind == GENERIC:  # the teacher's own pipeline class, its denoiser replaced
+        if pipeline is None:
+            raise ValueError("exporting a complete pipeline needs the teacher pipeline")
+        cls = type(pipeline)
+        params = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in pipeline.components.items() if k in params}
+        kwargs[comp] = net
+        if "requires_safety_checker" in params:
+            kwargs["requires_safety_checker"] = bool(
+                pipeline.config.get("requires_safety_checker", False))
+        return cls(**kwargs)
     if kind == "zimage":
         if pipeline is None:
             raise ValueError("exporting a complete Z-Image pipeline needs the teacher pipeline")
@@ -143,23 +213,52 @@ def _stock_pipeline(kind: str, net: nn.Module, pipeline: Any, pretrained: str | 
         pretrained, subfolder="scheduler"))
 
 
-def _write_adapter(lora: Any, k: int, comp: str, out: Path) -> None:
+def _write_adapter(lora: Any, k: int, comp: str, out: Path, attr: str | None = None) -> None:
+    """Step ``k``'s adapter as ``out/adapter.safetensors`` (keys ``<comp>.<layer>.lora_A.weight``,
+    the denoiser's own ``attr.`` prefix replaced by the pipeline component ``comp``) and
+    ``out/adapter_config.json`` (peft ``LoraConfig`` kwargs, targets relative to the network)."""
+    attr = comp if attr is None else attr
     cfg = lora.adapter_config()
-    cfg["target_modules"] = [t.removeprefix(comp + ".") for t in cfg["target_modules"]]
+    cfg["target_modules"] = [t.removeprefix(attr + ".") for t in cfg["target_modules"]]
     meta = {"format": "pt",
             "lora_adapter_metadata": json.dumps({f"{comp}.{key}": v for key, v in cfg.items()},
                                                 sort_keys=True)}
     out.mkdir(parents=True, exist_ok=True)
-    sd = {n: t.detach().contiguous().cpu().clone() for n, t in lora.adapter_state_dict(k).items()}
+    sd = {comp + n.removeprefix(attr): t.detach().contiguous().cpu().clone()
+          for n, t in lora.adapter_state_dict(k).items()}
     save_file(sd, str(out / "adapter.safetensors"), metadata=meta)
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
 
 
-def _export_diffusers(student: Any, out: Path, tcfg: dict[str, Any], pipeline: Any,
+def _network_info(den0: nn.Module, sigmas: Tensor, pipeline: Any) -> dict[str, Any]:
+    """``network`` of a family-``diffusers`` export: what the snippet needs to call the network
+    as fewstep does (time input per step, sign, prediction type; see ``fewstep_student.json``)."""
+    attr = network_attribute(den0)
+    net = getattr(den0, attr)
+    cls = type(net).__name__
+    fam = NETWORK_FAMILIES[cls]
+    out: dict[str, Any] = {"class": cls, "sign": fam.sign, "mask_index": fam.mask_index,
+                           "pooled_index": fam.pooled_index}
+    if isinstance(den0, FlowPipelineDenoiser):
+        out.update(path="flow", time=fam.time,
+                   timesteps=[float(t) for t in TIME_INPUTS[fam.time](sigmas).tolist()])
+    elif isinstance(den0, VPPipelineDenoiser):
+        out.update(path="vp", timesteps=[float(t) for t in den0.timestep(sigmas).tolist()],
+                   prediction_type=den0.prediction_type,
+                   min_one_minus_sigma=float(den0.min_one_minus_sigma),
+                   scheduler=type(getattr(pipeline, "scheduler", None)).__name__
+                   if pipeline is not None else None)
+    else:
+        raise ValueError(f"no diffusers export for a {type(den0).__name__} student")
+    if getattr(net.config, "guidance_embeds", False):  # guidance-distilled Flux
+        out["guidance"] = float(getattr(net, "fewstep_guidance", 3.5))
+    return out
+
+
+def _export_diffusers(student: Any, out: Path, tcfg: dict[str, Any], kind: str, pipeline: Any,
                       components: str, num_classes: int, shape: list[int], run: dict[str, Any],
                       metrics: dict[str, Any]) -> Path:
-    kind = tcfg["kind"]
-    comp = FAMILIES[kind]
+    comp = component_name(tcfg, pipeline)
     lora = student.lora
     k_steps = student.num_steps
     comps = normalise_components(components, lora is not None)
@@ -169,59 +268,64 @@ def _export_diffusers(student: Any, out: Path, tcfg: dict[str, Any], pipeline: A
     if lora is not None and comps == "reference" and not pretrained:
         raise ValueError("components=reference needs the teacher's pretrained hub id / folder")
     den0 = student.step_denoiser(0)
+    attr = network_attribute(den0)
+    sigmas = student.sigmas.detach().cpu().float()
     info: dict[str, Any] = {
         "format": FORMAT, "family": kind, "parameterization": student.parameterization,
         "transition": student.transition, "num_steps": k_steps,
-        "sigmas": [float(x) for x in student.sigmas.detach().cpu().float().tolist()],
+        "sigmas": [float(x) for x in sigmas.tolist()],
         "component": comp, "latent_shape": shape, "num_classes": int(num_classes),
         "max_sequence_length": tcfg.get("max_sequence_length"),
         "teacher": {key: v for key, v in tcfg.items() if key != "builder"},
         "run": run, "metrics": metrics,
     }
-    if kind == "zimage":
+    if kind in ("zimage", GENERIC):
         vae = getattr(pipeline, "vae", None)
         info["vae_factor"] = (2 ** (len(vae.config.block_out_channels) - 1) if vae is not None
                               else int(tcfg["resolution"]) // int(shape[-1]))
         pdt = next(vae.parameters()).dtype if vae is not None else None
         info["dtypes"] = {"pipeline": _dtype_name(pdt) if pdt else tcfg.get("dtype", "float32")}
+        if kind == GENERIC:
+            info["pipeline_class"] = (type(pipeline).__name__ if pipeline is not None
+                                      else tcfg.get("pipeline_class"))
+            info["network"] = _network_info(den0, sigmas, pipeline)
     else:
         info["dtypes"] = {}
-        info["unet"] = {"timesteps": [float(t) for t in den0.timestep(
-            student.sigmas.detach().cpu().float()).tolist()],
-            "prediction_type": den0.prediction_type, "null_class": den0.null_class,
-            "min_one_minus_sigma": float(den0.min_one_minus_sigma)}
+        info["unet"] = {"timesteps": [float(t) for t in den0.timestep(sigmas).tolist()],
+                        "prediction_type": den0.prediction_type, "null_class": den0.null_class,
+                        "min_one_minus_sigma": float(den0.min_one_minus_sigma)}
     out = out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if lora is not None:
-            model = getattr(lora.base, comp)
-            if any(not t.startswith(comp + ".") for t in lora.targets):
-                raise ValueError(f"LoRA targets outside {comp!r} cannot be exported")
+            model = getattr(lora.base, attr)
+            if any(not t.startswith(attr + ".") for t in lora.targets):
+                raise ValueError(f"LoRA targets outside {attr!r} cannot be exported")
             info["lora"] = {"rank": lora.rank, "alpha": lora.alpha,
-                            "targets": [t.removeprefix(comp + ".") for t in lora.targets],
+                            "targets": [t.removeprefix(attr + ".") for t in lora.targets],
                             "files": [f"step{k}/adapter.safetensors" for k in range(k_steps)],
                             "dtype": _dtype_name(lora.step_parameters(0)[0].dtype)}
             for k in range(k_steps):
-                _write_adapter(lora, k, comp, tmp / f"step{k}")
-            base_sd = {n.removeprefix(comp + "."): t for n, t in lora.base_state_dict().items()
-                       if n.startswith(comp + ".")}
+                _write_adapter(lora, k, comp, tmp / f"step{k}", attr)
+            base_sd = {n.removeprefix(attr + "."): t for n, t in lora.base_state_dict().items()
+                       if n.startswith(attr + ".")}
             info["dtypes"]["denoiser"] = _dtype_name(model.dtype)
             info["base"] = {"source": pretrained if comps == "reference" else ".",
                             "copied": comps == "full",
                             "fingerprint": student.base_fingerprint()}
             if comps == "full":
                 clean = _clean_model(model, base_sd)
-                _stock_pipeline(kind, clean, pipeline, pretrained).save_pretrained(
+                _stock_pipeline(kind, clean, pipeline, pretrained, comp).save_pretrained(
                     tmp, safe_serialization=True)
         else:
-            nets = [getattr(student.step_denoiser(k), comp) for k in range(k_steps)]
+            nets = [getattr(student.step_denoiser(k), attr) for k in range(k_steps)]
             folders = [comp] * k_steps if student.parameterization == "shared" else \
                 [comp] + [f"{comp}_step{k}" for k in range(1, k_steps)]
             info["step_subfolders"] = folders
             info["dtypes"]["denoiser"] = _dtype_name(nets[0].dtype)
             info["base"] = {"source": ".", "copied": True, "fingerprint": None}
-            _stock_pipeline(kind, nets[0], pipeline, pretrained).save_pretrained(
+            _stock_pipeline(kind, nets[0], pipeline, pretrained, comp).save_pretrained(
                 tmp, safe_serialization=True)
             for k in range(1, k_steps):
                 if folders[k] != folders[0]:
@@ -265,17 +369,38 @@ def _torch_dtype(name: str) -> torch.dtype:
 
 
 def _scheduler_alphas(src: str) -> Tensor:
-    from diffusers import DDPMScheduler
+    """``alphas_cumprod`` of the scheduler saved under ``src/scheduler`` (any diffusers VP
+    scheduler class named in its config)."""
+    import diffusers
 
-    return DDPMScheduler.from_pretrained(src, subfolder="scheduler").alphas_cumprod
+    cfg = diffusers.DDPMScheduler.load_config(src, subfolder="scheduler")  # any class's config
+    cls = getattr(diffusers, str(cfg.get("_class_name", "DDPMScheduler")), None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise ValueError(f"{src}/scheduler: unknown scheduler class {cfg.get('_class_name')!r}")
+    alphas = getattr(cls.from_config(cfg), "alphas_cumprod", None)
+    if alphas is None:
+        raise ValueError(f"{src}/scheduler: {cls.__name__} has no alphas_cumprod (not VP)")
+    return alphas
+
+
+def _network_class(info: dict[str, Any]) -> type:
+    """The diffusers model class of an export's denoiser (checked against the family table)."""
+    import diffusers
+
+    if info["family"] == "zimage":
+        return diffusers.ZImageTransformer2DModel
+    if info["family"] == "unet_eps":
+        return diffusers.UNet2DModel
+    name = info["network"]["class"]
+    if name not in NETWORK_FAMILIES:
+        raise ValueError(f"{INFO}: unknown denoiser class {name!r}")
+    return getattr(diffusers, name)
 
 
 def load_diffusers_student(folder: str | os.PathLike[str], device: torch.device | str = "cpu",
                            dtype: torch.dtype | None = None) -> LoadedStudent:
     """Rebuild the student of a diffusers-format export as fewstep denoisers (eval mode).
     ``dtype`` casts the networks (default: as saved)."""
-    from diffusers import UNet2DModel, ZImageTransformer2DModel
-
     from fewstep.diffusers_adapters.unet_eps import VPEpsilonDenoiser
     from fewstep.diffusers_adapters.zimage import ZImageDenoiser
     from fewstep.lora import PerStepLoRA
@@ -283,17 +408,25 @@ def load_diffusers_student(folder: str | os.PathLike[str], device: torch.device 
     root = Path(folder)
     info = read_info(root)
     family, comp = info["family"], info["component"]
-    model_cls = ZImageTransformer2DModel if family == "zimage" else UNet2DModel
+    model_cls = _network_class(info)
     den_dtype = _torch_dtype(info["dtypes"]["denoiser"])
     src = str(root) if info["base"]["copied"] else str(info["base"]["source"])
-    sched_src = src if family == "unet_eps" else None
 
     def wrap(model: nn.Module) -> nn.Module:
         if family == "zimage":
             return ZImageDenoiser(model)
-        u = info["unet"]
-        return VPEpsilonDenoiser(model, _scheduler_alphas(sched_src), u["prediction_type"],
-                                 u["null_class"], u["min_one_minus_sigma"])
+        if family == "unet_eps":
+            u = info["unet"]
+            return VPEpsilonDenoiser(model, _scheduler_alphas(src), u["prediction_type"],
+                                     u["null_class"], u["min_one_minus_sigma"])
+        net = info["network"]
+        if "guidance" in net:
+            model.fewstep_guidance = net["guidance"]
+        if net["path"] == "flow":
+            return FlowPipelineDenoiser(model, net["class"])
+        return VPPipelineDenoiser(model, _scheduler_alphas(src), net["class"],
+                                  net["prediction_type"],
+                                  min_one_minus_sigma=net["min_one_minus_sigma"])
 
     def load(where: str, sub: str) -> nn.Module:
         return model_cls.from_pretrained(where, subfolder=sub, use_safetensors=True,
@@ -303,12 +436,15 @@ def load_diffusers_student(folder: str | os.PathLike[str], device: torch.device 
     index = {"format": FORMAT, "extra": info}
     if info["parameterization"] == "lora":
         cfg = info["lora"]
-        lora = PerStepLoRA(wrap(load(src, comp)), info["num_steps"], rank=cfg["rank"],
-                           alpha=cfg["alpha"],
-                           target_modules=[f"re:{re.escape(comp + '.' + t)}"
+        base = wrap(load(src, comp))
+        attr = network_attribute(base)
+        lora = PerStepLoRA(base, info["num_steps"], rank=cfg["rank"], alpha=cfg["alpha"],
+                           target_modules=[f"re:{re.escape(attr + '.' + t)}"
                                            for t in cfg["targets"]])
         for k, name in enumerate(cfg["files"]):
-            lora.load_adapter_state_dict(k, load_file(str(root / name)))
+            sd = load_file(str(root / name))
+            lora.load_adapter_state_dict(k, {attr + n.removeprefix(comp): t
+                                             for n, t in sd.items()})
         lora.to(device=device, dtype=dtype).eval()
         return LoadedStudent(sigmas=sigmas, lora=lora, index=index)
     nets: dict[str, nn.Module] = {}
@@ -317,6 +453,30 @@ def load_diffusers_student(folder: str | os.PathLike[str], device: torch.device 
             nets[sub] = wrap(load(str(root), sub)).to(device=device, dtype=dtype).eval()
     return LoadedStudent(sigmas=sigmas, steps=[nets[s] for s in info["step_subfolders"]],
                          index=index)
+
+
+def step0_network(student: LoadedStudent) -> nn.Module:
+    """The diffusers network of step 0 (a LoRA student: the base, adapters inserted)."""
+    den = student.lora.base if student.lora is not None else student.steps[0]
+    return getattr(den, network_attribute(den))
+
+
+def load_text_pipeline(info: dict[str, Any], src: str, network: nn.Module,
+                       device: torch.device | str) -> Any:
+    """The teacher's pipeline class from ``src`` (VAE, text encoders, tokenizers, scheduler in
+    their saved dtype) holding ``network`` as its denoiser (not loaded again)."""
+    import diffusers
+
+    cls = getattr(diffusers, str(info.get("pipeline_class")), None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+        raise ValueError(f"{INFO}: unknown pipeline class {info.get('pipeline_class')!r}")
+    pipe = cls.from_pretrained(src, use_safetensors=True, **{info["component"]: network},
+                               **_dtype_kwargs(_torch_dtype(info["dtypes"]["pipeline"])))
+    pipe.set_progress_bar_config(disable=True)
+    for m in pipe.components.values():
+        if isinstance(m, nn.Module) and m is not network:
+            m.to(device).eval().requires_grad_(False)
+    return pipe
 
 
 def _dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
@@ -377,10 +537,12 @@ class StudentPipeline:
             st = load_diffusers_student(root, device=device, dtype=dtype)
             info = st.index["extra"]
             text_pipe = None
+            src = str(root) if (root / "vae").is_dir() else str(info["base"]["source"])
             if info["family"] == "zimage":
-                src = str(root) if (root / "vae").is_dir() else str(info["base"]["source"])
                 text_pipe = load_zimage_text_pipeline(src, _torch_dtype(info["dtypes"]["pipeline"]),
                                                       device)
+            elif info["family"] == GENERIC:
+                text_pipe = load_text_pipeline(info, src, step0_network(st), device)
             return cls(st, getattr(text_pipe, "vae", None), text_pipe, device)
         if not (root / INDEX).is_file():
             raise FileNotFoundError(f"{root} is not an exported student ({INFO} / {INDEX} "
@@ -405,9 +567,13 @@ class StudentPipeline:
 
         if self.text_pipe is None:
             raise ValueError("this student takes no prompts (it is not a text-to-image student)")
+        net = self.extra.get("network") or {}
         enc = pipeline_encode_fn(self.text_pipe, self.extra.get("max_sequence_length"),
-                                 self.device)
-        return PromptEmbeds.from_list(enc(list(prompts)))
+                                 self.device, net.get("mask_index"), net.get("pooled_index"))
+        rows = enc(list(prompts))
+        if rows and isinstance(rows[0], tuple):  # (tokens, pooled) per prompt
+            return PromptEmbeds.from_list([r[0] for r in rows], [r[1] for r in rows])
+        return PromptEmbeds.from_list(rows)
 
     def default_cond(self, n: int) -> Tensor | None:
         """Labels ``i % num_classes`` for class-conditional students, else ``None``."""
@@ -450,6 +616,7 @@ class StudentPipeline:
         return self.decode(self.generate_latents(cond, n, seed))
 
 
-__all__ = ["FAMILIES", "FORMAT", "INFO", "ZIMAGE_COMPONENTS", "StudentPipeline", "export_student",
-           "load_diffusers_student", "load_zimage_text_pipeline", "normalise_components",
-           "read_info"]
+__all__ = ["FAMILIES", "FORMAT", "GENERIC", "INFO", "ZIMAGE_COMPONENTS", "StudentPipeline",
+           "component_name", "export_family", "export_student", "load_diffusers_student",
+           "load_text_pipeline", "load_zimage_text_pipeline", "network_attribute",
+           "normalise_components", "read_info", "step0_network"]

@@ -2,9 +2,11 @@
 
 :func:`export_run` reads ``RUN_DIR/config.yaml`` and ``RUN_DIR/student.safetensors``, loads the
 teacher the run was trained with (same ``teacher.*`` settings: it supplies the architecture, the
-frozen LoRA base and, for Z-Image, the VAE / text encoder / tokenizer), rebuilds the student and
-writes it with :func:`fewstep.diffusers_adapters.student_pipeline.export_student`: for diffusers
-teachers a folder plain diffusers loads (``README.md`` holds the loading snippet; see
+frozen LoRA base and, for text-to-image pipelines, the VAE / text encoders / tokenizers),
+rebuilds the student and writes it with
+:func:`fewstep.diffusers_adapters.student_pipeline.export_student`: for diffusers teachers
+(``teacher.kind`` ``zimage``, ``unet_eps`` and ``diffusers``: SD-style UNet, PixArt,
+Flux, Z-Image) a folder plain diffusers loads (``README.md`` holds the loading snippet; see
 docs/export.md). ``student.safetensors`` may hold the full student state or only its trainable
 state (:meth:`~fewstep.distill.student.Student.trainable_state_dict`, plus
 ``base_fingerprint`` in its config, checked against the teacher). Sample the result with
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 
 from fewstep.config import load_config
-from fewstep.diffusers_adapters.student_pipeline import export_student
+from fewstep.diffusers_adapters.student_pipeline import export_family, export_student
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.student import Student
 from fewstep.distill.student_factory import load_student
@@ -82,6 +84,15 @@ def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
     cfg = load_config(DistillConfig, cfg_path)
     dev = torch.device(device)
     loaded = load_teacher(cfg, dev)
+    try:
+        family = export_family(loaded.config)
+    except ValueError as e:
+        raise ConfigError(f"--run: {e}") from None
+    if family is None and components not in ("auto", "full", "copy"):
+        raise ConfigError(f"--components: {components!r} needs a diffusers teacher (teacher.kind "
+                          f"zimage, unet_eps or diffusers); a teacher.kind "
+                          f"{loaded.config.get('kind')} student is written whole in fewstep's "
+                          "own format")
     student, _ = load_student(st_path, dev, like=loaded.denoiser)
     try:
         return export_trained(student, out, loaded.config, loaded.problem, loaded.pipeline,

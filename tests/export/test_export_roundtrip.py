@@ -1,6 +1,7 @@
 """Exported students sampled by plain diffusers in a process where fewstep cannot be imported:
-the README's loading snippet reproduces the in-memory student (two teacher families, LoRA /
-decoupled / shared, float32 and bfloat16)."""
+the README's loading snippet reproduces the in-memory student (Z-Image, eps-UNet, and the
+``teacher.kind: diffusers`` families SD-style UNet, PixArt-Sigma, Flux; LoRA / decoupled /
+shared, float32 and bfloat16)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,17 @@ def test_lora_exports_reference_the_base(results):
             "vae/config.json", "README.md", "fewstep_student.json"} <= set(dec)
     shared = results["unet_eps_shared_float32"]["files"]
     assert "unet/config.json" in shared and not any("unet_step" in f for f in shared)
+
+
+@pytest.mark.parametrize("family", ["sd", "pixart", "flux"])
+def test_generic_families_reproduce_exactly(results, family):
+    # the snippet calls the network exactly as fewstep's family table does: bit-equal
+    for r in results.values():
+        if r["family"] == family:
+            assert r["max_abs_diff"] == 0.0 and r["images_equal"], r["name"]
+    lora = results[f"{family}_lora_float32"]["files"]
+    assert "model_index.json" not in lora and "step1/adapter_config.json" in lora
+    comp = "unet" if family == "sd" else "transformer"
+    dec = results[f"{family}_decoupled_float32"]["files"]
+    assert {"model_index.json", f"{comp}/config.json", f"{comp}_step1/config.json",
+            "vae/config.json", "text_encoder/config.json"} <= set(dec)
