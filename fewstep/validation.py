@@ -107,12 +107,14 @@ def output_file(path: str | os.PathLike[str], field: str = "--out", suffix: str 
 
 def writable(path: str | os.PathLike[str], is_dir: bool = False) -> None:
     """Probe that the operating system lets us write ``path`` (a file, or a folder with
-    ``is_dir``): create its folder and a temp file there, then remove the temp file.
+    ``is_dir``): create its folder and a temp file there, then remove the temp file and the
+    folders the probe created (a command refused later leaves nothing behind).
 
     Raises :class:`~fewstep.errors.WriteError` (exit code 3) naming ``path`` -- before any
     work, instead of after it."""
     p = Path(path).expanduser()
     folder = p if is_dir else p.parent
+    created = [d for d in (folder, *folder.parents) if not d.exists()]
     tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -124,6 +126,9 @@ def writable(path: str | os.PathLike[str], is_dir: bool = False) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        for d in created:  # innermost first
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def seed(value: int, field: str = "--seed") -> int:

@@ -221,3 +221,13 @@ def test_real_processes_print_one_line_and_exit_2(tmp_path: Path) -> None:
 
 def test_at_least_twenty_malformed_inputs_are_covered() -> None:
     assert len(DISTILL_CASES) + len(TEACHER_CASES) + 3 + 4 + 4 >= 20
+
+
+def test_the_write_probe_leaves_no_folder_behind(tmp_path: Path) -> None:
+    from fewstep.validation import writable
+
+    (tmp_path / "kept").mkdir()
+    writable(tmp_path / "kept" / "a" / "b" / "out.safetensors")
+    writable(tmp_path / "new_run", is_dir=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert not any((tmp_path / "kept").iterdir())
