@@ -25,11 +25,9 @@ import argparse
 from benchmarks.common import (
     REPORTED,
     add_run_args,
-    aggregate,
-    extra_overrides,
     markdown_table,
-    run_rows,
-    write_results,
+    run_comparison,
+    write_comparison,
 )
 
 VARIANTS: dict[str, list[str]] = {
@@ -51,15 +49,10 @@ def main() -> None:
     add_run_args(ap, PRESET, "digits")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
-    extra = extra_overrides(args)
-    results = run_rows(args, PRESET[args.data],
-                       {n: VARIANTS[n] for n in args.variants.split(",")})
-    rows = {k: aggregate(v) for k, v in results.items()}
-    cols = (*REPORTED[args.data], "seconds_per_iteration")
-    table = markdown_table(rows, cols)
-    write_results(args.out, f"ablation_{args.data}",
-                  {"data": args.data, "seeds": args.seeds, "extra_overrides": extra,
-                   "runs": results}, table)
+    results, rows = run_comparison(args, PRESET[args.data],
+                                   {n: VARIANTS[n] for n in args.variants.split(",")})
+    table = markdown_table(rows, (*REPORTED[args.data], "seconds_per_iteration"))
+    write_comparison(args, "ablation", results, table)
 
 
 if __name__ == "__main__":

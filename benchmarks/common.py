@@ -49,13 +49,20 @@ def extra_overrides(args: argparse.Namespace) -> list[str]:
     return extra + list(args.set)
 
 
-def run_one(base: dict[str, Any], overrides: list[str], run_dir: Path,
-            num_samples: int = 2000) -> dict[str, Any]:
-    """Train one student and evaluate it at its own step count from the eval noise."""
+def row_config(base: dict[str, Any], overrides: list[str], what: str = "benchmark config"
+               ) -> DistillConfig:
+    """``base`` switched to the row's method (dropping the sections only other methods read),
+    then the row's other overrides, validated (``what`` names it in an error)."""
     data = apply_overrides(base, [o for o in overrides if o.startswith("method=")])
     data = apply_overrides(drop_foreign_sections(data), [o for o in overrides
                                                 if not o.startswith("method=")])
-    cfg = validate(DistillConfig, data, "benchmark config")
+    return validate(DistillConfig, data, what)
+
+
+def run_one(base: dict[str, Any], overrides: list[str], run_dir: Path,
+            num_samples: int = 2000) -> dict[str, Any]:
+    """Train one student and evaluate it at its own step count from the eval noise."""
+    cfg = row_config(base, overrides)
     torch.manual_seed(cfg.train.seed)
     t0 = time.perf_counter()
     tr = Trainer(cfg, run_dir, progress=False)
@@ -116,6 +123,15 @@ def run_rows(args: argparse.Namespace, preset: str, rows: dict[str, list[str]]
     return {name: [flat[f"{name}|{s}"] for s in range(args.seeds)] for name in rows}
 
 
+def run_comparison(args: argparse.Namespace, preset: str, rows: dict[str, list[str]]
+                   ) -> tuple[dict[str, list[dict[str, Any]]],
+                              dict[str, dict[str, tuple[float, float]]]]:
+    """:func:`run_rows`, then :func:`aggregate` per row: ``({row: [result per seed]},
+    {row: {metric: (mean, std)}})``."""
+    results = run_rows(args, preset, rows)
+    return results, {name: aggregate(v) for name, v in results.items()}
+
+
 def teacher_rows(data: str, steps: list[int], num_samples: int = 2000,
                  seed: int = 1234) -> dict[str, dict[str, float]]:
     """Naive few-step sampling of the shipped teacher (the baseline rows)."""
@@ -159,3 +175,14 @@ def write_results(out_dir: Path, name: str, payload: dict[str, Any], table: str)
     (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=1))
     (out_dir / f"{name}.md").write_text(table)
     print(table)
+
+
+
+def write_comparison(args: argparse.Namespace, name: str, results: dict[str, Any], table: str,
+                     **more: Any) -> None:
+    """:func:`write_results` of a comparison script: ``<name>_<data>.json`` holds the data set,
+    seeds, extra overrides (``--iterations`` / ``--set``), ``more`` and the per-seed runs;
+    ``<name>_<data>.md`` the table."""
+    write_results(args.out, f"{name}_{args.data}",
+                  {"data": args.data, "seeds": args.seeds, "extra_overrides": extra_overrides(args),
+                   **more, "runs": results}, table)

@@ -42,9 +42,10 @@ from typing import Any
 import torch
 from scipy import stats
 
+from benchmarks.common import row_config
 from fewstep.assets import ASSETS
-from fewstep.config import apply_overrides, load_yaml, validate
-from fewstep.distill.config import DistillConfig, drop_foreign_sections
+from fewstep.config import load_yaml, validate
+from fewstep.distill.config import DistillConfig
 from fewstep.distill.trainer import Trainer
 from fewstep.evaluation import eval_noise, evaluate_samplers
 from fewstep.metrics.classifier import load_default_classifier
@@ -135,15 +136,6 @@ def base_config(data: str, cache_dir: str | None) -> dict[str, Any]:
     return base
 
 
-def row_config(base: dict[str, Any], overrides: list[str]) -> DistillConfig:
-    """``base`` switched to the row's method (dropping the sections only other methods read),
-    then the row's other overrides."""
-    method = [o for o in overrides if o.startswith("method=")]
-    data = drop_foreign_sections(apply_overrides(base, method))
-    data = apply_overrides(data, [o for o in overrides if not o.startswith("method=")])
-    return validate(DistillConfig, data, "evidence config")
-
-
 def row_overrides(row: str, seed: int, iterations: int) -> list[str]:
     ov, k = ROWS[row]
     return [*ov, f"student.num_steps={k}", f"train.iterations={iterations}",
@@ -164,7 +156,7 @@ def train_row(base: dict[str, Any], overrides: list[str], curve_every: int,
               time_only: bool = False) -> dict[str, Any]:
     """Train one student (its own process) with a cheap FID curve, then evaluate it."""
     torch.set_num_threads(threads)
-    cfg = row_config(base, overrides)
+    cfg = row_config(base, overrides, "evidence config")
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, tmp, progress=False)
         tr.prepare_data()
@@ -229,7 +221,8 @@ def cmd_run(args: argparse.Namespace, time_only: bool = False) -> None:
     for k in sorted({ROWS[r][1] for r, _ in jobs}):
         for s in sorted({s for _, s in jobs}):
             cfg = row_config(base, row_overrides(
-                f"turbo_pp_K{k}" if f"turbo_pp_K{k}" in ROWS else "turbo_pp_K2", s, 1))
+                f"turbo_pp_K{k}" if f"turbo_pp_K{k}" in ROWS else "turbo_pp_K2", s, 1),
+                "evidence config")
             with tempfile.TemporaryDirectory() as tmp:
                 Trainer(cfg, tmp, progress=False).prepare_data()
     print(f"{len(jobs)} runs, {args.workers} at a time", flush=True)

@@ -40,9 +40,12 @@ from fewstep.testing.runs import (
     kill,
     logged_steps,
     max_logged_step,
+    random_kill_step,
     start_distill,
     temp_files,
     wait_for,
+    wait_for_new_temp_file,
+    wait_for_step,
 )
 
 SLOW_FSYNC = 0.3
@@ -152,20 +155,17 @@ def main(argv: list[str] | None = None) -> int:
                 # increasing targets: the log a previous kill left holds fewer steps, so the
                 # kill comes after *this* process has emptied it and logged the target again
                 target = first_targets.pop(0)
-                wait_for(proc, lambda t=target: max_logged_step(run) >= t, f"step {target}",
-                         log)
+                wait_for_step(proc, run, target, log)
                 ev["target_step"] = target
             elif kind == "checkpoint":  # a temp file of *this* process (not a torn old one)
-                wait_for(proc, lambda stale=stale: bool(set(temp_files(ckpts)) - stale),
-                         "a checkpoint write", log)
+                wait_for_new_temp_file(proc, ckpts, stale, "a checkpoint write", log)
                 ev["temp_files"] = [p.name for p in set(temp_files(ckpts)) - stale]
             else:
-                done = list_checkpoints(ckpts)
-                last = int(done[-1].name[5:13]) if done else 0
-                lo = max(last, before) + 1
-                target = rng.randint(lo, min(lo + 2 * args.ckpt_every, args.iterations - 1))
-                wait_for(proc, lambda t=target: max_logged_step(run) >= t, f"step {target}",
-                         log)
+                target = random_kill_step(run, rng, args.ckpt_every, args.iterations, before)
+                if target is None:
+                    raise RunFailed(f"kill {i + 1}: no step left before --iterations "
+                                    f"{args.iterations} (fewer --kills, or more --iterations)")
+                wait_for_step(proc, run, target, log)
                 ev["target_step"] = target
             kill(proc)
             ev["checkpoints_after_kill"] = [p.name for p in list_checkpoints(ckpts)]

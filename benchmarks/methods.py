@@ -20,12 +20,10 @@ from benchmarks.common import (
     PRIMARY,
     REPORTED,
     add_run_args,
-    aggregate,
-    extra_overrides,
     markdown_table,
-    run_rows,
+    run_comparison,
     teacher_rows,
-    write_results,
+    write_comparison,
 )
 
 #: per-recipe settings on top of the data set's Turbo++ preset (everything else shared)
@@ -74,20 +72,16 @@ def main() -> None:
     add_run_args(ap, PRESET, "checkerboard")
     ap.add_argument("--methods", default=",".join(METHODS))
     args = ap.parse_args()
-    extra = extra_overrides(args)
-    results = run_rows(args, PRESET[args.data],
-                       {f"{m}_K{k}": [*METHODS[m], f"student.num_steps={k}"]
-                        for m in args.methods.split(",") for k in STEPS.get(m, (1, 2))})
-    rows = {name: aggregate(v) for name, v in results.items()}
+    results, rows = run_comparison(
+        args, PRESET[args.data], {f"{m}_K{k}": [*METHODS[m], f"student.num_steps={k}"]
+                                  for m in args.methods.split(",") for k in STEPS.get(m, (1, 2))})
     teacher = teacher_rows(args.data, [1, 2, 3, 8])
     trows = {name: {c: (v, 0.0) for c, v in m.items()} for name, m in teacher.items()}
     cols = (*REPORTED[args.data], "seconds_per_iteration", "peak_rss_mb")
     table = markdown_table({**trows, **rows}, cols)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, teacher, PRIMARY[args.data], args.out / f"methods_{args.data}.png")
-    write_results(args.out, f"methods_{args.data}",
-                  {"data": args.data, "seeds": args.seeds, "extra_overrides": extra,
-                   "teacher": teacher, "runs": results}, table)
+    write_comparison(args, "methods", results, table, teacher=teacher)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from fewstep.denoiser import Denoiser
+from fewstep.networks.unet import unet_block_features
 from fewstep.path import expand_like
 
 _PREDICTIONS = ("epsilon", "v_prediction", "sample")
@@ -163,19 +164,7 @@ class VPEpsilonDenoiser(Denoiser):
         """Outputs of the mid block and each up block as tokens ``[(B, h * w, C), ...]``
         (channel last, so discriminator heads pool over positions). The full forward runs;
         gradients flow to ``x``."""
-        blocks = [self.unet.mid_block, *self.unet.up_blocks]
-        captured: dict[int, Tensor] = {}
-        handles = []
-        for i, blk in enumerate(blocks):
-            def hook(_m: nn.Module, _inp: Any, out: Any, i: int = i) -> None:
-                captured[i] = out[0] if isinstance(out, tuple) else out
-            handles.append(blk.register_forward_hook(hook))
-        try:
-            self.raw(x, sigma, cond)
-        finally:
-            for h in handles:
-                h.remove()
-        return [captured[i].flatten(2).transpose(1, 2).to(x.dtype) for i in range(len(blocks))]
+        return unet_block_features(self.unet, lambda: self.raw(x, sigma, cond), x.dtype)
 
     @classmethod
     def from_unet_config(cls, unet_config: dict[str, Any], alphas_cumprod: list[float],

@@ -213,11 +213,15 @@ class Trainer:
         return self.ckpt.save(self.step, self._train_state(), counters,
                               self.cfg.model_dump(mode="json"))
 
-    def _load_checkpoint(self, ck: Path) -> dict[str, Any]:
-        counters = self.ckpt.load(ck, self._train_state())
+    def _continue_from(self, counters: dict[str, Any]) -> None:
+        """After a checkpoint's state is loaded: its step, the cache stream, the log."""
         self.step = int(counters["step"])
         self.batches.load_state_dict(counters)  # the cache stream continues
         self.losses.cut(self.step)  # the log matches the state
+
+    def _load_checkpoint(self, ck: Path) -> dict[str, Any]:
+        counters = self.ckpt.load(ck, self._train_state())
+        self._continue_from(counters)
         return counters
 
     def try_resume(self) -> bool:
@@ -228,9 +232,7 @@ class Trainer:
         if got is None:
             return False
         ck, counters = got
-        self.step = int(counters["step"])
-        self.batches.load_state_dict(counters)  # the cache stream continues
-        self.losses.cut(self.step)  # the log matches the state
+        self._continue_from(counters)
         self.rollbacks = int(counters.get("rollbacks", 0))
         self.lr_scale = float(counters.get("lr_scale", 1.0))
         log.info("resumed from %s at step %d", ck, self.step)

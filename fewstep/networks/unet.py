@@ -14,12 +14,33 @@ convolution starts at zero (the initial prediction is 0), as for :class:`ResMLP`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
+
+
+def unet_block_features(unet: UNet2DModel, forward: Callable[[], Any], dtype: torch.dtype
+                        ) -> list[Tensor]:
+    """Run ``forward()`` (a forward pass through ``unet``) and return the outputs of ``unet``'s
+    mid block and of each up block, in that order, as tokens ``[(B, h * w, C_l), ...]`` (channel
+    last, so discriminator heads pool over positions) cast to ``dtype``. Forward hooks capture
+    the outputs and are removed afterwards; gradients flow to the inputs of ``forward``."""
+    blocks = [unet.mid_block, *unet.up_blocks]
+    captured: dict[int, Tensor] = {}
+    handles = []
+    for i, blk in enumerate(blocks):
+        def hook(_m: nn.Module, _inp: Any, out: Any, i: int = i) -> None:
+            captured[i] = out[0] if isinstance(out, tuple) else out
+        handles.append(blk.register_forward_hook(hook))
+    try:
+        forward()
+    finally:
+        for h in handles:
+            h.remove()
+    return [captured[i].flatten(2).transpose(1, 2).to(dtype) for i in range(len(blocks))]
 
 
 class UNet(nn.Module):
@@ -83,19 +104,7 @@ class UNet(nn.Module):
     def features(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> list[Tensor]:
         """Outputs of the mid block and each up block as tokens ``[(B, h * w, C_l), ...]``
         (channel last, so discriminator heads pool over positions); gradients flow to ``x``."""
-        blocks = [self.unet.mid_block, *self.unet.up_blocks]
-        captured: dict[int, Tensor] = {}
-        handles = []
-        for i, blk in enumerate(blocks):
-            def hook(_m: nn.Module, _inp: Any, out: Any, i: int = i) -> None:
-                captured[i] = out[0] if isinstance(out, tuple) else out
-            handles.append(blk.register_forward_hook(hook))
-        try:
-            self(x, t, labels)
-        finally:
-            for hd in handles:
-                hd.remove()
-        return [captured[i].flatten(2).transpose(1, 2).to(x.dtype) for i in range(len(blocks))]
+        return unet_block_features(self.unet, lambda: self(x, t, labels), x.dtype)
 
     def set_gradient_checkpointing(self, enabled: bool = True, checkpoint_fn: Any = None) -> None:
         """Block-level gradient checkpointing of the UNet (``checkpoint_fn``: see

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from fewstep.distill.state import list_checkpoints
 
 #: the child: one torch thread, optional slow fsync of temp files, then fewstep.distill's main
 CHILD = """
@@ -108,6 +111,37 @@ def wait_for(proc: subprocess.Popen, cond: Callable[[], bool], what: str, log: P
             raise RunFailed(f"no {what} within {timeout:.0f} s:\n"
                             f"{log.read_text(errors='replace')[-3000:]}")
         time.sleep(poll)
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, log: Path) -> None:
+    """Wait (:func:`wait_for`) until ``run_dir/losses.jsonl`` holds step ``step``."""
+    wait_for(proc, lambda: max_logged_step(run_dir) >= step, f"step {step}", log)
+
+
+def wait_for_new_temp_file(proc: subprocess.Popen, folder: Path, stale: set[Path], what: str,
+                           log: Path) -> None:
+    """Wait until ``folder`` holds a temp file not in ``stale`` (those torn by an earlier kill):
+    a write of *this* process in progress."""
+    wait_for(proc, lambda: bool(set(temp_files(folder)) - stale), what, log)
+
+
+def last_checkpoint_step(folder: Path) -> int:
+    """Step of the newest complete checkpoint in ``folder``; 0 if none."""
+    done = list_checkpoints(folder)
+    return int(done[-1].name[5:13]) if done else 0
+
+
+def random_kill_step(run_dir: Path, rng: random.Random, ckpt_every: int, iterations: int,
+                     logged: int | None = None) -> int | None:
+    """A step to kill at: uniform over the ``2 * ckpt_every + 1`` steps from the first one past
+    both the newest checkpoint and ``logged`` (what the log held before this process started;
+    default: what it holds now), capped at ``iterations - 1`` so the run never finishes first;
+    ``None`` (no draw from ``rng``) when no such step is left."""
+    logged = max_logged_step(run_dir) if logged is None else logged
+    lo = max(last_checkpoint_step(run_dir / "checkpoints"), logged) + 1
+    if lo > iterations - 1:
+        return None
+    return rng.randint(lo, min(lo + 2 * ckpt_every, iterations - 1))
 
 
 def kill(proc: subprocess.Popen) -> None:

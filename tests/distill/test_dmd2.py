@@ -3,35 +3,24 @@ recipe through the one Trainer, and a short run on the 2-D toy."""
 
 import pytest
 import torch
+from distill_helpers import toy_batch, toy_config, toy_context, toy_denoiser
 
 from fewstep.config import validate
-from fewstep.data.problem import get_problem
 from fewstep.distill import student as student_mod
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.methods import config_class, method_names
-from fewstep.distill.methods.base import Batch, DistillContext
+from fewstep.distill.methods.base import DistillContext
 from fewstep.distill.methods.dmd2 import DMD2
-from fewstep.distill.student import Student, backward_simulate
+from fewstep.distill.student import backward_simulate
 from fewstep.distill.trainer import Trainer
-from fewstep.networks.registry import build_denoiser
 
 
 def _ctx(**sections) -> DistillContext:
-    torch.manual_seed(0)
-    den = build_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 32, "depth": 2,
-                          "emb": 16})
-    for p in den.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    den.requires_grad_(False)
-    cfg = validate(DistillConfig, {"method": "dmd2", "data": "checkerboard", **sections})
-    st = Student(den, torch.tensor([1.0, 0.6, 0.3]), "decoupled")
-    return DistillContext(cfg, get_problem("checkerboard"), den, 1.0, st, torch.device("cpu"),
-                          torch.Generator().manual_seed(0), torch.zeros(2, 2))
+    den = toy_denoiser()
+    return toy_context(toy_config("dmd2", **sections), den, [1.0, 0.6, 0.3])
 
 
-def _batch(n: int = 16) -> Batch:
-    g = torch.Generator().manual_seed(1)
-    return Batch(torch.randn(n, 2, generator=g), None, real=torch.randn(n, 2, generator=g))
+_batch = toy_batch
 
 
 def test_backward_simulation_draws_every_step_uniformly():

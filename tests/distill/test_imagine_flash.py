@@ -3,15 +3,14 @@ noise correction for epsilon-prediction teachers, and a short run on the 2-D toy
 
 import pytest
 import torch
+from distill_helpers import toy_config, toy_context, toy_denoiser
 
-from fewstep.config import validate
 from fewstep.data.problem import get_problem
 from fewstep.denoiser import Denoiser
 from fewstep.distill import student as student_mod
-from fewstep.distill.config import DistillConfig
-from fewstep.distill.methods.base import Batch, DistillContext
+from fewstep.distill.methods.base import Batch
 from fewstep.distill.methods.imagine_flash import ImagineFlash
-from fewstep.distill.student import Student, unroll_to_step
+from fewstep.distill.student import unroll_to_step
 from fewstep.metrics.toy import sliced_wasserstein
 from fewstep.networks.registry import build_denoiser
 from fewstep.noise_correction import NoiseCorrected, noise_corrected
@@ -35,17 +34,10 @@ class Recorder(Denoiser):
 
 
 def _method(**spec) -> tuple[ImagineFlash, Recorder]:
-    torch.manual_seed(0)
-    den = build_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 32, "depth": 2,
-                          "emb": 16})
-    for p in den.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    teacher = Recorder(den.requires_grad_(False))
-    cfg = validate(DistillConfig, {"method": "imagine_flash", "data": "checkerboard",
-                                   "imagine_flash": spec})
-    st = Student(den, torch.tensor([1.0, 0.6, 0.3]), "decoupled")
-    ctx = DistillContext(cfg, get_problem("checkerboard"), teacher, 1.0, st,
-                         torch.device("cpu"), torch.Generator().manual_seed(0), torch.zeros(2, 2))
+    den = toy_denoiser()
+    teacher = Recorder(den)
+    ctx = toy_context(toy_config("imagine_flash", imagine_flash=spec), den, [1.0, 0.6, 0.3],
+                      teacher=teacher)
     return ImagineFlash(ctx), teacher
 
 

@@ -4,37 +4,25 @@ gradient), its declarations, and a short run on the 2-D toy."""
 import pytest
 import torch
 import torch.nn.functional as F
+from distill_helpers import toy_batch, toy_config, toy_context, toy_denoiser
 
 from fewstep.config import validate
-from fewstep.data.problem import get_problem
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.methods.base import Batch, DistillContext
 from fewstep.distill.methods.ladd import LADD
-from fewstep.distill.student import Student
 from fewstep.errors import ConfigError
-from fewstep.networks.registry import build_denoiser
 from fewstep.plan import graph_forwards
 
 
 def _ctx(parameterization: str = "shared", **sections) -> DistillContext:
-    torch.manual_seed(0)
-    den = build_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 32, "depth": 2,
-                          "emb": 16})
-    for p in den.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    den.requires_grad_(False)
-    cfg = validate(DistillConfig, {"method": "ladd", "data": "checkerboard",
-                                   "student": {"parameterization": parameterization},
-                                   "gan": {"layers": [-1, -2], "weight": 0.7}, **sections})
-    st = Student(den, torch.tensor([1.0, 0.6]), parameterization)
-    return DistillContext(cfg, get_problem("checkerboard"), den, 1.0, st, torch.device("cpu"),
-                          torch.Generator().manual_seed(0), torch.zeros(2, 2))
+    den = toy_denoiser()
+    cfg = toy_config("ladd", student={"parameterization": parameterization},
+                     gan={"layers": [-1, -2], "weight": 0.7}, **sections)
+    return toy_context(cfg, den, [1.0, 0.6], parameterization)
 
 
 def _batch(n: int = 16) -> Batch:
-    g = torch.Generator().manual_seed(1)
-    return Batch(torch.randn(n, 2, generator=g), None,
-                 teacher_sample=torch.randn(n, 2, generator=g), real=torch.randn(n, 2, generator=g))
+    return toy_batch(n, teacher_sample=True)
 
 
 def _by_hand_logits(m: LADD, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -3,16 +3,13 @@ the diffusion-GAN head with warm-up, and a short run on the 2-D toy."""
 
 import pytest
 import torch
+from distill_helpers import toy_config, toy_context, toy_denoiser
 
-from fewstep.config import validate
 from fewstep.data.problem import Problem
 from fewstep.denoiser import Denoiser
-from fewstep.distill.config import DistillConfig
 from fewstep.distill.losses import sid_loss
 from fewstep.distill.methods.base import Batch, DistillContext
 from fewstep.distill.methods.sid import SiD
-from fewstep.distill.student import Student
-from fewstep.networks.registry import build_denoiser
 
 NULL = 3  # null class of the 3-class toy network
 
@@ -38,17 +35,9 @@ class Recorder(Denoiser):
 
 
 def _ctx(**sid) -> tuple[DistillContext, Recorder]:
-    torch.manual_seed(0)
-    den = build_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 32, "depth": 2,
-                          "emb": 16, "num_classes": 3}, null_class=NULL)
-    for p in den.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    teacher = Recorder(den.requires_grad_(False))
-    cfg = validate(DistillConfig, {"method": "sid", "data": "checkerboard", "sid": sid})
-    student = Student(teacher, torch.tensor([1.0, 0.5]), "decoupled")
-    gen = torch.Generator().manual_seed(0)
-    ctx = DistillContext(cfg, Problem("toy3", (2,), 3), teacher, 1.0, student,
-                         torch.device("cpu"), gen, torch.zeros(2, 2), torch.tensor([0, 1]))
+    teacher = Recorder(toy_denoiser(num_classes=3, null_class=NULL))
+    ctx = toy_context(toy_config("sid", sid=sid), teacher, [1.0, 0.5],
+                      problem=Problem("toy3", (2,), 3), example_cond=torch.tensor([0, 1]))
     return ctx, teacher
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from distill_helpers import toy_denoiser
 
 from fewstep.distill.student import (
     Student,
@@ -10,16 +11,8 @@ from fewstep.distill.student import (
     unroll_to_step,
     weights_fingerprint,
 )
-from fewstep.networks.registry import build_denoiser
 
-
-def _teacher():
-    torch.manual_seed(0)
-    den = build_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 32, "depth": 2,
-                          "emb": 16})
-    for p in den.parameters():  # make the zero-initialised output layer non-trivial
-        torch.nn.init.normal_(p, std=0.1)
-    return den.requires_grad_(False)
+_teacher = toy_denoiser
 
 
 def _loss_and_grads(student, end_to_end=True):

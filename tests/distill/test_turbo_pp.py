@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from distill_helpers import toy_batch, toy_config, toy_context, toy_denoiser
 
 from fewstep.config import validate
 from fewstep.distill.config import DistillConfig
@@ -82,27 +83,13 @@ def test_generator_loss_reaches_step_one_only_end_to_end(toy_teacher_path, tmp_p
 
 
 def _unit_ctx(**sections):
-    from fewstep.data.problem import get_problem
-    from fewstep.distill.methods.base import DistillContext
-    from fewstep.distill.student import Student
-    from fewstep.networks.registry import build_denoiser
-
-    torch.manual_seed(0)
-    den = build_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 32, "depth": 2,
-                          "emb": 16})
-    den.requires_grad_(False)
-    cfg = validate(DistillConfig, {"method": "turbo_pp", "data": "checkerboard",
-                                   "gan": {"layers": [-1, -2]}, **sections})
-    st = Student(den, torch.tensor([1.0, 0.5]), "decoupled")
-    return DistillContext(cfg, get_problem("checkerboard"), den, 1.0, st, torch.device("cpu"),
-                          torch.Generator().manual_seed(0), torch.zeros(2, 2))
+    den = toy_denoiser(init_std=None)
+    return toy_context(toy_config("turbo_pp", **{"gan": {"layers": [-1, -2]}, **sections}), den,
+                       [1.0, 0.5])
 
 
 def _unit_batch(n: int = 8):
-    from fewstep.distill.methods.base import Batch
-
-    g = torch.Generator().manual_seed(1)
-    return Batch(torch.randn(n, 2, generator=g), None, real=torch.randn(n, 2, generator=g))
+    return toy_batch(n)
 
 
 def test_step1_dm_uses_a_fake_score_per_output(monkeypatch):

@@ -22,11 +22,15 @@ from fewstep.distill.state import list_checkpoints
 from fewstep.testing.runs import (
     finish,
     kill,
+    last_checkpoint_step,
     logged_steps,
     max_logged_step,
+    random_kill_step,
     start_distill,
     temp_files,
     wait_for,
+    wait_for_new_temp_file,
+    wait_for_step,
 )
 
 ITERATIONS = 40
@@ -60,13 +64,13 @@ def test_sigkill_and_sigterm_resume_is_bit_identical(rel_teacher_path: Path,
     # (increasing targets: a kill waits for *this* process to log past the previous one's log)
     for i, target in enumerate(sorted(rng.sample(range(1, CKPT_EVERY), 2))):
         proc = start(resume=i > 0)
-        wait_for(proc, lambda t=target: max_logged_step(run) >= t, f"step {target}", log)
+        wait_for_step(proc, run, target, log)
         kill(proc)
         assert not list_checkpoints(ckpts)
     # 2. inside a checkpoint write: the torn temp file is ignored, the previous one used
     stale = set(temp_files(ckpts))
     proc = start()
-    wait_for(proc, lambda: bool(set(temp_files(ckpts)) - stale), "a checkpoint write", log)
+    wait_for_new_temp_file(proc, ckpts, stale, "a checkpoint write", log)
     kill(proc)
     # 3. SIGTERM (early, with many steps left): checkpoint at the next step boundary, exit 143
     # (past what the log holds now: then this process is in its loop, its handlers installed)
@@ -75,18 +79,15 @@ def test_sigkill_and_sigterm_resume_is_bit_identical(rel_teacher_path: Path,
     wait_for(proc, lambda: max_logged_step(run) > seen, f"a step past {seen}", log)
     proc.send_signal(signal.SIGTERM)
     assert finish(proc, log) == 143, log.read_text()
-    stopped = int(list_checkpoints(ckpts)[-1].name[5:13])
+    stopped = last_checkpoint_step(ckpts)
     assert stopped == max_logged_step(run) < ITERATIONS
     # 4. at random steps past the last checkpoint
     for _ in range(2):
-        done = list_checkpoints(ckpts)
-        last = int(done[-1].name[5:13]) if done else 0
-        lo = max(last, max_logged_step(run)) + 1  # past the log a previous process left
-        if lo > ITERATIONS - 1:
+        target = random_kill_step(run, rng, CKPT_EVERY, ITERATIONS)  # past the log left so far
+        if target is None:
             break
         proc = start()
-        target = rng.randint(lo, min(lo + 2 * CKPT_EVERY, ITERATIONS - 1))
-        wait_for(proc, lambda t=target: max_logged_step(run) >= t, f"step {target}", log)
+        wait_for_step(proc, run, target, log)
         kill(proc)
 
     proc = start()

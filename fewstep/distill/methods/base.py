@@ -9,7 +9,8 @@ A method is one file under :mod:`fewstep.distill.methods` holding
 
   - :meth:`~DistillMethod.data_needs`: what each batch must carry (:class:`DataNeeds`),
   - :meth:`~DistillMethod.schedule`: its optimizers (:class:`UpdateSchedule`: aux parameter
-    groups with their own learning rates, aux updates per generator update, aux clip),
+    groups with their own learning rates, aux updates per generator update, aux clip;
+    :meth:`~DistillMethod.aux_schedule` builds it from the ``train`` section),
   - :meth:`~DistillMethod.graph_forwards`: network passes whose graph one generator loss keeps
     (per sample; ``fewstep plan`` sizes activations with it),
   - the losses :meth:`~DistillMethod.generator_loss` and :meth:`~DistillMethod.aux_loss`.
@@ -33,12 +34,13 @@ from fewstep.conditioning import cat_cond, where_cond
 from fewstep.data.problem import Problem
 from fewstep.denoiser import Denoiser
 from fewstep.distill.config import DistillConfig, RealSource
+from fewstep.distill.fake_score import FakeScore, fake_score_groups
 from fewstep.distill.student import Student
 
 Logs = dict[str, Tensor]
 
-__all__ = ["Batch", "DataNeeds", "DistillContext", "DistillMethod", "Logs", "UpdateSchedule",
-           "cat_cond", "where_cond"]
+__all__ = ["Batch", "DataNeeds", "DistillContext", "DistillMethod", "FakeScoreMethod", "Logs",
+           "UpdateSchedule", "cat_cond", "where_cond"]
 
 
 @dataclass
@@ -151,6 +153,19 @@ class DistillMethod(nn.Module, ABC):
         """Network passes (student steps, teacher / fake / discriminator passes with gradient
         to the student) whose graph one generator loss keeps, per sample."""
 
+    # ------------------------------------------------------------ declaration helpers
+    def gan_real(self, on: bool) -> RealSource | None:
+        """``DataNeeds.real`` of a method with an optional GAN: where the GAN block sends for
+        real samples (``gan.real_from()``) when ``on``, else ``None`` (no real samples)."""
+        return self.ctx.cfg.gan.real_from() if on else None  # type: ignore[attr-defined]
+
+    def aux_schedule(self, groups: list[dict[str, Any]]) -> UpdateSchedule:
+        """The aux optimizer over ``groups`` at the ``train`` section's layout: updated
+        ``train.aux_ratio`` times per generator update, its gradient norm clipped at
+        ``train.aux_grad_clip``."""
+        t = self.ctx.cfg.train
+        return UpdateSchedule(groups, t.aux_ratio, t.aux_grad_clip)
+
     def aux_parameter_groups(self) -> list[dict[str, Any]]:
         """``schedule().aux_groups`` (the aux optimizer's parameter groups)."""
         return self.schedule().aux_groups
@@ -177,3 +192,27 @@ class DistillMethod(nn.Module, ABC):
         """The student's final outputs for ``batch`` without gradient (for aux updates)."""
         return self.ctx.student.generate(batch.noise, batch.cond,
                                          generator=self.ctx.generator).sample
+
+
+class FakeScoreMethod(DistillMethod):
+    """A method whose one auxiliary network is a fake score network ``fake`` (a trainable copy
+    of the teacher tracking the student's outputs) carrying a GAN logit head when ``use_gan``
+    (DMD2, SiD). Subclasses set ``fake`` and ``use_gan`` in ``__init__`` and write the losses;
+    the declarations are the same for all of them:
+
+    * data: real samples from the ``gan`` block (``gan.real`` / ``gan.real_source``) when
+      ``use_gan``, else noise and condition only;
+    * schedule: the fake denoiser at ``dm.fake_lr`` and its head at ``gan.lr``
+      (:func:`~fewstep.distill.fake_score.fake_score_groups`), updated ``train.aux_ratio``
+      times per generator update, clipped at ``train.aux_grad_clip``.
+    """
+
+    fake: FakeScore
+    use_gan: bool
+
+    def data_needs(self) -> DataNeeds:
+        return DataNeeds(real=self.gan_real(self.use_gan))
+
+    def schedule(self) -> UpdateSchedule:
+        dm, gan = self.ctx.cfg.dm, self.ctx.cfg.gan  # type: ignore[attr-defined]
+        return self.aux_schedule(fake_score_groups(self.fake, dm.fake_lr, gan.lr))

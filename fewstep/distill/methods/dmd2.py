@@ -29,16 +29,9 @@ from torch import Tensor
 
 from fewstep.distill.builders import build_fake_score, build_matching
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
-from fewstep.distill.fake_score import FakeScore, fake_score_groups
+from fewstep.distill.fake_score import FakeScore
 from fewstep.distill.losses import d_loss, g_loss
-from fewstep.distill.methods.base import (
-    Batch,
-    DataNeeds,
-    DistillContext,
-    DistillMethod,
-    Logs,
-    UpdateSchedule,
-)
+from fewstep.distill.methods.base import Batch, DistillContext, FakeScoreMethod, Logs
 from fewstep.distill.methods.registry import register
 from fewstep.distill.student import backward_simulate
 
@@ -56,20 +49,14 @@ class DMD2Config(DistillConfig):
 
 
 @register(DMD2Config)
-class DMD2(DistillMethod):
+class DMD2(FakeScoreMethod):
+    """Data and optimizers: :class:`FakeScoreMethod` (real samples for the GAN head; the fake
+    score network at ``dm.fake_lr``, its head at ``gan.lr``)."""
+
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
         self.use_gan = ctx.cfg.gan.weight > 0  # type: ignore[attr-defined]
         self.matching = build_matching(ctx, fake=build_fake_score(ctx, gan_head=self.use_gan))
-
-    def data_needs(self) -> DataNeeds:
-        cfg: DMD2Config = self.ctx.cfg  # type: ignore[assignment]
-        return DataNeeds(real=cfg.gan.real_from() if self.use_gan else None)
-
-    def schedule(self) -> UpdateSchedule:
-        cfg: DMD2Config = self.ctx.cfg  # type: ignore[assignment]
-        groups = fake_score_groups(self.fake, cfg.dm.fake_lr, cfg.gan.lr)
-        return UpdateSchedule(groups, cfg.train.aux_ratio, cfg.train.aux_grad_clip)
 
     @classmethod
     def graph_forwards(cls, cfg: DistillConfig) -> int:

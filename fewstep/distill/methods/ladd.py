@@ -108,8 +108,7 @@ class LADD(DistillMethod):
     def schedule(self) -> UpdateSchedule:
         cfg: LADDConfig = self.ctx.cfg  # type: ignore[assignment]
         params = [p for p in self.disc.parameters() if p.requires_grad]
-        return UpdateSchedule([{"params": params, "lr": cfg.gan.lr}], cfg.train.aux_ratio,
-                              cfg.train.aux_grad_clip)
+        return self.aux_schedule([{"params": params, "lr": cfg.gan.lr}])
 
     @classmethod
     def graph_forwards(cls, cfg: DistillConfig) -> int:

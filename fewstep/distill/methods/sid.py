@@ -50,16 +50,8 @@ from torch import Tensor
 from fewstep.config import StrictModel
 from fewstep.distill.builders import build_fake_score
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
-from fewstep.distill.fake_score import fake_score_groups
 from fewstep.distill.losses import d_loss, g_loss, sid_loss
-from fewstep.distill.methods.base import (
-    Batch,
-    DataNeeds,
-    DistillContext,
-    DistillMethod,
-    Logs,
-    UpdateSchedule,
-)
+from fewstep.distill.methods.base import Batch, DistillContext, FakeScoreMethod, Logs
 from fewstep.distill.methods.registry import register
 from fewstep.distill.student import backward_simulate
 from fewstep.path import FlowPath, logit_normal_sigma
@@ -90,7 +82,10 @@ class SiDConfig(DistillConfig):
 
 
 @register(SiDConfig)
-class SiD(DistillMethod):
+class SiD(FakeScoreMethod):
+    """Data and optimizers: :class:`FakeScoreMethod` (real samples for the GAN head; the fake
+    score network at ``dm.fake_lr``, its head at ``gan.lr``)."""
+
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
         s = ctx.cfg.sid  # type: ignore[attr-defined]
@@ -101,15 +96,6 @@ class SiD(DistillMethod):
                        "anti_cfg": s.anti_cfg_scale}[s.guidance]
 
     # ------------------------------------------------------------ declarations
-    def data_needs(self) -> DataNeeds:
-        cfg: SiDConfig = self.ctx.cfg  # type: ignore[assignment]
-        return DataNeeds(real=cfg.gan.real_from() if self.use_gan else None)
-
-    def schedule(self) -> UpdateSchedule:
-        cfg: SiDConfig = self.ctx.cfg  # type: ignore[assignment]
-        groups = fake_score_groups(self.fake, cfg.dm.fake_lr, cfg.gan.lr)
-        return UpdateSchedule(groups, cfg.train.aux_ratio, cfg.train.aux_grad_clip)
-
     @classmethod
     def graph_forwards(cls, cfg: DistillConfig) -> int:
         return 3  # student step + teacher and fake score with gradient to their input

@@ -108,8 +108,7 @@ class TurboPP(DistillMethod):
         cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
         pairs = (cfg.step1.loss == "teacher_traj" and cfg.step1.weight > 0) \
             or cfg.turbo.regression_weight > 0
-        return DataNeeds(teacher_pairs=pairs,
-                         real=cfg.gan.real_from() if self.use_gan else None)
+        return DataNeeds(teacher_pairs=pairs, real=self.gan_real(self.use_gan))
 
     def schedule(self) -> UpdateSchedule:
         cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
@@ -121,7 +120,7 @@ class TurboPP(DistillMethod):
         for m in (self.matching, self.matching_1):
             if m is not None:
                 groups.append({"params": list(m.fake.parameters()), "lr": cfg.dm.fake_lr})
-        return UpdateSchedule(groups, cfg.train.aux_ratio, cfg.train.aux_grad_clip)
+        return self.aux_schedule(groups)
 
     @classmethod
     def graph_forwards(cls, cfg: DistillConfig) -> int:
