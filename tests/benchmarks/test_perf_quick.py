@@ -32,7 +32,7 @@ def teacher(digits_teacher_path: Path) -> Path:
 
 def test_sampling_ratio_finite(teacher: Path, tiny: perf.Settings) -> None:
     r = perf.sampling_throughput(teacher, tiny)
-    assert set(r["ratio"]) == {"decoupled", "shared", "lora"}
+    assert set(r["ratio"]) == {"decoupled", "shared", "lora", "lora_checked"}
     assert all(_finite_positive(v) for v in r["ratio"].values())
     assert all(_finite_positive(v) for v in r["images_per_second"].values())
     assert r["limit"] == 4.0
