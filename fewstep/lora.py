@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -185,6 +186,8 @@ class StepLoRALinear(nn.Module):
         w = self._modules["base_layer"]._parameters["weight"]  # type: ignore[index]
         a = self._modules["lora_A"]._modules[name]._parameters["weight"]  # type: ignore[index]
         b = self._modules["lora_B"]._modules[name]._parameters["weight"]  # type: ignore[index]
+        if _is_dtensor(w) or _is_dtensor(a) or _is_dtensor(b):  # sharded (FSDP): no merge
+            return False
         try:
             key = (w.data_ptr(), a.data_ptr(), b.data_ptr(), w._version, a._version, b._version)
         except RuntimeError:  # an inference tensor has no version counter (and cannot change)
@@ -195,7 +198,7 @@ class StepLoRALinear(nn.Module):
         if hit is not None and hit[0] == key and hit[2] is bias:
             return True
         f32 = torch.float32
-        if not (w.dtype == f32 and a.dtype == f32 and b.dtype == f32) or _is_dtensor(a):
+        if not (w.dtype == f32 and a.dtype == f32 and b.dtype == f32):
             return False
         with torch.no_grad():
             self._merged[k] = (key, torch.addmm(w, b, a, alpha=self.scaling), bias)
@@ -224,11 +227,10 @@ class StepLoRALinear(nn.Module):
 
 
 def _is_dtensor(t: Tensor) -> bool:
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
+    """A sharded (FSDP2) tensor? Without importing ``torch.distributed.tensor`` (0.6 s): no
+    tensor can be a DTensor unless that module was imported."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(t, mod.DTensor)
 
 
 def _version(t: Tensor) -> int:

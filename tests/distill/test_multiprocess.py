@@ -106,12 +106,32 @@ def _worker(rank: int, world: int, port: int, teacher: str, tmp: str) -> None:
     for name, data in _scenarios(Path(teacher), root).items():
         tr = _train(data, root / f"{name}_mp")
         save_file(_full_state(tr), str(root / f"{name}_rank{rank}.safetensors"))
+        if name == "zi_lora_fsdp":
+            save_file(_sharded_samples(tr), str(root / f"sharded_samples_rank{rank}.safetensors"))
     # resume: continue reg_half (2 iterations, checkpointed) to ITERS on every rank
     tr = _train(_cfg(Path(teacher), root, "regression", ckpt_every=2), root / "reg_half_mp",
                 resume=True)
     save_file(_full_state(tr), str(root / f"reg_resumed_rank{rank}.safetensors"))
     _stop_on_one_rank(rank, Path(teacher), root)
     tr.dist.shutdown()
+
+
+def _sharded_samples(tr: Any) -> dict[str, torch.Tensor]:
+    """The FSDP-sharded LoRA student sampled under no_grad, inference_mode and inside its
+    merged() block (a sharded adapter is never merged: all three use the unmerged sum)."""
+    st, cond = tr.student, tr.problem.cond_map(torch.tensor([0, 1]))
+    noise = torch.randn(2, *tr.problem.data_shape, generator=torch.Generator().manual_seed(0))
+
+    def run() -> torch.Tensor:
+        return st.generate(noise, cond, generator=torch.Generator().manual_seed(1)).sample
+
+    with torch.no_grad():
+        plain = run()
+        with st.merged():
+            merged = run()
+    with torch.inference_mode():
+        inference = run().clone()
+    return {"no_grad": plain, "merged": merged, "inference_mode": inference}
 
 
 def _stop_on_one_rank(rank: int, teacher: Path, root: Path) -> None:
@@ -223,3 +243,10 @@ def test_a_stop_on_one_rank_stops_every_rank_at_the_next_log_step(runs: Path) ->
     assert steps == [3, 3]
     assert len(list((runs / "stop_mp" / "checkpoints").iterdir())) == 1  # the stop's own
     assert [r["step"] for r in _losses(runs / "stop_mp")] == [1, 2, 3]
+
+
+def test_a_sharded_lora_student_samples_in_every_mode(runs: Path) -> None:
+    for r in (0, 1):
+        got = load_file(str(runs / f"sharded_samples_rank{r}.safetensors"))
+        assert torch.equal(got["merged"], got["no_grad"])
+        assert torch.equal(got["inference_mode"], got["no_grad"])
