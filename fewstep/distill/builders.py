@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from fewstep.distill.adversary import Adversary
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.discriminator import StandaloneDiscriminator, TeacherFeatureDiscriminator
@@ -10,16 +12,24 @@ from fewstep.distill.matching import DistributionMatching
 from fewstep.distill.methods.base import DistillContext
 
 
-def build_adversary(ctx: DistillContext) -> Adversary:
-    """The Turbo++ / DMD2 adversary with the configured discriminator."""
-    g = ctx.cfg.gan
+def build_discriminator(ctx: DistillContext) -> nn.Module:
+    """The configured discriminator (``gan.discriminator``) on ``ctx.device``: heads on the
+    frozen teacher's features (``teacher_features``) or a standalone network."""
+    g = ctx.cfg.gan  # type: ignore[attr-defined]
     nc = ctx.problem.num_classes
     if g.discriminator == "teacher_features":
         dims = feature_dims(ctx.teacher, ctx.example, ctx.example_cond)
-        disc = TeacherFeatureDiscriminator(ctx.teacher, dims, g.layers, g.head_hidden, nc)
+        disc: nn.Module = TeacherFeatureDiscriminator(ctx.teacher, dims, g.layers,
+                                                      g.head_hidden, nc)
     else:
         disc = StandaloneDiscriminator(ctx.problem.data_shape, num_classes=nc)
-    return Adversary(disc.to(ctx.device), g.loss, g.sigma_min, g.sigma_max)
+    return disc.to(ctx.device)
+
+
+def build_adversary(ctx: DistillContext) -> Adversary:
+    """The Turbo++ / DMD2 adversary with the configured discriminator."""
+    g = ctx.cfg.gan  # type: ignore[attr-defined]
+    return Adversary(build_discriminator(ctx), g.loss, g.sigma_min, g.sigma_max)
 
 
 def build_fake_score(ctx: DistillContext, gan_head: bool = False) -> FakeScore:

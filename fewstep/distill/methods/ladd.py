@@ -35,12 +35,11 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from fewstep.config import StrictModel
+from fewstep.distill.builders import build_discriminator
 from fewstep.distill.config import DistillConfig, GanSpec, StudentSpec
-from fewstep.distill.discriminator import StandaloneDiscriminator, TeacherFeatureDiscriminator
-from fewstep.distill.fake_score import feature_dims
 from fewstep.distill.losses import d_loss, g_loss
 from fewstep.distill.methods.base import (
     Batch,
@@ -90,15 +89,7 @@ class LADDConfig(DistillConfig):
 class LADD(DistillMethod):
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
-        g: GanSpec = ctx.cfg.gan  # type: ignore[attr-defined]
-        nc = ctx.problem.num_classes
-        if g.discriminator == "teacher_features":
-            dims = feature_dims(ctx.teacher, ctx.example, ctx.example_cond)
-            disc: nn.Module = TeacherFeatureDiscriminator(ctx.teacher, dims, g.layers,
-                                                          g.head_hidden, nc)
-        else:
-            disc = StandaloneDiscriminator(ctx.problem.data_shape, num_classes=nc)
-        self.disc = disc.to(ctx.device)
+        self.disc = build_discriminator(ctx)
 
     # ------------------------------------------------------------ declarations
     def data_needs(self) -> DataNeeds:
