@@ -157,20 +157,32 @@ def classifier_train(
     typer.echo(json.dumps({"out": str(out), **record}))
 
 
-def _load_models(teacher: Path | None, student: Path | None, data: str | None, device: str):
+def _load_models(teacher: Path | None, student: Path | None, data: str | None, device: str,
+                 allow_builders: list[str] | None = None):
     from fewstep.assets import teacher_path
     from fewstep.data.problem import get_problem
     from fewstep.distill.student_factory import load_student
     from fewstep.errors import CheckpointError, ConfigError
     from fewstep.io import read_metadata
     from fewstep.teacher import load_denoiser
+    from fewstep.teachers import rebuild_denoiser
 
+    allow = list(allow_builders or [])
     st, scfg = (None, None)
     if student is not None:
         try:
-            st, scfg = load_student(student, device)
+            st, scfg = load_student(student, device, allow_builders=allow)
         except CheckpointError as e:
             raise CheckpointError(f"--student: {e}") from None
+    built = (scfg or {}).get("denoiser", {})
+    if teacher is None and "user_builder" in built:
+        # a custom teacher's student: the teacher is what its builder returns (allowed above)
+        den = rebuild_denoiser(built, allow).to(device).eval()
+        problem = get_problem(data_option(data if data is not None else scfg["data"]))
+        validation.models_fit(data or scfg["data"], tuple(problem.data_shape),
+                              problem.num_classes, None, "--teacher", scfg, "--student")
+        samp = built.get("sampling", {})
+        return problem, den, samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), st
     if data is None and scfg:
         data = scfg["data"]
     if data is None and teacher is not None:  # a teacher trained on your own images
@@ -200,6 +212,9 @@ DataOpt = Annotated[str | None, typer.Option(
          "the student's / teacher's data)")]
 Samplers = Annotated[str, typer.Option(help="comma-separated: teacher_<N>, student_<K>; suffix "
                                             "_nc / _naive forces noise correction on / off")]
+AllowBuilderOpt = Annotated[list[str] | None, typer.Option(
+    help="MODULE:FUNCTION: let a student of a custom teacher (teacher.builder) import and call "
+         "that builder to rebuild its networks (repeatable; nothing is imported otherwise)")]
 NoiseCorrectionOpt = Annotated[bool | None, typer.Option(
     "--noise-correction/--no-noise-correction",
     help="bias-corrected first step at sigma = 1 for epsilon-prediction models (default: on "
@@ -232,6 +247,7 @@ def sample_cmd(
         help="prompt for an exported text-to-image student folder (repeatable; --num images "
              "per prompt)")] = None,
     noise_correction: NoiseCorrectionOpt = None,
+    allow_builder: AllowBuilderOpt = None,
 ) -> None:
     """Generate a same-noise grid (PNG) and tensors (safetensors) for each sampler.
 
@@ -248,7 +264,7 @@ def sample_cmd(
     if prompt:
         raise typer.BadParameter("--prompt needs --student FOLDER (an exported student)")
     specs = _sampler_specs(samplers, noise_correction)
-    problem, den, w, shift, st = _load_models(teacher, student, data, device)
+    problem, den, w, shift, st = _load_models(teacher, student, data, device, allow_builder)
     noise, cond = eval_noise(problem, num, seed, device)
     outs = {sp.name: run_sampler(sp, noise, cond, den, w, shift, st, seed=seed)[0] for sp in specs}
     save_panels(out / "grid.png", list(outs.values()), list(outs), nrow=10)
@@ -315,6 +331,7 @@ def eval_cmd(
              "pixels) | pixels | digits_classifier | classifier:FILE | builder:pkg.mod:fn")
                         ] = "auto",
     noise_correction: NoiseCorrectionOpt = None,
+    allow_builder: AllowBuilderOpt = None,
     timing_batch: Annotated[int, typer.Option(min=1, help="batch of the timing calls (the same "
                                               "for every sampler)")] = 256,
     timing_repeats: Annotated[int, typer.Option(min=1, help="interleaved timed rounds (median; "
@@ -330,7 +347,7 @@ def eval_cmd(
 
     validation.check_eval(out, samplers, teacher, student, data, num, seed, device)
     names = [sp.name for sp in _sampler_specs(samplers, noise_correction)]
-    problem, den, w, shift, st = _load_models(teacher, student, data, device)
+    problem, den, w, shift, st = _load_models(teacher, student, data, device, allow_builder)
     metrics, _ = evaluate_samplers(problem, names, den, w, shift, st, num, seed, device=device,
                                    features=features, timing_batch=timing_batch,
                                    timing_repeats=timing_repeats)

@@ -127,7 +127,8 @@ def custom_denoiser(builder: str) -> NetworkDenoiser:
     run's config names (:func:`allow_builder`)."""
     if builder not in _ALLOWED:
         raise ConfigError(f"teacher.builder: {builder!r} is recorded in the file but not named by "
-                          "the run's config; pass the run's config (teacher.builder) to allow it")
+                          "the run's config; allow it with the run's config (teacher.builder) "
+                          f"or, on the command line, --allow-builder {builder}")
     return _denoiser(call_builder(builder))
 
 

@@ -65,6 +65,39 @@ def test_custom_builder_not_named_by_the_config_is_refused(tmp_path):
         load_student(tmp_path / "run" / "student.safetensors")
 
 
+def test_sample_and_eval_take_a_custom_teachers_student_with_allow_builder(tmp_path):
+    from typer.testing import CliRunner
+
+    from fewstep.cli import app
+    from fewstep.evaluation import eval_noise, parse_sampler, run_sampler
+    from fewstep.io import load_tensors
+    from fewstep.teachers import custom
+
+    tr = Trainer(custom_cfg(tmp_path, train={"iterations": 1, "batch_size": 4}),
+                 tmp_path / "run", progress=False)
+    tr.train()
+    custom._ALLOWED.clear()  # a fresh process that never saw the run's config
+    path = str(tmp_path / "run" / "student.safetensors")
+    args = ["sample", "--student", path, "--out", str(tmp_path / "s"), "--num", "20",
+            "--samplers", "teacher_4,student_2"]
+    refused = CliRunner().invoke(app, args)
+    lines = [ln for ln in refused.output.splitlines() if ln.strip()]
+    assert refused.exit_code == 2 and len(lines) == 1, refused.output
+    assert "--allow-builder teachers_helpers:build" in lines[0]
+    ok = CliRunner().invoke(app, [*args, "--allow-builder", "teachers_helpers:build"])
+    assert ok.exit_code == 0, ok.output
+    got, _ = load_tensors(tmp_path / "s" / "samples.safetensors")
+    noise, cond = eval_noise(tr.problem, 20, 0)
+    for name, student in (("student_2", tr.ema), ("teacher_4", None)):
+        want = run_sampler(parse_sampler(name), noise, cond, tr.teacher, student=student)[0]
+        assert torch.equal(got[name], want), name
+    ev = CliRunner().invoke(app, ["eval", "--student", path, "--num", "20", "--samplers",
+                                  "student_2", "--timing-repeats", "1", "--allow-builder",
+                                  "teachers_helpers:build"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.output[ev.output.index("{"):])["student_2"]["nfe"] == 2
+
+
 @pytest.mark.parametrize(("builder", "message"), [
     ("no_such_module_xyz:build", r"teacher\.builder: cannot import 'no_such_module_xyz:build'"),
     ("teachers_helpers:no_such_function", r"teacher\.builder: cannot import"),
