@@ -165,3 +165,23 @@ def test_timing_is_like_for_like(toy_teacher_path):
     # (equal network calls per timed unit), all on the same 100 rows
     assert len(counting.batches) == 4 * (8 + 4 * 2)
     assert set(counting.batches) == {100}
+
+
+def test_distilling_a_zero_snr_epsilon_teacher_is_refused_up_front(toy_eps_teacher_path,
+                                                                   toy_teacher_path, tmp_path):
+    """The recipes' first student step at sigma = 1 would be 0/0 (NaN at the first update,
+    reported as divergence): a one-line error names the teacher and what to use instead."""
+    from fewstep.config import validate
+    from fewstep.distill.config import DistillConfig
+    from fewstep.distill.trainer import Trainer
+
+    def cfg(teacher):
+        return validate(DistillConfig, {
+            "method": "regression", "data": "checkerboard",
+            "teacher": {"path": str(teacher), "steps": 4},
+            "cache": {"dir": str(tmp_path / "cache"), "size": 16, "shard_size": 16},
+            "train": {"iterations": 1, "batch_size": 8}})
+
+    with pytest.raises(ConfigError, match=r"^teacher: it predicts epsilon .* 0/0 .*velocity"):
+        Trainer(cfg(toy_eps_teacher_path), tmp_path / "eps", progress=False)
+    Trainer(cfg(toy_teacher_path), tmp_path / "v", progress=False)  # velocity: accepted
