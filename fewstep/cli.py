@@ -175,14 +175,7 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
         except CheckpointError as e:
             raise CheckpointError(f"--student: {e}") from None
     built = (scfg or {}).get("denoiser", {})
-    if teacher is None and "user_builder" in built:
-        # a custom teacher's student: the teacher is what its builder returns (allowed above)
-        den = rebuild_denoiser(built, allow).to(device).eval()
-        problem = get_problem(data_option(data if data is not None else scfg["data"]))
-        validation.models_fit(data or scfg["data"], tuple(problem.data_shape),
-                              problem.num_classes, None, "--teacher", scfg, "--student")
-        samp = built.get("sampling", {})
-        return problem, den, samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), st
+    custom = teacher is None and "user_builder" in built  # a custom teacher's student
     if data is None and scfg:
         data = scfg["data"]
     if data is None and teacher is not None:  # a teacher trained on your own images
@@ -195,14 +188,17 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
         raise ConfigError(f"--data: {e}") from None
     shape, ncls = tuple(problem.data_shape), problem.num_classes
     validation.models_fit(data, shape, ncls, None, "--teacher", scfg, "--student")
-    tpath = teacher if teacher is not None else teacher_path(data)
-    if teacher is None and not tpath.is_file():
-        raise ConfigError(f"--data: no shipped teacher for {data!r}; pass --teacher FILE")
-    try:
-        den, tcfg = load_denoiser(tpath, device)
-    except CheckpointError as e:
-        raise CheckpointError(f"--teacher: {e}") from None
-    validation.models_fit(data, shape, ncls, tcfg, "--teacher", scfg, "--student")
+    if custom:  # the teacher is what its builder returns (the builder was allowed above)
+        den, tcfg = rebuild_denoiser(built, allow).to(device).eval(), built
+    else:
+        tpath = teacher if teacher is not None else teacher_path(data)
+        if teacher is None and not tpath.is_file():
+            raise ConfigError(f"--data: no shipped teacher for {data!r}; pass --teacher FILE")
+        try:
+            den, tcfg = load_denoiser(tpath, device)
+        except CheckpointError as e:
+            raise CheckpointError(f"--teacher: {e}") from None
+        validation.models_fit(data, shape, ncls, tcfg, "--teacher", scfg, "--student")
     samp = tcfg.get("sampling", {})
     return problem, den, samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), st
 

@@ -188,11 +188,7 @@ class StepLoRALinear(nn.Module):
         b = self._modules["lora_B"]._modules[name]._parameters["weight"]  # type: ignore[index]
         if _is_dtensor(w) or _is_dtensor(a) or _is_dtensor(b):  # sharded (FSDP): no merge
             return False
-        try:
-            key = (w.data_ptr(), a.data_ptr(), b.data_ptr(), w._version, a._version, b._version)
-        except RuntimeError:  # an inference tensor has no version counter (and cannot change)
-            key = (w.data_ptr(), a.data_ptr(), b.data_ptr(), _version(w), _version(a),
-                   _version(b))
+        key = _identity(w, a, b)
         bias = self._modules["base_layer"]._parameters["bias"]  # type: ignore[index]
         hit = self._merged.get(k)
         if hit is not None and hit[0] == key and hit[2] is bias:
@@ -233,10 +229,16 @@ def _is_dtensor(t: Tensor) -> bool:
     return mod is not None and isinstance(t, mod.DTensor)
 
 
+def _identity(*tensors: Tensor) -> tuple[int, ...]:
+    """Storage addresses and version counters: changes when a tensor is replaced or modified in
+    place (an inference tensor has no version counter, and cannot change: -1)."""
+    return tuple(t.data_ptr() for t in tensors) + tuple(_version(t) for t in tensors)
+
+
 def _version(t: Tensor) -> int:
     try:
         return int(t._version)
-    except RuntimeError:  # inference tensors have no version counter (and cannot change)
+    except RuntimeError:
         return -1
 
 

@@ -58,6 +58,28 @@ def _header(info: dict[str, Any], folder: str) -> list[str]:
     return lines
 
 
+#: ``few_step``'s transition to the next level: fresh re-noising or the deterministic (ddim) step
+_TRANSITION = [
+    "        if k + 1 < len(SIGMAS):  # fresh re-noising or the deterministic (ddim) step",
+    "            eps = torch.randn(x.shape, generator=g).to(DEVICE) if transition == "
+    '"fresh" else (x - (1 - s) * x0) / s',
+    "            x = (1 - SIGMAS[k + 1]) * x0 + SIGMAS[k + 1] * eps",
+]
+
+
+def _prompt_few_step_head(info: dict[str, Any], encode_line: str) -> list[str]:
+    """``few_step(prompts, ...)`` of a text-to-image student up to its first noise."""
+    c, h, w = info["latent_shape"]
+    f = info["vae_factor"]
+    return ["", "", "@torch.no_grad()",
+            f"def few_step(prompts, seed=0, height={h * f}, width={w * f}, "
+            f"transition={info['transition']!r}):",
+            encode_line,
+            "    g = torch.Generator().manual_seed(seed)",
+            f"    x = torch.randn((len(prompts), {c}, height // {f}, width // {f}), "
+            "generator=g).to(DEVICE)"]
+
+
 def _zimage_snippet(info: dict[str, Any], folder: str) -> list[str]:
     k_steps, lora = info["num_steps"], info["parameterization"] == "lora"
     pdt = _dtype(info["dtypes"]["pipeline"])
@@ -83,26 +105,17 @@ def _zimage_snippet(info: dict[str, Any], folder: str) -> list[str]:
                   f"pipe = ZImagePipeline.from_pretrained(FOLDER, transformer=nets[{folders[0]!r}],"
                   f" dtype={pdt}).to(DEVICE)", "",
                   "", "def use_step(k):", "    return nets[STEP_FOLDERS[k]]"]
-    c, h, w = info["latent_shape"]
-    f = info["vae_factor"]
     lines += [
-        "", "", "@torch.no_grad()",
-        f"def few_step(prompts, seed=0, height={h * f}, width={w * f}, "
-        f"transition={info['transition']!r}):",
-        "    emb, _ = pipe.encode_prompt(list(prompts), device=DEVICE, "
-        f"do_classifier_free_guidance=False, max_sequence_length={info['max_sequence_length']})",
-        "    g = torch.Generator().manual_seed(seed)",
-        f"    x = torch.randn((len(prompts), {c}, height // {f}, width // {f}), "
-        "generator=g).to(DEVICE)",
+        *_prompt_few_step_head(
+            info, "    emb, _ = pipe.encode_prompt(list(prompts), device=DEVICE, "
+            "do_classifier_free_guidance=False, "
+            f"max_sequence_length={info['max_sequence_length']})"),
         "    for k, s in enumerate(SIGMAS):",
         "        net = use_step(k)  # step k's parameters",
         "        out = net(list(x.to(net.dtype).unsqueeze(2)), (1 - s).expand(len(x)),",
         "                  [e.to(net.dtype) for e in emb], return_dict=False)[0]  # x0 - noise",
         "        x0 = x + s * torch.stack(out).squeeze(2).to(x.dtype)",
-        "        if k + 1 < len(SIGMAS):  # fresh re-noising or the deterministic (ddim) step",
-        "            eps = torch.randn(x.shape, generator=g).to(DEVICE) if transition == "
-        '"fresh" else (x - (1 - s) * x0) / s',
-        "            x = (1 - SIGMAS[k + 1]) * x0 + SIGMAS[k + 1] * eps",
+        *_TRANSITION,
         "    z = x0.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor + "
         "pipe.vae.config.shift_factor",
         "    return pipe.vae.decode(z).sample, x0",
@@ -158,10 +171,7 @@ def _unet_snippet(info: dict[str, Any], folder: str) -> list[str]:
         "        out = net((x * c_in).to(net.dtype), t.expand(len(x)), "
         "class_labels=labels).sample.to(x.dtype)",
         f"        {pred}",
-        "        if k + 1 < len(SIGMAS):  # fresh re-noising or the deterministic (ddim) step",
-        "            eps = torch.randn(x.shape, generator=g).to(DEVICE) if transition == "
-        '"fresh" else (x - (1 - s) * x0) / s',
-        "            x = (1 - SIGMAS[k + 1]) * x0 + SIGMAS[k + 1] * eps",
+        *_TRANSITION,
         "    return x0, x0",
     ]
     return lines
@@ -295,24 +305,13 @@ def _generic_snippet(info: dict[str, Any], folder: str) -> list[str]:
                 ".to(x.dtype)"]
     if net.get("sign", 1.0) != 1.0:
         step.append(f"        out = {float(net['sign'])!r} * out")
-    c, h, w = info["latent_shape"]
-    f = info["vae_factor"]
     lines += [
-        "", "", "@torch.no_grad()",
-        f"def few_step(prompts, seed=0, height={h * f}, width={w * f}, "
-        f"transition={info['transition']!r}):",
-        "    cond = encode(prompts)",
-        "    g = torch.Generator().manual_seed(seed)",
-        f"    x = torch.randn((len(prompts), {c}, height // {f}, width // {f}), "
-        "generator=g).to(DEVICE)",
+        *_prompt_few_step_head(info, "    cond = encode(prompts)"),
         "    for k, (s, t) in enumerate(zip(SIGMAS, TIMES)):",
         "        net = use_step(k)  # step k's parameters",
         *step,
         f"        {x0}",
-        "        if k + 1 < len(SIGMAS):  # fresh re-noising or the deterministic (ddim) step",
-        "            eps = torch.randn(x.shape, generator=g).to(DEVICE) if transition == "
-        '"fresh" else (x - (1 - s) * x0) / s',
-        "            x = (1 - SIGMAS[k + 1]) * x0 + SIGMAS[k + 1] * eps",
+        *_TRANSITION,
         "    vae = pipe.vae.config",
         "    z = x0.to(pipe.vae.dtype) / vae.scaling_factor + (vae.shift_factor or 0.0)",
         "    return pipe.vae.decode(z).sample, x0",

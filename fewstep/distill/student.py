@@ -61,9 +61,9 @@ class Student(nn.Module):
         super().__init__()
         self.parameterization = parameterization
         self.transition = transition
-        self.register_buffer("sigmas", sigmas.detach().float().clone(), persistent=False)
-        #: the same levels, always on the host: the sampler reads them without a device sync
-        self.host_sigmas = sigmas.detach().float().cpu().clone()
+        #: ``(K,)`` step levels, kept on the host (not a buffer): samplers read them without a
+        #: device sync, and every use moves them to its tensors' device
+        self.sigmas = sigmas.detach().float().cpu().clone()
         k = int(sigmas.numel())
         self.lora = None
         if parameterization == "decoupled":
@@ -173,8 +173,7 @@ class Student(nn.Module):
                  generator: torch.Generator | None = None, num_steps: int | None = None,
                  detach_between_steps: bool = False) -> Trajectory:
         """Run the student from ``noise`` (``x_0``, at ``sigma = 1``). See :func:`sample`."""
-        return sample(self, noise, cond, self.host_sigmas, self.transition,
-                      step_noises=step_noises,
+        return sample(self, noise, cond, self.sigmas, self.transition, step_noises=step_noises,
                       generator=generator, stop_after=num_steps,
                       detach_between_steps=detach_between_steps)
 

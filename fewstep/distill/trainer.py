@@ -153,7 +153,7 @@ class Trainer:
         self._aux_terms: set[str] = set()
         if t.compile:
             compile_student(self.student)
-        mid = float(self.student.host_sigmas[1]) if self.student.num_steps > 1 else None
+        mid = float(self.student.sigmas[1]) if self.student.num_steps > 1 else None
         self.batches = BatchSource(cfg, self.method.data_needs(), self.problem, self.teacher,
                                    self.teacher_id, self.teacher_shift, self.teacher_w, mid,
                                    self.gen, self.dist, self.device,
