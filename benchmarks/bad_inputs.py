@@ -37,11 +37,11 @@ import torch
 import yaml
 
 from fewstep.assets import teacher_path
-from fewstep.distill.run_lock import RunLock
-from fewstep.distill.student import Student
-from fewstep.io import save_tensors
-from fewstep.schedules import student_sigmas
-from fewstep.teacher import load_denoiser
+from fewstep.core.levels import student_sigmas
+from fewstep.student.student import Student
+from fewstep.teachers.training import load_denoiser
+from fewstep.utils.files import save_tensors
+from fewstep.utils.run_lock import RunLock
 
 #: the child process: apply the case's fault (if any), then run the ``fewstep`` CLI
 CHILD = """
@@ -61,7 +61,7 @@ with ctx:
     if module == "fewstep.distill":
         from fewstep.distill.__main__ import main as distill_main
         sys.exit(distill_main(sys.argv[1:]))
-    from fewstep.cli import main
+    from fewstep.app.cli import main
     main()
 """
 
@@ -77,12 +77,12 @@ class Case:
     rc: int = 2
     expect: str = ""
     fault: str = "none"  # none | erofs | eacces (below {ro}) | enospc | enospc_open ({full})
-    module: str = "fewstep.cli"  # or fewstep.distill (python -m fewstep.distill)
+    module: str = "fewstep"  # or fewstep.distill (python -m fewstep.distill)
     tags: list[str] = field(default_factory=list)
 
 
 def C(id: str, *argv: str, rc: int = 2, expect: str = "", fault: str = "none",
-      module: str = "fewstep.cli") -> Case:
+      module: str = "fewstep") -> Case:
     return Case(id, list(argv), rc, expect, fault, module)
 
 

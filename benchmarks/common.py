@@ -17,13 +17,13 @@ from typing import Any
 import torch
 
 from fewstep.assets import teacher_path
-from fewstep.config import apply_overrides, load_yaml, validate
 from fewstep.data.problem import get_problem
 from fewstep.distill.config import DistillConfig, drop_foreign_sections
 from fewstep.distill.trainer import Trainer
-from fewstep.evaluation import evaluate_samplers
+from fewstep.evaluation.evaluate import evaluate_samplers
 from fewstep.presets import preset_path
-from fewstep.teacher import load_denoiser
+from fewstep.teachers.training import load_denoiser
+from fewstep.utils.config_files import apply_overrides, load_yaml, validate
 
 #: the metric each data set is ranked by (lower is better), and the ones reported
 PRIMARY = {"digits": "fid", "checkerboard": "swd"}

@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "fewstep.cli", "demo", "--out", f"{tmp}/demo", "--quiet",
+        cmd = [sys.executable, "-m", "fewstep", "demo", "--out", f"{tmp}/demo", "--quiet",
                f"cache.dir={tmp}/cache"]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)

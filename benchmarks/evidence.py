@@ -44,13 +44,13 @@ from scipy import stats
 
 from benchmarks.common import row_config
 from fewstep.assets import ASSETS
-from fewstep.config import load_yaml, validate
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.trainer import Trainer
-from fewstep.evaluation import eval_noise, evaluate_samplers
-from fewstep.metrics.classifier import load_default_classifier
-from fewstep.metrics.fid import extract_features, frechet_distance
+from fewstep.evaluation.digits_classifier import load_default_classifier
+from fewstep.evaluation.evaluate import eval_noise, evaluate_samplers
+from fewstep.evaluation.fid import extract_features, frechet_distance
 from fewstep.presets import preset_path
+from fewstep.utils.config_files import load_yaml, validate
 
 #: teacher file, base preset and the teacher's naive step counts per data set
 SETUPS: dict[str, dict[str, Any]] = {
@@ -285,7 +285,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         by_row.setdefault(r["row"], []).append(r)
     setup = SETUPS[args.data]
     from fewstep.data.problem import get_problem
-    from fewstep.teacher import load_denoiser
+    from fewstep.teachers.training import load_denoiser
 
     den, tcfg = load_denoiser(setup["teacher"])
     samp = tcfg.get("sampling", {})
@@ -346,10 +346,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 def naive_curve_fid(data: str, curve_samples: int = 1000) -> dict[str, float]:
     """The curve metric (1000-sample FID, same noise as the curves) of the teacher's naive
     K-step Euler sampler, so the curves have a reference on their own scale."""
+    from fewstep.core.levels import teacher_sigmas
+    from fewstep.core.samplers import euler_sample
     from fewstep.data.problem import get_problem
-    from fewstep.samplers import euler_sample
-    from fewstep.schedules import teacher_sigmas
-    from fewstep.teacher import load_denoiser
+    from fewstep.teachers.training import load_denoiser
 
     setup = SETUPS[data]
     den, tcfg = load_denoiser(setup["teacher"])

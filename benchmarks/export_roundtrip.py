@@ -5,13 +5,13 @@ is saved to disk (Z-Image and the eps-UNet through their own kinds; an SD-style 
 PixArt-Sigma and Flux pipeline through ``teacher.kind: diffusers``), a student is built from it
 the way the trainer builds one (frozen teacher in ``dtype``, trainable weights in float32) and
 its trainable weights are perturbed so that the steps differ, then
-:func:`~fewstep.diffusers_adapters.student_pipeline.export_student` writes the folder. The
+:func:`~fewstep.export.diffusers_export.export_student` writes the folder. The
 loading snippet of the folder's ``README.md`` runs in a subprocess in which importing fewstep
 fails (``sys.modules["fewstep"] = None`` before anything else; run from a folder without fewstep
 and without ``PYTHONPATH``), and its latents and images are compared with
 
 * the in-memory student (``Student.generate`` from the same seed, decoded by the teacher's VAE),
-* fewstep's own reload (:class:`~fewstep.diffusers_adapters.student_pipeline.StudentPipeline`).
+* fewstep's own reload (:class:`~fewstep.export.diffusers_export.StudentPipeline`).
 
 Usage::
 
@@ -40,15 +40,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 import fewstep.testing as testing
-from fewstep.conditioning import PromptEmbeds
-from fewstep.diffusers_adapters.families import FAMILIES as NETWORK_FAMILIES
-from fewstep.diffusers_adapters.latents import decode
-from fewstep.diffusers_adapters.model_card import snippet_from_card
-from fewstep.diffusers_adapters.prompts import pipeline_encode_fn
-from fewstep.diffusers_adapters.student_pipeline import StudentPipeline, export_student
-from fewstep.diffusers_adapters.zimage import ZImageDenoiser
-from fewstep.distill.student import Student
-from fewstep.teachers.pipeline import (
+from fewstep.core.conditioning import PromptEmbeds
+from fewstep.export.diffusers_export import StudentPipeline, export_student
+from fewstep.export.model_card import snippet_from_card
+from fewstep.student.student import Student
+from fewstep.teachers.diffusers.adapter import (
     build_denoiser,
     denoiser_of,
     family_of,
@@ -56,6 +52,10 @@ from fewstep.teachers.pipeline import (
     latent_shape,
     load_pipeline,
 )
+from fewstep.teachers.diffusers.families import FAMILIES as NETWORK_FAMILIES
+from fewstep.teachers.diffusers.latents import decode
+from fewstep.teachers.diffusers.prompt_cache import pipeline_encode_fn
+from fewstep.teachers.diffusers.zimage import ZImageDenoiser
 from fewstep.testing import build_tiny_zimage_pipeline, tiny_unet_config
 
 PROMPTS = ["a red cat", "a photo of a big blue dog"]
@@ -196,7 +196,7 @@ def load_teacher(family: str, folder: Path, dtype: str) -> Teacher:
         return Teacher(den, cfg, pipe, shape, 0)
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from fewstep.diffusers_adapters.unet_eps import VPEpsilonDenoiser
+    from fewstep.teachers.diffusers.vp import VPEpsilonDenoiser
 
     unet = UNet2DModel.from_pretrained(folder, subfolder="unet", use_safetensors=True).to(dt)
     sched = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")

@@ -32,8 +32,7 @@ import torch
 import yaml
 
 from fewstep.assets import teacher_path
-from fewstep.distill.state import list_checkpoints
-from fewstep.io import load_tensors
+from fewstep.distill.engine.state import list_checkpoints
 from fewstep.testing.runs import (
     RunFailed,
     finish,
@@ -47,6 +46,7 @@ from fewstep.testing.runs import (
     wait_for_new_temp_file,
     wait_for_step,
 )
+from fewstep.utils.files import load_tensors
 
 SLOW_FSYNC = 0.3
 

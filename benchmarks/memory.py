@@ -61,7 +61,7 @@ def build_stack(root: Path) -> Path:
     import torch
     from diffusers import ZImageTransformer2DModel
 
-    from fewstep.diffusers_adapters.zimage import init_pad_tokens
+    from fewstep.teachers.diffusers.zimage import init_pad_tokens
     from fewstep.testing import build_tiny_zimage_pipeline
 
     pipe = build_tiny_zimage_pipeline(seed=0)
@@ -77,9 +77,9 @@ def build_stack(root: Path) -> Path:
 
 
 def run_config(root: Path, name: str, iters: int) -> Any:
-    from fewstep.config import load_config
     from fewstep.distill.config import DistillConfig
     from fewstep.presets import preset_path
+    from fewstep.utils.config_files import load_config
 
     return load_config(DistillConfig, preset_path("tiny_zimage"), [
         f"teacher.pretrained={root / 'zimage'}", f"teacher.prompts={root / 'prompts.txt'}",
@@ -268,8 +268,8 @@ def peak_rss() -> int:
 def child(name: str, root: Path, out: Path, iters: int) -> None:
     import torch
 
+    from fewstep.app.plan import build_plan
     from fewstep.distill.trainer import Trainer
-    from fewstep.plan import build_plan
 
     torch.set_num_threads(1)
     cfg = run_config(root, name, iters)

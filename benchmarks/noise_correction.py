@@ -8,7 +8,7 @@ the 400-step teacher's many-step samples are poor: its 8-step sampler is worse t
 one, which would make a bad regression target).
 Students (K = 1 and 2, step-decoupled copies of the teacher) are distilled by regression onto
 the teacher's corrected 8-step samples from the same noise, *through* the corrected first step
-(:func:`fewstep.noise_correction.corrected_student_step`).
+(:func:`fewstep.core.noise_correction.corrected_student_step`).
 
 "Naive" at ``sigma = 1`` is 0/0 for an epsilon model (non-finite samples); the usual work-around,
 starting the schedule at ``sigma = 0.95``, is reported as ``naive (start 0.95)``. Metric:
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
+from fewstep.core.levels import student_sigmas, teacher_sigmas
+from fewstep.core.noise_correction import corrected_student_step
+from fewstep.core.samplers import euler_sample, sample, student_sample
 from fewstep.data.problem import get_problem
-from fewstep.distill.student import Student
-from fewstep.metrics.toy import sliced_wasserstein
-from fewstep.noise_correction import corrected_student_step
-from fewstep.samplers import euler_sample, sample, student_sample
-from fewstep.schedules import student_sigmas, teacher_sigmas
-from fewstep.teacher import NetworkConfig, TeacherConfig, load_denoiser, train_teacher
+from fewstep.evaluation.toy_metrics import sliced_wasserstein
+from fewstep.student.student import Student
+from fewstep.teachers.training import NetworkConfig, TeacherConfig, load_denoiser, train_teacher
 
 
 def swd(x: torch.Tensor, ref: torch.Tensor) -> float:

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     data = make_shapes(args.out / "shapes16", args.per_class)
     demo_out = args.out / "demo"
-    cmd = [sys.executable, "-m", "fewstep.cli", "demo", "--data", str(data), "--minutes",
+    cmd = [sys.executable, "-m", "fewstep", "demo", "--data", str(data), "--minutes",
            str(args.minutes), "--out", str(demo_out), "--quiet"]
     load_before = os.getloadavg()
     t0 = time.perf_counter()

@@ -51,11 +51,11 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from fewstep.config import apply_overrides, load_yaml, validate
 from fewstep.distill.config import DistillConfig
-from fewstep.distill.student import Student
 from fewstep.distill.trainer import Trainer
 from fewstep.presets import preset_path
+from fewstep.student.student import Student
+from fewstep.utils.config_files import apply_overrides, load_yaml, validate
 
 RECIPES = ("turbo_pp", "regression", "dmd2", "sid", "imagine_flash")
 #: trainer phases (top level of an iteration) and the components nested inside them
@@ -217,7 +217,7 @@ def teacher_file(workdir: Path) -> tuple[Path, str]:
     ``workdir``; returns ``(path, description)``."""
     from fewstep.assets import teacher_path
     from fewstep.networks.registry import build_denoiser
-    from fewstep.teacher import save_denoiser
+    from fewstep.teachers.training import save_denoiser
 
     shipped = teacher_path("digits")
     if shipped.is_file():
@@ -255,9 +255,9 @@ def make_trainer(cfg: DistillConfig, run_dir: Path) -> Trainer:
 # ----------------------------------------------------------------------------- (a) sampling
 def sampling_throughput(teacher_path: Path, s: Settings) -> dict[str, Any]:
     """Teacher 8-step Euler vs. student 2-step on the same architecture, noise and batch."""
-    from fewstep.samplers import euler_sample
-    from fewstep.schedules import student_sigmas, teacher_sigmas
-    from fewstep.teacher import load_denoiser
+    from fewstep.core.levels import student_sigmas, teacher_sigmas
+    from fewstep.core.samplers import euler_sample
+    from fewstep.teachers.training import load_denoiser
 
     den, _ = load_denoiser(teacher_path)
     g = torch.Generator().manual_seed(0)
@@ -370,8 +370,8 @@ def recipe_in_subprocess(recipe: str, teacher: Path, workdir: Path, s: Settings,
 def lora_memory(teacher_path: Path, rank: int = 16) -> dict[str, Any]:
     """Bytes of trainable weights + their gradients + AdamW states (measured after one real
     step) + frozen weights, for a 2-step student in each parameterisation."""
-    from fewstep.schedules import student_sigmas
-    from fewstep.teacher import load_denoiser
+    from fewstep.core.levels import student_sigmas
+    from fewstep.teachers.training import load_denoiser
 
     den, _ = load_denoiser(teacher_path)
     x = torch.randn(4, *DIGITS_NET["data_shape"])
@@ -423,7 +423,7 @@ class ReferenceTrainer(Trainer):
         if adv is not None:  # real and fake through the discriminator in two passes
             def two_pass(real: Tensor, real_cond: Any, fake: Tensor, fake_cond: Any,
                          generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-                from fewstep.distill.losses import d_loss
+                from fewstep.distill.parts.losses import d_loss
 
                 lr = adv.logits(real.detach(), real_cond, generator)
                 lf = adv.logits(fake.detach(), fake_cond, generator)
@@ -500,8 +500,8 @@ def demo_estimate(tr: Trainer, med: dict[str, float], s: Settings) -> dict[str, 
     evaluation of teacher_8, teacher_2 and student_2 on 2 000 samples), from measured parts:
     one cache shard extrapolated, iterations x the measured s/iteration (rescaled to batch 128
     when ``batch`` differs, linearly), and one timed evaluation."""
-    from fewstep.distill.teacher_cache import TeacherCache
-    from fewstep.evaluation import evaluate_samplers
+    from fewstep.distill.engine.teacher_cache import TeacherCache
+    from fewstep.evaluation.evaluate import evaluate_samplers
 
     demo = load_yaml(preset_path("demo"))
     n_cache, iters = demo["cache"]["size"], demo["train"]["iterations"]
@@ -553,11 +553,11 @@ def scaling_point(size: int, batch: int, iters: int, hidden: int = 128, depth: i
     """One Turbo++ iteration (discriminator update + generator update, teacher-feature
     discriminator, step-1 regression) of a tiny ResMLP on flattened ``1 x size x size``
     images, driven directly (synthetic batches; no data set of that size is embedded)."""
+    from fewstep.core.levels import student_sigmas
     from fewstep.data.problem import Problem
     from fewstep.distill.methods.base import Batch, DistillContext
     from fewstep.distill.methods.turbo_pp import TurboPP
     from fewstep.networks.registry import build_denoiser
-    from fewstep.schedules import student_sigmas
 
     torch.manual_seed(0)
     shape = (1, size, size)

@@ -1,5 +1,5 @@
 """``python -m fewstep ...`` (and ``torchrun ... -m fewstep ...``): the ``fewstep`` command."""
 
-from fewstep.cli import main
+from fewstep.app.cli import main
 
 main()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewstep.teacher import NetworkConfig, TeacherConfig, train_teacher
+from fewstep.teachers.training import NetworkConfig, TeacherConfig, train_teacher
+from fewstep.testing.tiny_pipelines import TINY_MAX_SEQ
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -45,13 +46,13 @@ def toy_distill(toy_teacher_path: Path, tmp_path: Path):
     """``run(method, K=2, **sections) -> {"init", "trained", "teacher"}``: train ``method``
     briefly through the :class:`~fewstep.distill.trainer.Trainer` on the checkerboard and return
     the SWD to held-out data of the student before / after training and of the teacher's naive
-    K-step Euler sampler, all from the same evaluation noise (``fewstep.evaluation``)."""
+    K-step Euler sampler, all from the same evaluation noise (``fewstep.evaluation.evaluate``)."""
     import copy
 
-    from fewstep.config import validate
     from fewstep.distill.config import DistillConfig
     from fewstep.distill.trainer import Trainer
-    from fewstep.evaluation import evaluate_samplers
+    from fewstep.evaluation.evaluate import evaluate_samplers
+    from fewstep.utils.config_files import validate
 
     def run(method: str, num_steps: int = 2, **sections: dict) -> dict[str, float]:
         data = {"method": method, "data": "checkerboard",
@@ -75,3 +76,31 @@ def toy_distill(toy_teacher_path: Path, tmp_path: Path):
         return out
 
     return run
+
+
+# ---------------------------------------------------------------- tiny Z-Image stack
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    from fewstep.testing import build_tiny_zimage_pipeline
+
+    return build_tiny_zimage_pipeline(seed=0)
+
+
+@pytest.fixture(scope="session")
+def zden(tiny_pipe):
+    from fewstep.teachers.diffusers.zimage import ZImageDenoiser
+
+    # frozen like a teacher; tests that train deep-copy it first
+    den = ZImageDenoiser.from_pipeline(tiny_pipe, max_sequence_length=TINY_MAX_SEQ)
+    return den.requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def prompt_cond(tiny_pipe):
+    from fewstep.core.conditioning import PromptEmbeds
+
+    with torch.no_grad():
+        pos, _ = tiny_pipe.encode_prompt(["a red cat", "a photo of a big blue dog"],
+                                         device="cpu", do_classifier_free_guidance=False,
+                                         max_sequence_length=TINY_MAX_SEQ)
+    return PromptEmbeds.from_list(pos)

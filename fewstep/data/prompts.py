@@ -4,8 +4,8 @@
 trainer uses: ``data_shape`` is the latent shape ``(C_lat, H / f, W / f)``, ``num_classes`` is
 0, :meth:`PromptProblem.sample_cond` returns prompt *ids* ``(n,)`` long (what the teacher-sample
 cache stores) and :meth:`PromptProblem.cond_map` turns ids into the teacher's conditioning, a
-:class:`~fewstep.conditioning.PromptEmbeds` read from a
-:class:`~fewstep.diffusers_adapters.prompts.PromptCache` (embeddings computed once; the empty
+:class:`~fewstep.core.conditioning.PromptEmbeds` read from a
+:class:`~fewstep.teachers.diffusers.prompt_cache.PromptCache` (embeddings computed once; the empty
 prompt, for CFG, is the denoiser's ``null_cond``).
 
 There is no image data set: :meth:`PromptProblem.split` raises (``gan.real: dataset`` is
@@ -32,7 +32,7 @@ class PromptProblem:
 
     Attributes:
         data_shape: one latent, ``(C_lat, H / f, W / f)``.
-        prompts: a :class:`~fewstep.diffusers_adapters.prompts.PromptCache` (``len``,
+        prompts: a :class:`~fewstep.teachers.diffusers.prompt_cache.PromptCache` (``len``,
             ``get(ids, device) -> PromptEmbeds``, ``prompts``).
         decode: optional ``latents (B, *data_shape) -> images (B, 3, H, W)`` in ``[-1, 1]``
             (the teacher's VAE), used for sample grids.

@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from fewstep.config import StrictModel, user_path, validate
 from fewstep.data.toy2d import TOY_NAMES
 from fewstep.errors import ConfigError
+from fewstep.utils.config_files import StrictModel, user_path, validate
 
 BUILTIN_DATA = ("digits", *TOY_NAMES)
 

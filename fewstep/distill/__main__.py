@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from fewstep.cli import run
+from fewstep.app.cli import run
 
 
 def main(argv: list[str] | None = None) -> int:

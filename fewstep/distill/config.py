@@ -8,7 +8,8 @@ sections the method reads, and registers it (:func:`register_config`, called by
 picks the registered class from ``data["method"]`` (default ``turbo_pp``); a section the method
 does not read is rejected with a one-line reason. Shared blocks that several methods include:
 :class:`GanSpec` (``gan:``) and :class:`DMSpec` (``dm:``, the fake score / distribution
-matching). Unknown keys and out-of-range values are rejected up front (see :mod:`fewstep.config`).
+matching). Unknown keys and out-of-range values are rejected up front (see
+:mod:`fewstep.utils.config_files`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from fewstep.config import Seed, StrictModel, user_path
 from fewstep.data.problem import PROBLEMS
 from fewstep.data.spec import canonical_data, is_builtin, missing_data_path
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import get_adapter
 from fewstep.teachers.spec import TeacherSpec
+from fewstep.utils.config_files import Seed, StrictModel, user_path
 
 #: ``data`` value of a latents + prompts run (any text-conditioned teacher)
 PROMPTS_DATA = "prompts"
@@ -150,7 +151,7 @@ class TrainSpec(StrictModel):
     device: str = "cpu"
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA (where supported), float32 elsewhere; "
-        "fp16 runs with a gradient scaler (see fewstep/distill/precision.py)")
+        "fp16 runs with a gradient scaler (see fewstep/distill/engine/precision.py)")
     gradient_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile the student's step modules (first "
                           "iterations are slow while it compiles; needs a C++ compiler on CPU)")

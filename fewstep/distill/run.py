@@ -17,13 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-from fewstep import validation
-from fewstep.config import apply_overrides, load_config, load_yaml, user_path, validate
+from fewstep.app import validation
 from fewstep.distill.config import DistillConfig, drop_foreign_sections
-from fewstep.distill.run_lock import RunLock
-from fewstep.distill.state import list_checkpoints
+from fewstep.distill.engine.state import list_checkpoints
 from fewstep.distill.trainer import Trainer, TrainingInterrupted
 from fewstep.errors import ConfigError
+from fewstep.utils.config_files import apply_overrides, load_config, load_yaml, user_path, validate
+from fewstep.utils.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 

@@ -3,11 +3,11 @@ batch through it.
 
 ``Trainer(cfg, run_dir).train()`` wires the pieces, each in its own module -- the teacher
 (:func:`fewstep.teachers.load_teacher`), the student and its EMA
-(:mod:`~fewstep.distill.student_factory`), the method (:mod:`fewstep.distill.methods`: losses,
+(:mod:`~fewstep.student.factory`), the method (:mod:`fewstep.distill.methods`: losses,
 :class:`~fewstep.distill.methods.base.DataNeeds` and ``UpdateSchedule``),
-batches (:mod:`~fewstep.distill.batches`), optimizers (:mod:`~fewstep.distill.optim`),
-checkpoints (:mod:`~fewstep.distill.checkpoints`), logs and samples
-(:mod:`~fewstep.distill.run_logs`) -- and runs, per generator update, the method's auxiliary
+batches (:mod:`~fewstep.distill.engine.batches`), optimizers (:mod:`~fewstep.distill.engine.optim`),
+checkpoints (:mod:`~fewstep.distill.engine.checkpoints`), logs and samples
+(:mod:`~fewstep.distill.engine.run_logs`) -- and runs, per generator update, the method's auxiliary
 updates, one student update, the EMA update, a ``losses.jsonl`` row, samples and checkpoints.
 
 Run directory: ``config.yaml``, ``checkpoints/``, ``tb/``, ``samples/``, ``losses.jsonl``,
@@ -17,9 +17,9 @@ NaN / Inf raises :class:`DivergenceError` naming step and term, or rolls back
 :class:`TrainingInterrupted` at the next step boundary. Multi-process (torchrun): the global
 batch is split over ranks, torch's DDP (wrapping each loss) averages gradients during backward
 (or FSDP2 shards the networks), only rank 0 writes (see ``docs/multi_gpu.md`` and
-:mod:`fewstep.distill.distributed`). Host syncs: loss terms and gradient norms stay on the
+:mod:`fewstep.distill.engine.distributed`). Host syncs: loss terms and gradient norms stay on the
 device and are read -- and checked for NaN / Inf -- every ``train.log_every`` steps and before
-each checkpoint (:mod:`fewstep.distill.precision`, which also holds autocast and fp16's
+each checkpoint (:mod:`fewstep.distill.engine.precision`, which also holds autocast and fp16's
 gradient scaler).
 """
 
@@ -39,25 +39,24 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from fewstep.config import dump_yaml
-from fewstep.denoiser import Denoiser
-from fewstep.distill.batches import BatchSource
-from fewstep.distill.checkpoints import (
+from fewstep.core.denoiser import Denoiser
+from fewstep.distill.config import DistillConfig
+from fewstep.distill.engine.batches import BatchSource
+from fewstep.distill.engine.checkpoints import (
     CheckpointManager,
     TrainState,
     checkpoint_generators,
     state_views,
 )
-from fewstep.distill.config import DistillConfig
-from fewstep.distill.distributed import DDPLoss, FullStateView, Snapshot, init_distributed
-from fewstep.distill.divergence import nonfinite_gradient
+from fewstep.distill.engine.distributed import DDPLoss, FullStateView, Snapshot, init_distributed
+from fewstep.distill.engine.divergence import nonfinite_gradient
+from fewstep.distill.engine.optim import Optimizers, grad_norm, params_of
+from fewstep.distill.engine.precision import DeferredLogs, Precision
+from fewstep.distill.engine.replicas import distribute
+from fewstep.distill.engine.run_logs import LossLog, ScalarWriter, write_samples
 from fewstep.distill.methods import Batch, DistillContext, DistillMethod, method_class
-from fewstep.distill.optim import Optimizers, grad_norm, params_of
-from fewstep.distill.precision import DeferredLogs, Precision
-from fewstep.distill.replicas import distribute
-from fewstep.distill.run_logs import LossLog, ScalarWriter, write_samples
-from fewstep.distill.student import Student, TrainableStateView
-from fewstep.distill.student_factory import (
+from fewstep.errors import ConfigError, DivergenceError
+from fewstep.student.factory import (
     build_student,
     compile_student,
     enable_gradient_checkpointing,
@@ -66,9 +65,10 @@ from fewstep.distill.student_factory import (
     save_student,
     student_file_config,
 )
-from fewstep.errors import ConfigError, DivergenceError
-from fewstep.io import atomic_write_text
+from fewstep.student.student import Student, TrainableStateView
 from fewstep.teachers import load_teacher
+from fewstep.utils.config_files import dump_yaml
+from fewstep.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

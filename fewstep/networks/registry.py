@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fewstep.denoiser import NetworkDenoiser
+from fewstep.core.denoiser import NetworkDenoiser
 from fewstep.networks.mlp import ResMLP
 from fewstep.networks.unet import UNet
 

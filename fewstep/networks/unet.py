@@ -108,7 +108,7 @@ class UNet(nn.Module):
 
     def set_gradient_checkpointing(self, enabled: bool = True, checkpoint_fn: Any = None) -> None:
         """Block-level gradient checkpointing of the UNet (``checkpoint_fn``: see
-        :meth:`fewstep.lora.PerStepLoRA.checkpoint_fn`; ``None``: diffusers' default)."""
+        :meth:`fewstep.student.lora.PerStepLoRA.checkpoint_fn`; ``None``: diffusers' default)."""
         if enabled:
             self.unet.enable_gradient_checkpointing(checkpoint_fn)
         else:

@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fewstep.diffusers_adapters.export import resolve_builder
-from fewstep.teacher import denoiser_from_config
+from fewstep.export.native import resolve_builder
 from fewstep.teachers import file as _file  # noqa: F401  (registers kind file)
-from fewstep.teachers import pipeline as _pipeline  # noqa: F401  (diffusers, zimage)
 from fewstep.teachers import unet_eps as _unet_eps  # noqa: F401  (unet_eps)
 from fewstep.teachers.base import (
     LoadedTeacher,
@@ -28,7 +26,9 @@ from fewstep.teachers.base import (
     teacher_kinds,
 )
 from fewstep.teachers.custom import CustomTeacher, allow_builder, custom_denoiser
+from fewstep.teachers.diffusers import adapter as _pipeline  # noqa: F401  (diffusers, zimage)
 from fewstep.teachers.spec import TeacherSpec
+from fewstep.teachers.training import denoiser_from_config
 
 if TYPE_CHECKING:
     from fewstep.distill.config import DistillConfig

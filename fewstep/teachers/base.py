@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from fewstep.denoiser import Denoiser
+from fewstep.core.denoiser import Denoiser
 from fewstep.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only (the config module imports this package)
@@ -44,7 +44,7 @@ class LoadedTeacher:
         identity: a string that changes with the weights (teacher-cache key, resume check).
         problem: sample shape, conditioning sampler and map (``Problem`` / ``PromptProblem``).
         pipeline: the diffusers pipeline (VAE, text encoder) or ``None``.
-        codec: a :class:`~fewstep.diffusers_adapters.latents.LatentCodec` or ``None`` (pixels).
+        codec: a :class:`~fewstep.teachers.diffusers.latents.LatentCodec` or ``None`` (pixels).
     """
 
     denoiser: Denoiser

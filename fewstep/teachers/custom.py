@@ -27,12 +27,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from fewstep.core.denoiser import NetworkDenoiser, Prediction, TimeInput
+from fewstep.core.levels import resolve_teacher_sigmas
 from fewstep.data.problem import PROBLEMS, Problem, get_problem
 from fewstep.data.prompts import PromptProblem
-from fewstep.denoiser import NetworkDenoiser, Prediction, TimeInput
-from fewstep.diffusers_adapters.prompts import PromptCache
 from fewstep.errors import ConfigError
-from fewstep.schedules import resolve_teacher_sigmas
 from fewstep.teachers.base import (
     LoadedTeacher,
     MetaTeacher,
@@ -42,6 +41,7 @@ from fewstep.teachers.base import (
     register,
     sampling_config,
 )
+from fewstep.teachers.diffusers.prompt_cache import PromptCache
 
 if TYPE_CHECKING:
     from fewstep.distill.config import DistillConfig
@@ -161,7 +161,7 @@ class CustomTeacherAdapter(TeacherAdapter):
                 raise ConfigError("teacher.builder: data: prompts needs CustomTeacher."
                                   "encode_prompts")
             assert cfg.teacher.prompts is not None
-            from fewstep.teachers.pipeline import check_prompt_file
+            from fewstep.teachers.diffusers.adapter import check_prompt_file
 
             check_prompt_file(cfg.teacher.prompts)
             fp = identity_of({"builder": cfg.teacher.builder}, den)

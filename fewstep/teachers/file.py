@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from fewstep.assets import teacher_path
+from fewstep.core.levels import resolve_teacher_sigmas
 from fewstep.data.problem import PROBLEMS, get_problem
 from fewstep.data.prompts import PROMPTS_NAME as PROMPTS_DATA
 from fewstep.errors import CheckpointError, ConfigError
-from fewstep.io import read_metadata
-from fewstep.schedules import resolve_teacher_sigmas
-from fewstep.teacher import denoiser_from_config, load_denoiser
 from fewstep.teachers.base import LoadedTeacher, MetaTeacher, TeacherAdapter, register
+from fewstep.teachers.training import denoiser_from_config, load_denoiser
+from fewstep.utils.files import read_metadata
 
 if TYPE_CHECKING:
     from fewstep.distill.config import DistillConfig

@@ -10,9 +10,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fewstep.config import StrictModel, user_path
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import get_adapter
+from fewstep.utils.config_files import StrictModel, user_path
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _BUILDER = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")

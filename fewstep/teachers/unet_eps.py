@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fewstep.core.levels import resolve_teacher_sigmas
 from fewstep.data.problem import Problem, get_problem
 from fewstep.data.prompts import PROMPTS_NAME as PROMPTS_DATA
 from fewstep.data.spec import is_builtin
-from fewstep.diffusers_adapters.unet_eps import VPEpsilonDenoiser
 from fewstep.errors import ConfigError
-from fewstep.schedules import resolve_teacher_sigmas
 from fewstep.teachers.base import (
     LoadedTeacher,
     MetaTeacher,
@@ -25,6 +24,7 @@ from fewstep.teachers.base import (
     sampling_config,
     torch_dtype,
 )
+from fewstep.teachers.diffusers.vp import VPEpsilonDenoiser
 from fewstep.teachers.safety import require_safetensors
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["TINY_TRANSFORMER_CONFIG", "build_tiny_flux_pipeline", "build_tiny_pixart_pipeline",
-           "build_tiny_sd_pipeline", "build_tiny_tokenizer", "build_tiny_zimage_pipeline",
-           "tiny_unet_config"]
+__all__ = ["TINY_MAX_SEQ", "TINY_TRANSFORMER_CONFIG", "build_tiny_flux_pipeline",
+           "build_tiny_pixart_pipeline", "build_tiny_sd_pipeline", "build_tiny_tokenizer",
+           "build_tiny_zimage_pipeline", "tiny_latents", "tiny_unet_config"]
 
 
 def __getattr__(name: str) -> Any:

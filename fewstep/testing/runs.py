@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fewstep.distill.state import list_checkpoints
+from fewstep.distill.engine.state import list_checkpoints
 
 #: the child: one torch thread, optional slow fsync of temp files, then fewstep.distill's main
 CHILD = """

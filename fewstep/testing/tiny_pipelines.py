@@ -34,7 +34,7 @@ from transformers import (
     T5EncoderModel,
 )
 
-from fewstep.diffusers_adapters.zimage import init_pad_tokens
+from fewstep.teachers.diffusers.zimage import init_pad_tokens
 
 #: Z-Image transformer size used by diffusers' own tests (~0.36 M parameters).
 TINY_TRANSFORMER_CONFIG: dict[str, Any] = {
@@ -214,3 +214,12 @@ def tiny_unet_config(sample_size: int = 8, in_channels: int = 3,
 __all__ = ["TINY_TRANSFORMER_CONFIG", "build_tiny_flux_pipeline", "build_tiny_pixart_pipeline",
            "build_tiny_sd_pipeline", "build_tiny_tokenizer", "build_tiny_zimage_pipeline",
            "tiny_unet_config"]
+
+
+#: max_sequence_length of the tiny text encoders in tests.
+TINY_MAX_SEQ = 64
+
+
+def tiny_latents(batch: int = 2, size: int = 8, seed: int = 0) -> torch.Tensor:
+    """Deterministic Z-Image-shaped latents ``(batch, 16, size, size)``."""
+    return torch.randn(batch, 16, size, size, generator=torch.Generator().manual_seed(seed))

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from fewstep.denoiser import NetworkDenoiser
-from fewstep.path import FlowPath
+from fewstep.core.denoiser import NetworkDenoiser
+from fewstep.core.path import FlowPath
 
 
 class Oracle(nn.Module):

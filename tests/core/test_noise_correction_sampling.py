@@ -7,21 +7,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewstep.data.problem import get_problem
-from fewstep.denoiser import Denoiser
-from fewstep.distill.student import Student
-from fewstep.errors import ConfigError
-from fewstep.evaluation import SamplerSpec, evaluate_samplers, parse_sampler, time_samplers
-from fewstep.metrics.toy import sliced_wasserstein
-from fewstep.noise_correction import (
+from fewstep.core.denoiser import Denoiser
+from fewstep.core.levels import student_sigmas, teacher_sigmas
+from fewstep.core.noise_correction import (
     corrected_student_step,
     default_noise_correction,
     is_zero_terminal_snr,
     noise_corrected,
 )
-from fewstep.samplers import euler_sample, student_sample
-from fewstep.schedules import student_sigmas, teacher_sigmas
-from fewstep.teacher import load_denoiser
+from fewstep.core.samplers import euler_sample, student_sample
+from fewstep.data.problem import get_problem
+from fewstep.errors import ConfigError
+from fewstep.evaluation.evaluate import SamplerSpec, evaluate_samplers, parse_sampler, time_samplers
+from fewstep.evaluation.toy_metrics import sliced_wasserstein
+from fewstep.student.student import Student
+from fewstep.teachers.training import load_denoiser
 
 
 def _noise(n: int = 2000, seed: int = 5) -> torch.Tensor:
@@ -39,7 +39,7 @@ def test_default_is_on_only_for_zero_terminal_snr_epsilon_models(toy_eps_teacher
 
 def test_vp_adapter_default_follows_the_terminal_snr():
     diffusers = pytest.importorskip("diffusers")
-    from fewstep.diffusers_adapters.unet_eps import VPEpsilonDenoiser
+    from fewstep.teachers.diffusers.vp import VPEpsilonDenoiser
     from fewstep.testing.tiny_pipelines import tiny_unet_config
 
     unet = diffusers.UNet2DModel.from_config(tiny_unet_config(8, 1))
@@ -171,9 +171,9 @@ def test_distilling_a_zero_snr_epsilon_teacher_is_refused_up_front(toy_eps_teach
                                                                    toy_teacher_path, tmp_path):
     """The recipes' first student step at sigma = 1 would be 0/0 (NaN at the first update,
     reported as divergence): a one-line error names the teacher and what to use instead."""
-    from fewstep.config import validate
     from fewstep.distill.config import DistillConfig
     from fewstep.distill.trainer import Trainer
+    from fewstep.utils.config_files import validate
 
     def cfg(teacher):
         return validate(DistillConfig, {

@@ -2,8 +2,8 @@
 
 import torch
 
-from fewstep.guidance import cfg_combine, w_from_zimage_scale, zimage_scale_from_w
-from fewstep.path import FlowPath, shift_sigma
+from fewstep.core.guidance import cfg_combine, w_from_zimage_scale, zimage_scale_from_w
+from fewstep.core.path import FlowPath, shift_sigma
 
 
 def _data():

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from fewstep.denoiser import NetworkDenoiser
-from fewstep.path import FlowPath
-from fewstep.samplers import euler_sample, sample, transition
-from fewstep.schedules import student_sigmas, teacher_sigmas
+from fewstep.core.denoiser import NetworkDenoiser
+from fewstep.core.levels import student_sigmas, teacher_sigmas
+from fewstep.core.path import FlowPath
+from fewstep.core.samplers import euler_sample, sample, transition
 
 
 def test_zimage_turbo_schedule():

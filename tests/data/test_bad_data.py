@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fewstep.cli import app
+from fewstep.app.cli import app
 from fewstep.data.images import load_image_data
 from fewstep.errors import ConfigError
 from tests.data.conftest import write_images

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from fewstep.cli import app
+from fewstep.app.cli import app
 
 
 def test_demo_on_own_images(tmp_path: Path) -> None:

@@ -11,12 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fewstep.config import validate
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.trainer import Trainer
 from fewstep.networks.registry import CheckpointableDenoiser
 from fewstep.networks.unet import UNet
-from fewstep.teacher import (
+from fewstep.teachers.training import (
     NetworkConfig,
     TeacherConfig,
     auto_network_type,
@@ -24,6 +23,7 @@ from fewstep.teacher import (
     teacher_preset_for,
     train_teacher,
 )
+from fewstep.utils.config_files import validate
 
 
 def _blobs(folder: Path, n: int = 24, size: int = 16) -> Path:

@@ -13,16 +13,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewstep.conditioning import PromptEmbeds
-from fewstep.config import validate
+from fewstep.core.conditioning import PromptEmbeds
 from fewstep.data.problem import get_problem
-from fewstep.diffusers_adapters.zimage import ZImageDenoiser
+from fewstep.distill.engine.precision import DeferredLogs
 from fewstep.distill.methods.base import Batch, DistillContext
 from fewstep.distill.methods.registry import config_class, method_class, method_names
-from fewstep.distill.precision import DeferredLogs
-from fewstep.distill.student import Student
 from fewstep.networks.registry import build_denoiser
+from fewstep.student.student import Student
+from fewstep.teachers.diffusers.zimage import ZImageDenoiser
 from fewstep.testing import build_tiny_zimage_pipeline
+from fewstep.utils.config_files import validate
 
 META = torch.device("meta")
 

@@ -3,16 +3,16 @@ recipe through the one Trainer, and a short run on the 2-D toy."""
 
 import pytest
 import torch
-from distill_helpers import toy_batch, toy_config, toy_context, toy_denoiser
 
-from fewstep.config import validate
-from fewstep.distill import student as student_mod
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.methods import config_class, method_names
 from fewstep.distill.methods.base import DistillContext
 from fewstep.distill.methods.dmd2 import DMD2
-from fewstep.distill.student import backward_simulate
 from fewstep.distill.trainer import Trainer
+from fewstep.student import student as student_mod
+from fewstep.student.student import backward_simulate
+from fewstep.testing.toys import toy_batch, toy_config, toy_context, toy_denoiser
+from fewstep.utils.config_files import validate
 
 
 def _ctx(**sections) -> DistillContext:

@@ -3,21 +3,21 @@ noise correction for epsilon-prediction teachers, and a short run on the 2-D toy
 
 import pytest
 import torch
-from distill_helpers import toy_config, toy_context, toy_denoiser
 
+from fewstep.core.denoiser import Denoiser
+from fewstep.core.levels import teacher_sigmas
+from fewstep.core.noise_correction import NoiseCorrected, noise_corrected
+from fewstep.core.path import FlowPath
+from fewstep.core.samplers import euler_sample
 from fewstep.data.problem import get_problem
-from fewstep.denoiser import Denoiser
-from fewstep.distill import student as student_mod
 from fewstep.distill.methods.base import Batch
 from fewstep.distill.methods.imagine_flash import ImagineFlash
-from fewstep.distill.student import unroll_to_step
-from fewstep.metrics.toy import sliced_wasserstein
+from fewstep.evaluation.toy_metrics import sliced_wasserstein
 from fewstep.networks.registry import build_denoiser
-from fewstep.noise_correction import NoiseCorrected, noise_corrected
-from fewstep.path import FlowPath
-from fewstep.samplers import euler_sample
-from fewstep.schedules import teacher_sigmas
-from fewstep.teacher import load_denoiser
+from fewstep.student import student as student_mod
+from fewstep.student.student import unroll_to_step
+from fewstep.teachers.training import load_denoiser
+from fewstep.testing.toys import toy_config, toy_context, toy_denoiser
 
 
 class Recorder(Denoiser):
@@ -97,7 +97,7 @@ def test_noise_correction_cancels_a_sigma_constant_epsilon_bias():
             sig = t[:, None]
             return (x - (1 - sig) * post_mean(x, sig)) / sig + b
 
-    from fewstep.denoiser import NetworkDenoiser
+    from fewstep.core.denoiser import NetworkDenoiser
 
     den = NetworkDenoiser(BiasedEps(), prediction="epsilon")
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))

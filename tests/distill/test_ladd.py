@@ -4,14 +4,14 @@ gradient), its declarations, and a short run on the 2-D toy."""
 import pytest
 import torch
 import torch.nn.functional as F
-from distill_helpers import toy_batch, toy_config, toy_context, toy_denoiser
 
-from fewstep.config import validate
+from fewstep.app.plan import graph_forwards
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.methods.base import Batch, DistillContext
 from fewstep.distill.methods.ladd import LADD
 from fewstep.errors import ConfigError
-from fewstep.plan import graph_forwards
+from fewstep.testing.toys import toy_batch, toy_config, toy_context, toy_denoiser
+from fewstep.utils.config_files import validate
 
 
 def _ctx(parameterization: str = "shared", **sections) -> DistillContext:

@@ -3,7 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from fewstep.distill.losses import (
+from fewstep.core.path import FlowPath
+from fewstep.distill.parts.losses import (
     d_loss,
     denoising_loss,
     dmd_gradient,
@@ -11,7 +12,6 @@ from fewstep.distill.losses import (
     g_loss,
     sid_loss,
 )
-from fewstep.path import FlowPath
 
 
 def _fixed(seed: int, *shape: int) -> torch.Tensor:

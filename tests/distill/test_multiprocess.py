@@ -20,9 +20,9 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from fewstep.config import validate
 from fewstep.distill.config import DistillConfig
-from fewstep.teacher import NetworkConfig, TeacherConfig, train_teacher
+from fewstep.teachers.training import NetworkConfig, TeacherConfig, train_teacher
+from fewstep.utils.config_files import validate
 
 ITERS = 4
 #: student parameterizations run on the tiny Z-Image teacher (ddp and fsdp each)
@@ -84,7 +84,7 @@ def _train(data: dict[str, Any], run_dir: Path, resume: bool = False) -> Any:
 
 
 def _full_state(tr: Any) -> dict[str, torch.Tensor]:
-    from fewstep.distill.distributed import FullStateView, full_tensor
+    from fewstep.distill.engine.distributed import FullStateView, full_tensor
 
     out = {}
     for name, m in (("student", tr.student), ("ema", tr.ema), ("method", tr.method)):

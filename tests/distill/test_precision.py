@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fewstep.distill.precision import (
+from fewstep.distill.engine.precision import (
     DeferredLogs,
     Precision,
     grad_norm,

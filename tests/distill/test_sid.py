@@ -3,13 +3,13 @@ the diffusion-GAN head with warm-up, and a short run on the 2-D toy."""
 
 import pytest
 import torch
-from distill_helpers import toy_config, toy_context, toy_denoiser
 
+from fewstep.core.denoiser import Denoiser
 from fewstep.data.problem import Problem
-from fewstep.denoiser import Denoiser
-from fewstep.distill.losses import sid_loss
 from fewstep.distill.methods.base import Batch, DistillContext
 from fewstep.distill.methods.sid import SiD
+from fewstep.distill.parts.losses import sid_loss
+from fewstep.testing.toys import toy_config, toy_context, toy_denoiser
 
 NULL = 3  # null class of the 3-class toy network
 
@@ -89,8 +89,8 @@ def test_generator_loss_is_weighted_sid_loss_on_a_random_step():
     loss, logs = m.generator_loss(b, 0)
     # replay the same randomness by hand
     ctx.generator.set_state(g0)
-    from fewstep.distill.student import backward_simulate
-    from fewstep.path import FlowPath
+    from fewstep.core.path import FlowPath
+    from fewstep.student.student import backward_simulate
     _, _, _, x_g = backward_simulate(ctx.student, b.noise, b.cond, ctx.generator)
     sigma = m.loss_sigma(8)
     x_t = FlowPath.add_noise(x_g, ctx.randn_like(x_g), sigma)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from fewstep.conditioning import PromptEmbeds
-from fewstep.denoiser import Denoiser
-from fewstep.distill.teacher_cache import CacheReader, TeacherCache
-from fewstep.io import load_tensors, mmap_safetensors
+from fewstep.core.conditioning import PromptEmbeds
+from fewstep.core.denoiser import Denoiser
+from fewstep.distill.engine.teacher_cache import CacheReader, TeacherCache
+from fewstep.utils.files import load_tensors, mmap_safetensors
 
 
 class _Toy(Denoiser):

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import torch
 
-from fewstep.config import validate
 from fewstep.distill.config import DistillConfig
+from fewstep.distill.engine.state import list_checkpoints
 from fewstep.distill.methods import config_class, method_names
-from fewstep.distill.state import list_checkpoints
 from fewstep.distill.trainer import Trainer
 from fewstep.errors import ConfigError, DivergenceError
+from fewstep.utils.config_files import validate
 
 
 def _cfg(teacher: Path, tmp_path: Path, **train: Any) -> DistillConfig:

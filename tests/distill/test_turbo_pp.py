@@ -3,12 +3,12 @@
 
 import pytest
 import torch
-from distill_helpers import toy_batch, toy_config, toy_context, toy_denoiser
 
-from fewstep.config import validate
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.trainer import Trainer
-from fewstep.evaluation import evaluate_samplers
+from fewstep.evaluation.evaluate import evaluate_samplers
+from fewstep.testing.toys import toy_batch, toy_config, toy_context, toy_denoiser
+from fewstep.utils.config_files import validate
 
 
 def _cfg(teacher, tmp_path, **over):
@@ -43,8 +43,8 @@ def test_real_batch_is_teacher_samples_unless_switched(toy_teacher_path, tmp_pat
 
 
 def test_teacher_traj_target_is_teacher_estimate_from_same_noise(toy_teacher_path, tmp_path):
-    from fewstep.samplers import euler_sample
-    from fewstep.schedules import teacher_sigmas
+    from fewstep.core.levels import teacher_sigmas
+    from fewstep.core.samplers import euler_sample
 
     tr = Trainer(_cfg(toy_teacher_path, tmp_path), tmp_path / "a", progress=False)
     tr.prepare_data()
@@ -93,8 +93,8 @@ def _unit_batch(n: int = 8):
 
 
 def test_step1_dm_uses_a_fake_score_per_output(monkeypatch):
-    from fewstep.distill.fake_score import FakeScore
     from fewstep.distill.methods.turbo_pp import TurboPP
+    from fewstep.distill.parts.fake_score import FakeScore
 
     seen: list[tuple[int, int]] = []  # (id of the fake score network, rows it trains on)
     orig = FakeScore.loss

@@ -11,15 +11,15 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from benchmarks.export_roundtrip import MAX_SEQ, PROMPTS, run_snippets, tiny_zimage_pipeline
-from fewstep.cli import app
-from fewstep.config import load_config
-from fewstep.diffusers_adapters.latents import decode
-from fewstep.diffusers_adapters.model_card import snippet_from_card
-from fewstep.diffusers_adapters.prompts import pipeline_encode_fn
-from fewstep.diffusers_adapters.zimage import PromptEmbeds
+from fewstep.app.cli import app
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.trainer import Trainer
+from fewstep.export.model_card import snippet_from_card
 from fewstep.presets import preset_path
+from fewstep.teachers.diffusers.latents import decode
+from fewstep.teachers.diffusers.prompt_cache import pipeline_encode_fn
+from fewstep.teachers.diffusers.zimage import PromptEmbeds
+from fewstep.utils.config_files import load_config
 
 
 def test_cli_export_of_a_bf16_run_loads_without_fewstep(tmp_path: Path):

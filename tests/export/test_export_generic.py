@@ -26,21 +26,21 @@ from benchmarks.export_roundtrip import (
     save_teacher,
     student_inputs,
 )
-from fewstep.cli import app
-from fewstep.conditioning import PromptEmbeds
-from fewstep.diffusers_adapters.latents import decode
-from fewstep.diffusers_adapters.student_pipeline import (
+from fewstep.app.cli import app
+from fewstep.core.conditioning import PromptEmbeds
+from fewstep.export.diffusers_export import (
     StudentPipeline,
     export_family,
     export_student,
 )
+from fewstep.teachers.diffusers.latents import decode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "teachers"))
 from teachers_helpers import diffusers_cfg
 from test_custom_and_errors import custom_cfg
 
-from fewstep.diffusers_adapters.prompts import pipeline_encode_fn
 from fewstep.distill.trainer import Trainer
+from fewstep.teachers.diffusers.prompt_cache import pipeline_encode_fn
 
 PIPELINES = {"sd": "StableDiffusionPipeline", "pixart": "PixArtSigmaPipeline",
              "flux": "FluxPipeline"}

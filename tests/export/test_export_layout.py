@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from benchmarks.export_roundtrip import Case, build_student, load_teacher, save_teacher
-from fewstep.diffusers_adapters.student_pipeline import (
+from fewstep.export.diffusers_export import (
     StudentPipeline,
     export_student,
     normalise_components,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rel_helpers import one_thread
 
-from fewstep.teacher import NetworkConfig, TeacherConfig, train_teacher
+from fewstep.teachers.training import NetworkConfig, TeacherConfig, train_teacher
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from fewstep.distill.config import DistillConfig
-from fewstep.io import load_tensors
+from fewstep.utils.files import load_tensors
 
 #: run ``python -m fewstep.distill`` with one torch thread (the machine's cores are shared)
 SUBPROCESS_MAIN = ("import sys, torch; torch.set_num_threads(1); "

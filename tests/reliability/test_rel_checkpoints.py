@@ -17,10 +17,10 @@ from rel_helpers import (
 )
 
 from fewstep.distill.config import DistillConfig
-from fewstep.distill.state import latest_good_checkpoint, list_checkpoints
+from fewstep.distill.engine.state import latest_good_checkpoint, list_checkpoints
 from fewstep.distill.trainer import Trainer
 from fewstep.errors import CheckpointError, ConfigError
-from fewstep.io import load_tensors, save_tensors
+from fewstep.utils.files import load_tensors, save_tensors
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_checkpoints_kept_and_complete(run_copy: tuple[Path, DistillConfig, Path
     assert {"student", "ema", "method", "opt.g", "opt.aux", "rng"} <= prefixes
     assert "rng/gen/data" in t and "rng/numpy" in t and "rng/torch" in t
     assert cfg["train"]["iterations"] == 8
-    from fewstep.io import read_metadata
+    from fewstep.utils.files import read_metadata
 
     meta = read_metadata(_ckpt(run, 8))
     assert json.loads(meta["counters"])["step"] == 8

@@ -1,6 +1,6 @@
 """Every command answers bad input with one line and exit code 2, refused writes with 3.
 
-In-process through :func:`fewstep.cli.run` (what ``fewstep`` runs); the full matrix over real
+In-process through :func:`fewstep.app.cli.run` (what ``fewstep`` runs); the full matrix over real
 processes is ``python -m benchmarks.bad_inputs``.
 """
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fewstep.app.cli import run
 from fewstep.assets import teacher_path
-from fewstep.cli import run
 from fewstep.testing.faults import disk_full, refuse_writes
 
 

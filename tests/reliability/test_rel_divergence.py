@@ -11,10 +11,10 @@ import pytest
 import torch
 from rel_helpers import tiny_distill_config
 
-from fewstep.distill.state import first_non_finite, list_checkpoints, load_train_state
+from fewstep.distill.engine.state import first_non_finite, list_checkpoints, load_train_state
 from fewstep.distill.trainer import Trainer
 from fewstep.errors import DivergenceError
-from fewstep.io import load_tensors, read_metadata
+from fewstep.utils.files import load_tensors, read_metadata
 
 
 def _trainer(teacher: Path, cache: Path, run: Path, **train: Any) -> Trainer:

@@ -1,4 +1,4 @@
-"""Up-front input checks (:mod:`fewstep.validation`, config reading): one line naming the
+"""Up-front input checks (:mod:`fewstep.app.validation`, config reading): one line naming the
 field or path and the reason."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewstep import validation as v
-from fewstep.config import load_config, load_yaml
+from fewstep.app import validation as v
 from fewstep.errors import CheckpointError, ConfigError
-from fewstep.io import read_metadata
-from fewstep.teacher import TeacherConfig
+from fewstep.teachers.training import TeacherConfig
+from fewstep.utils.config_files import load_config, load_yaml
+from fewstep.utils.files import read_metadata
 
 
 @pytest.mark.parametrize(("content", "expect"), [
@@ -118,8 +118,8 @@ def test_teacher_student_and_data_must_fit() -> None:
 
 
 def test_gan_layers_out_of_range_are_refused_not_wrapped() -> None:
-    from fewstep.distill.discriminator import TeacherFeatureDiscriminator
-    from fewstep.teacher import denoiser_from_config
+    from fewstep.distill.parts.discriminator import TeacherFeatureDiscriminator
+    from fewstep.teachers.training import denoiser_from_config
 
     net = {"type": "resmlp", "data_shape": [2], "hidden": 16, "depth": 2, "emb": 8,
            "num_classes": 0}

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from rel_helpers import assert_same_tensors, tiny_config
 
-from fewstep.distill.state import list_checkpoints
+from fewstep.distill.engine.state import list_checkpoints
 from fewstep.testing.runs import (
     finish,
     kill,

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from fewstep.distill.run_lock import LOCK_NAME, RunLock
 from fewstep.errors import RunLockedError
+from fewstep.utils.run_lock import LOCK_NAME, RunLock
 
 HOLD = """
 import sys, time
-from fewstep.distill.run_lock import RunLock
+from fewstep.utils.run_lock import RunLock
 lock = RunLock(sys.argv[1], enabled=True)
 lock.acquire()
 print("locked", flush=True)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from rel_helpers import flip_byte, truncate
 
-from fewstep.distill.run_lock import folder_lock
-from fewstep.distill.teacher_cache import TeacherCache
+from fewstep.distill.engine.teacher_cache import TeacherCache
 from fewstep.errors import CheckpointError
-from fewstep.io import load_tensors, save_tensors
 from fewstep.networks.registry import build_denoiser
-from fewstep.teacher import load_denoiser
+from fewstep.teachers.training import load_denoiser
+from fewstep.utils.files import load_tensors, save_tensors
+from fewstep.utils.run_lock import folder_lock
 
 
 def _cache(teacher: Path, root: Path, **kw) -> TeacherCache:

@@ -15,13 +15,13 @@ import torch
 from rel_helpers import SUBPROCESS_MAIN, subprocess_env
 from typer.testing import CliRunner
 
-from fewstep.cli import app
-from fewstep.config import validate
+from fewstep.app.cli import app
 from fewstep.distill.__main__ import main as distill_main
 from fewstep.distill.config import DistillConfig
 from fewstep.errors import ConfigError
-from fewstep.io import save_tensors
-from fewstep.teacher import denoiser_from_config, save_denoiser
+from fewstep.teachers.training import denoiser_from_config, save_denoiser
+from fewstep.utils.config_files import validate
+from fewstep.utils.files import save_tensors
 
 # (case id, extra overrides, text the one-line error must contain)
 DISTILL_CASES: list[tuple[str, list[str], str]] = [
@@ -159,8 +159,8 @@ def test_absurd_lr_diverges_with_a_one_line_error(base_args: list[str], tmp_path
                                                  "train.iterations=20", "train.ckpt_every=1"]))
     assert "loss term" in line and "at step" in line, line
     # whatever was checkpointed before the NaN is finite (a NaN state is never written)
-    from fewstep.distill.state import first_non_finite, list_checkpoints
-    from fewstep.io import load_tensors
+    from fewstep.distill.engine.state import first_non_finite, list_checkpoints
+    from fewstep.utils.files import load_tensors
 
     for p in list_checkpoints(tmp_path / "run" / "checkpoints"):
         assert first_non_finite(load_tensors(p)[0]) is None
@@ -209,7 +209,7 @@ def test_real_processes_print_one_line_and_exit_2(tmp_path: Path) -> None:
     for cmd, expect in [
         ([sys.executable, "-c", SUBPROCESS_MAIN, "--out", str(tmp_path / "r"),
           "student.num_steps=0"], "student.num_steps"),
-        ([sys.executable, "-m", "fewstep.cli", "teacher", "train", "--out",
+        ([sys.executable, "-m", "fewstep", "teacher", "train", "--out",
           str(tmp_path / "t.safetensors"), "steps=-3"], "steps"),
     ]:
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -224,7 +224,7 @@ def test_at_least_twenty_malformed_inputs_are_covered() -> None:
 
 
 def test_the_write_probe_leaves_no_folder_behind(tmp_path: Path) -> None:
-    from fewstep.validation import writable
+    from fewstep.app.validation import writable
 
     (tmp_path / "kept").mkdir()
     writable(tmp_path / "kept" / "a" / "b" / "out.safetensors")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from fewstep.errors import EXIT_WRITE_ERROR, WriteError, error_exit
-from fewstep.io import atomic_write_bytes, load_tensors, save_tensors
 from fewstep.testing.faults import disk_full, refuse_writes
+from fewstep.utils.files import atomic_write_bytes, load_tensors, save_tensors
 
 
 def _no_temp_files(folder: Path) -> None:
@@ -61,7 +61,7 @@ def test_kernel_refuses_sys(tmp_path: Path) -> None:
 
 
 def test_checkpoint_write_on_full_disk_keeps_earlier_checkpoints(tmp_path: Path) -> None:
-    from fewstep.distill.state import list_checkpoints, save_train_state
+    from fewstep.distill.engine.state import list_checkpoints, save_train_state
 
     ckpts = tmp_path / "checkpoints"
     net = torch.nn.Linear(2, 2)

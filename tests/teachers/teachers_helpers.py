@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fewstep.config import validate
 from fewstep.distill.config import DistillConfig, drop_foreign_sections
 from fewstep.teachers import CustomTeacher
+from fewstep.utils.config_files import validate
 
 PROMPTS = ["a red cat", "the green tree", "a photo of a big blue dog"]
 

@@ -1,11 +1,11 @@
-"""fewstep.conditioning: cat / index / move / where for labels and PromptEmbeds (with pooled)."""
+"""fewstep.core.conditioning: cat, index, move and where for labels and PromptEmbeds (pooled)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fewstep.conditioning import PromptEmbeds, cat_cond, cond_to, index_cond, where_cond
+from fewstep.core.conditioning import PromptEmbeds, cat_cond, cond_to, index_cond, where_cond
 
 
 def _pe(lengths: list[int], pooled: bool = True, seed: int = 0) -> PromptEmbeds:

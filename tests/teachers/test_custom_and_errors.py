@@ -13,11 +13,11 @@ import pytest
 import torch
 from teachers_helpers import FAMILY_SPECS, diffusers_cfg
 
-from fewstep.config import validate
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.trainer import Trainer, load_student
 from fewstep.errors import ConfigError
 from fewstep.teachers import load_teacher, teacher_kinds
+from fewstep.utils.config_files import validate
 
 
 def custom_cfg(tmp_path: Path, builder: str = "teachers_helpers:build", **sections: object
@@ -68,10 +68,10 @@ def test_custom_builder_not_named_by_the_config_is_refused(tmp_path):
 def test_sample_and_eval_take_a_custom_teachers_student_with_allow_builder(tmp_path):
     from typer.testing import CliRunner
 
-    from fewstep.cli import app
-    from fewstep.evaluation import eval_noise, parse_sampler, run_sampler
-    from fewstep.io import load_tensors
+    from fewstep.app.cli import app
+    from fewstep.evaluation.evaluate import eval_noise, parse_sampler, run_sampler
     from fewstep.teachers import custom
+    from fewstep.utils.files import load_tensors
 
     tr = Trainer(custom_cfg(tmp_path, train={"iterations": 1, "batch_size": 4}),
                  tmp_path / "run", progress=False)
@@ -113,7 +113,7 @@ def test_bad_builder_on_the_command_line_is_one_line_exit_2(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("method: regression\ndata: digits\nteacher:\n  kind: custom\n"
                    "  builder: no_such_module_xyz:build\n")
-    r = subprocess.run([sys.executable, "-m", "fewstep.cli", "distill", "--config", str(cfg),
+    r = subprocess.run([sys.executable, "-m", "fewstep", "distill", "--config", str(cfg),
                         "--out", str(tmp_path / "out")], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 2, (r.stdout, r.stderr)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from teachers_helpers import FAMILY_SPECS, diffusers_cfg
 
-from fewstep.plan import build_plan
+from fewstep.app.plan import build_plan
 from fewstep.teachers import load_teacher, meta_teacher
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from teachers_helpers import FAMILY_SPECS, PROMPTS, diffusers_cfg
 
-from fewstep.diffusers_adapters.families import pack_2x2, unpack_2x2
-from fewstep.samplers import euler_sample
+from fewstep.core.samplers import euler_sample
 from fewstep.teachers import load_teacher
+from fewstep.teachers.diffusers.families import pack_2x2, unpack_2x2
 
 STEPS, G = 4, 3.0
 

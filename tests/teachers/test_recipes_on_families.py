@@ -1,5 +1,5 @@
 """One training iteration of every recipe on each tiny ``teacher.kind: diffusers`` family
-(Z-Image runs the same way through ``kind: zimage`` in tests/diffusers_adapters)."""
+(Z-Image runs the same way through ``kind: zimage`` in tests/teachers/diffusers)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fewstep.schedules import student_sigmas_from_levels
+from fewstep.core.levels import student_sigmas_from_levels
 
 
 def test_student_levels_follow_the_teacher_levels():

@@ -30,12 +30,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from fewstep.conditioning import cat_cond, where_cond
+from fewstep.core.conditioning import cat_cond, where_cond
+from fewstep.core.denoiser import Denoiser
 from fewstep.data.problem import Problem
-from fewstep.denoiser import Denoiser
 from fewstep.distill.config import DistillConfig, RealSource
-from fewstep.distill.fake_score import FakeScore, fake_score_groups
-from fewstep.distill.student import Student
+from fewstep.distill.parts.fake_score import FakeScore, fake_score_groups
+from fewstep.student.student import Student
 
 Logs = dict[str, Tensor]
 
@@ -203,7 +203,7 @@ class FakeScoreMethod(DistillMethod):
     * data: real samples from the ``gan`` block (``gan.real`` / ``gan.real_source``) when
       ``use_gan``, else noise and condition only;
     * schedule: the fake denoiser at ``dm.fake_lr`` and its head at ``gan.lr``
-      (:func:`~fewstep.distill.fake_score.fake_score_groups`), updated ``train.aux_ratio``
+      (:func:`~fewstep.distill.parts.fake_score.fake_score_groups`), updated ``train.aux_ratio``
       times per generator update, clipped at ``train.aux_grad_clip``.
     """
 

@@ -27,13 +27,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from fewstep.distill.builders import build_fake_score, build_matching
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
-from fewstep.distill.fake_score import FakeScore
-from fewstep.distill.losses import d_loss, g_loss
 from fewstep.distill.methods.base import Batch, DistillContext, FakeScoreMethod, Logs
 from fewstep.distill.methods.registry import register
-from fewstep.distill.student import backward_simulate
+from fewstep.distill.parts.builders import build_fake_score, build_matching
+from fewstep.distill.parts.fake_score import FakeScore
+from fewstep.distill.parts.losses import d_loss, g_loss
+from fewstep.student.student import backward_simulate
 
 
 class DMD2Config(DistillConfig):

@@ -22,7 +22,7 @@ METHODS' default is N = 1.
 ``w = imagine_flash.cfg_scale`` (null: the teacher's own). ``beta`` rises with the step's level:
 at high noise the target keeps the student's layout (large tau re-generates it), at low noise it
 only adds detail. No auxiliary network. Noise correction for epsilon-prediction teachers is an
-inference option: :mod:`fewstep.noise_correction`.
+inference option: :mod:`fewstep.core.noise_correction`.
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from fewstep.config import StrictModel
+from fewstep.core.noise_correction import noise_corrected
+from fewstep.core.path import FlowPath
+from fewstep.core.samplers import transition
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.methods.base import Batch, DistillContext, DistillMethod, Logs
 from fewstep.distill.methods.registry import register
-from fewstep.distill.student import backward_simulate
-from fewstep.noise_correction import noise_corrected
-from fewstep.path import FlowPath
-from fewstep.samplers import transition
+from fewstep.student.student import backward_simulate
+from fewstep.utils.config_files import StrictModel
 
 
 def power_beta(tau_min: float, tau_max: float, power: float = 1.0) -> Callable[[Tensor], Tensor]:

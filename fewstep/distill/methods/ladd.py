@@ -37,10 +37,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from fewstep.config import StrictModel
-from fewstep.distill.builders import build_discriminator
+from fewstep.core.path import FlowPath, logit_normal_sigma
 from fewstep.distill.config import DistillConfig, GanSpec, StudentSpec
-from fewstep.distill.losses import d_loss, g_loss
 from fewstep.distill.methods.base import (
     Batch,
     DataNeeds,
@@ -50,8 +48,10 @@ from fewstep.distill.methods.base import (
     UpdateSchedule,
 )
 from fewstep.distill.methods.registry import register
-from fewstep.distill.student import random_step
-from fewstep.path import FlowPath, logit_normal_sigma
+from fewstep.distill.parts.builders import build_discriminator
+from fewstep.distill.parts.losses import d_loss, g_loss
+from fewstep.student.student import random_step
+from fewstep.utils.config_files import StrictModel
 
 
 class LADDSpec(StrictModel):

@@ -47,14 +47,14 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from fewstep.config import StrictModel
-from fewstep.distill.builders import build_fake_score
+from fewstep.core.path import FlowPath, logit_normal_sigma
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
-from fewstep.distill.losses import d_loss, g_loss, sid_loss
 from fewstep.distill.methods.base import Batch, DistillContext, FakeScoreMethod, Logs
 from fewstep.distill.methods.registry import register
-from fewstep.distill.student import backward_simulate
-from fewstep.path import FlowPath, logit_normal_sigma
+from fewstep.distill.parts.builders import build_fake_score
+from fewstep.distill.parts.losses import d_loss, g_loss, sid_loss
+from fewstep.student.student import backward_simulate
+from fewstep.utils.config_files import StrictModel
 
 FAKE_COND_DROPOUT = 0.1
 

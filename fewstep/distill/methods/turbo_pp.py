@@ -43,8 +43,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from fewstep.config import StrictModel
-from fewstep.distill.builders import build_adversary, build_matching
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
 from fewstep.distill.methods.base import (
     Batch,
@@ -56,6 +54,8 @@ from fewstep.distill.methods.base import (
     cat_cond,
 )
 from fewstep.distill.methods.registry import register
+from fewstep.distill.parts.builders import build_adversary, build_matching
+from fewstep.utils.config_files import StrictModel
 
 
 class Step1Spec(StrictModel):

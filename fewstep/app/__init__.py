@@ -1,0 +1,1 @@
+"""The application: the command line, up-front input validation, demo, plan and report."""

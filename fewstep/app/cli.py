@@ -1,0 +1,480 @@
+"""The ``fewstep`` command line (typer): the one entry point.
+
+``fewstep ...``, ``python -m fewstep ...``, ``torchrun ... -m fewstep ...`` and
+``python -m fewstep.distill ...`` (= ``fewstep distill ...``) all go through :func:`run`, which
+configures logging (info messages such as "resumed from ..." go to stderr) and turns every user
+error -- bad options included -- into one line on stderr and exit code 2, and a write the
+operating system refused into one line and exit code 3 (see :mod:`fewstep.errors`). Each
+command validates its options first (:mod:`fewstep.app.validation`). ``key=value`` overrides may
+stand anywhere on the line, before or after options.
+
+Subcommands: ``teacher train``, ``classifier train``, ``sample``, ``eval``, ``distill``,
+``demo``, ``plan``, ``export``. ``fewstep COMMAND --help`` documents each.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from fewstep.app import validation
+from fewstep.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, error_exit
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill diffusion / flow-matching generators into few-step generators.")
+teacher_app = typer.Typer(no_args_is_help=True, help="Train the embedded teachers.")
+classifier_app = typer.Typer(no_args_is_help=True,
+                             help="Train a feature network (digits, or your own labels).")
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(classifier_app, name="classifier")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def configure_logging(quiet: bool = False) -> None:
+    """Messages of the ``fewstep`` loggers on stderr: info and up (warnings with ``quiet``)."""
+    logger = logging.getLogger("fewstep")
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not any(getattr(h, "_fewstep", False) for h in logger.handlers):
+        h = logging.StreamHandler()  # stderr, looked up at emit time (works under capture)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        h._fewstep = True  # type: ignore[attr-defined]
+        logger.addHandler(h)
+
+
+@app.callback()
+def _root() -> None:
+    """Distill diffusion / flow-matching generators into few-step generators."""
+    configure_logging()
+
+
+def user_errors(fn: F) -> F:
+    """Turn user errors into one line on stderr and their exit code (:func:`error_exit`):
+    :class:`~fewstep.errors.FewstepError` 2 (:class:`~fewstep.errors.WriteError` 3), an
+    :class:`OSError` of a write 3."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            mapped = error_exit(e)
+            if mapped is None:
+                raise
+            typer.echo(mapped[1], err=True)
+            raise typer.Exit(mapped[0]) from None
+    return wrapper  # type: ignore[return-value]
+
+
+Overrides = Annotated[list[str] | None, typer.Argument(help="dotted.key=value overrides")]
+
+
+def data_option(value: str | None) -> Any:
+    """``--data``: a name / path, or a YAML mapping ``{path: ..., resolution: 16, ...}``."""
+    if value is None or not value.strip().startswith("{"):
+        return value
+    from fewstep.utils.config_files import parse_override
+
+    return parse_override(f"data={value}")[1]
+
+
+@teacher_app.command("train")
+@user_errors
+def teacher_train(
+    out: Annotated[Path, typer.Option(help="where to write the teacher (.safetensors)")],
+    config: Annotated[Path | None, typer.Option(help="YAML TeacherConfig")] = None,
+    overrides: Overrides = None,
+    data: Annotated[str | None, typer.Option(
+        help="built-in name or your own images (folder, .npy / .npz / .safetensors, saved "
+             "datasets folder); without --config the preset is chosen by image size")] = None,
+    minutes: Annotated[float | None, typer.Option(min=0.01, help="time budget (minutes)")
+                       ] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Train a flow-matching teacher and save its EMA weights (with sample grids for your own
+    images in <out stem>_samples/)."""
+    from fewstep.data.problem import get_problem
+    from fewstep.presets import preset_path
+    from fewstep.teachers.training import TeacherConfig, teacher_preset_for, train_teacher
+    from fewstep.utils.config_files import load_config, validate
+
+    extra = list(overrides or [])
+    if data is not None:
+        extra.insert(0, f"data={json.dumps(data_option(data))}")
+    if minutes is not None:
+        extra.append(f"minutes={minutes}")
+    if config is None and data is not None:
+        problem = get_problem(validate(TeacherConfig, {"data": data_option(data)}, "--data").data)
+        config = preset_path(teacher_preset_for(tuple(problem.data_shape)))
+        if not quiet:
+            typer.echo(f"{problem.image_data().summary() if problem.is_user_data else data}; "
+                       f"preset {config.stem}", err=True)
+    cfg = load_config(TeacherConfig, config, extra)
+    validation.check_teacher_train(out, cfg.device)
+    _, info = train_teacher(cfg, out, progress=not quiet)
+    typer.echo(json.dumps({"out": str(out), **info}))
+
+
+@classifier_app.command("train")
+@user_errors
+def classifier_train(
+    out: Annotated[Path | None, typer.Option(
+        help="output .safetensors (default without --data: the shipped digits asset)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    data: Annotated[str | None, typer.Option(
+        help="your own labelled images: train a feature network / class judge on them "
+             "(use it with fewstep eval --features classifier:FILE)")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="training steps (with --data)")] = 1500,
+) -> None:
+    """Train the digits feature network, or (--data) a classifier on your own labels, used for
+    Fréchet distance / PRDC / class accuracy."""
+    from fewstep.evaluation.digits_classifier import DEFAULT_ASSET, train_and_save_classifier
+
+    if out is not None:
+        validation.check_classifier_train(out, seed)
+    else:
+        validation.seed(seed)
+    if data is None:
+        typer.echo(json.dumps(train_and_save_classifier(out or DEFAULT_ASSET, seed=seed),
+                              default=str))
+        return
+    from fewstep.errors import ConfigError
+    from fewstep.evaluation.image_classifier import save_image_classifier, train_image_classifier
+
+    if out is None:
+        raise ConfigError("--out: required with --data (where to write the classifier)")
+    model, record = train_image_classifier(data_option(data), steps=steps, seed=seed)
+    save_image_classifier(model, out, record)
+    typer.echo(json.dumps({"out": str(out), **record}))
+
+
+def _load_models(teacher: Path | None, student: Path | None, data: str | None, device: str,
+                 allow_builders: list[str] | None = None):
+    from fewstep.assets import teacher_path
+    from fewstep.data.problem import get_problem
+    from fewstep.errors import CheckpointError, ConfigError
+    from fewstep.student.factory import load_student
+    from fewstep.teachers import rebuild_denoiser
+    from fewstep.teachers.training import load_denoiser
+    from fewstep.utils.files import read_metadata
+
+    allow = list(allow_builders or [])
+    st, scfg = (None, None)
+    if student is not None:
+        try:
+            st, scfg = load_student(student, device, allow_builders=allow)
+        except CheckpointError as e:
+            raise CheckpointError(f"--student: {e}") from None
+    built = (scfg or {}).get("denoiser", {})
+    custom = teacher is None and "user_builder" in built  # a custom teacher's student
+    if data is None and scfg:
+        data = scfg["data"]
+    if data is None and teacher is not None:  # a teacher trained on your own images
+        data = json.loads(read_metadata(teacher).get("config", "{}")).get("data")
+    if data is None:
+        data = "digits"
+    try:
+        problem = get_problem(data_option(data))
+    except ValueError as e:
+        raise ConfigError(f"--data: {e}") from None
+    shape, ncls = tuple(problem.data_shape), problem.num_classes
+    validation.models_fit(data, shape, ncls, None, "--teacher", scfg, "--student")
+    if custom:  # the teacher is what its builder returns (the builder was allowed above)
+        den, tcfg = rebuild_denoiser(built, allow).to(device).eval(), built
+    else:
+        tpath = teacher if teacher is not None else teacher_path(data)
+        if teacher is None and not tpath.is_file():
+            raise ConfigError(f"--data: no shipped teacher for {data!r}; pass --teacher FILE")
+        try:
+            den, tcfg = load_denoiser(tpath, device)
+        except CheckpointError as e:
+            raise CheckpointError(f"--teacher: {e}") from None
+        validation.models_fit(data, shape, ncls, tcfg, "--teacher", scfg, "--student")
+    samp = tcfg.get("sampling", {})
+    return problem, den, samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), st
+
+
+DataOpt = Annotated[str | None, typer.Option(
+    help="digits | 8gaussians | checkerboard | moons, or a path to your own images (default: "
+         "the student's / teacher's data)")]
+Samplers = Annotated[str, typer.Option(help="comma-separated: teacher_<N>, student_<K>; suffix "
+                                            "_nc / _naive forces noise correction on / off")]
+AllowBuilderOpt = Annotated[list[str] | None, typer.Option(
+    help="MODULE:FUNCTION: let a student of a custom teacher (teacher.builder) import and call "
+         "that builder to rebuild its networks (repeatable; nothing is imported otherwise)")]
+NoiseCorrectionOpt = Annotated[bool | None, typer.Option(
+    "--noise-correction/--no-noise-correction",
+    help="bias-corrected first step at sigma = 1 for epsilon-prediction models (default: on "
+         "for zero-terminal-SNR epsilon teachers / students; a suffix on a sampler wins)")]
+
+
+def _sampler_specs(samplers: str, noise_correction: bool | None) -> list:
+    """Parse ``--samplers``; ``--[no-]noise-correction`` fills specs without a suffix."""
+    from fewstep.evaluation.evaluate import parse_sampler
+
+    specs = [parse_sampler(s) for s in samplers.split(",")]
+    if noise_correction is None:
+        return specs
+    return [sp if sp.noise_correction is not None else replace(sp, noise_correction=
+                                                               noise_correction) for sp in specs]
+
+
+@app.command("sample")
+@user_errors
+def sample_cmd(
+    out: Annotated[Path, typer.Option(help="output folder (grid.png, samples.safetensors)")],
+    samplers: Samplers = "teacher_8",
+    teacher: Annotated[Path | None, typer.Option(help="teacher file; default: shipped")] = None,
+    student: Annotated[Path | None, typer.Option(help="student file (student.safetensors)")] = None,
+    data: DataOpt = None,
+    num: Annotated[int, typer.Option(min=1, help="samples per sampler")] = 100,
+    seed: Annotated[int, typer.Option(help="noise seed (same noise for every sampler)")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+    prompt: Annotated[list[str] | None, typer.Option(
+        help="prompt for an exported text-to-image student folder (repeatable; --num images "
+             "per prompt)")] = None,
+    noise_correction: NoiseCorrectionOpt = None,
+    allow_builder: AllowBuilderOpt = None,
+) -> None:
+    """Generate a same-noise grid (PNG) and tensors (safetensors) for each sampler.
+
+    ``--student FOLDER`` (written by ``fewstep export``) samples that student alone: ``--num``
+    images per ``--prompt`` for a text-to-image student (decoded through its VAE)."""
+    from fewstep.evaluation.evaluate import eval_noise, run_sampler
+    from fewstep.utils.files import save_tensors
+    from fewstep.utils.viz import save_panels
+
+    validation.check_sample(out, samplers, teacher, student, data, num, seed, device, prompt)
+    if student is not None and student.is_dir():
+        _sample_exported(student, out, prompt, num, seed, device)
+        return
+    if prompt:
+        raise typer.BadParameter("--prompt needs --student FOLDER (an exported student)")
+    specs = _sampler_specs(samplers, noise_correction)
+    problem, den, w, shift, st = _load_models(teacher, student, data, device, allow_builder)
+    noise, cond = eval_noise(problem, num, seed, device)
+    outs = {sp.name: run_sampler(sp, noise, cond, den, w, shift, st, seed=seed)[0] for sp in specs}
+    save_panels(out / "grid.png", list(outs.values()), list(outs), nrow=10)
+    tensors = dict(outs)
+    if cond is not None:
+        tensors["labels"] = cond
+    save_tensors(out / "samples.safetensors", tensors, "samples", {"seed": seed})
+    typer.echo(f"wrote {out / 'grid.png'} and {out / 'samples.safetensors'}")
+
+
+def _sample_exported(folder: Path, out: Path, prompts: list[str] | None, num: int, seed: int,
+                     device: str) -> None:
+    from fewstep.errors import ConfigError
+    from fewstep.export.diffusers_export import StudentPipeline
+    from fewstep.utils.files import save_tensors
+    from fewstep.utils.viz import save_panels
+
+    try:
+        pipe = StudentPipeline.from_pretrained(folder, device=device)
+        images = pipe(prompts, num_images_per_prompt=num, seed=seed) if prompts else \
+            pipe(num_images=num, seed=seed)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"--student: {e}") from None
+    save_panels(out / "grid.png", [images], [folder.name], nrow=min(10, num))
+    save_tensors(out / "samples.safetensors", {"images": images}, "samples",
+                 {"seed": seed, "prompts": prompts or []})
+    typer.echo(f"wrote {out / 'grid.png'} and {out / 'samples.safetensors'}")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    run: Annotated[Path, typer.Option(help="a finished distill run folder")],
+    out: Annotated[Path, typer.Option(help="output folder (exported student)")],
+    components: Annotated[str, typer.Option(
+        help="auto | reference | full: a LoRA student references its base (the teacher's "
+             "pretrained folder / hub id) unless 'full' copies the whole pipeline; decoupled / "
+             "shared students are always complete pipelines (auto: reference for LoRA)")
+    ] = "auto",
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Export a run's EMA student as a folder (all steps; diffusers teachers: a folder plain
+    diffusers loads, with a model card and loading snippet; see docs/export.md)."""
+    from fewstep.export.run import export_run
+
+    validation.check_export(run, out, components, device)
+    folder = export_run(run, out, components, device)
+    typer.echo(f"wrote {folder}")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    out: Annotated[Path | None, typer.Option(help="metrics JSON path (default: stdout)")] = None,
+    samplers: Samplers = "teacher_8,teacher_2",
+    teacher: Annotated[Path | None, typer.Option(help="teacher file; default: shipped")] = None,
+    student: Annotated[Path | None, typer.Option(help="student file (student.safetensors)")] = None,
+    data: DataOpt = None,
+    num: Annotated[int, typer.Option(min=10, help="samples per sampler")] = 2000,
+    seed: Annotated[int, typer.Option(help="noise seed")] = 1234,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    features: Annotated[str, typer.Option(
+        help="feature space of fd / PRDC: auto (digits: digits_classifier; your images: "
+             "pixels) | pixels | digits_classifier | classifier:FILE | builder:pkg.mod:fn")
+                        ] = "auto",
+    noise_correction: NoiseCorrectionOpt = None,
+    allow_builder: AllowBuilderOpt = None,
+    timing_batch: Annotated[int, typer.Option(min=1, help="batch of the timing calls (the same "
+                                              "for every sampler)")] = 256,
+    timing_repeats: Annotated[int, typer.Option(min=1, help="interleaved timed rounds (median; "
+                                                "one untimed warm-up round first)")] = 7,
+) -> None:
+    """Metrics JSON per sampler vs. held-out data and vs. the 8-step teacher (same noise); each
+    entry names the feature_space it was scored in.
+
+    ``seconds_per_image`` is timed like for like: same batch for every sampler, warm-up
+    excluded, interleaved repeats, median."""
+    from fewstep.evaluation.evaluate import evaluate_samplers
+    from fewstep.utils.files import atomic_write_text
+
+    validation.check_eval(out, samplers, teacher, student, data, num, seed, device)
+    names = [sp.name for sp in _sampler_specs(samplers, noise_correction)]
+    problem, den, w, shift, st = _load_models(teacher, student, data, device, allow_builder)
+    metrics, _ = evaluate_samplers(problem, names, den, w, shift, st, num, seed, device=device,
+                                   features=features, timing_batch=timing_batch,
+                                   timing_repeats=timing_repeats)
+    text = json.dumps(metrics, indent=2)
+    if out is not None:
+        atomic_write_text(out, text)
+    typer.echo(text)
+
+
+@app.command("distill")
+@user_errors
+def distill_cmd(
+    config: Annotated[Path | None, typer.Option(help="YAML DistillConfig (see fewstep/presets)")
+                      ] = None,
+    overrides: Overrides = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/<method>_<data>)")
+                   ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the newest good checkpoint")
+                      ] = False,
+    preset: Annotated[str | None, typer.Option(help="a shipped preset name instead of --config")
+                      ] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar, warnings only")] = False,
+) -> None:
+    """Distill a teacher into a few-step student (any method: see the config's ``method``).
+
+    Prints one JSON line ``{"out", "student", "step", "seconds"}`` when done; exit code 143
+    after SIGTERM / SIGINT (a checkpoint was written; continue with --resume)."""
+    from fewstep.distill.run import TrainingInterrupted, run_distill
+
+    configure_logging(quiet)
+    config = _config_path(config, preset)
+    validation.check_run_out(out)
+    try:
+        trainer = run_distill(config, overrides or [], out, resume,
+                              progress=not quiet)
+    except TrainingInterrupted as e:
+        typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if trainer.dist.is_main:
+        typer.echo(json.dumps({"out": str(trainer.run_dir),
+                               "student": str(trainer.run_dir / "student.safetensors"),
+                               "step": trainer.step,
+                               "seconds": round(getattr(trainer, "seconds", 0.0), 1)}))
+
+
+def _config_path(config: Path | None, preset: str | None) -> Path | None:
+    """``--config`` or the shipped ``--preset`` (not both)."""
+    from fewstep.presets import preset_path
+
+    if preset is None:
+        return config
+    if config is not None:
+        raise typer.BadParameter("give --config or --preset, not both")
+    return preset_path(preset)
+
+
+@app.command("demo")
+@user_errors
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("demo_out"),
+    overrides: Overrides = None,
+    data: Annotated[str | None, typer.Option(
+        help="your own images (folder, .npy / .npz / .safetensors, saved datasets folder): "
+             "train a teacher, distill, evaluate and report on them")] = None,
+    minutes: Annotated[float, typer.Option(min=0.5, help="time budget with --data (minutes)")
+                       ] = 15.0,
+    teacher: Annotated[Path | None, typer.Option(
+        help="with --data: use this teacher file instead of training one")] = None,
+    features: Annotated[str, typer.Option(
+        help="with --data: auto | pixels | classifier:FILE | builder:pkg.mod:fn")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Distill the shipped digits teacher into a 2-step student (Turbo++) and report; with
+    --data, the whole pipeline on your own images."""
+    from fewstep.app.demo import run_demo, run_image_demo
+
+    validation.check_run_out(out)
+    if data is None:
+        if teacher is not None:
+            raise typer.BadParameter("--teacher needs --data")
+        run_demo(out, overrides, progress=not quiet)
+        return
+    run_image_demo(data_option(data), out, minutes, teacher, overrides, progress=not quiet,
+                   features=features)
+
+
+@app.command("plan")
+@user_errors
+def plan_cmd(
+    config: Annotated[Path | None, typer.Option(help="YAML DistillConfig")] = None,
+    overrides: Overrides = None,
+    preset: Annotated[str | None, typer.Option(help="a shipped preset name instead of --config")
+                      ] = None,
+    gpus: Annotated[int, typer.Option(min=1, help="number of GPUs (processes)")] = 1,
+    gpu_memory_gb: Annotated[float | None, typer.Option(help="memory of one GPU (GiB)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Parameter counts and estimated per-GPU memory (models built on the meta device: no
+    weights loaded or downloaded)."""
+    from fewstep.app.plan import build_plan, format_plan
+    from fewstep.distill.run import load_distill_config
+
+    validation.plan_options(gpus, gpu_memory_gb)
+    plan = build_plan(load_distill_config(_config_path(config, preset), overrides or []), gpus,
+                      gpu_memory_gb)
+    typer.echo(plan.to_json() if json_out else format_plan(plan))
+
+
+def run(argv: list[str] | None = None, prog_name: str = "fewstep") -> int:
+    """Run the app on ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Usage errors (unknown option, bad value) are one line on stderr with code 2, like every
+    other user error."""
+    configure_logging()
+    try:
+        rc = app(args=argv, prog_name=prog_name, standalone_mode=False)
+    except typer.exceptions.TyperException as e:  # usage errors, bad parameters
+        fmt = getattr(e, "format_message", None)
+        msg = " ".join(str(fmt() if callable(fmt) else e).split())
+        if msg:  # (empty after the help text that a bare group prints)
+            typer.echo(f"error: {msg} (see --help)", err=True)
+        return EXIT_USER_ERROR
+    except (typer.Abort, KeyboardInterrupt):
+        return 130
+    return rc if isinstance(rc, int) else 0
+
+
+def main() -> None:
+    """Entry point of the ``fewstep`` console script and ``python -m fewstep``."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,1 +1,0 @@
-"""Adapters that wrap diffusers models as fewstep denoisers (see docs/adapters.md)."""

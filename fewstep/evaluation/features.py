@@ -1,0 +1,128 @@
+"""Which feature space the image metrics (Fréchet distance, PRDC) are computed in.
+
+A Fréchet distance only means something in a feature space valid for the data. Choices
+(``--features`` of ``fewstep eval``, ``feature_space`` in ``metrics.json``):
+
+* ``auto`` (default): ``digits_classifier`` for the built-in digits, ``points`` for the 2-D
+  toys, ``pixels`` for your own images;
+* ``pixels``: the flattened pixels in [-1, 1] (``(N, C * H * W)``);
+* ``digits_classifier``: the shipped 8x8 digits classifier (only for ``(1, 8, 8)`` data);
+* ``classifier:FILE``: a classifier trained on your labels by
+  ``fewstep classifier train --data PATH`` (its input shape must match the data);
+* ``builder:pkg.module:function`` (or just ``pkg.module:function``): a function you name that
+  returns an ``nn.Module`` with ``features(x) -> (N, d)`` (or whose ``forward`` returns
+  ``(N, d)``) for ``x (N, C, H, W)`` in [-1, 1]; it is imported from your Python path.
+
+Class accuracy is reported only when the feature space comes with a classifier *for the data's
+classes* (the digits classifier on digits, or ``classifier:FILE`` with the same class count).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fewstep.errors import ConfigError
+from fewstep.evaluation.digits_classifier import load_default_classifier
+from fewstep.evaluation.fid import extract_features
+from fewstep.evaluation.image_classifier import load_image_classifier
+
+DIGITS_FEATURES = "digits_classifier"
+
+
+@dataclass
+class FeatureSpace:
+    """A named feature map and, when one exists for the data's classes, a classifier.
+
+    Attributes:
+        name: what ``metrics.json`` records as ``feature_space``.
+        net: a module with ``features(x)`` (or ``forward``) -> ``(N, d)``; ``None``: pixels.
+        classifier: logits ``(N, num_classes)`` for class accuracy, or ``None``.
+    """
+
+    name: str
+    net: nn.Module | None = None
+    classifier: nn.Module | None = None
+
+    @torch.no_grad()
+    def features(self, x: Tensor, batch_size: int = 1024) -> Tensor:
+        """``(N, d)`` features of images ``x`` (float32 pixels when ``net`` is ``None``)."""
+        if self.net is None:
+            return x.flatten(1).float()
+        if hasattr(self.net, "features"):
+            return extract_features(self.net, x, batch_size).float()
+        was = self.net.training
+        self.net.eval()
+        try:
+            out = torch.cat([self.net(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        finally:
+            self.net.train(was)
+        if out.ndim != 2:
+            raise ConfigError(f"--features {self.name}: the network returned shape "
+                              f"{tuple(out.shape)}, expected (N, d)")
+        return out.float()
+
+
+def load_builder(target: str) -> nn.Module:
+    """Import ``pkg.module:function`` and call it (no arguments) for a feature module."""
+    mod_name, _, fn_name = target.partition(":")
+    if not mod_name or not fn_name:
+        raise ConfigError(f"--features builder:{target}: use builder:pkg.module:function")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"--features builder:{target}: cannot import {mod_name} ({e})"
+                          ) from None
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise ConfigError(f"--features builder:{target}: {mod_name} has no function {fn_name}")
+    net = fn()
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"--features builder:{target}: returned {type(net).__name__}, "
+                          f"expected a torch.nn.Module")
+    return net
+
+
+def resolve_feature_space(problem: Any, spec: str = "auto",
+                          device: torch.device | str = "cpu") -> FeatureSpace:
+    """The :class:`FeatureSpace` named by ``spec`` for ``problem`` (see module docstring)."""
+    shape = tuple(problem.data_shape)
+    spec = (spec or "auto").strip()
+    if problem.is_toy:
+        if spec not in ("auto", "points"):
+            raise ConfigError(f"--features {spec}: 2-D toy data are scored as points "
+                              f"(sliced Wasserstein, mode coverage)")
+        return FeatureSpace("points")
+    is_digits = not problem.is_user_data and problem.name == "digits"
+    if spec == "auto":
+        spec = DIGITS_FEATURES if is_digits else "pixels"
+    if spec == "pixels":
+        return FeatureSpace("pixels")
+    if spec in (DIGITS_FEATURES, "digits"):
+        if shape != (1, 8, 8):
+            raise ConfigError(f"--features {spec}: the digits classifier takes (1, 8, 8) images, "
+                              f"the data are {shape}; use pixels or classifier:FILE")
+        net = load_default_classifier(device)
+        cls = net if (is_digits or problem.num_classes == 10) else None
+        return FeatureSpace(DIGITS_FEATURES, net, cls)
+    if spec.startswith("classifier:"):
+        path = spec.split(":", 1)[1]
+        net = load_image_classifier(path, device)
+        if tuple(net.config.data_shape) != shape:
+            raise ConfigError(f"--features {spec}: the classifier takes images of shape "
+                              f"{tuple(net.config.data_shape)}, the data are {shape}")
+        cls = net if net.config.num_classes == problem.num_classes else None
+        return FeatureSpace(spec, net, cls)
+    target = spec.split(":", 1)[1] if spec.startswith("builder:") else spec
+    if ":" not in target:
+        raise ConfigError(f"--features {spec}: use auto, pixels, digits_classifier, "
+                          f"classifier:FILE or builder:pkg.module:function")
+    net = load_builder(target)
+    return FeatureSpace(f"builder:{target}", net.to(device), None)
+
+
+__all__ = ["DIGITS_FEATURES", "FeatureSpace", "load_builder", "resolve_feature_space"]

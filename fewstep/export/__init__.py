@@ -1,0 +1,1 @@
+"""Export a trained student: diffusers-native folders, fewstep's own folder format, model cards."""

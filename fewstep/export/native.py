@@ -1,0 +1,230 @@
+"""Save / load a K-step student as a diffusers-style folder (safetensors + JSON, no pickle).
+
+Minimal protocol (all the student class has to provide):
+
+* the steps: either a sequence of K ``nn.Module`` s (mode ``full``, one independent copy per
+  step) or one :class:`~fewstep.student.lora.PerStepLoRA` (mode ``lora``, shared
+  base + one adapter per step). A step is called as ``step(x, sigma, cond) -> x0_hat``
+  (a :class:`~fewstep.Denoiser`); with LoRA, ``lora.step_forward(k, x, sigma, cond)``;
+* the sigma schedule: K input noise levels ``1 = sigma_1 > ... > sigma_K > 0``;
+* a *builder*: ``(target, kwargs)`` where ``target = "package.module:callable"`` (a class or a
+  function, dotted attributes allowed after the colon, e.g. ``"...:ZImageDenoiser.from_config"``)
+  and ``kwargs`` is JSON. ``callable(**kwargs)`` must return a fresh module of the step's (or
+  LoRA base's) architecture, any initialisation; the saved weights are loaded into it with
+  ``strict=True``. A module may supply its own via a ``builder_spec()`` method; diffusers
+  ``ModelMixin`` s get one automatically (:func:`diffusers_model_from_config`).
+
+Folder layout::
+
+    student_index.json      format, mode, num_steps, sigmas, builder, lora config, extra
+    step0/model.safetensors  (full)    |  base/model.safetensors      (lora; original names)
+    step1/model.safetensors            |  step0/adapter.safetensors   (peft keys:
+    ...                                |  step1/adapter.safetensors ... <layer>.lora_A.weight)
+
+This is fewstep's own format, for networks without a diffusers counterpart (``teacher.kind:
+file``); students of diffusers teachers are exported in the diffusers format by
+:func:`fewstep.export.diffusers_export.export_student`.
+
+Loading only imports builders from modules under ``allowed_prefixes`` (default ``fewstep`` and
+``diffusers``) so a folder cannot name arbitrary callables.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import Tensor, nn
+
+from fewstep.student.lora import PerStepLoRA
+
+FORMAT = "fewstep-student-v1"
+INDEX = "student_index.json"
+DEFAULT_ALLOWED = ("fewstep", "diffusers")
+BuilderSpec = tuple[str, dict[str, Any]]
+
+
+def diffusers_model_from_config(class_name: str, config: dict[str, Any]) -> nn.Module:
+    """Builder for a diffusers model: ``getattr(diffusers, class_name).from_config(config)``."""
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+        raise ValueError(f"{class_name!r} is not a diffusers model class")
+    return cls.from_config(config)
+
+
+def builder_spec_of(module: nn.Module) -> BuilderSpec:
+    """The module's own ``builder_spec()``, or one for a diffusers ``ModelMixin``."""
+    if hasattr(module, "builder_spec"):
+        target, kwargs = module.builder_spec()
+        return target, dict(kwargs)
+    cfg = getattr(module, "config", None)
+    if cfg is not None and type(module).__module__.startswith("diffusers."):
+        conf = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(cfg).items()
+                if not k.startswith("_")}
+        return (f"{__name__}:diffusers_model_from_config",
+                {"class_name": type(module).__name__, "config": conf})
+    raise ValueError(f"cannot infer a builder for {type(module).__name__}; pass builder=")
+
+
+def resolve_builder(target: str, allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED
+                    ) -> Callable[..., nn.Module]:
+    """Import ``"package.module:attr.attr"`` if the module is under an allowed prefix."""
+    mod_name, _, attr_path = target.partition(":")
+    if not attr_path or not re.fullmatch(r"[A-Za-z_][\w.]*", mod_name):
+        raise ValueError(f"builder target must be 'module:callable', got {target!r}")
+    if not any(mod_name == p or mod_name.startswith(p + ".") for p in allowed_prefixes):
+        raise ValueError(f"builder module {mod_name!r} is not under {list(allowed_prefixes)}")
+    parts = attr_path.split(".")
+    if not all(re.fullmatch(r"[A-Za-z]\w*", p) for p in parts):
+        raise ValueError(f"invalid builder attribute path {attr_path!r}")
+    obj: Any = importlib.import_module(mod_name)
+    for p in parts:
+        obj = getattr(obj, p)
+    if not callable(obj):
+        raise ValueError(f"builder {target!r} is not callable")
+    return obj
+
+
+def _build(spec: dict[str, Any], allowed_prefixes: Sequence[str]) -> nn.Module:
+    module = resolve_builder(spec["target"], allowed_prefixes)(**spec["kwargs"])
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"builder {spec['target']} returned {type(module).__name__}, not nn.Module")
+    return module
+
+
+def save_student(folder: str | os.PathLike[str], steps: Sequence[nn.Module] | PerStepLoRA,
+                 sigmas: Sequence[float] | Tensor, builder: BuilderSpec | None = None,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Write the student (see module docstring). Returns the folder path."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()
+    is_lora = isinstance(steps, PerStepLoRA)
+    k = steps.num_steps if is_lora else len(steps)
+    if len(sig) != k:
+        raise ValueError(f"{len(sig)} sigmas for {k} steps")
+    if builder is None:
+        builder = builder_spec_of(steps.base if is_lora else steps[0])
+    index: dict[str, Any] = {
+        "format": FORMAT, "mode": "lora" if is_lora else "full", "num_steps": k, "sigmas": sig,
+        "builder": {"target": builder[0], "kwargs": builder[1]}, "extra": extra or {},
+    }
+    if is_lora:
+        index["lora"] = {"rank": steps.rank, "alpha": steps.alpha, "dropout": steps.dropout,
+                         "targets": steps.targets}
+        (out / "base").mkdir(exist_ok=True)
+        base_sd = {n: t.detach().contiguous().cpu().clone()
+                   for n, t in steps.base_state_dict().items()}
+        save_file(base_sd, str(out / "base/model.safetensors"))
+        for i in range(k):
+            (out / f"step{i}").mkdir(exist_ok=True)
+            ad = {n: t.contiguous().cpu().clone() for n, t in steps.adapter_state_dict(i).items()}
+            save_file(ad, str(out / f"step{i}/adapter.safetensors"))
+    else:
+        for i, m in enumerate(steps):
+            (out / f"step{i}").mkdir(exist_ok=True)
+            save_model(m, str(out / f"step{i}/model.safetensors"))
+    (out / INDEX).write_text(json.dumps(index, indent=1), encoding="utf-8")
+    return out
+
+
+def _single_float_dtype(tensors: dict[str, Tensor]) -> torch.dtype | None:
+    dts = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    return dts.pop() if len(dts) == 1 else None
+
+
+def _file_float_dtype(path: str) -> torch.dtype | None:
+    """The one floating dtype of a safetensors file's tensors (header only), else ``None``."""
+    names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+             "BF16": torch.bfloat16}
+    with safe_open(path, framework="pt") as f:
+        dts = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+    floats = {names[d] for d in dts if d in names}
+    return floats.pop() if len(floats) == 1 else None
+
+
+def _to_saved_dtype(module: nn.Module, tensors: dict[str, Tensor]) -> None:
+    """Cast a freshly built module to the dtype its saved weights have (if they share one), so
+    a reloaded student computes exactly as the saved one did."""
+    dt = _single_float_dtype(tensors)
+    if dt is not None:
+        module.to(dt)
+
+
+@dataclass
+class LoadedStudent:
+    """A reloaded student: ``steps`` (mode ``full``) or ``lora`` (mode ``lora``) + ``sigmas``."""
+
+    sigmas: Tensor
+    steps: list[nn.Module] = field(default_factory=list)
+    lora: PerStepLoRA | None = None
+    index: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.sigmas.numel())
+
+    def step_fn(self) -> Callable[[int, Tensor, Tensor, Any], Tensor]:
+        """``(k, x, sigma, cond) -> x0_hat`` for :func:`fewstep.core.samplers.sample`."""
+        if self.lora is not None:
+            return self.lora.step_fn()
+        return lambda k, x, sigma, cond: self.steps[k](x, sigma, cond)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.lora] if self.lora is not None else list(self.steps)
+
+
+def load_student(folder: str | os.PathLike[str], device: torch.device | str = "cpu",
+                 dtype: torch.dtype | None = None,
+                 allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED) -> LoadedStudent:
+    """Rebuild a student written by :func:`save_student` (eval mode, on ``device``)."""
+    root = Path(folder)
+    index = json.loads((root / INDEX).read_text(encoding="utf-8"))
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{root} is not a {FORMAT} folder (format={index.get('format')!r})")
+    sigmas = torch.tensor(index["sigmas"], dtype=torch.float32)
+    k = int(index["num_steps"])
+    if index["mode"] == "lora":
+        base = _build(index["builder"], allowed_prefixes)
+        base_sd = load_file(str(root / "base/model.safetensors"))
+        _to_saved_dtype(base, base_sd)
+        base.load_state_dict(base_sd, strict=True)
+        cfg = index["lora"]
+        lora = PerStepLoRA(base, k, rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"],
+                           target_modules=[f"re:{re.escape(n)}" for n in cfg["targets"]])
+        for i in range(k):
+            ad = load_file(str(root / f"step{i}/adapter.safetensors"))
+            dt = _single_float_dtype(ad)
+            if dt is not None:  # e.g. float32 adapters on a bfloat16 base, as trained
+                for p in lora.step_parameters(i):
+                    p.data = p.data.to(dt)
+            lora.load_adapter_state_dict(i, ad)
+        lora.to(device=device, dtype=dtype).eval()
+        return LoadedStudent(sigmas=sigmas, lora=lora, index=index)
+    if index["mode"] != "full":
+        raise ValueError(f"unknown student mode {index['mode']!r}")
+    steps = []
+    for i in range(k):
+        m = _build(index["builder"], allowed_prefixes)
+        path = str(root / f"step{i}/model.safetensors")
+        dt = _file_float_dtype(path)
+        if dt is not None:
+            m.to(dt)
+        load_model(m, path, strict=True)
+        steps.append(m.to(device=device, dtype=dtype).eval())
+    return LoadedStudent(sigmas=sigmas, steps=steps, index=index)
+
+
+__all__ = ["LoadedStudent", "builder_spec_of", "diffusers_model_from_config", "load_student",
+           "resolve_builder", "save_student"]

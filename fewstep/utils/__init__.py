@@ -1,0 +1,2 @@
+"""Plumbing shared by every layer: atomic file I/O, YAML config files, registries,
+run locks, image grids."""
