@@ -159,7 +159,7 @@ def train_row(base: dict[str, Any], overrides: list[str], curve_every: int,
     cfg = row_config(base, overrides, "evidence config")
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, tmp, progress=False)
-        tr.prepare_data()
+        tr.batches.prepare(False)
         curve: list[tuple[int, float]] = []
         if not time_only:
             clf = load_default_classifier(tr.device)

@@ -45,12 +45,12 @@ from fewstep.export.diffusers_export import StudentPipeline, export_student
 from fewstep.export.model_card import snippet_from_card
 from fewstep.student.student import Student
 from fewstep.teachers.diffusers.adapter import (
-    build_denoiser,
     denoiser_of,
     family_of,
     latent_multiple,
     latent_shape,
     load_pipeline,
+    pipeline_denoiser,
 )
 from fewstep.teachers.diffusers.families import FAMILIES as NETWORK_FAMILIES
 from fewstep.teachers.diffusers.latents import decode
@@ -178,7 +178,7 @@ def load_teacher(family: str, folder: Path, dtype: str) -> Teacher:
             if isinstance(m, nn.Module):
                 m.eval().requires_grad_(False)
         net = denoiser_of(pipe)
-        den = build_denoiser(pipe, net, family_of(net), None).eval().requires_grad_(False)
+        den = pipeline_denoiser(pipe, net, family_of(net), None).eval().requires_grad_(False)
         _, res, max_seq = GENERIC[family]
         shape = latent_shape(pipe.vae.config, latent_multiple(net), res)
         cfg = {"kind": "diffusers", "pretrained": str(folder), "dtype": dtype,

@@ -278,7 +278,7 @@ def child(name: str, root: Path, out: Path, iters: int) -> None:
     baseline = reset_peak_rss()
     tr = Trainer(cfg, root / f"run_{name}", progress=False)
     copies = base_copies(tr)
-    tr.prepare_data()
+    tr.batches.prepare(False)
     times = []
     rec = PassRecorder(tr.student, _transformers(tr))
     for i in range(iters):

@@ -216,7 +216,7 @@ def teacher_file(workdir: Path) -> tuple[Path, str]:
     """The shipped digits teacher, or a random network of its architecture saved in
     ``workdir``; returns ``(path, description)``."""
     from fewstep.assets import teacher_path
-    from fewstep.networks.registry import build_denoiser
+    from fewstep.networks.registry import network_denoiser
     from fewstep.teachers.training import save_denoiser
 
     shipped = teacher_path("digits")
@@ -225,7 +225,7 @@ def teacher_file(workdir: Path) -> tuple[Path, str]:
     path = workdir / "teacher_digits_random.safetensors"
     if not path.is_file():
         g = torch.Generator().manual_seed(0)
-        den = build_denoiser(DIGITS_NET, null_class=10)
+        den = network_denoiser(DIGITS_NET, null_class=10)
         with torch.no_grad():  # the zero-initialised layers get small weights: non-trivial output
             for p in den.parameters():
                 if not p.any():
@@ -248,7 +248,7 @@ def recipe_config(recipe: str, teacher: Path, cache_dir: Path, s: Settings,
 
 def make_trainer(cfg: DistillConfig, run_dir: Path) -> Trainer:
     tr = Trainer(cfg, run_dir, progress=False)
-    tr.prepare_data()
+    tr.batches.prepare(False)
     return tr
 
 
@@ -304,9 +304,10 @@ def static_bytes(tr: Trainer) -> dict[str, int]:
         return tensor_bytes(list(m.parameters()) + list(m.buffers()))
     out = {"teacher": mod(tr.teacher), "student": mod(tr.student), "ema": mod(tr.ema),
            "aux_modules": mod(tr.method),
-           "optimizer_states": optimizer_state_bytes(tr.opt_g) + optimizer_state_bytes(tr.opt_aux),
-           "cache_and_data": tensor_bytes(list((tr.cache or {}).values())
-                                          + [t for t in (tr.data or ()) if t is not None])}
+           "optimizer_states": optimizer_state_bytes(tr.optim.g)
+           + optimizer_state_bytes(tr.optim.aux),
+           "cache_and_data": tensor_bytes(list((tr.batches.cache or {}).values())
+                                          + [t for t in (tr.batches.data or ()) if t is not None])}
     out["total"] = sum(out.values())
     return out
 
@@ -315,7 +316,7 @@ def iteration_breakdown(tr: Trainer, iters: int) -> dict[str, Any]:
     """Profile ``iters`` iterations: ms / iteration per label and the transient memory peak."""
     # the profiler misses frees of blocks allocated before it started: drop the gradients
     # left by the last iteration first (the first iteration would free them)
-    for opt in (tr.opt_g, tr.opt_aux):
+    for opt in (tr.optim.g, tr.optim.aux):
         if opt is not None:
             opt.zero_grad(set_to_none=True)
 
@@ -415,7 +416,7 @@ class ReferenceTrainer(Trainer):
         o.g = torch.optim.AdamW(
             [p for p in self.student.parameters() if p.requires_grad], lr=t.lr, betas=t.betas,
             weight_decay=t.weight_decay, foreach=False)
-        o.aux = torch.optim.AdamW(o.schedule.aux_groups, lr=t.lr, betas=t.betas, foreach=False)
+        o.aux = torch.optim.AdamW(o.aux_updates.aux_groups, lr=t.lr, betas=t.betas, foreach=False)
         lam = torch.optim.lr_scheduler.LambdaLR  # the demo has no LR warm-up
         o.sched_g = lam(o.g, lambda i: 1.0)
         o.sched_aux = lam(o.aux, lambda i: 1.0)
@@ -465,7 +466,7 @@ def turbo_before_after(teacher: Path, workdir: Path, s: Settings) -> dict[str, A
             variants["after+compile"] = Trainer(ccfg, workdir / "t_compile", progress=False)
     first: dict[str, list[float]] = {}
     for name, tr in variants.items():
-        tr.prepare_data()
+        tr.batches.prepare(False)
         t0 = time.perf_counter()
         logs = [tr.train_iteration() for _ in range(max(3, s.warmup))]
         first[name] = [lg["g_total"] for lg in logs]
@@ -557,13 +558,13 @@ def scaling_point(size: int, batch: int, iters: int, hidden: int = 128, depth: i
     from fewstep.data.problem import Problem
     from fewstep.distill.methods.base import Batch, DistillContext
     from fewstep.distill.methods.turbo_pp import TurboPP
-    from fewstep.networks.registry import build_denoiser
+    from fewstep.networks.registry import network_denoiser
 
     torch.manual_seed(0)
     shape = (1, size, size)
     net = {"type": "resmlp", "data_shape": list(shape), "hidden": hidden, "depth": depth,
            "emb": 64, "num_classes": 10}
-    teacher = build_denoiser(net, null_class=10).requires_grad_(False).eval()
+    teacher = network_denoiser(net, null_class=10).requires_grad_(False).eval()
     student = Student(teacher, student_sigmas(2, 8), "decoupled", "fresh").train()
     cfg = validate(DistillConfig, {"method": "turbo_pp", "data": "digits"})
     gen = torch.Generator().manual_seed(0)

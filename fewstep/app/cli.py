@@ -162,7 +162,7 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
     from fewstep.assets import teacher_path
     from fewstep.data.problem import get_problem
     from fewstep.errors import CheckpointError, ConfigError
-    from fewstep.student.factory import load_student
+    from fewstep.student.student_file import load_student_file
     from fewstep.teachers import rebuild_denoiser
     from fewstep.teachers.training import load_denoiser
     from fewstep.utils.files import read_metadata
@@ -171,7 +171,7 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
     st, scfg = (None, None)
     if student is not None:
         try:
-            st, scfg = load_student(student, device, allow_builders=allow)
+            st, scfg = load_student_file(student, device, allow_builders=allow)
         except CheckpointError as e:
             raise CheckpointError(f"--student: {e}") from None
     built = (scfg or {}).get("denoiser", {})

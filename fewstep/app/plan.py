@@ -58,7 +58,7 @@ from fewstep.distill.methods import DistillContext
 from fewstep.distill.methods.registry import method_class
 from fewstep.errors import ConfigError
 from fewstep.student.factory import student_from_spec
-from fewstep.teachers import meta_teacher as registry_meta_teacher
+from fewstep.teachers import meta_teacher
 
 GB = 1024 ** 3
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -177,7 +177,8 @@ def pipeline_parts(folder: str) -> dict[str, int]:
     return out
 
 
-def meta_teacher(cfg: DistillConfig) -> tuple[nn.Module, tuple[int, ...], int, dict[str, Any]]:
+def offline_meta_teacher(cfg: DistillConfig
+                         ) -> tuple[nn.Module, tuple[int, ...], int, dict[str, Any]]:
     """``(teacher on meta, sample shape, num_classes, info)`` from configs only (the teacher
     registry's adapter for ``teacher.kind``; a hub id is read offline, see
     :func:`offline_pretrained`)."""
@@ -186,7 +187,7 @@ def meta_teacher(cfg: DistillConfig) -> tuple[nn.Module, tuple[int, ...], int, d
         local = offline_pretrained(t.pretrained)
         if local != t.pretrained:
             cfg = cfg.model_copy(update={"teacher": t.model_copy(update={"pretrained": local})})
-    m = registry_meta_teacher(cfg)
+    m = meta_teacher(cfg)
     info = dict(m.info)
     if t.pretrained is not None:
         info.update(pretrained=t.pretrained, config_folder=cfg.teacher.pretrained)
@@ -224,7 +225,7 @@ def meta_models(cfg: DistillConfig) -> tuple[dict[str, nn.Module], tuple[int, ..
     from fewstep.core.levels import student_sigmas
     from fewstep.data.problem import Problem
 
-    teacher, shape, ncls, info = meta_teacher(cfg)
+    teacher, shape, ncls, info = offline_meta_teacher(cfg)
     teacher.requires_grad_(False)
     _fake_features(teacher, shape)
     info["_teacher_ids"] = [id(p) for p in teacher.parameters()]

@@ -1,6 +1,6 @@
-"""Noise-level (sigma) schedules for the teacher and the K-step student.
+"""Noise levels (sigmas) of the teacher's sampler and of the K-step student.
 
-All schedules are 1-d float tensors that start at ``sigma = 1`` (pure noise), decrease
+All level sequences are 1-d float tensors that start at ``sigma = 1`` (pure noise), decrease
 strictly, and (for the teacher's Euler sampler) end at 0.
 """
 
@@ -92,18 +92,18 @@ def pipeline_sigmas(scheduler: Any, num_steps: int, image_seq_len: int | None = 
     return sig.float(), 1.0
 
 
-def resolve_teacher_sigmas(schedule: str | list[float], num_steps: int, shift: float,
+def resolve_teacher_sigmas(levels: str | list[float], num_steps: int, shift: float,
                            scheduler: Any = None, image_seq_len: int | None = None
                            ) -> tuple[Tensor, float]:
-    """``teacher.schedule`` -> ``(N + 1 levels, noise_scale)``: ``uniform`` is
+    """``teacher.levels`` -> ``(N + 1 levels, noise_scale)``: ``uniform`` is
     :func:`teacher_sigmas`, ``pipeline`` is :func:`pipeline_sigmas` (needs the scheduler), a
     list is taken as is."""
-    if isinstance(schedule, list):
-        return torch.tensor(schedule, dtype=torch.float32), 1.0
-    if schedule == "uniform":
+    if isinstance(levels, list):
+        return torch.tensor(levels, dtype=torch.float32), 1.0
+    if levels == "uniform":
         return teacher_sigmas(num_steps, shift), 1.0
     if scheduler is None:
-        raise ValueError("teacher.schedule: 'pipeline' needs a diffusers scheduler")
+        raise ValueError("teacher.levels: 'pipeline' needs a diffusers scheduler")
     return pipeline_sigmas(scheduler, num_steps, image_seq_len)
 
 

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from fewstep.errors import ConfigError
 
-PROMPTS_NAME = "prompts"
+#: the ``data`` value of a latents + prompts run (any text-conditioned teacher)
+PROMPTS_DATA = "prompts"
 
 
 @dataclass
@@ -41,7 +42,7 @@ class PromptProblem:
     data_shape: tuple[int, ...]
     prompts: Any
     decode: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
-    name: str = PROMPTS_NAME
+    name: str = PROMPTS_DATA
     num_classes: int = 0
 
     @property
@@ -72,4 +73,4 @@ class PromptProblem:
         return self.prompts.get(ids.cpu(), device=ids.device)
 
 
-__all__ = ["PROMPTS_NAME", "PromptProblem"]
+__all__ = ["PROMPTS_DATA", "PromptProblem"]

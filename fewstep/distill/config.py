@@ -22,14 +22,12 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fewstep.data.problem import PROBLEMS
+from fewstep.data.prompts import PROMPTS_DATA
 from fewstep.data.spec import canonical_data, is_builtin, missing_data_path
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import get_adapter
 from fewstep.teachers.spec import TeacherSpec
 from fewstep.utils.config_files import Seed, StrictModel, user_path
-
-#: ``data`` value of a latents + prompts run (any text-conditioned teacher)
-PROMPTS_DATA = "prompts"
 
 #: the method a config without ``method:`` gets
 DEFAULT_METHOD = "turbo_pp"

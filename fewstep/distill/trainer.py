@@ -4,7 +4,7 @@ batch through it.
 ``Trainer(cfg, run_dir).train()`` wires the pieces, each in its own module -- the teacher
 (:func:`fewstep.teachers.load_teacher`), the student and its EMA
 (:mod:`~fewstep.student.factory`), the method (:mod:`fewstep.distill.methods`: losses,
-:class:`~fewstep.distill.methods.base.DataNeeds` and ``UpdateSchedule``),
+:class:`~fewstep.distill.methods.base.DataNeeds` and ``AuxUpdates``),
 batches (:mod:`~fewstep.distill.engine.batches`), optimizers (:mod:`~fewstep.distill.engine.optim`),
 checkpoints (:mod:`~fewstep.distill.engine.checkpoints`), logs and samples
 (:mod:`~fewstep.distill.engine.run_logs`) -- and runs, per generator update, the method's auxiliary
@@ -54,27 +54,23 @@ from fewstep.distill.engine.optim import Optimizers, grad_norm, params_of
 from fewstep.distill.engine.precision import DeferredLogs, Precision
 from fewstep.distill.engine.replicas import distribute
 from fewstep.distill.engine.run_logs import LossLog, ScalarWriter, write_samples
-from fewstep.distill.methods import Batch, DistillContext, DistillMethod, method_class
+from fewstep.distill.methods import DistillContext, DistillMethod, method_class
 from fewstep.errors import ConfigError, DivergenceError
+from fewstep.student.ema import ema_update
 from fewstep.student.factory import (
     build_student,
     compile_student,
     enable_gradient_checkpointing,
-    float32_trainables,
-    load_student,
-    save_student,
-    student_file_config,
 )
 from fewstep.student.student import Student, TrainableStateView
+from fewstep.student.student_file import save_student_file, student_file_config
 from fewstep.teachers import load_teacher
 from fewstep.utils.config_files import dump_yaml
 from fewstep.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# re-exported for callers of the earlier single-module trainer (teachers / export / cli)
-__all__ = ["Trainer", "TrainingInterrupted", "float32_trainables", "load_student",
-           "save_student"]
+__all__ = ["Trainer", "TrainingInterrupted"]
 
 
 class TrainingInterrupted(Exception):
@@ -137,14 +133,14 @@ class Trainer:
             enable_gradient_checkpointing(
                 self.student, [*(m for m in self.method.modules() if isinstance(m, Denoiser)),
                                self.teacher])
-        self.optim = Optimizers.build(self.student, self.method.schedule(), t, self.device)
+        self.optim = Optimizers.build(self.student, self.method.aux_updates(), t, self.device)
         self.prec = Precision(t.mixed_precision, self.device)  # autocast, fp16 GradScaler
         # torch DDP over each *loss* (see distributed.DDPLoss): the generator loss reduces the
         # student's gradients, the aux loss the aux optimizer's, during backward; the losses
         # are looked up at call time (a recipe's loss may be replaced on the instance)
-        self.g_loss = DDPLoss(self.dist, lambda b, s: self.method.generator_loss(b, s),
+        self.ddp_generator_loss = DDPLoss(self.dist, lambda b, s: self.method.generator_loss(b, s),
                               {"student": self.student}, self.device)
-        self.a_loss = DDPLoss(self.dist, lambda b, s: self.method.aux_loss(b, s),
+        self.ddp_aux_loss = DDPLoss(self.dist, lambda b, s: self.method.aux_loss(b, s),
                               {"method": self.method}, self.device,
                               params=params_of(self.optim.aux) if self.optim.aux else [])
         # per-step logs stay on the device; read and checked every log_every steps
@@ -166,22 +162,6 @@ class Trainer:
         self.lr_scale = 1.0  # product of the rollback LR factors applied so far
         self._stop_reason: str | None = None
         self.step = 0
-
-    # ------------------------------------------------------------ views kept for callers
-    opt_g = property(lambda self: self.optim.g)
-    opt_aux = property(lambda self: self.optim.aux)
-    sched_g = property(lambda self: self.optim.sched_g)
-    sched_aux = property(lambda self: self.optim.sched_aux)
-    cache = property(lambda self: self.batches.cache)
-    data = property(lambda self: self.batches.data)
-    history = property(lambda self: self.losses.history)
-    checkpoint_dir = property(lambda self: self.ckpt.folder)
-
-    def prepare_data(self) -> None:
-        self.batches.prepare(self.progress)
-
-    def next_batch(self) -> Batch:
-        return self.batches.next()
 
     # ------------------------------------------------------------ state
     def _state_objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -285,28 +265,28 @@ class Trainer:
             aux_params = params_of(o.aux)  # the optimizer's own list (requires_grad flips)
             for p in aux_params:
                 p.requires_grad_(True)
-            for _ in range(o.schedule.aux_per_generator):
+            for _ in range(o.aux_updates.aux_per_generator):
                 with record_function("aux"):
-                    batch = self.next_batch()
+                    batch = self.batches.next()
                     with self.prec.autocast():
-                        out = self.a_loss(batch, self.step)
+                        out = self.ddp_aux_loss(batch, self.step)
                     if out is None:
                         break
-                    al, anorm = self._backward_step(out[0], out[1], o.aux, o.schedule.aux_clip,
-                                                    "auxiliary", self.a_loss.synced)
+                    al, anorm = self._backward_step(out[0], out[1], o.aux, o.aux_updates.aux_clip,
+                                                    "auxiliary", self.ddp_aux_loss.synced)
                 self._aux_terms.update(al)
                 logs.update({k: v.detach() for k, v in al.items()})
                 logs["_aux_grad_norm"] = anorm.detach()
             for p in aux_params:
                 p.requires_grad_(False)
         with record_function("generator_forward"):
-            batch = self.next_batch()
+            batch = self.batches.next()
             with self.prec.autocast():
-                loss, gl = self.g_loss(batch, self.step)
+                loss, gl = self.ddp_generator_loss(batch, self.step)
         gl, gnorm = self._backward_step(loss, gl, o.g, self.cfg.train.grad_clip, "generator",
-                                        self.g_loss.synced)
+                                        self.ddp_generator_loss.synced)
         o.step_schedulers()
-        self._update_ema()
+        ema_update(self.ema, self.student, self.cfg.train.ema_decay)
         self.step += 1
         logs.update({k: v.detach() for k, v in gl.items()})
         logs["grad_norm"] = gnorm.detach()
@@ -335,24 +315,15 @@ class Trainer:
             raise DivergenceError(f"{phase} loss term {term!r} is {value} at step {step}")
         return last
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        d = self.cfg.train.ema_decay
-        pairs = [(pe, p.detach()) for pe, p in zip(self.ema.parameters(),
-                                                    self.student.parameters(), strict=True)
-                 if p.requires_grad]
-        if pairs:  # one multi-tensor op; element-wise identical to ``pe.lerp_(p, 1 - d)``
-            torch._foreach_lerp_([a for a, _ in pairs], [b for _, b in pairs], 1.0 - d)
-
     # ------------------------------------------------------------ the loop
     def train(self) -> Student:
         """Run (or resume) training; returns the EMA student."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         main, t = self.dist.is_main, self.cfg.train
         with self.dist.main_first():  # rank 0 builds a missing teacher cache, the others load it
-            self.prepare_data()
-        # resume after prepare_data so that nothing it might draw from the global RNG shifts
-        # the restored RNG states (bit-identical continuation)
+            self.batches.prepare(self.progress)
+        # resume after the data are prepared, so that nothing preparing them draws from the
+        # global RNG shifts the restored RNG states (bit-identical continuation)
         resumed = self.try_resume() if self.resume else False
         if not resumed:
             self.losses.cut(0)  # a fresh start (or no checkpoint yet): no rows from before
@@ -410,7 +381,7 @@ class Trainer:
         self.ema.eval()
         ema = Snapshot(FullStateView(self.ema).state_dict()) if self.dist.fsdp else self.ema
         if main:
-            save_student(self.run_dir / "student.safetensors", ema,  # type: ignore[arg-type]
+            save_student_file(self.run_dir / "student.safetensors", ema,  # type: ignore[arg-type]
                          student_file_config(self.cfg, self.teacher_cfg, self.ema.sigmas))
         self.write_samples("final")
         self.dist.barrier()  # every rank returns once the files exist

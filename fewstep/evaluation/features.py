@@ -19,7 +19,6 @@ classes* (the digits classifier on digits, or ``classifier:FILE`` with the same 
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from fewstep.errors import ConfigError
 from fewstep.evaluation.digits_classifier import load_default_classifier
 from fewstep.evaluation.fid import extract_features
 from fewstep.evaluation.image_classifier import load_image_classifier
+from fewstep.utils.imports import import_callable
 
 DIGITS_FEATURES = "digits_classifier"
 
@@ -69,17 +69,10 @@ class FeatureSpace:
 
 def load_builder(target: str) -> nn.Module:
     """Import ``pkg.module:function`` and call it (no arguments) for a feature module."""
-    mod_name, _, fn_name = target.partition(":")
-    if not mod_name or not fn_name:
-        raise ConfigError(f"--features builder:{target}: use builder:pkg.module:function")
     try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ConfigError(f"--features builder:{target}: cannot import {mod_name} ({e})"
-                          ) from None
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise ConfigError(f"--features builder:{target}: {mod_name} has no function {fn_name}")
+        fn = import_callable(target)
+    except ValueError as e:
+        raise ConfigError(f"--features builder:{target}: cannot import it ({e})") from None
     net = fn()
     if not isinstance(net, nn.Module):
         raise ConfigError(f"--features builder:{target}: returned {type(net).__name__}, "

@@ -53,7 +53,12 @@ from torch import Tensor, nn
 
 from fewstep.core.samplers import sample
 from fewstep.export.model_card import model_card
-from fewstep.export.native import INDEX, LoadedStudent, load_student, save_student
+from fewstep.export.native import (
+    INDEX,
+    ExportedStudent,
+    read_student_folder,
+    write_student_folder,
+)
 from fewstep.teachers.base import dtype_kwargs
 from fewstep.teachers.diffusers.denoisers import (
     TIME_INPUTS,
@@ -157,7 +162,8 @@ def export_student(student: Any, folder: str | os.PathLike[str], teacher_config:
             "teacher": {key: v for key, v in teacher_config.items() if key != "builder"},
             "components": "none", "latent_shape": shape, "num_classes": int(num_classes),
             "max_sequence_length": teacher_config.get("max_sequence_length"), **(extra or {})}
-    return save_student(Path(folder), steps, student.sigmas.detach().cpu(), builder, extra=info)
+    return write_student_folder(Path(folder), steps, student.sigmas.detach().cpu(), builder,
+                                extra=info)
 
 
 def normalise_components(components: str, lora: bool) -> str:
@@ -398,7 +404,7 @@ def _network_class(info: dict[str, Any]) -> type:
 
 
 def load_diffusers_student(folder: str | os.PathLike[str], device: torch.device | str = "cpu",
-                           dtype: torch.dtype | None = None) -> LoadedStudent:
+                           dtype: torch.dtype | None = None) -> ExportedStudent:
     """Rebuild the student of a diffusers-format export as fewstep denoisers (eval mode).
     ``dtype`` casts the networks (default: as saved)."""
     from fewstep.student.lora import PerStepLoRA
@@ -446,16 +452,16 @@ def load_diffusers_student(folder: str | os.PathLike[str], device: torch.device 
             lora.load_adapter_state_dict(k, {attr + n.removeprefix(comp): t
                                              for n, t in sd.items()})
         lora.to(device=device, dtype=dtype).eval()
-        return LoadedStudent(sigmas=sigmas, lora=lora, index=index)
+        return ExportedStudent(sigmas=sigmas, lora=lora, index=index)
     nets: dict[str, nn.Module] = {}
     for sub in info["step_subfolders"]:
         if sub not in nets:
             nets[sub] = wrap(load(str(root), sub)).to(device=device, dtype=dtype).eval()
-    return LoadedStudent(sigmas=sigmas, steps=[nets[s] for s in info["step_subfolders"]],
+    return ExportedStudent(sigmas=sigmas, steps=[nets[s] for s in info["step_subfolders"]],
                          index=index)
 
 
-def step0_network(student: LoadedStudent) -> nn.Module:
+def step0_network(student: ExportedStudent) -> nn.Module:
     """The diffusers network of step 0 (a LoRA student: the base, adapters inserted)."""
     den = student.lora.base if student.lora is not None else student.steps[0]
     return getattr(den, network_attribute(den))
@@ -518,7 +524,7 @@ class StudentPipeline:
             ``text_pipe``: Z-Image decoder and prompt encoder (``None`` in pixel space).
     """
 
-    def __init__(self, student: LoadedStudent, vae: nn.Module | None = None,
+    def __init__(self, student: ExportedStudent, vae: nn.Module | None = None,
                  text_pipe: Any = None, device: torch.device | str = "cpu") -> None:
         self.student = student
         self.index = student.index
@@ -547,7 +553,7 @@ class StudentPipeline:
         if not (root / INDEX).is_file():
             raise FileNotFoundError(f"{root} is not an exported student ({INFO} / {INDEX} "
                                     "missing)")
-        st = load_student(root, device=device, dtype=dtype)
+        st = read_student_folder(root, device=device, dtype=dtype)
         extra = st.index.get("extra", {})
         text_pipe = None
         if extra.get("pipeline") == "zimage":  # an export of an older fewstep

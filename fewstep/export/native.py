@@ -31,7 +31,6 @@ Loading only imports builders from modules under ``allowed_prefixes`` (default `
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -46,6 +45,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
 from fewstep.student.lora import PerStepLoRA
+from fewstep.utils.imports import import_callable
 
 FORMAT = "fewstep-student-v1"
 INDEX = "student_index.json"
@@ -79,21 +79,9 @@ def builder_spec_of(module: nn.Module) -> BuilderSpec:
 
 def resolve_builder(target: str, allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED
                     ) -> Callable[..., nn.Module]:
-    """Import ``"package.module:attr.attr"`` if the module is under an allowed prefix."""
-    mod_name, _, attr_path = target.partition(":")
-    if not attr_path or not re.fullmatch(r"[A-Za-z_][\w.]*", mod_name):
-        raise ValueError(f"builder target must be 'module:callable', got {target!r}")
-    if not any(mod_name == p or mod_name.startswith(p + ".") for p in allowed_prefixes):
-        raise ValueError(f"builder module {mod_name!r} is not under {list(allowed_prefixes)}")
-    parts = attr_path.split(".")
-    if not all(re.fullmatch(r"[A-Za-z]\w*", p) for p in parts):
-        raise ValueError(f"invalid builder attribute path {attr_path!r}")
-    obj: Any = importlib.import_module(mod_name)
-    for p in parts:
-        obj = getattr(obj, p)
-    if not callable(obj):
-        raise ValueError(f"builder {target!r} is not callable")
-    return obj
+    """The builder ``"package.module:attr.attr"``, if its module is under an allowed prefix
+    (``ValueError`` otherwise, see :func:`fewstep.utils.imports.import_callable`)."""
+    return import_callable(target, allowed_prefixes)
 
 
 def _build(spec: dict[str, Any], allowed_prefixes: Sequence[str]) -> nn.Module:
@@ -103,7 +91,7 @@ def _build(spec: dict[str, Any], allowed_prefixes: Sequence[str]) -> nn.Module:
     return module
 
 
-def save_student(folder: str | os.PathLike[str], steps: Sequence[nn.Module] | PerStepLoRA,
+def write_student_folder(folder: str | os.PathLike[str], steps: Sequence[nn.Module] | PerStepLoRA,
                  sigmas: Sequence[float] | Tensor, builder: BuilderSpec | None = None,
                  extra: dict[str, Any] | None = None) -> Path:
     """Write the student (see module docstring). Returns the folder path."""
@@ -163,7 +151,7 @@ def _to_saved_dtype(module: nn.Module, tensors: dict[str, Tensor]) -> None:
 
 
 @dataclass
-class LoadedStudent:
+class ExportedStudent:
     """A reloaded student: ``steps`` (mode ``full``) or ``lora`` (mode ``lora``) + ``sigmas``."""
 
     sigmas: Tensor
@@ -185,10 +173,10 @@ class LoadedStudent:
         return [self.lora] if self.lora is not None else list(self.steps)
 
 
-def load_student(folder: str | os.PathLike[str], device: torch.device | str = "cpu",
+def read_student_folder(folder: str | os.PathLike[str], device: torch.device | str = "cpu",
                  dtype: torch.dtype | None = None,
-                 allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED) -> LoadedStudent:
-    """Rebuild a student written by :func:`save_student` (eval mode, on ``device``)."""
+                 allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED) -> ExportedStudent:
+    """Rebuild a student written by :func:`write_student_folder` (eval mode, on ``device``)."""
     root = Path(folder)
     index = json.loads((root / INDEX).read_text(encoding="utf-8"))
     if index.get("format") != FORMAT:
@@ -211,7 +199,7 @@ def load_student(folder: str | os.PathLike[str], device: torch.device | str = "c
                     p.data = p.data.to(dt)
             lora.load_adapter_state_dict(i, ad)
         lora.to(device=device, dtype=dtype).eval()
-        return LoadedStudent(sigmas=sigmas, lora=lora, index=index)
+        return ExportedStudent(sigmas=sigmas, lora=lora, index=index)
     if index["mode"] != "full":
         raise ValueError(f"unknown student mode {index['mode']!r}")
     steps = []
@@ -223,8 +211,8 @@ def load_student(folder: str | os.PathLike[str], device: torch.device | str = "c
             m.to(dt)
         load_model(m, path, strict=True)
         steps.append(m.to(device=device, dtype=dtype).eval())
-    return LoadedStudent(sigmas=sigmas, steps=steps, index=index)
+    return ExportedStudent(sigmas=sigmas, steps=steps, index=index)
 
 
-__all__ = ["LoadedStudent", "builder_spec_of", "diffusers_model_from_config", "load_student",
-           "resolve_builder", "save_student"]
+__all__ = ["ExportedStudent", "builder_spec_of", "diffusers_model_from_config",
+           "read_student_folder", "resolve_builder", "write_student_folder"]

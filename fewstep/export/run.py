@@ -26,8 +26,8 @@ import torch
 from fewstep.distill.config import DistillConfig
 from fewstep.errors import ConfigError
 from fewstep.export.diffusers_export import export_family, export_student
-from fewstep.student.factory import load_student
 from fewstep.student.student import Student
+from fewstep.student.student_file import load_student_file
 from fewstep.teachers import load_teacher
 from fewstep.utils.config_files import load_config
 
@@ -93,7 +93,7 @@ def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
                           f"zimage, unet_eps or diffusers); a teacher.kind "
                           f"{loaded.config.get('kind')} student is written whole in fewstep's "
                           "own format")
-    student, _ = load_student(st_path, dev, like=loaded.denoiser)
+    student, _ = load_student_file(st_path, dev, like=loaded.denoiser)
     try:
         return export_trained(student, out, loaded.config, loaded.problem, loaded.pipeline,
                               components, cfg, run_metrics(run))

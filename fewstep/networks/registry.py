@@ -43,7 +43,7 @@ def label_null_cond(null_class: int):
     return fn
 
 
-def build_denoiser(net_cfg: dict[str, Any], prediction: str = "velocity",
+def network_denoiser(net_cfg: dict[str, Any], prediction: str = "velocity",
                    time_input: str = "sigma", null_class: int | None = None) -> NetworkDenoiser:
     """A :class:`NetworkDenoiser` around :func:`build_network` (weights uninitialised)."""
     net = build_network(net_cfg)

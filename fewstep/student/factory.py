@@ -1,20 +1,16 @@
-"""Build, save and load the K-step student: the one place a :class:`Student` is made from a
-config.
+"""Build the K-step student: the one place a :class:`Student` is made from a config.
 
 * :func:`build_student` -- a fresh student from the teacher and the run's ``student`` section
   (step levels from :func:`fewstep.core.levels.student_sigmas`);
-* :func:`save_student` / :func:`load_student` -- ``student.safetensors``: the student's weights
-  with what rebuilds it (``{"denoiser": teacher config, "student": student section, "sigmas",
-  "method", "data"}``, see :func:`student_file_config`);
-* :func:`student_from_spec` -- the constructor call both use (with the LoRA check);
+* :func:`student_from_spec` -- the constructor call it and the student file's reader
+  (:mod:`fewstep.student.student_file`) use (with the LoRA check);
 * training switches: :func:`float32_trainables`, :func:`enable_gradient_checkpointing`,
   :func:`compile_student`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -24,13 +20,9 @@ from fewstep.core.denoiser import Denoiser
 from fewstep.core.levels import student_sigmas, student_sigmas_from_levels
 from fewstep.core.noise_correction import TERMINAL_TOL, is_epsilon_model, is_zero_terminal_snr
 from fewstep.distill.config import DistillConfig, StudentSpec
-from fewstep.errors import CheckpointError, ConfigError
+from fewstep.errors import ConfigError
 from fewstep.student.lora import find_lora_targets
 from fewstep.student.student import Student, resolve_lora_targets
-from fewstep.teachers import rebuild_denoiser
-from fewstep.utils.files import load_tensors, save_tensors
-
-STUDENT_KIND = "student"
 
 
 def check_lora(teacher: nn.Module, rank: int, targets: list[str] | None) -> None:
@@ -96,58 +88,6 @@ def float32_trainables(student: Student) -> None:
     for p in student.parameters():
         if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
             p.data = p.data.float()
-
-
-def student_file_config(cfg: DistillConfig, teacher_cfg: dict[str, Any], sigmas: Tensor
-                        ) -> dict[str, Any]:
-    """What :func:`load_student` needs to rebuild the student (stored in the file)."""
-    return {"denoiser": teacher_cfg, "student": cfg.student.model_dump(),
-            "sigmas": [float(s) for s in sigmas], "method": cfg.method, "data": cfg.data}
-
-
-def save_student(path: str | Path, student: nn.Module, config: dict[str, Any]) -> None:
-    """Write a student with what rebuilds it (atomic, safetensors): all steps' weights, or for a
-    LoRA student only its adapters plus the fingerprint of the frozen base (the base is the
-    teacher's, re-read on load)."""
-    if isinstance(student, Student) and student.lora is not None:
-        config = {**config, "base_fingerprint": student.base_fingerprint()}
-        save_tensors(path, student.trainable_state_dict(), STUDENT_KIND, config)
-        return
-    save_tensors(path, student.state_dict(), STUDENT_KIND, config)
-
-
-def load_student_state(student: Student, tensors: dict[str, Tensor], config: dict[str, Any],
-                       where: str) -> None:
-    """Load a student file's tensors (full or trainable-only state) into ``student``;
-    :class:`CheckpointError` if they do not fit or the recorded base fingerprint differs from
-    the base ``student`` was built on (a LoRA file must be loaded on its own teacher)."""
-    want = config.get("base_fingerprint")
-    if want is not None and want != student.base_fingerprint():
-        raise CheckpointError(f"{where}: this LoRA student holds only its adapters and was "
-                              "trained on another base; load it with its teacher")
-    try:
-        student.load_trainable_state_dict(tensors)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{where}: {e}") from None
-
-
-def load_student(path: str | Path, device: str | torch.device = "cpu",
-                 like: Denoiser | None = None, allow_builders: Sequence[str] = ()
-                 ) -> tuple[Student, dict[str, Any]]:
-    """Rebuild a student written by :func:`save_student`; returns ``(student (eval), config)``.
-
-    ``like``: the loaded teacher to build on (skips building a random one first; required for
-    a LoRA student, whose file holds only the adapters);
-    ``allow_builders``: custom teacher builders the run's config names (``teacher.builder``),
-    the only ones a student file may make fewstep import."""
-    tensors, config = load_tensors(path, kind=STUDENT_KIND)
-    try:
-        base = like if like is not None else rebuild_denoiser(config["denoiser"], allow_builders)
-        st = student_from_spec(base, config["student"], torch.tensor(config["sigmas"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: student config is invalid ({e})") from None
-    load_student_state(st, tensors, config, str(path))
-    return st.to(device).eval(), config
 
 
 def enable_gradient_checkpointing(student: Student, others: Iterable[nn.Module]) -> None:

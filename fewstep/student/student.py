@@ -16,8 +16,8 @@ Parameterisations (``Student.parameterization``):
 Trainable state (for EMA, checkpoints and exports): :meth:`Student.trainable_state_dict` holds
 only what training changes (the adapters, or the step copies); a LoRA student's frozen base is
 identified by :meth:`Student.base_fingerprint` (equal to :func:`weights_fingerprint` of the
-teacher's state dict) and re-read from the teacher. :meth:`Student.ema_copy` /
-:class:`StudentEMA` average the trainable parameters only and share the base.
+teacher's state dict) and re-read from the teacher. :meth:`Student.ema_copy` is the
+EMA's model (:mod:`fewstep.student.ema`): trainable tensors copied, the base shared.
 """
 
 from __future__ import annotations
@@ -176,34 +176,6 @@ class Student(nn.Module):
         return sample(self, noise, cond, self.sigmas, self.transition, step_noises=step_noises,
                       generator=generator, stop_after=num_steps,
                       detach_between_steps=detach_between_steps)
-
-
-class StudentEMA:
-    """EMA of a student's trainable parameters only: ``ema <- decay ema + (1 - decay) p``.
-
-    ``model`` is a :meth:`Student.ema_copy` (samples like a student; a LoRA student's base is
-    shared, not copied); :meth:`state_dict` / :meth:`load_state_dict` hold the trainable part.
-    """
-
-    def __init__(self, student: Student, decay: float) -> None:
-        self.decay = float(decay)
-        self.model = student.ema_copy()
-
-    @torch.no_grad()
-    def update(self, student: Student, decay: float | None = None) -> None:
-        """One EMA step towards ``student`` (one multi-tensor ``lerp``)."""
-        d = self.decay if decay is None else float(decay)
-        mine = dict(self.model.named_trainable_parameters())
-        pairs = [(mine[n], p.detach()) for n, p in student.named_trainable_parameters()
-                 if p.requires_grad]
-        if pairs:
-            torch._foreach_lerp_([a for a, _ in pairs], [b.to(a.dtype) for a, b in pairs], 1 - d)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.model.trainable_state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.model.load_trainable_state_dict(state)
 
 
 class TrainableStateView:

@@ -19,7 +19,6 @@ The student file records the builder string; reloading it (``load_student``, ``e
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,25 +29,22 @@ from torch import Tensor, nn
 from fewstep.core.denoiser import NetworkDenoiser, Prediction, TimeInput
 from fewstep.core.levels import resolve_teacher_sigmas
 from fewstep.data.problem import PROBLEMS, Problem, get_problem
-from fewstep.data.prompts import PromptProblem
+from fewstep.data.prompts import PROMPTS_DATA, PromptProblem
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import (
     LoadedTeacher,
     MetaTeacher,
     TeacherAdapter,
-    first_line,
     identity_of,
     register,
     sampling_config,
 )
 from fewstep.teachers.diffusers.prompt_cache import PromptCache
+from fewstep.utils.imports import import_callable
 
 if TYPE_CHECKING:
     from fewstep.distill.config import DistillConfig
     from fewstep.teachers.spec import TeacherSpec
-
-PROMPTS_DATA = "prompts"
-
 
 @dataclass
 class CustomTeacher:
@@ -90,15 +86,10 @@ def allow_builder(builder: str | None) -> None:
 def call_builder(builder: str) -> CustomTeacher:
     """Import and call ``"package.module:function"``; ``ConfigError`` naming
     ``teacher.builder`` if it does not import or does not return a :class:`CustomTeacher`."""
-    mod_name, _, attr = builder.partition(":")
     try:
-        obj: Any = importlib.import_module(mod_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"teacher.builder: cannot import {builder!r}: {first_line(e)}") from None
-    if not callable(obj):
-        raise ConfigError(f"teacher.builder: {builder!r} is not callable")
+        obj = import_callable(builder)
+    except ValueError as e:
+        raise ConfigError(f"teacher.builder: cannot import {builder!r}: {e}") from None
     spec = obj()
     if not isinstance(spec, CustomTeacher):
         raise ConfigError(f"teacher.builder: {builder!r} returned {type(spec).__name__}, not a "
@@ -142,8 +133,8 @@ class CustomTeacherAdapter(TeacherAdapter):
         if spec.builder is None:
             raise ValueError("teacher.builder: required for teacher.kind custom "
                              "('package.module:function' returning a CustomTeacher)")
-        if spec.schedule == "pipeline":
-            raise ValueError("teacher.schedule: 'pipeline' needs a diffusers teacher")
+        if spec.levels == "pipeline":
+            raise ValueError("teacher.levels: 'pipeline' needs a diffusers teacher")
 
     def check_data(self, spec: TeacherSpec, data: str) -> None:
         if data == PROMPTS_DATA and spec.prompts is None:
@@ -182,7 +173,7 @@ class CustomTeacherAdapter(TeacherAdapter):
         den = _denoiser(spec).to(device).eval().requires_grad_(False)
         problem = self._problem(cfg, spec, den)
         shift = t.shift or spec.shift
-        sig, scale = resolve_teacher_sigmas(t.schedule or "uniform", t.steps, shift)
+        sig, scale = resolve_teacher_sigmas(t.levels or "uniform", t.steps, shift)
         tcfg = {"kind": "custom", "builder": ["fewstep.teachers.custom:custom_denoiser",
                                               {"builder": t.builder}],
                 "user_builder": t.builder, "dtype": t.dtype, "data": cfg.data,

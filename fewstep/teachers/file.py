@@ -12,7 +12,7 @@ import torch
 from fewstep.assets import teacher_path
 from fewstep.core.levels import resolve_teacher_sigmas
 from fewstep.data.problem import PROBLEMS, get_problem
-from fewstep.data.prompts import PROMPTS_NAME as PROMPTS_DATA
+from fewstep.data.prompts import PROMPTS_DATA
 from fewstep.errors import CheckpointError, ConfigError
 from fewstep.teachers.base import LoadedTeacher, MetaTeacher, TeacherAdapter, register
 from fewstep.teachers.training import denoiser_from_config, load_denoiser
@@ -41,8 +41,8 @@ class FileTeacher(TeacherAdapter):
 
     def check(self, spec: TeacherSpec) -> None:
         super().check(spec)
-        if spec.schedule == "pipeline":
-            raise ValueError("teacher.schedule: 'pipeline' needs a diffusers teacher; use "
+        if spec.levels == "pipeline":
+            raise ValueError("teacher.levels: 'pipeline' needs a diffusers teacher; use "
                              "uniform or a sigma list")
 
     def check_data(self, spec: TeacherSpec, data: str) -> None:
@@ -68,7 +68,7 @@ class FileTeacher(TeacherAdapter):
         samp = dict(dcfg.get("sampling", {}))
         t = cfg.teacher
         shift = t.shift or samp.get("shift", 1.0)
-        sig, scale = resolve_teacher_sigmas(t.schedule or "uniform", t.steps, shift)
+        sig, scale = resolve_teacher_sigmas(t.levels or "uniform", t.steps, shift)
         dcfg = {**dcfg, "sampling": {**samp, "steps": t.steps, "shift": shift,
                                      "sigmas": sig.tolist(), "noise_scale": scale}}
         return LoadedTeacher(den, dcfg, read_metadata(path).get("sha256", str(path)),

@@ -30,7 +30,7 @@ class TeacherSpec(StrictModel):
     :class:`fewstep.teachers.CustomTeacher`). Text-conditioned teachers need ``prompts``,
     ``resolution`` and ``data: prompts``.
 
-    ``schedule``: the teacher sampler's levels: ``uniform`` (``shift(linspace(1, 0, N + 1))``),
+    ``levels``: the teacher sampler's noise levels: ``uniform`` (``shift(linspace(1, 0, N + 1))``),
     ``pipeline`` (the diffusers scheduler's own N-step levels) or an explicit list of ``N + 1``
     sigmas from 1 down to 0. Default: ``pipeline`` for ``diffusers``, else ``uniform``.
     """
@@ -46,9 +46,9 @@ class TeacherSpec(StrictModel):
                                    "teachers); the latent shape follows from the VAE")
     max_sequence_length: int = Field(512, ge=1, description="text-encoder tokens")
     steps: int = Field(8, ge=1, le=10000, description="teacher sampling steps")
-    schedule: Literal["uniform", "pipeline"] | list[float] | None = Field(
+    levels: Literal["uniform", "pipeline"] | list[float] | None = Field(
         None, description="uniform | pipeline | [sigma list]; null: the kind's default")
-    shift: float | None = Field(None, gt=0.0, description="time shift of the uniform schedule; "
+    shift: float | None = Field(None, gt=0.0, description="time shift of the uniform levels; "
                                 "null: the teacher's own")
     cfg_scale: float | None = Field(None, description="guidance w; null: the teacher's own "
                                     "(1 = no CFG for diffusers teachers)")
@@ -97,9 +97,9 @@ class TeacherSpec(StrictModel):
             raise ValueError("must be an existing local folder or a hub id 'owner/name'")
         return v
 
-    @field_validator("schedule")
+    @field_validator("levels")
     @classmethod
-    def _schedule_ok(cls, v: object) -> object:
+    def _levels_ok(cls, v: object) -> object:
         if not isinstance(v, list):
             return v
         if len(v) < 2 or abs(v[0] - 1.0) > 1e-6 or v[-1] != 0.0:
@@ -110,8 +110,8 @@ class TeacherSpec(StrictModel):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> TeacherSpec:
-        if isinstance(self.schedule, list) and len(self.schedule) != self.steps + 1:
-            raise ValueError(f"teacher.schedule: {len(self.schedule)} levels but teacher.steps "
+        if isinstance(self.levels, list) and len(self.levels) != self.steps + 1:
+            raise ValueError(f"teacher.levels: {len(self.levels)} levels but teacher.steps "
                              f"is {self.steps} (need steps + 1, ending at 0)")
         get_adapter(self.kind).check(self)
         return self

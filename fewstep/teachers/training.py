@@ -30,7 +30,8 @@ from fewstep.core.samplers import euler_sample
 from fewstep.data.problem import PROBLEMS, get_problem
 from fewstep.data.spec import canonical_data, data_label, is_builtin, missing_data_path
 from fewstep.errors import CheckpointError, ConfigError
-from fewstep.networks.registry import build_denoiser
+from fewstep.networks.registry import network_denoiser
+from fewstep.student.ema import ema_update
 from fewstep.utils.config_files import DeviceName, Seed, StrictModel
 from fewstep.utils.files import load_state_into, load_tensors, save_tensors
 from fewstep.utils.viz import save_grid
@@ -165,7 +166,7 @@ def _data_info(prob: Any) -> dict[str, Any]:
 def denoiser_from_config(config: dict[str, Any]) -> NetworkDenoiser:
     """Build an (uninitialised) denoiser from a denoiser-file config."""
     try:
-        return build_denoiser(config["network"], config.get("prediction", "velocity"),
+        return network_denoiser(config["network"], config.get("prediction", "velocity"),
                               config.get("time_input", "sigma"), config.get("null_class"))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"denoiser config is invalid: {e}") from None
@@ -264,9 +265,7 @@ def train_teacher(cfg: TeacherConfig, out: str | Path | None = None,
         torch.nn.utils.clip_grad_norm_(den.parameters(), 1.0)
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), den.parameters(), strict=True):
-                pe.lerp_(p, 1.0 - decay)
+        ema_update(ema, den, decay)
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
         step += 1
         bar.update(1)

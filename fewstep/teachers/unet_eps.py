@@ -10,7 +10,7 @@ import torch
 
 from fewstep.core.levels import resolve_teacher_sigmas
 from fewstep.data.problem import Problem, get_problem
-from fewstep.data.prompts import PROMPTS_NAME as PROMPTS_DATA
+from fewstep.data.prompts import PROMPTS_DATA
 from fewstep.data.spec import is_builtin
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import (
@@ -79,7 +79,7 @@ class UNetEpsTeacher(TeacherAdapter):
             null_class = problem.num_classes
         den = VPEpsilonDenoiser.from_scheduler(unet, sched, null_class=null_class)
         den = den.to(device).eval().requires_grad_(False)
-        sig, scale = resolve_teacher_sigmas(t.schedule or "uniform", t.steps, t.shift or 1.0,
+        sig, scale = resolve_teacher_sigmas(t.levels or "uniform", t.steps, t.shift or 1.0,
                                             sched)
         tcfg = {"kind": "unet_eps", "pretrained": t.pretrained, "dtype": t.dtype,
                 "data": cfg.data, "null_class": null_class, "builder": list(den.builder_spec()),

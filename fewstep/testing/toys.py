@@ -14,7 +14,7 @@ from fewstep.core.denoiser import Denoiser
 from fewstep.data.problem import Problem, get_problem
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.methods.base import Batch, DistillContext
-from fewstep.networks.registry import build_denoiser
+from fewstep.networks.registry import network_denoiser
 from fewstep.student.student import Student
 from fewstep.utils.config_files import validate
 
@@ -29,7 +29,7 @@ def toy_denoiser(init_std: float | None = 0.1, num_classes: int = 0,
                            "emb": 16}
     if num_classes:
         net["num_classes"] = num_classes
-    den = build_denoiser(net, null_class=null_class)
+    den = network_denoiser(net, null_class=null_class)
     if init_std is not None:
         for p in den.parameters():
             torch.nn.init.normal_(p, std=init_std)

@@ -18,7 +18,7 @@ from fewstep.data.problem import get_problem
 from fewstep.distill.engine.precision import DeferredLogs
 from fewstep.distill.methods.base import Batch, DistillContext
 from fewstep.distill.methods.registry import config_class, method_class, method_names
-from fewstep.networks.registry import build_denoiser
+from fewstep.networks.registry import network_denoiser
 from fewstep.student.student import Student
 from fewstep.teachers.diffusers.zimage import ZImageDenoiser
 from fewstep.testing import build_tiny_zimage_pipeline
@@ -35,7 +35,7 @@ def _on_meta(n: int, *shape: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", method_names())
 def test_every_recipe_runs_on_a_device_without_host_tensors(name: str, param: str) -> None:
     torch.manual_seed(0)
-    den = build_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 32, "depth": 2,
+    den = network_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 32, "depth": 2,
                           "emb": 16}).requires_grad_(False)
     cfg = validate(config_class(name), {"method": name, "data": "checkerboard",
                                         "student": {"num_steps": 2, "parameterization": param,

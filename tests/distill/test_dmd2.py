@@ -51,7 +51,7 @@ def test_gan_head_lives_on_the_fake_score_network():
     ctx = _ctx(gan={"weight": 0.1, "real": "dataset", "lr": 3e-4})
     m = DMD2(ctx)
     assert m.needs_real and m.fake.head is not None
-    groups = m.schedule().aux_groups
+    groups = m.aux_updates().aux_groups
     head_ids = {id(p) for p in m.fake.head.parameters()}
     # the head learns at the GAN block's rate, the fake score trunk at dm.fake_lr
     assert [g["lr"] for g in groups] == [ctx.cfg.dm.fake_lr, 3e-4]
@@ -79,7 +79,7 @@ def test_every_recipe_trains_through_the_trainer(method, toy_teacher_path, tmp_p
         "train": {"iterations": 3, "batch_size": 32, "aux_ratio": 2}})
     tr = Trainer(cfg, tmp_path / "run", progress=False)
     tr.train()
-    assert len(tr.history) == 3 and (tmp_path / "run" / "student.safetensors").exists()
+    assert len(tr.losses.history) == 3 and (tmp_path / "run" / "student.safetensors").exists()
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from fewstep.data.problem import get_problem
 from fewstep.distill.methods.base import Batch
 from fewstep.distill.methods.imagine_flash import ImagineFlash
 from fewstep.evaluation.toy_metrics import sliced_wasserstein
-from fewstep.networks.registry import build_denoiser
+from fewstep.networks.registry import network_denoiser
 from fewstep.student import student as student_mod
 from fewstep.student.student import unroll_to_step
 from fewstep.teachers.training import load_denoiser
@@ -115,7 +115,7 @@ def test_noise_correction_cancels_a_sigma_constant_epsilon_bias():
 @pytest.mark.parametrize("prediction", ["velocity", "x0"])
 def test_noise_correction_is_a_no_op_for_velocity_and_x0_models(prediction):
     torch.manual_seed(0)
-    den = build_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 16, "depth": 1,
+    den = network_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 16, "depth": 1,
                           "emb": 16}, prediction=prediction)
     for p in den.parameters():
         torch.nn.init.normal_(p, std=0.1)

@@ -87,7 +87,7 @@ def test_declarations():
     m = LADD(ctx)
     needs = m.data_needs()
     assert needs.teacher_pairs and needs.real == "teacher_cache"
-    sched = m.schedule()
+    sched = m.aux_updates()
     assert [gr["lr"] for gr in sched.aux_groups] == [ctx.cfg.gan.lr]
     assert graph_forwards(ctx.cfg) == 2
     # decoupled: one step module per batch, gradient only into that step's network

@@ -1,5 +1,5 @@
 """The training loop's bookkeeping: losses.jsonl consistent with the state, rollback walking
-back through older checkpoints, the method's update schedule, the config union."""
+back through older checkpoints, the method's aux updates, the config union."""
 
 import json
 from pathlib import Path
@@ -38,7 +38,7 @@ def test_fresh_start_and_resume_without_checkpoint_empty_the_log(toy_teacher_pat
     tr = Trainer(_cfg(toy_teacher_path, tmp_path, iterations=2), run, progress=False,
                  resume=True)
     tr.train()
-    assert _steps(run) == [1, 2] and [r["step"] for r in tr.history] == [1, 2]
+    assert _steps(run) == [1, 2] and [r["step"] for r in tr.losses.history] == [1, 2]
 
 
 def test_rollback_walks_back_when_the_newest_checkpoint_keeps_diverging(toy_teacher_path,
@@ -83,15 +83,15 @@ def test_rollback_gives_up_when_no_checkpoint_is_left(toy_teacher_path, tmp_path
         tr.train()
 
 
-def test_schedule_sets_the_aux_optimizer(toy_teacher_path, tmp_path):
+def test_aux_updates_set_the_aux_optimizer(toy_teacher_path, tmp_path):
     cfg = _cfg(toy_teacher_path, tmp_path, aux_ratio=3, aux_grad_clip=0.5)
     cfg = cfg.model_copy(update={"gan": cfg.gan.model_copy(update={"lr": 5e-4})})
     tr = Trainer(cfg, tmp_path / "run", progress=False)
-    sched = tr.method.schedule()
+    sched = tr.method.aux_updates()
     assert sched.aux_per_generator == 3 and sched.aux_clip == 0.5
-    assert tr.opt_aux is not None
-    assert [g["lr"] for g in tr.opt_aux.param_groups] == [5e-4, cfg.dm.fake_lr][
-        :len(tr.opt_aux.param_groups)]
+    assert tr.optim.aux is not None
+    assert [g["lr"] for g in tr.optim.aux.param_groups] == [5e-4, cfg.dm.fake_lr][
+        :len(tr.optim.aux.param_groups)]
 
 
 def test_config_union_and_section_errors():

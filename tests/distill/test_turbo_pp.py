@@ -29,16 +29,16 @@ def _rows_in(a: torch.Tensor, pool: torch.Tensor) -> bool:
 
 def test_real_batch_is_teacher_samples_unless_switched(toy_teacher_path, tmp_path):
     tr = Trainer(_cfg(toy_teacher_path, tmp_path), tmp_path / "a", progress=False)
-    tr.prepare_data()
-    batch = tr.next_batch()
-    assert _rows_in(batch.real, tr.cache["sample"])
+    tr.batches.prepare(False)
+    batch = tr.batches.next()
+    assert _rows_in(batch.real, tr.batches.cache["sample"])
     data, _ = tr.problem.split("train")
     assert not _rows_in(batch.real, data)
 
     tr = Trainer(_cfg(toy_teacher_path, tmp_path, gan={"real": "dataset"}), tmp_path / "b",
                  progress=False)
-    tr.prepare_data()
-    batch = tr.next_batch()
+    tr.batches.prepare(False)
+    batch = tr.batches.next()
     assert _rows_in(batch.real, data)
 
 
@@ -47,8 +47,8 @@ def test_teacher_traj_target_is_teacher_estimate_from_same_noise(toy_teacher_pat
     from fewstep.core.samplers import euler_sample
 
     tr = Trainer(_cfg(toy_teacher_path, tmp_path), tmp_path / "a", progress=False)
-    tr.prepare_data()
-    b = tr.next_batch()
+    tr.batches.prepare(False)
+    b = tr.batches.next()
     traj = euler_sample(tr.teacher, b.noise, b.cond, teacher_sigmas(8))
     torch.testing.assert_close(b.teacher_sample, traj.sample, atol=1e-5, rtol=0)
     torch.testing.assert_close(b.teacher_mid, traj.x0s[4], atol=1e-5, rtol=0)  # sigma = 0.5
@@ -71,8 +71,8 @@ def test_generator_loss_reaches_step_one_only_end_to_end(toy_teacher_path, tmp_p
     cfg = _cfg(toy_teacher_path, tmp_path, step1={"loss": "none"},
                turbo={"end_to_end": end_to_end})
     tr = Trainer(cfg, tmp_path / "g", progress=False)
-    tr.prepare_data()
-    loss, _ = tr.method.generator_loss(tr.next_batch(), step=0)
+    tr.batches.prepare(False)
+    loss, _ = tr.method.generator_loss(tr.batches.next(), step=0)
     tr.student.zero_grad(set_to_none=True)
     loss.backward()
     g0 = [p.grad for p in tr.student.step_parameters(0)]
@@ -119,7 +119,7 @@ def test_step1_dm_uses_a_fake_score_per_output(monkeypatch):
     m.generator_loss(_unit_batch(), 0)
     assert calls == ["final", "step1"]
     # both networks train at dm.fake_lr
-    assert [g["lr"] for g in m.schedule().aux_groups] == [m.ctx.cfg.dm.fake_lr] * 2
+    assert [g["lr"] for g in m.aux_updates().aux_groups] == [m.ctx.cfg.dm.fake_lr] * 2
     # the ablation: one network on the mixture of both outputs (2B rows)
     seen.clear()
     m2 = TurboPP(_unit_ctx(gan={"weight": 0.0}, step1={"loss": "dm", "fake_score": "shared"}))

@@ -22,7 +22,7 @@ from fewstep.evaluation.image_classifier import (
     train_image_classifier,
 )
 from fewstep.evaluation.scores import evaluate_images
-from fewstep.networks.registry import build_denoiser
+from fewstep.networks.registry import network_denoiser
 
 
 def _two_class_npz(path: Path, n: int = 80, shape: tuple[int, ...] = (3, 8, 8)) -> Path:
@@ -102,7 +102,7 @@ def test_builder(user_data: str) -> None:
 
 def test_evaluate_samplers_records_the_feature_space(user_data: str) -> None:
     prob = get_problem(user_data)
-    den = build_denoiser({"type": "resmlp", "data_shape": [3, 8, 8], "hidden": 32, "depth": 1,
+    den = network_denoiser({"type": "resmlp", "data_shape": [3, 8, 8], "hidden": 32, "depth": 1,
                           "emb": 16, "num_classes": 2}, null_class=2).eval()
     metrics, _ = evaluate_samplers(prob, ["teacher_8", "teacher_2"], den, num_samples=40)
     for m in metrics.values():
@@ -110,7 +110,7 @@ def test_evaluate_samplers_records_the_feature_space(user_data: str) -> None:
         assert "fd" in m and "fd_vs_teacher" in m and "swd" in m
         assert "fid" not in m and "class_accuracy" not in m
     digits, _ = evaluate_samplers(get_problem("digits"), ["teacher_2"],
-                                  build_denoiser({"type": "resmlp", "data_shape": [1, 8, 8],
+                                  network_denoiser({"type": "resmlp", "data_shape": [1, 8, 8],
                                                   "hidden": 32, "depth": 1, "emb": 16,
                                                   "num_classes": 10}, null_class=10).eval(),
                                   num_samples=40)

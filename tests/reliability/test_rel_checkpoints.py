@@ -93,7 +93,7 @@ def test_bit_flip_in_tensor_data_fails_the_checksum(
     assert latest_good_checkpoint(run / "checkpoints", problems) == _ckpt(run, 6)
     assert len(problems) == 1 and "checksum" in problems[0]
     tr = Trainer(cfg, run, progress=False, resume=True)
-    tr.prepare_data()
+    tr.batches.prepare(False)
     assert tr.try_resume() and tr.step == 6
     # the history is cut back to the checkpoint's step
     rows = [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines()]
@@ -137,9 +137,9 @@ def test_torn_history_line_is_dropped_on_resume(
     with (run / "losses.jsonl").open("a") as f:
         f.write('{"step": 9, "g_tot')  # a process killed mid-write
     tr = Trainer(cfg, run, progress=False, resume=True)
-    tr.prepare_data()
+    tr.batches.prepare(False)
     assert tr.try_resume() and tr.step == 6
-    assert [r["step"] for r in tr.history] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in tr.losses.history] == [1, 2, 3, 4, 5, 6]
     assert (run / "losses.jsonl").read_text().endswith("\n")
 
 
@@ -148,12 +148,12 @@ def test_resume_refuses_a_changed_config_but_allows_more_iterations(
     run, cfg, _ = run_copy
     changed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e-3})})
     tr = Trainer(changed, run, progress=False, resume=True)
-    tr.prepare_data()
+    tr.batches.prepare(False)
     with pytest.raises(ConfigError, match=r"^train\.lr: .*trained with 0\.0001"):
         tr.try_resume()
     longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"iterations": 10})})
     tr = Trainer(longer, run, progress=False, resume=True)
-    tr.prepare_data()
+    tr.batches.prepare(False)
     assert tr.try_resume() and tr.step == 8
 
 

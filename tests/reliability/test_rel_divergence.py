@@ -119,10 +119,10 @@ def test_rollback_continues_with_a_lower_lr(rel_teacher_path: Path, rel_cache_di
     tr.train()
     assert calls == [5] and tr.step == 8 and tr.rollbacks == 1
     lr = tr.cfg.train.lr
-    assert all(g["lr"] == pytest.approx(lr * 0.25) for g in tr.opt_g.param_groups)
-    assert tr.sched_g.base_lrs == [pytest.approx(lr * 0.25)]
-    assert tr.opt_aux is not None
-    assert [g["lr"] for g in tr.opt_aux.param_groups] == pytest.approx(
+    assert all(g["lr"] == pytest.approx(lr * 0.25) for g in tr.optim.g.param_groups)
+    assert tr.optim.sched_g.base_lrs == [pytest.approx(lr * 0.25)]
+    assert tr.optim.aux is not None
+    assert [g["lr"] for g in tr.optim.aux.param_groups] == pytest.approx(
         [tr.cfg.gan.lr * 0.25])
     counters = json.loads(read_metadata(run / "checkpoints" / "ckpt_00000008.safetensors")
                           ["counters"])
@@ -135,7 +135,7 @@ def test_rollback_continues_with_a_lower_lr(rel_teacher_path: Path, rel_cache_di
                    on_divergence="rollback", rollback_lr_factor=0.25, max_rollbacks=2)
     tr2.resume = True
     assert tr2.try_resume() and tr2.lr_scale == 0.25
-    assert tr2.opt_g.param_groups[0]["lr"] == pytest.approx(lr * 0.25)
+    assert tr2.optim.g.param_groups[0]["lr"] == pytest.approx(lr * 0.25)
 
 
 def test_rollback_gives_up_after_max_rollbacks(rel_teacher_path: Path, rel_cache_dir: Path,

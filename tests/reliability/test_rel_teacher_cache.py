@@ -12,7 +12,7 @@ from rel_helpers import flip_byte, truncate
 
 from fewstep.distill.engine.teacher_cache import TeacherCache
 from fewstep.errors import CheckpointError
-from fewstep.networks.registry import build_denoiser
+from fewstep.networks.registry import network_denoiser
 from fewstep.teachers.training import load_denoiser
 from fewstep.utils.files import load_tensors, save_tensors
 from fewstep.utils.run_lock import folder_lock
@@ -82,7 +82,7 @@ def test_temp_files_of_a_killed_builder_are_removed_under_the_lock(tmp_path: Pat
 
     net = {"type": "resmlp", "data_shape": [2], "hidden": 16, "depth": 1, "emb": 8,
            "num_classes": 0}
-    den = build_denoiser(net, "velocity", "sigma", None).eval()
+    den = network_denoiser(net, "velocity", "sigma", None).eval()
 
     def cache() -> TeacherCache:
         return TeacherCache(tmp_path, den, "t", (2,), lambda n, g: None, lambda c: c, steps=2,

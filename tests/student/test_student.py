@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from fewstep.student.ema import ema_update
 from fewstep.student.student import (
     Student,
-    StudentEMA,
     TrainableStateView,
     unroll_to_step,
     weights_fingerprint,
@@ -92,9 +92,9 @@ def _storages(*modules):
 def test_lora_student_teacher_and_ema_hold_one_base():
     t = _teacher()
     st = Student(t, torch.tensor([1.0, 0.5]), "lora", lora_rank=4)
-    ema = StudentEMA(st, 0.9)
+    ema = st.ema_copy()
     mine = dict(st.lora.base.named_parameters())
-    theirs = dict(ema.model.lora.base.named_parameters())
+    theirs = dict(ema.lora.base.named_parameters())
     copies = []
     for name, p in t.named_parameters():  # where is each teacher weight held?
         key = next(k for k in mine if k.replace(".base_layer.", ".") == name)
@@ -102,7 +102,7 @@ def test_lora_student_teacher_and_ema_hold_one_base():
     assert max(copies) == 1  # base_copies == 1: student and EMA run on the teacher's tensors
     adapters = sum(p.numel() * p.element_size() for _, p in st.named_trainable_parameters())
     teacher_bytes = sum(_storages(t).values())
-    assert sum(_storages(t, st.lora, ema.model.lora).values()) == teacher_bytes + 2 * adapters
+    assert sum(_storages(t, st.lora, ema.lora).values()) == teacher_bytes + 2 * adapters
     # the teacher module itself is untouched: no LoRA layers, same outputs as before
     assert not any(".lora_" in n for n, _ in t.named_parameters())
     x, s = torch.randn(4, 2), torch.full((4,), 0.7)
@@ -149,17 +149,20 @@ def test_full_state_with_another_base_is_rejected():
 
 def test_student_ema_averages_trainables_only():
     st = Student(_teacher(), torch.tensor([1.0, 0.5]), "lora", lora_rank=4)
-    ema = StudentEMA(st, 0.75)
-    before = {n: p.clone() for n, p in ema.model.named_trainable_parameters()}
+    ema = st.ema_copy()
+    base = {n: p.clone() for n, p in ema.lora.base.named_parameters() if "lora_" not in n}
+    before = {n: p.clone() for n, p in ema.named_trainable_parameters()}
     with torch.no_grad():
         for _, p in st.named_trainable_parameters():
             p.add_(1.0)
-    ema.update(st)
+    ema_update(ema, st, 0.75)
     live = dict(st.named_trainable_parameters())
-    for n, p in ema.model.named_trainable_parameters():
+    for n, p in ema.named_trainable_parameters():
         torch.testing.assert_close(p, 0.75 * before[n] + 0.25 * live[n])
         assert not p.requires_grad
-    assert set(ema.state_dict()) == set(st.trainable_state_dict())
+    for n, p in ema.lora.base.named_parameters():  # the frozen base is not averaged
+        assert n not in base or torch.equal(p, base[n])
+    assert set(ema.trainable_state_dict()) == set(st.trainable_state_dict())
 
 
 def test_trainable_state_view_for_checkpoints():

@@ -14,8 +14,9 @@ import torch
 from teachers_helpers import FAMILY_SPECS, diffusers_cfg
 
 from fewstep.distill.config import DistillConfig
-from fewstep.distill.trainer import Trainer, load_student
+from fewstep.distill.trainer import Trainer
 from fewstep.errors import ConfigError
+from fewstep.student.student_file import load_student_file
 from fewstep.teachers import load_teacher, teacher_kinds
 from fewstep.utils.config_files import validate
 
@@ -46,7 +47,7 @@ def test_custom_network_teacher_trains_and_reloads(tmp_path):
     path = tmp_path / "run" / "student.safetensors"
     # the file records the builder; reloading calls it only when the run's config names it
     assert tr.teacher_cfg["builder"][1] == {"builder": "teachers_helpers:build"}
-    student, _ = load_student(path, allow_builders=["teachers_helpers:build"])
+    student, _ = load_student_file(path, allow_builders=["teachers_helpers:build"])
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got = student.generate(x, labels, generator=torch.Generator().manual_seed(1)).sample
@@ -62,7 +63,7 @@ def test_custom_builder_not_named_by_the_config_is_refused(tmp_path):
     tr.train()
     custom._ALLOWED.clear()  # a fresh process that never saw the run's config
     with pytest.raises(ConfigError, match=r"teacher\.builder: .*not named by the run's config"):
-        load_student(tmp_path / "run" / "student.safetensors")
+        load_student_file(tmp_path / "run" / "student.safetensors")
 
 
 def test_sample_and_eval_take_a_custom_teachers_student_with_allow_builder(tmp_path):

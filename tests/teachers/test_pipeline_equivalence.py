@@ -56,19 +56,19 @@ def test_schedules_uniform_pipeline_and_list(saved_pipelines):
     they do not, and ``uniform`` ignores ``mu``. A list is taken as is."""
     _, res, max_seq = FAMILY_SPECS["zimage"]
     z_uni = load_teacher(diffusers_cfg(saved_pipelines, "zimage", res, max_seq,
-                                       teacher={"schedule": "uniform"}), "cpu").sigmas
+                                       teacher={"levels": "uniform"}), "cpu").sigmas
     z_own = load_teacher(diffusers_cfg(saved_pipelines, "zimage", res, max_seq), "cpu").sigmas
     u = torch.linspace(1, 0, 5)
     torch.testing.assert_close(z_own, 3.0 * u / (1 + 2.0 * u))  # shift 3
     torch.testing.assert_close(z_uni, z_own)
     _, res, max_seq = FAMILY_SPECS["flux"]
     f_uni = load_teacher(diffusers_cfg(saved_pipelines, "flux", res, max_seq,
-                                       teacher={"schedule": "uniform"}), "cpu").sigmas
+                                       teacher={"levels": "uniform"}), "cpu").sigmas
     f_own = load_teacher(diffusers_cfg(saved_pipelines, "flux", res, max_seq), "cpu").sigmas
     mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * (16 - 256)  # 16 image tokens (8x8 latents, 2x2)
     want = torch.exp(torch.tensor(mu)) / (torch.exp(torch.tensor(mu)) + (1 / u[:-1] - 1))
     torch.testing.assert_close(f_own[:-1], want)
     torch.testing.assert_close(f_uni, u)
     listed = diffusers_cfg(saved_pipelines, "zimage", FAMILY_SPECS["zimage"][1], 64,
-                           teacher={"schedule": [1.0, 0.6, 0.3, 0.1, 0.0]})
+                           teacher={"levels": [1.0, 0.6, 0.3, 0.1, 0.0]})
     assert load_teacher(listed, "cpu").sigmas.tolist() == pytest.approx([1, .6, .3, .1, 0])

@@ -62,8 +62,8 @@ def unet_cfg(stacks: dict[str, Path], method: str, **train: object) -> DistillCo
 
 
 def _check_history(tr: Trainer) -> None:
-    assert len(tr.history) == tr.cfg.train.iterations
-    for rec in tr.history:
+    assert len(tr.losses.history) == tr.cfg.train.iterations
+    for rec in tr.losses.history:
         assert all(math.isfinite(v) for v in rec.values()), rec
     assert (tr.run_dir / "student.safetensors").is_file()
 

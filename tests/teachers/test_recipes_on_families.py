@@ -9,8 +9,9 @@ import pytest
 import torch
 from teachers_helpers import FAMILY_SPECS, diffusers_cfg
 
-from fewstep.distill.trainer import Trainer, load_student
+from fewstep.distill.trainer import Trainer
 from fewstep.errors import CheckpointError
+from fewstep.student.student_file import load_student_file
 
 METHODS = ["turbo_pp", "regression", "dmd2", "sid", "imagine_flash"]
 
@@ -30,14 +31,14 @@ def test_every_recipe_one_iteration(saved_pipelines, tmp_path, family, method):
     tr = Trainer(cfg, tmp_path / "run", progress=False)
     assert not any(p.requires_grad for p in tr.teacher.parameters())
     tr.train()
-    assert len(tr.history) == 1
-    assert all(math.isfinite(v) for v in tr.history[0].values()), tr.history[0]
+    assert len(tr.losses.history) == 1
+    assert all(math.isfinite(v) for v in tr.losses.history[0].values()), tr.losses.history[0]
     # the saved LoRA student holds only its adapters: it loads on its teacher (a randomly
     # initialised base from the recorded builder is refused) and gives the same images
     path = tmp_path / "run" / "student.safetensors"
     with pytest.raises(CheckpointError, match="load it with its teacher"):
-        load_student(path)
-    student, _ = load_student(path, like=tr.teacher)
+        load_student_file(path)
+    student, _ = load_student_file(path, like=tr.teacher)
     x = torch.randn(1, *tr.problem.data_shape, generator=torch.Generator().manual_seed(0))
     cond = tr.problem.cond_map(torch.tensor([0]))
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """The optimizers of a run: the student's AdamW and the method's auxiliary AdamW (from its
-:class:`~fewstep.distill.methods.base.UpdateSchedule`), each with a linear-warm-up LR schedule.
+:class:`~fewstep.distill.methods.base.AuxUpdates`), each with a linear-warm-up LR schedule.
 
 A rollback scales every learning rate by a factor (:meth:`Optimizers.scale_lr`): the groups'
 ``initial_lr`` is scaled and the schedulers are rebuilt at the current step, so the scheduler
@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from fewstep.distill.config import TrainSpec
 from fewstep.distill.engine.distributed import full_tensor
 from fewstep.distill.engine.precision import Precision
-from fewstep.distill.methods.base import UpdateSchedule
+from fewstep.distill.methods.base import AuxUpdates
 
 
 def adamw_options(device: torch.device) -> dict[str, bool]:
@@ -64,19 +64,19 @@ class Optimizers:
     sched_g: LRScheduler
     aux: torch.optim.Optimizer | None
     sched_aux: LRScheduler | None
-    schedule: UpdateSchedule
+    aux_updates: AuxUpdates
     warmup: int
 
     @classmethod
-    def build(cls, student: nn.Module, schedule: UpdateSchedule, t: TrainSpec,
+    def build(cls, student: nn.Module, aux_updates: AuxUpdates, t: TrainSpec,
               device: torch.device) -> Optimizers:
         fast = adamw_options(device)
         g = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=t.lr,
                               betas=t.betas, weight_decay=t.weight_decay, **fast)
-        aux = torch.optim.AdamW(schedule.aux_groups, lr=t.lr, betas=t.betas, **fast) \
-            if schedule.aux_groups else None
+        aux = torch.optim.AdamW(aux_updates.aux_groups, lr=t.lr, betas=t.betas, **fast) \
+            if aux_updates.aux_groups else None
         sched_aux = LambdaLR(aux, lr_warmup(t.lr_warmup)) if aux is not None else None
-        return cls(g, LambdaLR(g, lr_warmup(t.lr_warmup)), aux, sched_aux, schedule,
+        return cls(g, LambdaLR(g, lr_warmup(t.lr_warmup)), aux, sched_aux, aux_updates,
                    t.lr_warmup)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fewstep.errors import ConfigError
 
@@ -183,14 +183,4 @@ class DeferredLogs:
         return out, bad
 
 
-def grad_norm(params: Iterable[nn.Parameter]) -> Tensor:
-    """Total 2-norm of the gradients as a device tensor (no host sync); non-finite iff some
-    gradient is (or the norm overflows)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    n = torch.nn.utils.get_total_norm(grads)
-    return n.full_tensor() if hasattr(n, "full_tensor") else n
-
-
-__all__ = ["DeferredLogs", "Precision", "grad_norm", "resolve_mode"]
+__all__ = ["DeferredLogs", "Precision", "resolve_mode"]

@@ -72,7 +72,7 @@ class TeacherCache:
         self.data_shape = tuple(data_shape)
         self.cond_sampler, self.cond_map = cond_sampler, cond_map
         uniform = teacher_sigmas(steps, shift)
-        # the teacher's own N + 1 levels (``teacher.schedule``) and its first input's scale
+        # the teacher's own N + 1 levels (``teacher.levels``) and its first input's scale
         self.sigmas = uniform if sigmas is None else sigmas.float().cpu()
         self.noise_scale = float(noise_scale)
         corrected = default_noise_correction(teacher)  # euler_sample's default for eps models

@@ -10,12 +10,12 @@ import pkgutil
 from importlib import import_module
 
 from fewstep.distill.methods.base import (
+    AuxUpdates,
     Batch,
     DataNeeds,
     DistillContext,
     DistillMethod,
     Logs,
-    UpdateSchedule,
 )
 from fewstep.distill.methods.registry import METHODS, config_class, method_class, method_names
 
@@ -23,5 +23,15 @@ for _info in pkgutil.iter_modules(__path__):
     if _info.name not in ("base", "registry"):
         import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["METHODS", "Batch", "DataNeeds", "DistillContext", "DistillMethod", "Logs",
-           "UpdateSchedule", "config_class", "method_class", "method_names"]
+__all__ = [
+    "METHODS",
+    "AuxUpdates",
+    "Batch",
+    "DataNeeds",
+    "DistillContext",
+    "DistillMethod",
+    "Logs",
+    "config_class",
+    "method_class",
+    "method_names",
+]

@@ -8,16 +8,16 @@ A method is one file under :mod:`fewstep.distill.methods` holding
   :func:`~fewstep.distill.methods.registry.register`, which declares
 
   - :meth:`~DistillMethod.data_needs`: what each batch must carry (:class:`DataNeeds`),
-  - :meth:`~DistillMethod.schedule`: its optimizers (:class:`UpdateSchedule`: aux parameter
+  - :meth:`~DistillMethod.aux_updates`: its optimizers (:class:`AuxUpdates`: aux parameter
     groups with their own learning rates, aux updates per generator update, aux clip;
-    :meth:`~DistillMethod.aux_schedule` builds it from the ``train`` section),
+    :meth:`~DistillMethod.aux_updates_for` builds it from the ``train`` section),
   - :meth:`~DistillMethod.graph_forwards`: network passes whose graph one generator loss keeps
     (per sample; ``fewstep plan`` sizes activations with it),
   - the losses :meth:`~DistillMethod.generator_loss` and :meth:`~DistillMethod.aux_loss`.
 
 A method is an ``nn.Module`` holding its *auxiliary* trainable parts (discriminator, fake score
 network); the student and the frozen teacher live in :class:`DistillContext`. Per iteration the
-trainer runs ``schedule().aux_per_generator`` aux updates (each on a fresh batch), then one
+trainer runs ``aux_updates().aux_per_generator`` aux updates (each on a fresh batch), then one
 student update. The budget ``train.iterations`` counts generator updates.
 """
 
@@ -39,8 +39,17 @@ from fewstep.student.student import Student
 
 Logs = dict[str, Tensor]
 
-__all__ = ["Batch", "DataNeeds", "DistillContext", "DistillMethod", "FakeScoreMethod", "Logs",
-           "UpdateSchedule", "cat_cond", "where_cond"]
+__all__ = [
+    "AuxUpdates",
+    "Batch",
+    "DataNeeds",
+    "DistillContext",
+    "DistillMethod",
+    "FakeScoreMethod",
+    "Logs",
+    "cat_cond",
+    "where_cond",
+]
 
 
 @dataclass
@@ -86,7 +95,7 @@ class DataNeeds:
 
 
 @dataclass
-class UpdateSchedule:
+class AuxUpdates:
     """A method's optimizer layout beyond the student's AdamW (``train.lr``, ``grad_clip``).
 
     Attributes:
@@ -143,9 +152,9 @@ class DistillMethod(nn.Module, ABC):
         """What the batches must carry (default: noise and condition only)."""
         return DataNeeds()
 
-    def schedule(self) -> UpdateSchedule:
+    def aux_updates(self) -> AuxUpdates:
         """The aux optimizer layout (default: none)."""
-        return UpdateSchedule()
+        return AuxUpdates()
 
     @classmethod
     @abstractmethod
@@ -159,16 +168,16 @@ class DistillMethod(nn.Module, ABC):
         real samples (``gan.real_from()``) when ``on``, else ``None`` (no real samples)."""
         return self.ctx.cfg.gan.real_from() if on else None  # type: ignore[attr-defined]
 
-    def aux_schedule(self, groups: list[dict[str, Any]]) -> UpdateSchedule:
+    def aux_updates_for(self, groups: list[dict[str, Any]]) -> AuxUpdates:
         """The aux optimizer over ``groups`` at the ``train`` section's layout: updated
         ``train.aux_ratio`` times per generator update, its gradient norm clipped at
         ``train.aux_grad_clip``."""
         t = self.ctx.cfg.train
-        return UpdateSchedule(groups, t.aux_ratio, t.aux_grad_clip)
+        return AuxUpdates(groups, t.aux_ratio, t.aux_grad_clip)
 
     def aux_parameter_groups(self) -> list[dict[str, Any]]:
-        """``schedule().aux_groups`` (the aux optimizer's parameter groups)."""
-        return self.schedule().aux_groups
+        """``aux_updates().aux_groups`` (the aux optimizer's parameter groups)."""
+        return self.aux_updates().aux_groups
 
     @property
     def needs_teacher_pairs(self) -> bool:
@@ -202,7 +211,7 @@ class FakeScoreMethod(DistillMethod):
 
     * data: real samples from the ``gan`` block (``gan.real`` / ``gan.real_source``) when
       ``use_gan``, else noise and condition only;
-    * schedule: the fake denoiser at ``dm.fake_lr`` and its head at ``gan.lr``
+    * aux updates: the fake denoiser at ``dm.fake_lr`` and its head at ``gan.lr``
       (:func:`~fewstep.distill.parts.fake_score.fake_score_groups`), updated ``train.aux_ratio``
       times per generator update, clipped at ``train.aux_grad_clip``.
     """
@@ -213,6 +222,6 @@ class FakeScoreMethod(DistillMethod):
     def data_needs(self) -> DataNeeds:
         return DataNeeds(real=self.gan_real(self.use_gan))
 
-    def schedule(self) -> UpdateSchedule:
+    def aux_updates(self) -> AuxUpdates:
         dm, gan = self.ctx.cfg.dm, self.ctx.cfg.gan  # type: ignore[attr-defined]
-        return self.aux_schedule(fake_score_groups(self.fake, dm.fake_lr, gan.lr))
+        return self.aux_updates_for(fake_score_groups(self.fake, dm.fake_lr, gan.lr))

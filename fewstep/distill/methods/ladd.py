@@ -40,12 +40,12 @@ from torch import Tensor
 from fewstep.core.path import FlowPath, logit_normal_sigma
 from fewstep.distill.config import DistillConfig, GanSpec, StudentSpec
 from fewstep.distill.methods.base import (
+    AuxUpdates,
     Batch,
     DataNeeds,
     DistillContext,
     DistillMethod,
     Logs,
-    UpdateSchedule,
 )
 from fewstep.distill.methods.registry import register
 from fewstep.distill.parts.builders import build_discriminator
@@ -96,10 +96,10 @@ class LADD(DistillMethod):
         cfg: LADDConfig = self.ctx.cfg  # type: ignore[assignment]
         return DataNeeds(teacher_pairs=True, real=cfg.gan.real_from())
 
-    def schedule(self) -> UpdateSchedule:
+    def aux_updates(self) -> AuxUpdates:
         cfg: LADDConfig = self.ctx.cfg  # type: ignore[assignment]
         params = [p for p in self.disc.parameters() if p.requires_grad]
-        return self.aux_schedule([{"params": params, "lr": cfg.gan.lr}])
+        return self.aux_updates_for([{"params": params, "lr": cfg.gan.lr}])
 
     @classmethod
     def graph_forwards(cls, cfg: DistillConfig) -> int:

@@ -45,12 +45,12 @@ from torch import Tensor
 
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
 from fewstep.distill.methods.base import (
+    AuxUpdates,
     Batch,
     DataNeeds,
     DistillContext,
     DistillMethod,
     Logs,
-    UpdateSchedule,
     cat_cond,
 )
 from fewstep.distill.methods.registry import register
@@ -110,7 +110,7 @@ class TurboPP(DistillMethod):
             or cfg.turbo.regression_weight > 0
         return DataNeeds(teacher_pairs=pairs, real=self.gan_real(self.use_gan))
 
-    def schedule(self) -> UpdateSchedule:
+    def aux_updates(self) -> AuxUpdates:
         cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
         groups = []
         for adv in (self.adversary, self.adversary_1):
@@ -120,7 +120,7 @@ class TurboPP(DistillMethod):
         for m in (self.matching, self.matching_1):
             if m is not None:
                 groups.append({"params": list(m.fake.parameters()), "lr": cfg.dm.fake_lr})
-        return self.aux_schedule(groups)
+        return self.aux_updates_for(groups)
 
     @classmethod
     def graph_forwards(cls, cfg: DistillConfig) -> int:

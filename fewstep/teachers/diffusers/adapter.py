@@ -4,7 +4,7 @@ whose denoiser (``pipe.transformer`` or ``pipe.unet``) belongs to a family of
 
 Read from the pipeline itself: flow matching vs VP (the scheduler class; ``alphas_cumprod``),
 what the network predicts (``prediction_type``; flow: velocity times the family sign), the shift
-(``shift`` / ``use_dynamic_shifting``), the N-step levels (``teacher.schedule: pipeline``, see
+(``shift`` / ``use_dynamic_shifting``), the N-step levels (``teacher.levels: pipeline``, see
 :func:`fewstep.core.levels.pipeline_sigmas`), the latent shape and scaling (the VAE config) and
 the prompt encoding (its own ``encode_prompt``, cached under
 ``cache.dir/prompt_embeds/<key>``; the empty prompt is the CFG null condition). Guidance:
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from fewstep.core.conditioning import PromptEmbeds
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.levels import resolve_teacher_sigmas
-from fewstep.data.prompts import PromptProblem
+from fewstep.data.prompts import PROMPTS_DATA, PromptProblem
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import (
     LoadedTeacher,
@@ -57,9 +57,6 @@ if TYPE_CHECKING:
     from fewstep.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
-
-PROMPTS_DATA = "prompts"
-
 
 def denoiser_of(pipe: Any) -> nn.Module:
     """``pipe.transformer`` or ``pipe.unet``; ``ConfigError`` if neither."""
@@ -137,7 +134,7 @@ def load_pipeline(pretrained: str, dtype: str) -> Any:
     return pipe
 
 
-def build_denoiser(pipe: Any, net: nn.Module, family: Family,
+def pipeline_denoiser(pipe: Any, net: nn.Module, family: Family,
                    null: PromptEmbeds | None) -> Denoiser:
     """The fewstep denoiser of ``pipe``'s network (flow or VP, read from its scheduler)."""
     sched = pipe.scheduler
@@ -171,7 +168,7 @@ class DiffusersTeacher(TeacherAdapter):
     kind = "diffusers"
     fields = ("pretrained", "prompts", "resolution")
     family_required: ClassVar[str | None] = None
-    default_schedule: ClassVar[str] = "pipeline"
+    default_levels: ClassVar[str] = "pipeline"
 
     def check(self, spec: TeacherSpec) -> None:
         super().check(spec)
@@ -229,14 +226,14 @@ class DiffusersTeacher(TeacherAdapter):
             prompts.encode_fn = pipeline_encode_fn(pipe, t.max_sequence_length, "cpu",
                                                    family.mask_index, family.pooled_index)
         null = prompts.null(1)
-        den = build_denoiser(pipe, net, family, null).to(device).eval().requires_grad_(False)
+        den = pipeline_denoiser(pipe, net, family, null).to(device).eval().requires_grad_(False)
         sched = pipe.scheduler
         warn_x0_clipping(sched)
         flow = type(sched).__name__.startswith("FlowMatch")
         own_shift = float(sched.config.get("shift", 1.0) or 1.0) if flow else 1.0
         shift = t.shift or own_shift
         seq_len = (shape[1] // 2) * (shape[2] // 2)
-        sig, scale = resolve_teacher_sigmas(t.schedule or self.default_schedule, t.steps, shift,
+        sig, scale = resolve_teacher_sigmas(t.levels or self.default_levels, t.steps, shift,
                                             sched, seq_len)
         codec = LatentCodec(vae)
 
@@ -329,9 +326,19 @@ class ZImageTeacher(DiffusersTeacher):
 
     kind = "zimage"
     family_required = "ZImageTransformer2DModel"
-    default_schedule = "uniform"
+    default_levels = "uniform"
 
 
-__all__ = ["DiffusersTeacher", "ZImageTeacher", "build_denoiser", "check_prompt_file",
-           "denoiser_of", "family_of", "latent_multiple", "latent_shape", "load_pipeline",
-           "prompt_cache_for", "warn_x0_clipping"]
+__all__ = [
+    "DiffusersTeacher",
+    "ZImageTeacher",
+    "check_prompt_file",
+    "denoiser_of",
+    "family_of",
+    "latent_multiple",
+    "latent_shape",
+    "load_pipeline",
+    "pipeline_denoiser",
+    "prompt_cache_for",
+    "warn_x0_clipping",
+]
