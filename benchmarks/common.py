@@ -71,8 +71,9 @@ def run_one(base: dict[str, Any], overrides: list[str], run_dir: Path,
     student = tr.train()
     train_s = time.perf_counter() - t0
     k = student.num_steps
-    metrics, _ = evaluate_samplers(tr.problem, [f"student_{k}"], tr.teacher, tr.teacher_w,
-                                   tr.teacher_shift, student, num_samples, cfg.eval.seed,
+    t = tr.teacher
+    metrics, _ = evaluate_samplers(t.problem, [f"student_{k}"], t.denoiser, t.cfg_scale,
+                                   t.shift, student, num_samples, cfg.eval.seed,
                                    device=tr.device)
     out = dict(metrics[f"student_{k}"])
     out["train_seconds"] = train_s

@@ -163,9 +163,10 @@ def train_row(base: dict[str, Any], overrides: list[str], curve_every: int,
         curve: list[tuple[int, float]] = []
         if not time_only:
             clf = load_default_classifier(tr.device)
-            ref, _ = tr.problem.split("heldout")
+            ref, _ = tr.teacher.problem.split("heldout")
             ref_f = extract_features(clf, ref.to(tr.device))
-            noise, cond = eval_noise(tr.problem, curve_samples, cfg.eval.seed + 99, tr.device)
+            noise, cond = eval_noise(tr.teacher.problem, curve_samples, cfg.eval.seed + 99,
+                                     tr.device)
             curve.append((0, cheap_fid(tr.ema, noise, cond, clf, ref_f)))
         train_s = 0.0
         while tr.step < cfg.train.iterations:
@@ -180,8 +181,9 @@ def train_row(base: dict[str, Any], overrides: list[str], curve_every: int,
         if time_only:
             return out
         k = tr.ema.num_steps
-        metrics, _ = evaluate_samplers(tr.problem, [f"student_{k}"], tr.teacher, tr.teacher_w,
-                                       tr.teacher_shift, tr.ema, num_samples, cfg.eval.seed,
+        t = tr.teacher
+        metrics, _ = evaluate_samplers(t.problem, [f"student_{k}"], t.denoiser, t.cfg_scale,
+                                       t.shift, tr.ema, num_samples, cfg.eval.seed,
                                        device=tr.device, timing=False)
     out.update({m: float(v) for m, v in metrics[f"student_{k}"].items()})
     out["curve"] = curve

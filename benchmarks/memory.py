@@ -128,7 +128,7 @@ def base_copies(trainer: Any) -> int:
     """Distinct storages holding the value of the teacher's first attention ``to_q`` weight."""
     import torch
 
-    ref = trainer.teacher.transformer.layers[0].attention.to_q.weight.detach()
+    ref = trainer.teacher.denoiser.transformer.layers[0].attention.to_q.weight.detach()
     tensors: list[Any] = []
     _all_tensors(trainer, set(), tensors)
     storages = set()
@@ -239,7 +239,7 @@ def _transformers(trainer: Any) -> list[Any]:
     from diffusers import ZImageTransformer2DModel
 
     out, seen = [], set()
-    for owner in (trainer.teacher, trainer.student, trainer.method):
+    for owner in (trainer.teacher.denoiser, trainer.student, trainer.method):
         for m in owner.modules():
             if isinstance(m, ZImageTransformer2DModel) and id(m) not in seen:
                 seen.add(id(m))
@@ -294,7 +294,7 @@ def child(name: str, root: Path, out: Path, iters: int) -> None:
     # the same statistic on both sides (the machine is shared): the fastest iteration after
     # the first, the fastest replay of each pass
     it = min(times[1:]) if len(times) > 1 else times[0]
-    params = sum(p.numel() for p in tr.teacher.parameters())
+    params = sum(p.numel() for p in tr.teacher.denoiser.parameters())
     res = {"name": name, "base_copies": copies, "plan_peak_gib": row.total / GIB,
            "measured_peak_gib": (peak - baseline) / GIB,
            "plan_over_measured": row.total / max(1, peak - baseline),

@@ -302,7 +302,7 @@ def static_bytes(tr: Trainer) -> dict[str, int]:
     cached teacher samples / data."""
     def mod(m: nn.Module) -> int:
         return tensor_bytes(list(m.parameters()) + list(m.buffers()))
-    out = {"teacher": mod(tr.teacher), "student": mod(tr.student), "ema": mod(tr.ema),
+    out = {"teacher": mod(tr.teacher.denoiser), "student": mod(tr.student), "ema": mod(tr.ema),
            "aux_modules": mod(tr.method),
            "optimizer_states": optimizer_state_bytes(tr.optim.g)
            + optimizer_state_bytes(tr.optim.aux),
@@ -340,7 +340,7 @@ def recipe_benchmark(recipe: str, teacher: Path, workdir: Path, s: Settings) -> 
     """Seconds / iteration, phase breakdown and memory of one recipe (in this process)."""
     rss0 = current_rss_bytes()
     tr = make_trainer(recipe_config(recipe, teacher, workdir / "cache", s), workdir / recipe)
-    instrument_teacher(tr.teacher)
+    instrument_teacher(tr.teacher.denoiser)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     sec = median_time(tr.train_iteration, s.warmup, s.iterations)
@@ -507,15 +507,17 @@ def demo_estimate(tr: Trainer, med: dict[str, float], s: Settings) -> dict[str, 
     demo = load_yaml(preset_path("demo"))
     n_cache, iters = demo["cache"]["size"], demo["train"]["iterations"]
     shard = 1000
-    cache = TeacherCache(Path(tempfile.mkdtemp()), tr.teacher, "perf", tr.problem.data_shape,
-                         lambda n, g: tr.problem.sample_cond(n, g), lambda i: i,
+    cache = TeacherCache(Path(tempfile.mkdtemp()), tr.teacher.denoiser, "perf",
+                         tr.teacher.problem.data_shape,
+                         lambda n, g: tr.teacher.problem.sample_cond(n, g), lambda i: i,
                          mid_sigma=float(tr.student.sigmas[1]), size=shard, shard_size=shard)
     t0 = time.perf_counter()
     cache._generate_shard(0)
     cache_s = (time.perf_counter() - t0) * n_cache / shard
     t0 = time.perf_counter()
-    evaluate_samplers(tr.problem, ["teacher_8", "teacher_2", "student_2"], tr.teacher,
-                      tr.teacher_w, tr.teacher_shift, tr.ema, s.demo_eval_samples,
+    evaluate_samplers(tr.teacher.problem, ["teacher_8", "teacher_2", "student_2"],
+                      tr.teacher.denoiser,
+                      tr.teacher.cfg_scale, tr.teacher.shift, tr.ema, s.demo_eval_samples,
                       device=tr.device)
     eval_s = (time.perf_counter() - t0) * demo["eval"]["num_samples"] / s.demo_eval_samples
     scale = demo["train"]["batch_size"] / s.batch
@@ -533,7 +535,7 @@ def turbo_profile(teacher: Path, workdir: Path, s: Settings, out_file: Path) -> 
     ``out_file`` with the per-label totals."""
     tr = make_trainer(recipe_config("turbo_pp", teacher, workdir / "cache", s),
                       workdir / "t_profile")
-    instrument_teacher(tr.teacher)
+    instrument_teacher(tr.teacher.denoiser)
     for _ in range(s.warmup):
         tr.train_iteration()
     n = max(1, s.profile_iterations)

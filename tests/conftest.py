@@ -68,8 +68,9 @@ def toy_distill(toy_teacher_path: Path, tmp_path: Path):
         student = tr.train()
         k = num_steps
         names = [f"teacher_{k}", f"student_{k}"]
-        before, _ = evaluate_samplers(tr.problem, names, tr.teacher, student=init)
-        after, _ = evaluate_samplers(tr.problem, names, tr.teacher, student=student)
+        t = tr.teacher
+        before, _ = evaluate_samplers(t.problem, names, t.denoiser, student=init)
+        after, _ = evaluate_samplers(t.problem, names, t.denoiser, student=student)
         out = {"init": before[f"student_{k}"]["swd"], "trained": after[f"student_{k}"]["swd"],
                "teacher": before[f"teacher_{k}"]["swd"]}
         print(f"{method} K={k}: swd {out}")

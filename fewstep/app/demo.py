@@ -52,8 +52,9 @@ def run_demo(out: str | Path, overrides: list[str] | None = None, progress: bool
     samplers = [s for s in DEMO_SAMPLERS if not s.startswith("student")]
     samplers += [f"student_{k}" for k in range(student.num_steps, 0, -1)
                  if k == student.num_steps]
-    metrics, samples = evaluate_samplers(trainer.problem, samplers, trainer.teacher,
-                                         trainer.teacher_w, trainer.teacher_shift, student,
+    t = trainer.teacher
+    metrics, samples = evaluate_samplers(t.problem, samplers, t.denoiser, t.cfg_scale, t.shift,
+                                         student,
                                          cfg.eval.num_samples, cfg.eval.seed,
                                          device=trainer.device)
     t_total = time.perf_counter() - t0
@@ -158,8 +159,9 @@ def run_image_demo(data: Any, out: str | Path, minutes: float = 15.0,
     # -- evaluation ----------------------------------------------------------------------
     t0 = time.perf_counter()
     samplers = ["teacher_8", "teacher_2", f"student_{student.num_steps}"]
-    metrics, samples = evaluate_samplers(trainer.problem, samplers, trainer.teacher,
-                                         trainer.teacher_w, trainer.teacher_shift, student,
+    t = trainer.teacher
+    metrics, samples = evaluate_samplers(t.problem, samplers, t.denoiser, t.cfg_scale, t.shift,
+                                         student,
                                          cfg.eval.num_samples, cfg.eval.seed,
                                          device=trainer.device, features=features)
     timing["evaluate_seconds"] = round(time.perf_counter() - t0, 1)

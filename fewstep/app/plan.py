@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fewstep.assets import ASSETS
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.methods import DistillContext
 from fewstep.distill.methods.registry import method_class
@@ -115,7 +116,7 @@ class Plan:
 # --------------------------------------------------------------------------------------------
 # Models on the meta device
 # --------------------------------------------------------------------------------------------
-SHIPPED_CONFIGS = Path(__file__).resolve().parent / "assets" / "configs"
+SHIPPED_CONFIGS = ASSETS / "configs"
 
 
 def shipped_config_ids() -> list[str]:
@@ -182,15 +183,15 @@ def offline_meta_teacher(cfg: DistillConfig
     """``(teacher on meta, sample shape, num_classes, info)`` from configs only (the teacher
     registry's adapter for ``teacher.kind``; a hub id is read offline, see
     :func:`offline_pretrained`)."""
-    t = cfg.teacher
+    t = spec = cfg.teacher
     if t.pretrained is not None:
         local = offline_pretrained(t.pretrained)
         if local != t.pretrained:
-            cfg = cfg.model_copy(update={"teacher": t.model_copy(update={"pretrained": local})})
-    m = meta_teacher(cfg)
+            spec = t.model_copy(update={"pretrained": local})
+    m = meta_teacher(spec, data=cfg.data)
     info = dict(m.info)
     if t.pretrained is not None:
-        info.update(pretrained=t.pretrained, config_folder=cfg.teacher.pretrained)
+        info.update(pretrained=t.pretrained, config_folder=spec.pretrained)
     return m.module, tuple(m.data_shape), m.num_classes, info
 
 

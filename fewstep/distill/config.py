@@ -14,7 +14,6 @@ matching). Unknown keys and out-of-range values are rejected up front (see
 
 from __future__ import annotations
 
-import itertools
 import re
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -25,42 +24,14 @@ from fewstep.data.problem import PROBLEMS
 from fewstep.data.prompts import PROMPTS_DATA
 from fewstep.data.spec import canonical_data, is_builtin, missing_data_path
 from fewstep.errors import ConfigError
+from fewstep.student.spec import StudentSpec
+from fewstep.teachers import LoadedTeacher, MetaTeacher, load_teacher, meta_teacher
 from fewstep.teachers.base import get_adapter
 from fewstep.teachers.spec import TeacherSpec
 from fewstep.utils.config_files import Seed, StrictModel, user_path
 
 #: the method a config without ``method:`` gets
 DEFAULT_METHOD = "turbo_pp"
-
-
-class StudentSpec(StrictModel):
-    num_steps: int = Field(2, ge=1, le=64)
-    parameterization: Literal["decoupled", "lora", "shared"] = "decoupled"
-    transition: Literal["fresh", "ddim"] = "fresh"
-    sigmas: list[float] | None = Field(None, description="custom step levels; null: teacher's")
-    lora_rank: int = Field(16, ge=1)
-    lora_alpha: float | None = Field(None, gt=0.0)
-    lora_targets: list[str] | None = None
-
-    @field_validator("sigmas")
-    @classmethod
-    def _sigmas_ok(cls, v: list[float] | None) -> list[float] | None:
-        if v is None:
-            return v
-        if not v or abs(v[0] - 1.0) > 1e-6:
-            raise ValueError("must start at 1.0 (pure noise)")
-        if any(not 0.0 < s <= 1.0 for s in v):
-            raise ValueError("every sigma must lie in (0, 1]")
-        if any(b >= a for a, b in itertools.pairwise(v)):
-            raise ValueError("must decrease strictly")
-        return v
-
-    @model_validator(mode="after")
-    def _sigmas_len(self) -> StudentSpec:
-        if self.sigmas is not None and len(self.sigmas) != self.num_steps:
-            raise ValueError(f"student.sigmas has {len(self.sigmas)} entries but "
-                             f"student.num_steps is {self.num_steps}")
-        return self
 
 
 RealSource = Literal["teacher_cache", "teacher_online", "dataset"]
@@ -345,6 +316,17 @@ def config_adapter() -> TypeAdapter[Any]:
     return _ADAPTER["union"]
 
 
+def load_run_teacher(cfg: DistillConfig, device: Any) -> LoadedTeacher:
+    """The run's frozen teacher: ``teacher`` for the run's ``data``, its derived caches (prompt
+    embeddings) under ``cache.dir``."""
+    return load_teacher(cfg.teacher, data=cfg.data, cache_dir=cfg.cache.dir, device=device)
+
+
+def meta_run_teacher(cfg: DistillConfig) -> MetaTeacher:
+    """The run's teacher network on the ``meta`` device, from configs only (``fewstep plan``)."""
+    return meta_teacher(cfg.teacher, data=cfg.data)
+
+
 def drop_foreign_sections(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a raw run config) without the sections only *other* methods read: lets one
     base config (e.g. a Turbo++ preset) serve every ``method``, as benchmarks and tests do."""
@@ -370,5 +352,7 @@ __all__ = [
     "config_adapter",
     "config_union",
     "drop_foreign_sections",
+    "load_run_teacher",
+    "meta_run_teacher",
     "register_config",
 ]

@@ -1,76 +1,56 @@
-"""The distillation training loop (one loop for every method); ``docs/tour.md`` follows one
-batch through it.
+"""The distillation training loop: one loop for every method (``docs/tour.md`` follows one
+batch through it).
 
-``Trainer(cfg, run_dir).train()`` wires the pieces, each in its own module -- the teacher
-(:func:`fewstep.teachers.load_teacher`), the student and its EMA
-(:mod:`~fewstep.student.factory`), the method (:mod:`fewstep.distill.methods`: losses,
-:class:`~fewstep.distill.methods.base.DataNeeds` and ``AuxUpdates``),
-batches (:mod:`~fewstep.distill.engine.batches`), optimizers (:mod:`~fewstep.distill.engine.optim`),
-checkpoints (:mod:`~fewstep.distill.engine.checkpoints`), logs and samples
-(:mod:`~fewstep.distill.engine.run_logs`) -- and runs, per generator update, the method's auxiliary
+``Trainer(cfg, run_dir).train()`` loads the teacher (:func:`~fewstep.distill.config.
+load_run_teacher`: one :class:`~fewstep.teachers.LoadedTeacher`), builds the student and its EMA
+(:mod:`fewstep.student`), the method (:mod:`fewstep.distill.methods`: its losses, the data its
+batches carry, its auxiliary optimizer), and runs per generator update: the method's auxiliary
 updates, one student update, the EMA update, a ``losses.jsonl`` row, samples and checkpoints.
+The engine (:mod:`fewstep.distill.engine`) holds everything around it: batches and the teacher
+cache, optimizers, precision, checkpoints, multi-process training, logs.
 
-Run directory: ``config.yaml``, ``checkpoints/``, ``tb/``, ``samples/``, ``losses.jsonl``,
-``student.safetensors`` (the EMA student). Resume (``resume=True``) is bit-identical on CPU;
-NaN / Inf raises :class:`DivergenceError` naming step and term, or rolls back
-(``train.on_divergence``); :meth:`Trainer.request_stop` (SIGTERM) checkpoints and raises
-:class:`TrainingInterrupted` at the next step boundary. Multi-process (torchrun): the global
-batch is split over ranks, torch's DDP (wrapping each loss) averages gradients during backward
-(or FSDP2 shards the networks), only rank 0 writes (see ``docs/multi_gpu.md`` and
-:mod:`fewstep.distill.engine.distributed`). Host syncs: loss terms and gradient norms stay on the
-device and are read -- and checked for NaN / Inf -- every ``train.log_every`` steps and before
-each checkpoint (:mod:`fewstep.distill.engine.precision`, which also holds autocast and fp16's
-gradient scaler).
+Run folder: ``config.yaml``, ``checkpoints/``, ``tb/``, ``samples/``, ``losses.jsonl``,
+``student.safetensors`` (the EMA student). Resume is bit-identical on CPU; NaN / Inf raises
+:class:`DivergenceError` naming the step and the term, or rolls back (``train.on_divergence``);
+:meth:`Trainer.request_stop` (SIGTERM) checkpoints and raises :class:`TrainingInterrupted` at the
+next step boundary. Host syncs: loss terms and gradient norms stay on the device and are read --
+and checked -- every ``train.log_every`` steps and before each checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from fewstep.core.denoiser import Denoiser
-from fewstep.distill.config import DistillConfig
+from fewstep.distill.config import DistillConfig, load_run_teacher
 from fewstep.distill.engine.batches import BatchSource
-from fewstep.distill.engine.checkpoints import (
-    CheckpointManager,
-    TrainState,
-    checkpoint_generators,
-    state_views,
-)
+from fewstep.distill.engine.checkpoints import CheckpointManager, TrainState
 from fewstep.distill.engine.distributed import DDPLoss, FullStateView, Snapshot, init_distributed
 from fewstep.distill.engine.divergence import nonfinite_gradient
-from fewstep.distill.engine.optim import Optimizers, grad_norm, params_of
+from fewstep.distill.engine.optim import Optimizers, backward_step, params_of
 from fewstep.distill.engine.precision import DeferredLogs, Precision
 from fewstep.distill.engine.replicas import distribute
 from fewstep.distill.engine.run_logs import LossLog, ScalarWriter, write_samples
+from fewstep.distill.engine.run_state import RunGenerators, train_state
 from fewstep.distill.methods import DistillContext, DistillMethod, method_class
-from fewstep.errors import ConfigError, DivergenceError
+from fewstep.errors import DivergenceError
 from fewstep.student.ema import ema_update
-from fewstep.student.factory import (
-    build_student,
-    compile_student,
-    enable_gradient_checkpointing,
-)
-from fewstep.student.student import Student, TrainableStateView
+from fewstep.student.factory import build_student, compile_student, enable_gradient_checkpointing
+from fewstep.student.student import Student
 from fewstep.student.student_file import save_student_file, student_file_config
-from fewstep.teachers import load_teacher
 from fewstep.utils.config_files import dump_yaml
 from fewstep.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-__all__ = ["Trainer", "TrainingInterrupted"]
 
 
 class TrainingInterrupted(Exception):
@@ -89,126 +69,74 @@ class Trainer:
                  resume: bool = False) -> None:
         self.cfg, self.run_dir, self.progress, self.resume = cfg, Path(run_dir), progress, resume
         t = cfg.train
-        self.device = torch.device(t.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"train.device: {t.device!r} is not available on this "
-                              "machine (no CUDA); use cpu")
-        if self.device.type == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError("train.device: 'mps' is not available on this machine; use cpu")
-        self.dist, self.device = init_distributed(self.device, t.distributed)
-        if t.batch_size % self.dist.world_size:
-            raise ConfigError(f"train.batch_size: {t.batch_size} (the global batch) is "
-                              f"not divisible by the {self.dist.world_size} processes")
-        torch.manual_seed(t.seed)
-        np.random.seed(t.seed)  # every RNG a checkpoint records starts from the seed
-        random.seed(t.seed)
-        self.gen = torch.Generator().manual_seed(t.seed)
-        # randomness inside the losses: the data stream itself with one process; with N
-        # processes one stream per rank, plus one shared by all ranks for step choices
-        self.loss_gen, self.step_gen = self.gen, None
-        if self.dist.enabled:
-            self.loss_gen = torch.Generator().manual_seed(t.seed + 7919 * (1 + self.dist.rank))
-            self.step_gen = torch.Generator().manual_seed(t.seed + 104729)
+        self.dist, self.device = init_distributed(torch.device(t.device), t.distributed,
+                                                  t.batch_size)
+        self.rng = RunGenerators.seeded(t.seed, self.dist)
         with self.dist.main_first():  # rank 0 fills a missing prompt-embedding cache first
-            loaded = load_teacher(cfg, self.device)
-        self.problem, self.teacher = loaded.problem, loaded.denoiser
-        self.teacher_cfg, self.teacher_id = loaded.config, loaded.identity
-        self.pipeline = loaded.pipeline  # the diffusers pipeline (VAE, text encoder) or None
-        samp = self.teacher_cfg.get("sampling", {})
-        self.teacher_shift = cfg.teacher.shift or samp.get("shift", 1.0)
-        self.teacher_w = cfg.teacher.cfg_scale if cfg.teacher.cfg_scale is not None \
-            else samp.get("cfg_scale", 1.0)
-        self.student = build_student(self.teacher, cfg, self.teacher_shift,
-                                     loaded.sigmas).to(self.device)
+            self.teacher = load_run_teacher(cfg, self.device)
+        den = self.teacher.denoiser
+        self.student = build_student(den, cfg.student, cfg.teacher.steps, self.teacher.shift,
+                                     self.teacher.sigmas).to(self.device)
         self.student.train()
         self.ema = self.student.ema_copy()  # trainables copied, a LoRA base shared
-        example = torch.zeros((2, *self.problem.data_shape), device=self.device)
-        example_cond = self.problem.cond_map(self.problem.sample_cond(2, device=self.device))
-        self.ctx = DistillContext(cfg, self.problem, self.teacher, self.teacher_w, self.student,
-                                  self.device, self.loss_gen, example, example_cond)
-        self.method: DistillMethod = method_class(cfg.method)(self.ctx).to(self.device)
-        distribute(self.dist, self.student, self.ema, self.method, self.step_gen,
-                   {id(p) for p in self.teacher.parameters()})
+        ctx = DistillContext.for_run(cfg, self.teacher, self.student, self.device, self.rng.loss)
+        self.method: DistillMethod = method_class(cfg.method)(ctx).to(self.device)
+        distribute(self.dist, self.student, self.ema, self.method, self.rng.step,
+                   {id(p) for p in den.parameters()})
         if t.gradient_checkpointing:
-            enable_gradient_checkpointing(
-                self.student, [*(m for m in self.method.modules() if isinstance(m, Denoiser)),
-                               self.teacher])
+            others = [m for m in self.method.modules() if isinstance(m, Denoiser)]
+            enable_gradient_checkpointing(self.student, [*others, den])
+        if t.compile:
+            compile_student(self.student)
         self.optim = Optimizers.build(self.student, self.method.aux_updates(), t, self.device)
         self.prec = Precision(t.mixed_precision, self.device)  # autocast, fp16 GradScaler
-        # torch DDP over each *loss* (see distributed.DDPLoss): the generator loss reduces the
+        # torch DDP over each *loss* (distributed.DDPLoss): the generator loss reduces the
         # student's gradients, the aux loss the aux optimizer's, during backward; the losses
         # are looked up at call time (a recipe's loss may be replaced on the instance)
         self.ddp_generator_loss = DDPLoss(self.dist, lambda b, s: self.method.generator_loss(b, s),
-                              {"student": self.student}, self.device)
+                                          {"student": self.student}, self.device)
         self.ddp_aux_loss = DDPLoss(self.dist, lambda b, s: self.method.aux_loss(b, s),
-                              {"method": self.method}, self.device,
-                              params=params_of(self.optim.aux) if self.optim.aux else [])
+                                    {"method": self.method}, self.device,
+                                    params=params_of(self.optim.aux) if self.optim.aux else [])
         # per-step logs stay on the device; read and checked every log_every steps
         self.pending = DeferredLogs(("grad_norm", "_aux_grad_norm")
                                     if self.prec.skips_overflow else ())
         self._aux_terms: set[str] = set()
-        if t.compile:
-            compile_student(self.student)
         mid = float(self.student.sigmas[1]) if self.student.num_steps > 1 else None
-        self.batches = BatchSource(cfg, self.method.data_needs(), self.problem, self.teacher,
-                                   self.teacher_id, self.teacher_shift, self.teacher_w, mid,
-                                   self.gen, self.dist, self.device,
-                                   teacher_levels=loaded.sigmas,
-                                   noise_scale=loaded.noise_scale)
+        self.batches = BatchSource(cfg, self.method.data_needs(), self.teacher, mid,
+                                   self.rng.data, self.dist, self.device)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", t.keep_last, self.dist,
                                       self.device, t.rollbacks_per_checkpoint)
         self.losses = LossLog(self.run_dir / "losses.jsonl", enabled=self.dist.is_main)
-        self.rollbacks = 0
-        self.lr_scale = 1.0  # product of the rollback LR factors applied so far
+        self.rollbacks, self.lr_scale = 0, 1.0  # lr_scale: product of the rollback factors
         self._stop_reason: str | None = None
         self.step = 0
 
-    # ------------------------------------------------------------ state
-    def _state_objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        mods: dict[str, Any] = {"student": self.student, "ema": self.ema, "method": self.method}
-        if not self.dist.fsdp:  # trainable state only: a LoRA base is the teacher's
-            mods.update(student=TrainableStateView(self.student),
-                        ema=TrainableStateView(self.ema))
-            return state_views(mods, self.optim.optimizers(), False)
-        mods, opts = state_views(mods, self.optim.optimizers(), True)
-        for k, st in (("student", self.student), ("ema", self.ema)):  # full tensors, trainable
-            mods[k] = FullStateView(st, keys=lambda st=st: st.trainable_state_dict().keys())
-        return mods, opts
-
-    def _schedulers(self) -> dict[str, Any]:
-        return self.optim.schedulers()
-
-    def _train_state(self) -> TrainState:
-        mods, opts = self._state_objects()
-        return TrainState(mods, opts, self._schedulers(), self._generators)
-
-    def _generators(self, ck: Path | None = None) -> dict[str, torch.Generator]:
-        return checkpoint_generators(self.dist, self.gen, self.step_gen, self.loss_gen, ck)
+    # ------------------------------------------------------------ checkpoints
+    def state(self) -> TrainState:
+        """The objects a checkpoint saves and restores."""
+        return train_state(self.student, self.ema, self.method, self.optim, self.dist,
+                           self.rng)
 
     def save_checkpoint(self) -> Path:
         """Write the full training state (refuses, with :class:`DivergenceError`, if non-finite)."""
         counters = {"step": self.step, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
-                    "teacher_id": self.teacher_id, "world_size": self.dist.world_size,
+                    "teacher_id": self.teacher.identity, "world_size": self.dist.world_size,
                     **self.batches.state_dict()}
-        return self.ckpt.save(self.step, self._train_state(), counters,
+        return self.ckpt.save(self.step, self.state(), counters,
                               self.cfg.model_dump(mode="json"))
 
     def _continue_from(self, counters: dict[str, Any]) -> None:
         """After a checkpoint's state is loaded: its step, the cache stream, the log."""
         self.step = int(counters["step"])
-        self.batches.load_state_dict(counters)  # the cache stream continues
-        self.losses.cut(self.step)  # the log matches the state
-
-    def _load_checkpoint(self, ck: Path) -> dict[str, Any]:
-        counters = self.ckpt.load(ck, self._train_state())
-        self._continue_from(counters)
-        return counters
+        self.batches.load_state_dict(counters)
+        self.losses.cut(self.step)
 
     def try_resume(self) -> bool:
         """Load the newest good checkpoint; ``False`` if the run has none yet (errors: see
         :meth:`CheckpointManager.resume`)."""
-        got = self.ckpt.resume(self._train_state(), self.cfg.model_dump(mode="json"),
-                               self.run_dir, self.teacher_id)
+        got = self.ckpt.resume(self.state(), self.cfg.model_dump(mode="json"), self.run_dir,
+                               self.teacher.identity)
         if got is None:
             return False
         ck, counters = got
@@ -227,40 +155,16 @@ class Trainer:
         yield from (("student." + n, p) for n, p in self.student.named_parameters())
         yield from (("method." + n, p) for n, p in self.method.named_parameters())
 
-    def _backward_step(self, loss: Tensor, logs: dict[str, Tensor],
-                       opt: torch.optim.Optimizer, clip: float, phase: str, synced: bool
-                       ) -> tuple[dict[str, Tensor], Tensor]:
-        """zero_grad, backward (DDP reduces during it when ``synced``), clip, step. No host
-        sync: loss terms and the gradient norm are checked when the logs are read
-        (:meth:`_flush_logs`); with fp16 the scaler skips a step whose gradients overflowed."""
-        gen = phase == "generator"  # profiler labels as before: generator phase only
-        opt.zero_grad(set_to_none=True)
-        with record_function("generator_backward") if gen else contextlib.nullcontext():
-            self.prec.backward(loss)
-        with record_function("optimizer") if gen else contextlib.nullcontext():
-            params = params_of(opt)
-            if not synced:
-                self.dist.average_gradients(params)
-            logs = self.dist.mean_logs(logs, self.device)
-            self.prec.unscale_(opt)
-            norm = grad_norm(params)
-            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-            self.prec.step(opt)
-            self.prec.update()
-        return logs, norm
-
     def train_iteration(self) -> dict[str, float]:
         """One generator update preceded by the method's auxiliary updates; returns its logs
         as floats (a host sync; the training loop reads logs only every ``log_every``)."""
         self.pending.add(self.step + 1, self._iteration())
-        last = self._flush_logs()
-        return {} if last is None else last
+        return self._flush_logs() or {}
 
     def _iteration(self) -> dict[str, Tensor]:
-        """One generator update preceded by the auxiliary updates; the logs stay on the
-        device (``_aux_grad_norm``: checked for divergence, not written)."""
-        o = self.optim
-        logs: dict[str, Tensor] = {}
+        """The aux updates, then one generator update and the EMA; logs stay on the device
+        (``_aux_grad_norm``: checked for divergence, not written)."""
+        o, logs = self.optim, {}
         if o.aux is not None:
             aux_params = params_of(o.aux)  # the optimizer's own list (requires_grad flips)
             for p in aux_params:
@@ -272,8 +176,9 @@ class Trainer:
                         out = self.ddp_aux_loss(batch, self.step)
                     if out is None:
                         break
-                    al, anorm = self._backward_step(out[0], out[1], o.aux, o.aux_updates.aux_clip,
-                                                    "auxiliary", self.ddp_aux_loss.synced)
+                    al, anorm = backward_step(out[0], out[1], o.aux, o.aux_updates.aux_clip,
+                                              self.prec, self.dist, self.device,
+                                              self.ddp_aux_loss.synced, profile=False)
                 self._aux_terms.update(al)
                 logs.update({k: v.detach() for k, v in al.items()})
                 logs["_aux_grad_norm"] = anorm.detach()
@@ -283,8 +188,8 @@ class Trainer:
             batch = self.batches.next()
             with self.prec.autocast():
                 loss, gl = self.ddp_generator_loss(batch, self.step)
-        gl, gnorm = self._backward_step(loss, gl, o.g, self.cfg.train.grad_clip, "generator",
-                                        self.ddp_generator_loss.synced)
+        gl, gnorm = backward_step(loss, gl, o.g, self.cfg.train.grad_clip, self.prec,
+                                  self.dist, self.device, self.ddp_generator_loss.synced)
         o.step_schedulers()
         ema_update(self.ema, self.student, self.cfg.train.ema_decay)
         self.step += 1
@@ -303,17 +208,17 @@ class Trainer:
                 break
             last = {k: v for k, v in r.items() if k != "step" and not k.startswith("_")}
             self.losses.append(int(r["step"]), last)
-        if bad is not None:
-            step, term, value = bad
-            if term in ("grad_norm", "_aux_grad_norm"):
-                gen = term == "grad_norm"
-                opt = self.optim.g if gen else self.optim.aux
-                raise nonfinite_gradient(params_of(opt) if opt is not None else [],
-                                         "generator" if gen else "auxiliary", value, step,
-                                         self._named_trainable)
-            phase = "auxiliary" if term in self._aux_terms else "generator"
-            raise DivergenceError(f"{phase} loss term {term!r} is {value} at step {step}")
-        return last
+        if bad is None:
+            return last
+        step, term, value = bad
+        if term in ("grad_norm", "_aux_grad_norm"):
+            gen = term == "grad_norm"
+            opt = self.optim.g if gen else self.optim.aux
+            raise nonfinite_gradient(params_of(opt) if opt is not None else [],
+                                     "generator" if gen else "auxiliary", value, step,
+                                     self._named_trainable)
+        phase = "auxiliary" if term in self._aux_terms else "generator"
+        raise DivergenceError(f"{phase} loss term {term!r} is {value} at step {step}")
 
     # ------------------------------------------------------------ the loop
     def train(self) -> Student:
@@ -381,8 +286,10 @@ class Trainer:
         self.ema.eval()
         ema = Snapshot(FullStateView(self.ema).state_dict()) if self.dist.fsdp else self.ema
         if main:
-            save_student_file(self.run_dir / "student.safetensors", ema,  # type: ignore[arg-type]
-                         student_file_config(self.cfg, self.teacher_cfg, self.ema.sigmas))
+            save_student_file(self.run_dir / "student.safetensors", ema,
+                              student_file_config(self.teacher.config, self.cfg.student,
+                                                  self.ema.sigmas, self.cfg.method,
+                                                  self.cfg.data))
         self.write_samples("final")
         self.dist.barrier()  # every rank returns once the files exist
         return self.ema
@@ -410,7 +317,8 @@ class Trainer:
             raise DivergenceError(f"{err}; gave up after {self.rollbacks} rollbacks "
                                   f"(train.max_rollbacks); {where}") from None
         rollbacks, scale = self.rollbacks + 1, self.lr_scale * t.rollback_lr_factor
-        counters = self._load_checkpoint(ck)
+        counters = self.ckpt.load(ck, self.state())
+        self._continue_from(counters)
         self.ckpt.note_rollback(ck)
         self.optim.scale_lr(scale / float(counters.get("lr_scale", 1.0)))
         self.rollbacks, self.lr_scale = rollbacks, scale
@@ -421,5 +329,8 @@ class Trainer:
         if not (self.dist.is_main or self.dist.fsdp):  # FSDP: every rank runs the sharded EMA
             return
         path = self.run_dir / "samples" / f"{tag}.png" if self.dist.is_main else None
-        write_samples(path, self.ema, self.problem, self.cfg.eval.seed, self.device,
+        write_samples(path, self.ema, self.teacher.problem, self.cfg.eval.seed, self.device,
                       f"{self.cfg.method} step {self.step}", n)
+
+
+__all__ = ["Trainer", "TrainingInterrupted"]

@@ -26,12 +26,13 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
+from fewstep.assets import ASSETS
 from fewstep.data.digits import load_digits_split
 from fewstep.utils.files import atomic_write_bytes
 
 ASSET_NAME = "digits_classifier.safetensors"
 FORMAT_TAG = "fewstep.digits_classifier.v1"
-DEFAULT_ASSET = Path(__file__).resolve().parent.parent / "assets" / ASSET_NAME
+DEFAULT_ASSET = ASSETS / ASSET_NAME
 
 
 @dataclass(frozen=True)

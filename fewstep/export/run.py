@@ -23,12 +23,11 @@ from typing import Any
 
 import torch
 
-from fewstep.distill.config import DistillConfig
+from fewstep.distill.config import DistillConfig, load_run_teacher
 from fewstep.errors import ConfigError
 from fewstep.export.diffusers_export import export_family, export_student
 from fewstep.student.student import Student
 from fewstep.student.student_file import load_student_file
-from fewstep.teachers import load_teacher
 from fewstep.utils.config_files import load_config
 
 #: top-level config sections that are not the recipe's own settings
@@ -83,7 +82,7 @@ def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
                           "student.safetensors)")
     cfg = load_config(DistillConfig, cfg_path)
     dev = torch.device(device)
-    loaded = load_teacher(cfg, dev)
+    loaded = load_run_teacher(cfg, dev)
     try:
         family = export_family(loaded.config)
     except ValueError as e:

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.levels import student_sigmas, student_sigmas_from_levels
 from fewstep.core.noise_correction import TERMINAL_TOL, is_epsilon_model, is_zero_terminal_snr
-from fewstep.distill.config import DistillConfig, StudentSpec
 from fewstep.errors import ConfigError
 from fewstep.student.lora import find_lora_targets
+from fewstep.student.spec import StudentSpec
 from fewstep.student.student import Student, resolve_lora_targets
 
 
@@ -47,15 +47,15 @@ def student_from_spec(like: Denoiser, spec: StudentSpec | Mapping[str, Any], sig
     return student
 
 
-def build_student(teacher: Denoiser, cfg: DistillConfig, teacher_shift: float,
+def build_student(teacher: Denoiser, s: StudentSpec, teacher_steps: int, teacher_shift: float,
                   teacher_levels: Tensor | None = None) -> Student:
-    """A fresh K-step student initialised from ``teacher`` (``cfg.student``).
+    """A fresh K-step student initialised from ``teacher`` (the ``student`` section ``s``).
 
     Step levels: ``student.sigmas`` if set; else every ``N // K``-th of the teacher's own
-    ``N + 1`` levels ``teacher_levels`` (its schedule: uniform, the pipeline's or a list); else
-    (no levels, or ``K`` does not divide ``N``) the shifted uniform levels."""
-    s = cfg.student
-    n = cfg.teacher.steps
+    ``N + 1`` levels ``teacher_levels`` (uniform, the pipeline's or a list; ``N`` =
+    ``teacher_steps``); else (no levels, or ``K`` does not divide ``N``) the shifted uniform
+    levels."""
+    n = teacher_steps
     if s.sigmas is None and teacher_levels is not None and n % s.num_steps == 0:
         sig = student_sigmas_from_levels(teacher_levels, s.num_steps)
     else:

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from fewstep.core.denoiser import Denoiser
-from fewstep.distill.config import DistillConfig
 from fewstep.errors import CheckpointError
 from fewstep.student.factory import student_from_spec
+from fewstep.student.spec import StudentSpec
 from fewstep.student.student import Student
 from fewstep.teachers import rebuild_denoiser
 from fewstep.utils.files import load_tensors, save_tensors
@@ -26,11 +26,12 @@ from fewstep.utils.files import load_tensors, save_tensors
 STUDENT_FILE_KIND = "student"
 
 
-def student_file_config(cfg: DistillConfig, teacher_cfg: dict[str, Any], sigmas: Tensor
-                        ) -> dict[str, Any]:
-    """What :func:`load_student_file` needs to rebuild the student (stored in the file)."""
-    return {"denoiser": teacher_cfg, "student": cfg.student.model_dump(),
-            "sigmas": [float(s) for s in sigmas], "method": cfg.method, "data": cfg.data}
+def student_file_config(teacher_cfg: dict[str, Any], student: StudentSpec, sigmas: Tensor,
+                        method: str, data: Any) -> dict[str, Any]:
+    """What :func:`load_student_file` needs to rebuild the student (stored in the file): the
+    teacher config, the ``student`` section, the step levels, the recipe and the data."""
+    return {"denoiser": teacher_cfg, "student": student.model_dump(),
+            "sigmas": [float(s) for s in sigmas], "method": method, "data": data}
 
 
 def save_student_file(path: str | Path, student: nn.Module, config: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """Teachers: one registered adapter per ``teacher.kind`` (see docs/adapters.md).
 
-* :func:`load_teacher` -- ``(cfg, device) -> LoadedTeacher`` for any kind;
+* :func:`load_teacher` -- the ``teacher`` section (+ the run's data, the cache folder) ->
+  :class:`LoadedTeacher`, for any kind;
 * :func:`meta_teacher` -- the network on the ``meta`` device (``fewstep plan``);
 * :func:`rebuild_denoiser` -- a teacher-shaped denoiser from a saved teacher config (student
   reload), honouring the custom builders the run's config allows.
@@ -9,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from fewstep.export.native import resolve_builder
 from fewstep.teachers import file as _file  # noqa: F401  (registers kind file)
 from fewstep.teachers import unet_eps as _unet_eps  # noqa: F401  (unet_eps)
 from fewstep.teachers.base import (
+    DataRef,
     LoadedTeacher,
     MetaTeacher,
     TeacherAdapter,
@@ -30,18 +32,17 @@ from fewstep.teachers.diffusers import adapter as _pipeline  # noqa: F401  (diff
 from fewstep.teachers.spec import TeacherSpec
 from fewstep.teachers.training import denoiser_from_config
 
-if TYPE_CHECKING:
-    from fewstep.distill.config import DistillConfig
+
+def load_teacher(spec: TeacherSpec, *, data: DataRef, cache_dir: str,
+                 device: torch.device | str) -> LoadedTeacher:
+    """The frozen teacher ``spec`` describes (any ``teacher.kind``) for the run's ``data``."""
+    return get_adapter(spec.kind).load(spec, data=data, cache_dir=cache_dir,
+                                       device=torch.device(device))
 
 
-def load_teacher(cfg: DistillConfig, device: torch.device | str) -> LoadedTeacher:
-    """The frozen teacher of ``cfg`` (any ``teacher.kind``)."""
-    return get_adapter(cfg.teacher.kind).load(cfg, torch.device(device))
-
-
-def meta_teacher(cfg: DistillConfig) -> MetaTeacher:
+def meta_teacher(spec: TeacherSpec, *, data: DataRef) -> MetaTeacher:
     """The teacher network on ``meta`` from configs only."""
-    return get_adapter(cfg.teacher.kind).meta(cfg)
+    return get_adapter(spec.kind).meta(spec, data=data)
 
 
 def rebuild_denoiser(teacher_config: dict[str, Any], allow_builders: Sequence[str] = ()
@@ -58,6 +59,6 @@ def rebuild_denoiser(teacher_config: dict[str, Any], allow_builders: Sequence[st
     return resolve_builder(target)(**kwargs)
 
 
-__all__ = ["CustomTeacher", "LoadedTeacher", "MetaTeacher", "TeacherAdapter", "TeacherSpec",
-           "allow_builder", "get_adapter", "load_teacher", "meta_teacher", "rebuild_denoiser",
-           "register", "teacher_kinds"]
+__all__ = ["CustomTeacher", "DataRef", "LoadedTeacher", "MetaTeacher", "TeacherAdapter",
+           "TeacherSpec", "allow_builder", "get_adapter", "load_teacher", "meta_teacher",
+           "rebuild_denoiser", "register", "teacher_kinds"]

@@ -4,10 +4,16 @@ An adapter knows, for its kind, how to
 
 * ``check(spec)`` -- validate the ``teacher`` section (``ValueError`` naming the field);
 * ``check_data(spec, data)`` -- whether the run's ``data`` fits the teacher;
-* ``load(cfg, device)`` -- build a :class:`LoadedTeacher`: the frozen denoiser, the problem
-  (sample shape, conditioning), the teacher config (sampling defaults, ``builder`` that
-  rebuilds the architecture on reload), an identity, the pipeline and latent codec if any;
-* ``meta(cfg)`` -- the teacher network on the ``meta`` device from configs only (``plan``).
+* ``load(spec, data=, cache_dir=, device=)`` -- build a :class:`LoadedTeacher`: the frozen
+  denoiser, the problem (sample shape, conditioning), the teacher config (sampling settings,
+  ``builder`` that rebuilds the architecture on reload), an identity, the pipeline and latent
+  codec if any;
+* ``meta(spec, data=)`` -- the teacher network on the ``meta`` device from configs only
+  (``plan``).
+
+An adapter sees its own section (:class:`~fewstep.teachers.spec.TeacherSpec`), the run's
+``data`` value and the cache folder, never the whole run config: teachers sit below the
+distillation layer.
 
 Every place that used to switch on ``teacher.kind`` asks :func:`get_adapter` instead.
 Register a new kind with ``@register`` on a subclass with a ``kind`` class attribute.
@@ -27,9 +33,11 @@ from torch import Tensor, nn
 from fewstep.core.denoiser import Denoiser
 from fewstep.errors import ConfigError
 
-if TYPE_CHECKING:  # annotations only (the config module imports this package)
-    from fewstep.distill.config import DistillConfig
+if TYPE_CHECKING:  # annotations only (spec.py imports this module)
     from fewstep.teachers.spec import TeacherSpec
+
+#: the run's ``data`` value: a built-in name, ``"prompts"``, or a user data set (canonical form)
+DataRef = str | dict[str, Any]
 
 
 @dataclass
@@ -39,8 +47,9 @@ class LoadedTeacher:
     Attributes:
         denoiser: ``D(x_sigma, sigma, cond) -> x0_hat`` (eval, ``requires_grad=False``).
         config: JSON-able; ``kind``, ``builder`` (``[target, kwargs]`` rebuilding the network,
-            for non-file teachers), ``sampling`` (``steps``, ``shift``, ``cfg_scale``,
-            ``sigmas`` = the N + 1 teacher levels, ``noise_scale``).
+            for non-file teachers), ``sampling`` (``steps``, ``shift``, ``cfg_scale`` = our
+            guidance ``w``, ``sigmas`` = the N + 1 teacher levels, ``noise_scale``), with the
+            ``teacher`` section's overrides applied.
         identity: a string that changes with the weights (teacher-cache key, resume check).
         problem: sample shape, conditioning sampler and map (``Problem`` / ``PromptProblem``).
         pipeline: the diffusers pipeline (VAE, text encoder) or ``None``.
@@ -58,6 +67,16 @@ class LoadedTeacher:
     def sigmas(self) -> Tensor:
         """The teacher sampler's ``N + 1`` levels (last 0)."""
         return torch.tensor(self.config["sampling"]["sigmas"], dtype=torch.float32)
+
+    @property
+    def shift(self) -> float:
+        """The time shift of the teacher's levels (1: none)."""
+        return float(self.config["sampling"].get("shift", 1.0))
+
+    @property
+    def cfg_scale(self) -> float:
+        """The teacher's guidance ``w`` (``d_u + w (d_c - d_u)``; 1: no guidance)."""
+        return float(self.config["sampling"].get("cfg_scale", 1.0))
 
     @property
     def noise_scale(self) -> float:
@@ -94,16 +113,18 @@ class TeacherAdapter(ABC):
             if name not in self.fields and getattr(spec, name) is not None:
                 raise ValueError(f"teacher.{name}: not used with teacher.kind {self.kind}")
 
-    def check_data(self, spec: TeacherSpec, data: str) -> None:
+    def check_data(self, spec: TeacherSpec, data: DataRef) -> None:
         """``ValueError`` if ``data`` cannot be this teacher's problem (default: any)."""
         return None
 
     @abstractmethod
-    def load(self, cfg: DistillConfig, device: torch.device) -> LoadedTeacher:
-        """Load and freeze the teacher."""
+    def load(self, spec: TeacherSpec, *, data: DataRef, cache_dir: str, device: torch.device
+             ) -> LoadedTeacher:
+        """Load and freeze the teacher (``cache_dir``: where derived caches, e.g. prompt
+        embeddings, live)."""
 
     @abstractmethod
-    def meta(self, cfg: DistillConfig) -> MetaTeacher:
+    def meta(self, spec: TeacherSpec, *, data: DataRef) -> MetaTeacher:
         """The network on ``meta`` from configs only."""
 
 
@@ -166,11 +187,14 @@ def first_line(e: BaseException) -> str:
 
 def sampling_config(spec: TeacherSpec, sigmas: Tensor, shift: float, cfg_scale: float,
                     noise_scale: float = 1.0) -> dict[str, Any]:
-    """The ``sampling`` block of a teacher config."""
-    return {"steps": spec.steps, "shift": float(shift), "cfg_scale": float(cfg_scale),
+    """The ``sampling`` block of a teacher config: ``shift`` (already resolved against
+    ``teacher.shift``), ``cfg_scale`` = ``teacher.cfg_scale`` when set, else the teacher's
+    own ``cfg_scale``."""
+    w = spec.cfg_scale if spec.cfg_scale is not None else cfg_scale
+    return {"steps": spec.steps, "shift": float(shift), "cfg_scale": float(w),
             "sigmas": [float(s) for s in sigmas], "noise_scale": float(noise_scale)}
 
 
-__all__ = ["LoadedTeacher", "MetaTeacher", "TeacherAdapter", "dtype_kwargs", "first_line",
-           "get_adapter", "identity_of", "register", "sampling_config", "teacher_kinds",
-           "torch_dtype", "weights_probe"]
+__all__ = ["DataRef", "LoadedTeacher", "MetaTeacher", "TeacherAdapter", "dtype_kwargs",
+           "first_line", "get_adapter", "identity_of", "register", "sampling_config",
+           "teacher_kinds", "torch_dtype", "weights_probe"]

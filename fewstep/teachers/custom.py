@@ -32,6 +32,7 @@ from fewstep.data.problem import PROBLEMS, Problem, get_problem
 from fewstep.data.prompts import PROMPTS_DATA, PromptProblem
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import (
+    DataRef,
     LoadedTeacher,
     MetaTeacher,
     TeacherAdapter,
@@ -43,7 +44,6 @@ from fewstep.teachers.diffusers.prompt_cache import PromptCache
 from fewstep.utils.imports import import_callable
 
 if TYPE_CHECKING:
-    from fewstep.distill.config import DistillConfig
     from fewstep.teachers.spec import TeacherSpec
 
 @dataclass
@@ -136,55 +136,56 @@ class CustomTeacherAdapter(TeacherAdapter):
         if spec.levels == "pipeline":
             raise ValueError("teacher.levels: 'pipeline' needs a diffusers teacher")
 
-    def check_data(self, spec: TeacherSpec, data: str) -> None:
+    def check_data(self, spec: TeacherSpec, data: DataRef) -> None:
         if data == PROMPTS_DATA and spec.prompts is None:
             raise ValueError("teacher.prompts: required with data: prompts")
 
-    def _spec(self, cfg: DistillConfig) -> CustomTeacher:
-        assert cfg.teacher.builder is not None
-        allow_builder(cfg.teacher.builder)
-        return call_builder(cfg.teacher.builder)
+    def _built(self, spec: TeacherSpec) -> CustomTeacher:
+        assert spec.builder is not None
+        allow_builder(spec.builder)
+        return call_builder(spec.builder)
 
-    def _problem(self, cfg: DistillConfig, spec: CustomTeacher, den: nn.Module) -> Any:
-        shape = tuple(int(s) for s in spec.data_shape)
-        if cfg.data == PROMPTS_DATA:
-            if spec.encode_prompts is None:
+    def _problem(self, spec: TeacherSpec, data: DataRef, cache_dir: str, built: CustomTeacher,
+                 den: nn.Module) -> Any:
+        shape = tuple(int(s) for s in built.data_shape)
+        if data == PROMPTS_DATA:
+            if built.encode_prompts is None:
                 raise ConfigError("teacher.builder: data: prompts needs CustomTeacher."
                                   "encode_prompts")
-            assert cfg.teacher.prompts is not None
+            assert spec.prompts is not None
             from fewstep.teachers.diffusers.adapter import check_prompt_file
 
-            check_prompt_file(cfg.teacher.prompts)
-            fp = identity_of({"builder": cfg.teacher.builder}, den)
-            folder = cfg.cache.dir + "/prompt_embeds/" + fp[:16]
-            return PromptProblem(shape, PromptCache(folder, cfg.teacher.prompts,
-                                                    spec.encode_prompts, fp))
-        if cfg.data not in PROBLEMS:
-            raise ConfigError(f"data: unknown data set {cfg.data!r}")
-        prob = get_problem(cfg.data)
+            check_prompt_file(spec.prompts)
+            fp = identity_of({"builder": spec.builder}, den)
+            folder = cache_dir + "/prompt_embeds/" + fp[:16]
+            return PromptProblem(shape, PromptCache(folder, spec.prompts,
+                                                    built.encode_prompts, fp))
+        if data not in PROBLEMS:
+            raise ConfigError(f"data: unknown data set {data!r}")
+        prob = get_problem(data)
         if tuple(prob.data_shape) != shape:
             raise ConfigError(f"teacher.builder: the network takes samples of shape {shape} but "
-                              f"data {cfg.data!r} has shape {tuple(prob.data_shape)}")
-        return Problem(prob.name, prob.data_shape, min(spec.num_classes, prob.num_classes))
+                              f"data {data!r} has shape {tuple(prob.data_shape)}")
+        return Problem(prob.name, prob.data_shape, min(built.num_classes, prob.num_classes))
 
-    def load(self, cfg: DistillConfig, device: torch.device) -> LoadedTeacher:
-        t = cfg.teacher
-        spec = self._spec(cfg)
-        den = _denoiser(spec).to(device).eval().requires_grad_(False)
-        problem = self._problem(cfg, spec, den)
-        shift = t.shift or spec.shift
-        sig, scale = resolve_teacher_sigmas(t.levels or "uniform", t.steps, shift)
+    def load(self, spec: TeacherSpec, *, data: DataRef, cache_dir: str, device: torch.device
+             ) -> LoadedTeacher:
+        built = self._built(spec)
+        den = _denoiser(built).to(device).eval().requires_grad_(False)
+        problem = self._problem(spec, data, cache_dir, built, den)
+        shift = spec.shift or built.shift
+        sig, scale = resolve_teacher_sigmas(spec.levels or "uniform", spec.steps, shift)
         tcfg = {"kind": "custom", "builder": ["fewstep.teachers.custom:custom_denoiser",
-                                              {"builder": t.builder}],
-                "user_builder": t.builder, "dtype": t.dtype, "data": cfg.data,
-                "latent_shape": list(spec.data_shape),
-                "sampling": sampling_config(t, sig, shift, spec.cfg_scale, scale)}
+                                              {"builder": spec.builder}],
+                "user_builder": spec.builder, "dtype": spec.dtype, "data": data,
+                "latent_shape": list(built.data_shape),
+                "sampling": sampling_config(spec, sig, shift, built.cfg_scale, scale)}
         return LoadedTeacher(den, tcfg, identity_of(tcfg, den), problem)
 
-    def meta(self, cfg: DistillConfig) -> MetaTeacher:
-        spec = self._spec(cfg)
-        return MetaTeacher(_denoiser(spec), tuple(spec.data_shape), spec.num_classes,
-                           {"kind": "custom", "builder": cfg.teacher.builder})
+    def meta(self, spec: TeacherSpec, *, data: DataRef) -> MetaTeacher:
+        built = self._built(spec)
+        return MetaTeacher(_denoiser(built), tuple(built.data_shape), built.num_classes,
+                           {"kind": "custom", "builder": spec.builder})
 
 
 __all__ = ["CustomTeacher", "allow_builder", "call_builder", "custom_denoiser"]

@@ -37,7 +37,7 @@ def test_meta_counts_equal_real_models(toy_teacher_path: Path, tmp_path: Path, m
     meta = meta_models(cfg)[0]
     assert all(p.is_meta for m in meta.values() for p in m.parameters())
     real = Trainer(cfg, tmp_path / "run", progress=False)
-    assert _count(meta["teacher"])[0] == _count(real.teacher)[0]
+    assert _count(meta["teacher"])[0] == _count(real.teacher.denoiser)[0]
     assert _count(meta["student"]) == _count(real.student)
     assert _count(meta["method"]) == _count(real.method)
     plan = build_plan(cfg, 1)
@@ -45,7 +45,7 @@ def test_meta_counts_equal_real_models(toy_teacher_path: Path, tmp_path: Path, m
     assert got["student"] == _count(real.student)
     # the EMA copies what the student owns: not a base shared with the teacher
     ema = getattr(real.ema, "model", real.ema)
-    teacher_ids = {id(p) for p in real.teacher.parameters()}
+    teacher_ids = {id(p) for p in real.teacher.denoiser.parameters()}
     assert got["ema"][0] == sum(p.numel() for p in ema.parameters() if id(p) not in teacher_ids)
     if param == "lora":
         assert real.student.lora is not None

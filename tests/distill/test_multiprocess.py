@@ -119,8 +119,9 @@ def _worker(rank: int, world: int, port: int, teacher: str, tmp: str) -> None:
 def _sharded_samples(tr: Any) -> dict[str, torch.Tensor]:
     """The FSDP-sharded LoRA student sampled under no_grad, inference_mode and inside its
     merged() block (a sharded adapter is never merged: all three use the unmerged sum)."""
-    st, cond = tr.student, tr.problem.cond_map(torch.tensor([0, 1]))
-    noise = torch.randn(2, *tr.problem.data_shape, generator=torch.Generator().manual_seed(0))
+    st, cond = tr.student, tr.teacher.problem.cond_map(torch.tensor([0, 1]))
+    noise = torch.randn(2, *tr.teacher.problem.data_shape,
+                        generator=torch.Generator().manual_seed(0))
 
     def run() -> torch.Tensor:
         return st.generate(noise, cond, generator=torch.Generator().manual_seed(1)).sample

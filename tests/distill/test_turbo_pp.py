@@ -32,7 +32,7 @@ def test_real_batch_is_teacher_samples_unless_switched(toy_teacher_path, tmp_pat
     tr.batches.prepare(False)
     batch = tr.batches.next()
     assert _rows_in(batch.real, tr.batches.cache["sample"])
-    data, _ = tr.problem.split("train")
+    data, _ = tr.teacher.problem.split("train")
     assert not _rows_in(batch.real, data)
 
     tr = Trainer(_cfg(toy_teacher_path, tmp_path, gan={"real": "dataset"}), tmp_path / "b",
@@ -49,7 +49,7 @@ def test_teacher_traj_target_is_teacher_estimate_from_same_noise(toy_teacher_pat
     tr = Trainer(_cfg(toy_teacher_path, tmp_path), tmp_path / "a", progress=False)
     tr.batches.prepare(False)
     b = tr.batches.next()
-    traj = euler_sample(tr.teacher, b.noise, b.cond, teacher_sigmas(8))
+    traj = euler_sample(tr.teacher.denoiser, b.noise, b.cond, teacher_sigmas(8))
     torch.testing.assert_close(b.teacher_sample, traj.sample, atol=1e-5, rtol=0)
     torch.testing.assert_close(b.teacher_mid, traj.x0s[4], atol=1e-5, rtol=0)  # sigma = 0.5
 
@@ -59,7 +59,8 @@ def test_short_run_beats_naive_two_step_teacher(toy_teacher_path, tmp_path):
     torch.manual_seed(0)
     tr = Trainer(_cfg(toy_teacher_path, tmp_path), tmp_path / "run", progress=False)
     student = tr.train()
-    metrics, _ = evaluate_samplers(tr.problem, ["teacher_2", "student_2"], tr.teacher,
+    metrics, _ = evaluate_samplers(tr.teacher.problem, ["teacher_2", "student_2"],
+                                   tr.teacher.denoiser,
                                    student=student, num_samples=2000)
     assert metrics["student_2"]["swd"] < 0.9 * metrics["teacher_2"]["swd"], metrics
 

@@ -48,9 +48,11 @@ def test_cli_export_of_a_bf16_run_loads_without_fewstep(tmp_path: Path):
                      "out": str(tmp_path / f"out_{comps}.safetensors"), "inputs": PROMPTS})
     assert run_snippets(jobs, tmp_path) == [{"imports_fewstep": False}] * 2
     with torch.no_grad():
-        cond = PromptEmbeds.from_list(pipeline_encode_fn(tr.pipeline, MAX_SEQ, "cpu")(PROMPTS))
+        encode = pipeline_encode_fn(tr.teacher.pipeline, MAX_SEQ, "cpu")
+        cond = PromptEmbeds.from_list(encode(PROMPTS))
         g = torch.Generator().manual_seed(3)
-        noise = torch.randn((len(PROMPTS), *tr.problem.data_shape), generator=g)
-        want = decode(tr.pipeline.vae, tr.ema.generate(noise, cond, generator=g).sample).float()
+        noise = torch.randn((len(PROMPTS), *tr.teacher.problem.data_shape), generator=g)
+        x0 = tr.ema.generate(noise, cond, generator=g).sample
+        want = decode(tr.teacher.pipeline.vae, x0).float()
     for job in jobs:
         assert torch.equal(load_file(job["out"])["images"], want)

@@ -166,12 +166,13 @@ def test_cli_export_and_sample_of_a_trained_sd_run(stacks, tmp_path):
                             str(tmp_path / "samples")])
     assert r.exit_code == 0, r.output
     got = load_file(str(tmp_path / "samples" / "samples.safetensors"))["images"]
-    rows = pipeline_encode_fn(tr.pipeline, 16, "cpu")([PROMPTS[0]])
+    rows = pipeline_encode_fn(tr.teacher.pipeline, 16, "cpu")([PROMPTS[0]])
     cond = PromptEmbeds.from_list(rows).repeat_interleave(2)
     g = torch.Generator().manual_seed(4)
-    noise = torch.randn((2, *tr.problem.data_shape), generator=g)
+    noise = torch.randn((2, *tr.teacher.problem.data_shape), generator=g)
     with torch.no_grad():
-        want = decode(tr.pipeline.vae, tr.ema.generate(noise, cond, generator=g).sample).float()
+        x0 = tr.ema.generate(noise, cond, generator=g).sample
+        want = decode(tr.teacher.pipeline.vae, x0).float()
     assert torch.isfinite(got).all()
     assert torch.equal(got, want)
 

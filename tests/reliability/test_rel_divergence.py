@@ -64,9 +64,9 @@ def test_nan_loss_stops_naming_step_and_term(rel_teacher_path: Path, rel_cache_d
     assert not (run / "student.safetensors").exists()
     # the last good checkpoint is intact and loadable into a fresh trainer
     tr2 = _trainer(rel_teacher_path, rel_cache_dir, run, iterations=8, ckpt_every=2)
-    mods, opts = tr2._state_objects()
-    assert load_train_state(run / "checkpoints" / "ckpt_00000004.safetensors", mods, opts,
-                            {"data": tr2.gen}, tr2._schedulers())["step"] == 4
+    st = tr2.state()
+    assert load_train_state(run / "checkpoints" / "ckpt_00000004.safetensors", st.modules,
+                            st.optimizers, {"data": tr2.rng.data}, st.schedulers)["step"] == 4
 
 
 def test_nan_gradient_names_the_parameter(rel_teacher_path: Path, rel_cache_dir: Path,

@@ -13,11 +13,11 @@ import pytest
 import torch
 from teachers_helpers import FAMILY_SPECS, diffusers_cfg
 
-from fewstep.distill.config import DistillConfig
+from fewstep.distill.config import DistillConfig, load_run_teacher
 from fewstep.distill.trainer import Trainer
 from fewstep.errors import ConfigError
 from fewstep.student.student_file import load_student_file
-from fewstep.teachers import load_teacher, teacher_kinds
+from fewstep.teachers import teacher_kinds
 from fewstep.utils.config_files import validate
 
 
@@ -40,13 +40,13 @@ def test_registry_lists_every_kind():
 
 def test_custom_network_teacher_trains_and_reloads(tmp_path):
     tr = Trainer(custom_cfg(tmp_path), tmp_path / "run", progress=False)
-    assert tr.problem.data_shape == (1, 8, 8) and tr.problem.num_classes == 10
+    assert tr.teacher.problem.data_shape == (1, 8, 8) and tr.teacher.problem.num_classes == 10
     labels = torch.tensor([3, 4])
-    assert torch.equal(tr.teacher.null_cond(labels), torch.tensor([10, 10]))
+    assert torch.equal(tr.teacher.denoiser.null_cond(labels), torch.tensor([10, 10]))
     tr.train()
     path = tmp_path / "run" / "student.safetensors"
     # the file records the builder; reloading calls it only when the run's config names it
-    assert tr.teacher_cfg["builder"][1] == {"builder": "teachers_helpers:build"}
+    assert tr.teacher.config["builder"][1] == {"builder": "teachers_helpers:build"}
     student, _ = load_student_file(path, allow_builders=["teachers_helpers:build"])
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -88,9 +88,10 @@ def test_sample_and_eval_take_a_custom_teachers_student_with_allow_builder(tmp_p
     ok = CliRunner().invoke(app, [*args, "--allow-builder", "teachers_helpers:build"])
     assert ok.exit_code == 0, ok.output
     got, _ = load_tensors(tmp_path / "s" / "samples.safetensors")
-    noise, cond = eval_noise(tr.problem, 20, 0)
+    noise, cond = eval_noise(tr.teacher.problem, 20, 0)
     for name, student in (("student_2", tr.ema), ("teacher_4", None)):
-        want = run_sampler(parse_sampler(name), noise, cond, tr.teacher, student=student)[0]
+        want = run_sampler(parse_sampler(name), noise, cond, tr.teacher.denoiser,
+                           student=student)[0]
         assert torch.equal(got[name], want), name
     ev = CliRunner().invoke(app, ["eval", "--student", path, "--num", "20", "--samplers",
                                   "student_2", "--timing-repeats", "1", "--allow-builder",
@@ -107,7 +108,7 @@ def test_sample_and_eval_take_a_custom_teachers_student_with_allow_builder(tmp_p
 ])
 def test_bad_builders(tmp_path, builder, message):
     with pytest.raises(ConfigError, match=message):
-        load_teacher(custom_cfg(tmp_path, builder), "cpu")
+        load_run_teacher(custom_cfg(tmp_path, builder), "cpu")
 
 
 def test_bad_builder_on_the_command_line_is_one_line_exit_2(tmp_path):
@@ -140,7 +141,7 @@ def test_unsupported_pipelines(saved_pipelines, tmp_path, components, message):
     _, res, seq = FAMILY_SPECS["pixart"]
     stacks = {**saved_pipelines, "pixart": tmp_path / "pipe"}
     with pytest.raises(ConfigError, match=r"teacher\.pretrained: .*" + message):
-        load_teacher(diffusers_cfg(stacks, "pixart", res, seq), "cpu")
+        load_run_teacher(diffusers_cfg(stacks, "pixart", res, seq), "cpu")
 
 
 def test_pickle_only_folder_is_refused_with_how_to_convert(saved_pipelines, tmp_path):
@@ -152,7 +153,7 @@ def test_pickle_only_folder_is_refused_with_how_to_convert(saved_pipelines, tmp_
     _, res, seq = FAMILY_SPECS["sd"]
     with pytest.raises(ConfigError, match=r"teacher\.pretrained: .*diffusion_pytorch_model\.bin "
                                           r"is a pickled weight file.*safe_serialization=True"):
-        load_teacher(diffusers_cfg({**saved_pipelines, "sd": folder}, "sd", res, seq), "cpu")
+        load_run_teacher(diffusers_cfg({**saved_pipelines, "sd": folder}, "sd", res, seq), "cpu")
 
 
 def test_zimage_kind_refuses_other_families(saved_pipelines):
@@ -160,7 +161,7 @@ def test_zimage_kind_refuses_other_families(saved_pipelines):
     cfg = diffusers_cfg(saved_pipelines, "sd", res, seq, teacher={"kind": "zimage"})
     with pytest.raises(ConfigError, match=r"teacher\.kind: zimage needs a "
                                           r"ZImageTransformer2DModel .* UNet2DConditionModel"):
-        load_teacher(cfg, "cpu")
+        load_run_teacher(cfg, "cpu")
 
 
 def test_clip_sample_scheduler_warns(saved_pipelines, tmp_path, caplog):
@@ -174,6 +175,6 @@ def test_clip_sample_scheduler_warns(saved_pipelines, tmp_path, caplog):
         folder / "scheduler")
     _, res, seq = FAMILY_SPECS["pixart"]
     with caplog.at_level("WARNING"):
-        load_teacher(diffusers_cfg({**saved_pipelines, "pixart": folder}, "pixart", res, seq),
+        load_run_teacher(diffusers_cfg({**saved_pipelines, "pixart": folder}, "pixart", res, seq),
                      "cpu")
     assert any("clip_sample=True" in r.getMessage() for r in caplog.records)

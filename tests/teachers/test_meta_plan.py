@@ -8,7 +8,7 @@ import torch
 from teachers_helpers import FAMILY_SPECS, diffusers_cfg
 
 from fewstep.app.plan import build_plan
-from fewstep.teachers import load_teacher, meta_teacher
+from fewstep.distill.config import load_run_teacher, meta_run_teacher
 
 
 @pytest.mark.parametrize("family", ["sd", "pixart", "flux"])
@@ -17,8 +17,8 @@ def test_meta_teacher_matches_loaded(saved_pipelines, family):
     cfg = diffusers_cfg(saved_pipelines, family, res, seq,
                         student={"parameterization": "lora", "lora_rank": 2},
                         gan={"layers": [-1]})
-    meta = meta_teacher(cfg)
-    loaded = load_teacher(cfg, "cpu")
+    meta = meta_run_teacher(cfg)
+    loaded = load_run_teacher(cfg, "cpu")
     assert meta.data_shape == tuple(loaded.problem.data_shape)
     n_meta = sum(p.numel() for p in meta.module.parameters())
     assert n_meta == sum(p.numel() for p in loaded.denoiser.parameters())

@@ -8,7 +8,7 @@ import torch
 from teachers_helpers import FAMILY_SPECS, PROMPTS, diffusers_cfg
 
 from fewstep.core.samplers import euler_sample
-from fewstep.teachers import load_teacher
+from fewstep.distill.config import load_run_teacher
 from fewstep.teachers.diffusers.families import pack_2x2, unpack_2x2
 
 STEPS, G = 4, 3.0
@@ -34,7 +34,7 @@ def _pipeline_latents(family: str, pipe, noise: torch.Tensor, res: int, max_seq:
 @torch.no_grad()
 def test_teacher_sampler_equals_pipeline_call(saved_pipelines, family):
     _, res, max_seq = FAMILY_SPECS[family]
-    loaded = load_teacher(diffusers_cfg(saved_pipelines, family, res, max_seq), "cpu")
+    loaded = load_run_teacher(diffusers_cfg(saved_pipelines, family, res, max_seq), "cpu")
     assert loaded.config["family"] == type(getattr(
         loaded.pipeline, "transformer", getattr(loaded.pipeline, "unet", None))).__name__
     noise = torch.randn((2, *loaded.problem.data_shape),
@@ -55,20 +55,20 @@ def test_schedules_uniform_pipeline_and_list(saved_pipelines):
     uniform ``shift(linspace(1, 0, N + 1))``; with Flux's dynamic (exponential, ``mu``) shift
     they do not, and ``uniform`` ignores ``mu``. A list is taken as is."""
     _, res, max_seq = FAMILY_SPECS["zimage"]
-    z_uni = load_teacher(diffusers_cfg(saved_pipelines, "zimage", res, max_seq,
+    z_uni = load_run_teacher(diffusers_cfg(saved_pipelines, "zimage", res, max_seq,
                                        teacher={"levels": "uniform"}), "cpu").sigmas
-    z_own = load_teacher(diffusers_cfg(saved_pipelines, "zimage", res, max_seq), "cpu").sigmas
+    z_own = load_run_teacher(diffusers_cfg(saved_pipelines, "zimage", res, max_seq), "cpu").sigmas
     u = torch.linspace(1, 0, 5)
     torch.testing.assert_close(z_own, 3.0 * u / (1 + 2.0 * u))  # shift 3
     torch.testing.assert_close(z_uni, z_own)
     _, res, max_seq = FAMILY_SPECS["flux"]
-    f_uni = load_teacher(diffusers_cfg(saved_pipelines, "flux", res, max_seq,
+    f_uni = load_run_teacher(diffusers_cfg(saved_pipelines, "flux", res, max_seq,
                                        teacher={"levels": "uniform"}), "cpu").sigmas
-    f_own = load_teacher(diffusers_cfg(saved_pipelines, "flux", res, max_seq), "cpu").sigmas
+    f_own = load_run_teacher(diffusers_cfg(saved_pipelines, "flux", res, max_seq), "cpu").sigmas
     mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * (16 - 256)  # 16 image tokens (8x8 latents, 2x2)
     want = torch.exp(torch.tensor(mu)) / (torch.exp(torch.tensor(mu)) + (1 / u[:-1] - 1))
     torch.testing.assert_close(f_own[:-1], want)
     torch.testing.assert_close(f_uni, u)
     listed = diffusers_cfg(saved_pipelines, "zimage", FAMILY_SPECS["zimage"][1], 64,
                            teacher={"levels": [1.0, 0.6, 0.3, 0.1, 0.0]})
-    assert load_teacher(listed, "cpu").sigmas.tolist() == pytest.approx([1, .6, .3, .1, 0])
+    assert load_run_teacher(listed, "cpu").sigmas.tolist() == pytest.approx([1, .6, .3, .1, 0])

@@ -73,11 +73,12 @@ def test_every_recipe_trains_on_tiny_zimage(stacks, tmp_path, method):
     extra = {"dmd2": ["gan.weight=0.5"], "sid": ["sid.gan_weight=0.5"]}.get(method, [])
     tr = Trainer(zimage_cfg(stacks, f"method={method}", *extra), tmp_path / method,
                  progress=False)
-    assert tr.problem.data_shape == (16, 8, 8) and tr.problem.num_classes == 0
+    assert tr.teacher.problem.data_shape == (16, 8, 8) and tr.teacher.problem.num_classes == 0
     base = tr.student.lora.base
     assert base.transformer.gradient_checkpointing  # with the LoRA-aware checkpoint_fn
     assert base.transformer._gradient_checkpointing_func == tr.student.lora.checkpoint_fn
-    assert not any(p.requires_grad for p in tr.teacher.parameters()) and not tr.teacher.training
+    den = tr.teacher.denoiser
+    assert not any(p.requires_grad for p in den.parameters()) and not den.training
     tr.train()
     _check_history(tr)
     assert (tr.run_dir / "samples" / "final.png").is_file()  # decoded through the VAE
@@ -86,7 +87,7 @@ def test_every_recipe_trains_on_tiny_zimage(stacks, tmp_path, method):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_recipe_trains_on_tiny_eps_unet(stacks, tmp_path, method):
     tr = Trainer(unet_cfg(stacks, method), tmp_path / method, progress=False)
-    assert tr.problem.data_shape == (1, 8, 8) and tr.teacher.null_class == 10
+    assert tr.teacher.problem.data_shape == (1, 8, 8) and tr.teacher.denoiser.null_class == 10
     assert tr.student.steps[0].unet.is_gradient_checkpointing
     tr.train()
     _check_history(tr)
@@ -118,13 +119,14 @@ def test_export_reload_same_images(zimage_run, tmp_path, components):
     got = pipe("a red cat", num_images_per_prompt=2, seed=3)
 
     with torch.no_grad():
-        pos, _ = tr.pipeline.encode_prompt(["a red cat"], device="cpu",
+        pos, _ = tr.teacher.pipeline.encode_prompt(["a red cat"], device="cpu",
                                            do_classifier_free_guidance=False,
                                            max_sequence_length=TINY_MAX_SEQ)
         cond = PromptEmbeds.from_list(pos).repeat_interleave(2)
         g = torch.Generator().manual_seed(3)
-        noise = torch.randn((2, *tr.problem.data_shape), generator=g)
-        want = decode(tr.pipeline.vae, tr.ema.generate(noise, cond, generator=g).sample).float()
+        noise = torch.randn((2, *tr.teacher.problem.data_shape), generator=g)
+        x0 = tr.ema.generate(noise, cond, generator=g).sample
+        want = decode(tr.teacher.pipeline.vae, x0).float()
     assert got.shape == (2, 3, 16, 16)
     assert torch.equal(got, want)
 

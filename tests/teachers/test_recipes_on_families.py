@@ -29,7 +29,7 @@ def test_every_recipe_one_iteration(saved_pipelines, tmp_path, family, method):
         train={"iterations": 1, "batch_size": 2, "gradient_checkpointing": True,
                "log_every": 1})
     tr = Trainer(cfg, tmp_path / "run", progress=False)
-    assert not any(p.requires_grad for p in tr.teacher.parameters())
+    assert not any(p.requires_grad for p in tr.teacher.denoiser.parameters())
     tr.train()
     assert len(tr.losses.history) == 1
     assert all(math.isfinite(v) for v in tr.losses.history[0].values()), tr.losses.history[0]
@@ -38,9 +38,9 @@ def test_every_recipe_one_iteration(saved_pipelines, tmp_path, family, method):
     path = tmp_path / "run" / "student.safetensors"
     with pytest.raises(CheckpointError, match="load it with its teacher"):
         load_student_file(path)
-    student, _ = load_student_file(path, like=tr.teacher)
-    x = torch.randn(1, *tr.problem.data_shape, generator=torch.Generator().manual_seed(0))
-    cond = tr.problem.cond_map(torch.tensor([0]))
+    student, _ = load_student_file(path, like=tr.teacher.denoiser)
+    x = torch.randn(1, *tr.teacher.problem.data_shape, generator=torch.Generator().manual_seed(0))
+    cond = tr.teacher.problem.cond_map(torch.tensor([0]))
     with torch.no_grad():
         got = student.generate(x, cond, generator=torch.Generator().manual_seed(1)).sample
         want = tr.ema.generate(x, cond, generator=torch.Generator().manual_seed(1)).sample

@@ -24,33 +24,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fewstep.core.denoiser import Denoiser
-from fewstep.core.levels import teacher_sigmas
 from fewstep.core.samplers import euler_sample
-from fewstep.data.problem import Problem
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.engine.distributed import DistEnv
 from fewstep.distill.engine.teacher_cache import CacheReader, TeacherCache
 from fewstep.distill.methods.base import Batch, DataNeeds
 from fewstep.errors import ConfigError
+from fewstep.teachers.base import LoadedTeacher
 
 
 class BatchSource:
     """Draws :class:`Batch` es for one run (call :meth:`prepare` once, then :meth:`next`)."""
 
-    def __init__(self, cfg: DistillConfig, needs: DataNeeds, problem: Problem,
-                 teacher: Denoiser, teacher_id: str, teacher_shift: float, teacher_w: float,
+    def __init__(self, cfg: DistillConfig, needs: DataNeeds, teacher: LoadedTeacher,
                  mid_sigma: float | None, generator: torch.Generator, dist: DistEnv,
-                 device: torch.device, teacher_levels: Tensor | None = None,
-                 noise_scale: float = 1.0) -> None:
-        self.cfg, self.needs, self.problem = cfg, needs, problem
-        # the teacher's own N + 1 sampling levels and its first input from standard noise
-        self.teacher_levels = teacher_levels if teacher_levels is not None else \
-            teacher_sigmas(cfg.teacher.steps, teacher_shift)
-        self.noise_scale = noise_scale
-        self.teacher, self.teacher_id = teacher, teacher_id
-        self.teacher_shift, self.teacher_w = teacher_shift, teacher_w
-        self.mid_sigma = mid_sigma
+                 device: torch.device) -> None:
+        self.cfg, self.needs, self.teacher = cfg, needs, teacher
+        self.problem = teacher.problem
+        self.mid_sigma = mid_sigma  # the level of the teacher's stored mid-trajectory estimate
         self.gen, self.dist, self.device = generator, dist, device
         self.reader: CacheReader | None = None
         self.data: tuple[Tensor, Tensor | None] | None = None
@@ -66,13 +57,14 @@ class BatchSource:
                 raise ConfigError(f"cache.dir: cannot use {root} as a folder ({e.strerror or e})"
                                   ) from None
             p = self.problem
+            t = self.teacher
             cache = TeacherCache(
-                root, self.teacher, self.teacher_id, p.data_shape,
+                root, t.denoiser, t.identity, p.data_shape,
                 lambda n, g: p.sample_cond(n, g), p.cond_map, steps=c.teacher.steps,
-                shift=self.teacher_shift, cfg_scale=self.teacher_w, mid_sigma=self.mid_sigma,
+                shift=t.shift, cfg_scale=t.cfg_scale, mid_sigma=self.mid_sigma,
                 size=c.cache.size, shard_size=min(c.cache.shard_size, c.cache.size),
                 seed=c.train.seed, batch_size=c.cache.batch_size, device=self.device,
-                sigmas=self.teacher_levels, noise_scale=self.noise_scale)
+                sigmas=t.sigmas, noise_scale=t.noise_scale)
             b = c.train.batch_size
             self.reader = cache.reader(b, c.train.seed, pairs=self.needs.teacher_pairs,
                                        real=self.needs.real == "teacher_cache",
@@ -134,5 +126,5 @@ class BatchSource:
         noise = torch.randn((b, *p.data_shape), generator=self.gen).to(self.device)
         cond = p.cond_map(p.sample_cond(b, self.gen, self.device))
         noise, cond = self.dist.shard(noise, b), self.dist.shard(cond, b)  # only this rank's
-        return euler_sample(self.teacher, noise * self.noise_scale, cond, self.teacher_levels,
-                            self.teacher_w).sample, cond
+        t = self.teacher
+        return euler_sample(t.denoiser, t.start(noise), cond, t.sigmas, t.cfg_scale).sample, cond

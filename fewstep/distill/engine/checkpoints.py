@@ -12,7 +12,6 @@ target are deleted (they lie on the diverging branch; a resume must not pick the
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from fewstep.distill.engine.state import (
     save_train_state,
 )
 from fewstep.errors import CheckpointError, ConfigError, DivergenceError
-from fewstep.utils.files import load_tensors, read_metadata
+from fewstep.utils.files import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -71,35 +70,6 @@ def state_views(modules: dict[str, Any], optimizers: dict[str, Any], fsdp: bool
         return modules, optimizers
     return ({k: FullStateView(m) for k, m in modules.items()},
             {k: FullOptimizerView(o) for k, o in optimizers.items()})
-
-
-def checkpoint_generators(dist: DistEnv, data: torch.Generator, step: torch.Generator | None,
-                          loss: torch.Generator, ck: Path | None = None
-                          ) -> dict[str, torch.Generator]:
-    """The generators a checkpoint records: the data stream and, with N processes, the shared
-    step-choice stream and every rank's loss stream -- to save (``ck=None``; gathering the
-    ranks' loss streams is a collective) or to restore from ``ck`` (a checkpoint of another
-    world size restarts the loss streams; the data order continues)."""
-    gens = {"data": data}
-    if not dist.enabled:
-        return gens
-    assert step is not None
-    gens["step"] = step
-    if ck is None:
-        for r, st in enumerate(dist.gather_generator_states(loss)):
-            gens[f"loss{r}"] = torch.Generator()
-            gens[f"loss{r}"].set_state(st)
-        return gens
-    saved = int(json.loads(read_metadata(ck).get("counters", "{}")).get("world_size", 1))
-    if saved == dist.world_size:
-        gens[f"loss{dist.rank}"] = loss
-    else:
-        log.warning("resume: %s was written by %d process(es), this run has %d; the "
-                    "per-rank loss noise streams restart (the data order continues)",
-                    ck, saved, dist.world_size)
-        if saved == 1:
-            gens.pop("step")
-    return gens
 
 
 def step_of(path: Path) -> int:

@@ -301,14 +301,25 @@ class DDPLoss:
         return (self.ddp or self.fn)(*args, **kwargs)
 
 
-def init_distributed(device: torch.device, mode: str | None) -> tuple[DistEnv, torch.device]:
+def init_distributed(device: torch.device, mode: str | None, global_batch: int | None = None
+                     ) -> tuple[DistEnv, torch.device]:
     """Join (or reuse) the process group described by the environment.
 
+    ``device`` is ``train.device`` (:class:`ConfigError` if this machine does not have it);
     ``mode`` is ``train.distributed`` (``ddp`` | ``fsdp``; ``None``: ddp); with one process it
-    is ``none``. Returns the environment and the device this rank trains on (``cuda`` becomes
+    is ``none``; ``global_batch`` (``train.batch_size``) must split evenly over the processes.
+    Returns the environment and the device this rank trains on (``cuda`` becomes
     ``cuda:LOCAL_RANK``). Raises :class:`ConfigError` for unsupported combinations.
     """
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {str(device)!r} is not available on this machine "
+                          "(no CUDA); use cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device: 'mps' is not available on this machine; use cpu")
     rank, world, local = world_from_env()
+    if global_batch is not None and global_batch % max(world, 1):
+        raise ConfigError(f"train.batch_size: {global_batch} (the global batch) is not "
+                          f"divisible by the {world} processes")
     if world <= 1:
         return DistEnv(), device
     if device.type == "mps":

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+from torch.profiler import record_function
 
 from fewstep.distill.config import TrainSpec
-from fewstep.distill.engine.distributed import full_tensor
+from fewstep.distill.engine.distributed import DistEnv, full_tensor
 from fewstep.distill.engine.precision import Precision
 from fewstep.distill.methods.base import AuxUpdates
 
@@ -54,6 +55,31 @@ def grad_norm(params: list[nn.Parameter]) -> Tensor:
 
 def params_of(opt: torch.optim.Optimizer) -> list[nn.Parameter]:
     return [p for g in opt.param_groups for p in g["params"]]
+
+
+def backward_step(loss: Tensor, logs: dict[str, Tensor], opt: torch.optim.Optimizer,
+                  clip: float, prec: Precision, dist: DistEnv, device: torch.device,
+                  synced: bool, profile: bool = True) -> tuple[dict[str, Tensor], Tensor]:
+    """One optimizer update: ``zero_grad``, backward (DDP reduces during it when ``synced``;
+    else the gradients are averaged here), clip at ``clip``, step. Returns the logs averaged
+    over the processes and the gradient norm, both left on the device: they are checked when
+    the logs are read; with fp16 the scaler skips a step whose gradients overflowed.
+    ``profile``: profiler labels (the generator phase)."""
+    label = record_function if profile else (lambda name: contextlib.nullcontext())
+    opt.zero_grad(set_to_none=True)
+    with label("generator_backward"):
+        prec.backward(loss)
+    with label("optimizer"):
+        params = params_of(opt)
+        if not synced:
+            dist.average_gradients(params)
+        logs = dist.mean_logs(logs, device)
+        prec.unscale_(opt)
+        norm = grad_norm(params)
+        torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+        prec.step(opt)
+        prec.update()
+    return logs, norm
 
 
 @dataclass

@@ -36,6 +36,7 @@ from fewstep.data.problem import Problem
 from fewstep.distill.config import DistillConfig, RealSource
 from fewstep.distill.parts.fake_score import FakeScore, fake_score_groups
 from fewstep.student.student import Student
+from fewstep.teachers.base import LoadedTeacher
 
 Logs = dict[str, Tensor]
 
@@ -124,6 +125,18 @@ class DistillContext:
     example: Tensor
     example_cond: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_run(cls, cfg: DistillConfig, teacher: LoadedTeacher, student: Student,
+                device: torch.device, generator: torch.Generator) -> DistillContext:
+        """The context of a run: the loaded teacher's denoiser, guidance and problem, and an
+        example batch of two (zeros, two conditions drawn from the global RNG) for building
+        networks that size themselves on the teacher's features."""
+        p = teacher.problem
+        example = torch.zeros((2, *p.data_shape), device=device)
+        example_cond = p.cond_map(p.sample_cond(2, device=device))
+        return cls(cfg, p, teacher.denoiser, teacher.cfg_scale, student, device, generator,
+                   example, example_cond)
 
     def randn_like(self, x: Tensor) -> Tensor:
         return torch.randn(x.shape, generator=self.generator).to(x.device, x.dtype)

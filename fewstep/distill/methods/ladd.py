@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from fewstep.core.path import FlowPath, logit_normal_sigma
-from fewstep.distill.config import DistillConfig, GanSpec, StudentSpec
+from fewstep.distill.config import DistillConfig, GanSpec
 from fewstep.distill.methods.base import (
     AuxUpdates,
     Batch,
@@ -50,6 +50,7 @@ from fewstep.distill.methods.base import (
 from fewstep.distill.methods.registry import register
 from fewstep.distill.parts.builders import build_discriminator
 from fewstep.distill.parts.losses import d_loss, g_loss
+from fewstep.student.spec import StudentSpec
 from fewstep.student.student import random_step
 from fewstep.utils.config_files import StrictModel
 

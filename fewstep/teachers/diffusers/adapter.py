@@ -30,6 +30,7 @@ from fewstep.core.levels import resolve_teacher_sigmas
 from fewstep.data.prompts import PROMPTS_DATA, PromptProblem
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import (
+    DataRef,
     LoadedTeacher,
     MetaTeacher,
     TeacherAdapter,
@@ -53,7 +54,6 @@ from fewstep.teachers.diffusers.zimage import ZImageDenoiser
 from fewstep.teachers.safety import require_safetensors
 
 if TYPE_CHECKING:
-    from fewstep.distill.config import DistillConfig
     from fewstep.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
@@ -182,22 +182,23 @@ class DiffusersTeacher(TeacherAdapter):
             raise ValueError(f"teacher.resolution: required for teacher.kind {self.kind} "
                              "(image size in pixels, e.g. 1024)")
 
-    def check_data(self, spec: TeacherSpec, data: str) -> None:
+    def check_data(self, spec: TeacherSpec, data: DataRef) -> None:
         if data != PROMPTS_DATA:
             raise ValueError(f"data: must be {PROMPTS_DATA!r} for teacher.kind {self.kind} "
                              f"(latents + prompts from teacher.prompts), got {data!r}")
 
-    def load(self, cfg: DistillConfig, device: torch.device) -> LoadedTeacher:
-        t = cfg.teacher
-        assert t.pretrained is not None and t.prompts is not None
-        check_prompt_file(t.prompts)  # before the (slow) weights
-        self.meta(cfg)  # configs only: family, VAE, resolution
-        return self.from_pipeline(load_pipeline(t.pretrained, t.dtype), cfg, device)
+    def load(self, spec: TeacherSpec, *, data: DataRef, cache_dir: str, device: torch.device
+             ) -> LoadedTeacher:
+        assert spec.pretrained is not None and spec.prompts is not None
+        check_prompt_file(spec.prompts)  # before the (slow) weights
+        self.meta(spec, data=data)  # configs only: family, VAE, resolution
+        return self.from_pipeline(load_pipeline(spec.pretrained, spec.dtype), spec,
+                                  cache_dir=cache_dir, device=device)
 
-    def from_pipeline(self, pipe: Any, cfg: DistillConfig, device: torch.device | str
-                      ) -> LoadedTeacher:
+    def from_pipeline(self, pipe: Any, spec: TeacherSpec, *, cache_dir: str,
+                      device: torch.device | str) -> LoadedTeacher:
         """Wrap an already loaded pipeline (moved to ``device`` and frozen)."""
-        t = cfg.teacher
+        t = spec
         assert t.prompts is not None and t.resolution is not None
         net = denoiser_of(pipe)
         family = family_of(net)
@@ -215,7 +216,7 @@ class DiffusersTeacher(TeacherAdapter):
         for m in pipe.components.values():
             if isinstance(m, nn.Module):
                 m.eval().requires_grad_(False)
-        prompts = prompt_cache_for(pipe, t.prompts, cfg.cache.dir, t.max_sequence_length,
+        prompts = prompt_cache_for(pipe, t.prompts, cache_dir, t.max_sequence_length,
                                    device, family)
         # every embedding is cached now: text encoders only re-encode a corrupted shard
         if device.type != "cpu":
@@ -257,8 +258,8 @@ class DiffusersTeacher(TeacherAdapter):
                               f"pipeline's denoiser is {type(net).__name__}; use teacher.kind "
                               "diffusers")
 
-    def meta(self, cfg: DistillConfig) -> MetaTeacher:
-        t = cfg.teacher
+    def meta(self, spec: TeacherSpec, *, data: DataRef) -> MetaTeacher:
+        t = spec
         assert t.pretrained is not None and t.resolution is not None
         try:
             index = _pipeline_index(t.pretrained)

@@ -9,8 +9,7 @@ import torch
 from fewstep.core.conditioning import PromptEmbeds
 from fewstep.core.guidance import w_from_zimage_scale
 from fewstep.core.samplers import euler_sample
-from fewstep.distill.config import DistillConfig
-from fewstep.teachers import load_teacher
+from fewstep.distill.config import DistillConfig, load_run_teacher
 from fewstep.teachers.diffusers.zimage import ZImageDenoiser
 from fewstep.testing.tiny_pipelines import TINY_MAX_SEQ, tiny_latents
 from fewstep.utils.config_files import validate
@@ -138,7 +137,7 @@ def test_from_pretrained_roundtrip(tiny_pipe, zden, prompt_cond, tmp_path):
         "kind": "zimage", "pretrained": str(tmp_path / "tiny"),
         "prompts": str(tmp_path / "p.txt"), "resolution": 32,
         "max_sequence_length": TINY_MAX_SEQ}, "cache": {"dir": str(tmp_path / "c")}})
-    teacher = load_teacher(cfg, "cpu")
+    teacher = load_run_teacher(cfg, "cpu")
     den = teacher.denoiser
     assert all(not p.requires_grad for p in den.parameters())
     torch.testing.assert_close(den.null_embeds, zden.null_embeds)
