@@ -36,8 +36,8 @@ from typing import Any
 import torch
 import yaml
 
-from fewstep.assets import teacher_path
 from fewstep.core.levels import student_sigmas
+from fewstep.data.registry import shipped_teacher
 from fewstep.student.student import Student
 from fewstep.teachers.training import load_denoiser
 from fewstep.utils.files import save_tensors
@@ -418,7 +418,7 @@ def make_fixtures(root: Path) -> dict[str, str]:
     f["distill_yaml"].write_text("data: checkerboard\ntrain:\n  iterations: 1\n")
     f["garbage"] = root / "garbage.safetensors"
     f["garbage"].write_bytes(b"\x00\x01 this is not a safetensors file" * 10)
-    f["ckT"], f["dgT"] = teacher_path("checkerboard"), teacher_path("digits")
+    f["ckT"], f["dgT"] = shipped_teacher("checkerboard"), shipped_teacher("digits")
     den, tcfg = load_denoiser(f["ckT"])
     sig = student_sigmas(2, 8, float(tcfg.get("sampling", {}).get("shift", 1.0)))
     student = Student(den, sig, "decoupled", "fresh")

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from fewstep.assets import teacher_path
 from fewstep.data.problem import get_problem
+from fewstep.data.registry import shipped_teacher
 from fewstep.distill.config import DistillConfig, drop_foreign_sections
 from fewstep.distill.trainer import Trainer
 from fewstep.evaluation.evaluate import evaluate_samplers
@@ -136,7 +136,7 @@ def run_comparison(args: argparse.Namespace, preset: str, rows: dict[str, list[s
 def teacher_rows(data: str, steps: list[int], num_samples: int = 2000,
                  seed: int = 1234) -> dict[str, dict[str, float]]:
     """Naive few-step sampling of the shipped teacher (the baseline rows)."""
-    den, cfg = load_denoiser(teacher_path(data))
+    den, cfg = load_denoiser(shipped_teacher(data))
     samp = cfg.get("sampling", {})
     m, _ = evaluate_samplers(get_problem(data), [f"teacher_{s}" for s in steps], den,
                              samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), None,

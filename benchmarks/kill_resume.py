@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import yaml
 
-from fewstep.assets import teacher_path
+from fewstep.data.registry import shipped_teacher
 from fewstep.distill.engine.state import list_checkpoints
 from fewstep.testing.runs import (
     RunFailed,
@@ -54,7 +54,7 @@ SLOW_FSYNC = 0.3
 def tiny_config(cache_dir: Path, iterations: int, ckpt_every: int, keep_last: int = 2
                 ) -> dict[str, Any]:
     return {"data": "checkerboard", "method": "turbo_pp",
-            "teacher": {"path": str(teacher_path("checkerboard"))},
+            "teacher": {"path": str(shipped_teacher("checkerboard"))},
             "cache": {"dir": str(cache_dir), "size": 512, "shard_size": 128, "batch_size": 128},
             "train": {"iterations": iterations, "batch_size": 32, "ckpt_every": ckpt_every,
                       "log_every": 1, "keep_last": keep_last, "lr_warmup": 20},

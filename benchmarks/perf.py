@@ -215,11 +215,11 @@ def instrument_teacher(teacher: nn.Module) -> None:
 def teacher_file(workdir: Path) -> tuple[Path, str]:
     """The shipped digits teacher, or a random network of its architecture saved in
     ``workdir``; returns ``(path, description)``."""
-    from fewstep.assets import teacher_path
+    from fewstep.data.registry import shipped_teacher
     from fewstep.networks.registry import network_denoiser
     from fewstep.teachers.training import save_denoiser
 
-    shipped = teacher_path("digits")
+    shipped = shipped_teacher("digits")
     if shipped.is_file():
         return shipped, "shipped digits teacher"
     path = workdir / "teacher_digits_random.safetensors"
@@ -558,7 +558,7 @@ def scaling_point(size: int, batch: int, iters: int, hidden: int = 128, depth: i
     images, driven directly (synthetic batches; no data set of that size is embedded)."""
     from fewstep.core.levels import student_sigmas
     from fewstep.data.problem import Problem
-    from fewstep.distill.methods.base import Batch, DistillContext
+    from fewstep.distill.context import Batch, DistillContext
     from fewstep.distill.methods.turbo_pp import TurboPP
     from fewstep.networks.registry import network_denoiser
 

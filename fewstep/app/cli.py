@@ -159,8 +159,8 @@ def classifier_train(
 
 def _load_models(teacher: Path | None, student: Path | None, data: str | None, device: str,
                  allow_builders: list[str] | None = None):
-    from fewstep.assets import teacher_path
     from fewstep.data.problem import get_problem
+    from fewstep.data.registry import shipped_teacher
     from fewstep.errors import CheckpointError, ConfigError
     from fewstep.student.student_file import load_student_file
     from fewstep.teachers import rebuild_denoiser
@@ -191,8 +191,8 @@ def _load_models(teacher: Path | None, student: Path | None, data: str | None, d
     if custom:  # the teacher is what its builder returns (the builder was allowed above)
         den, tcfg = rebuild_denoiser(built, allow).to(device).eval(), built
     else:
-        tpath = teacher if teacher is not None else teacher_path(data)
-        if teacher is None and not tpath.is_file():
+        tpath = teacher if teacher is not None else shipped_teacher(data)
+        if tpath is None or not tpath.is_file():
             raise ConfigError(f"--data: no shipped teacher for {data!r}; pass --teacher FILE")
         try:
             den, tcfg = load_denoiser(tpath, device)
@@ -371,7 +371,7 @@ def distill_cmd(
 
     Prints one JSON line ``{"out", "student", "step", "seconds"}`` when done; exit code 143
     after SIGTERM / SIGINT (a checkpoint was written; continue with --resume)."""
-    from fewstep.distill.run import TrainingInterrupted, run_distill
+    from fewstep.app.run_distill import TrainingInterrupted, run_distill
 
     configure_logging(quiet)
     config = _config_path(config, preset)
@@ -444,7 +444,7 @@ def plan_cmd(
     """Parameter counts and estimated per-GPU memory (models built on the meta device: no
     weights loaded or downloaded)."""
     from fewstep.app.plan import build_plan, format_plan
-    from fewstep.distill.run import load_distill_config
+    from fewstep.app.run_distill import load_distill_config
 
     validation.plan_options(gpus, gpu_memory_gb)
     plan = build_plan(load_distill_config(_config_path(config, preset), overrides or []), gpus,

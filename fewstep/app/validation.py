@@ -261,9 +261,9 @@ def models_fit(data: Any, data_shape: tuple[int, ...], num_classes: int,
 
 
 def _builtin() -> tuple[str, ...]:
-    from fewstep.data.problem import PROBLEMS
+    from fewstep.data.problem import builtin_names
 
-    return tuple(PROBLEMS)
+    return tuple(builtin_names())
 
 
 def check_models_input(teacher: Path | None, student: Path | None, data: str | None,

@@ -10,11 +10,6 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent
 
 
-def teacher_path(data: str) -> Path:
-    """The shipped flow-matching teacher for an embedded data set."""
-    return ASSETS / f"teacher_{data}.safetensors"
-
-
 def classifier_path() -> Path:
     """The shipped digits feature network (classifier)."""
     return ASSETS / "digits_classifier.safetensors"

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fewstep.data.registry import DATASETS, BuiltinData
+
 DIGITS_SHAPE = (1, 8, 8)
 DIGITS_NUM_CLASSES = 10
 DIGITS_NULL_CLASS = 10
@@ -51,3 +53,8 @@ def load_digits_split(split: Literal["train", "heldout", "all"] = "train") -> tu
 def to_unit(x: Tensor) -> Tensor:
     """Map model space [-1, 1] to [0, 1] for display, clamped."""
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+DATASETS.register("digits")(BuiltinData(
+    DIGITS_SHAPE, DIGITS_NUM_CLASSES, load_digits_split,  # type: ignore[arg-type]
+    features="digits_classifier", teacher_file="teacher_digits.safetensors"))

@@ -36,9 +36,9 @@ from fewstep.data.check import (
     check_split_sizes,
     infer_value_range,
 )
+from fewstep.data.registry import DATASETS
 from fewstep.data.spec import (
     ARRAY_SUFFIXES,
-    BUILTIN_DATA,
     IMAGE_SUFFIXES,
     DataSpec,
     as_spec,
@@ -365,7 +365,7 @@ def read_source(path: str, spec: DataSpec) -> _Raw:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"data: {p}: no such file or folder (built-in data sets: "
-                          f"{', '.join(BUILTIN_DATA)})")
+                          f"{', '.join(DATASETS.names())})")
     if p.is_dir():
         raw = read_hf_dataset(p, spec) if is_hf_dataset(p) else read_folder(p, spec)
     elif p.suffix.lower() in ARRAY_SUFFIXES:

@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fewstep.data.digits import DIGITS_NUM_CLASSES, DIGITS_SHAPE, load_digits_split
 from fewstep.data.images import ImageData, load_image_data
+from fewstep.data.registry import DATASETS, BuiltinData
 from fewstep.data.spec import DataSpec, canonical_data, data_label, is_builtin
-from fewstep.data.toy2d import TOY_NAMES, toy_sample
 
-PROBLEMS = ("digits", *TOY_NAMES)
-TOY_TRAIN_SIZE = 20000
-TOY_HELDOUT_SIZE = 5000
+
+def builtin_names() -> list[str]:
+    """The names ``data:`` accepts besides a path: the registered built-in data sets."""
+    return DATASETS.names()
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,19 @@ class Problem:
     num_classes: int
 
     @property
+    def builtin(self) -> BuiltinData | None:
+        """The registry entry of a built-in data set (``None`` for your own images)."""
+        return DATASETS.get(self.name) if is_builtin(self.name) else None
+
+    @property
     def is_toy(self) -> bool:
-        return is_builtin(self.name) and self.name in TOY_NAMES
+        """A 2-D point cloud (scored as points, not images)."""
+        return self.builtin is not None and self.builtin.points
+
+    @property
+    def default_features(self) -> str:
+        """The feature space image metrics use by default (``fewstep eval --features auto``)."""
+        return self.builtin.features if self.builtin is not None else "pixels"
 
     @property
     def is_user_data(self) -> bool:
@@ -61,19 +72,11 @@ class Problem:
         return load_image_data(self.name)
 
     def split(self, split: str) -> tuple[Tensor, Tensor | None]:
-        """``(x (N, *data_shape), labels (N,) or None)`` for ``train`` or ``heldout``.
-
-        Toy sets are fixed draws: train with seed 0 (20 000 points), held-out with seed 1
-        (5 000 points).
-        """
-        if self.is_user_data:
+        """``(x (N, *data_shape), labels (N,) or None)`` for ``train`` or ``heldout`` (a
+        built-in data set's own loader, or your images' split)."""
+        if self.builtin is None:
             return self.image_data().split(split)
-        if self.name == "digits":
-            return load_digits_split(split)  # type: ignore[arg-type]
-        seed, n = (0, TOY_TRAIN_SIZE) if split == "train" else (1, TOY_HELDOUT_SIZE)
-        if split not in ("train", "heldout"):
-            raise ValueError(f"split must be train|heldout, got {split!r}")
-        return toy_sample(self.name, n, torch.Generator().manual_seed(seed)), None
+        return self.builtin.load(split)
 
     def sample_cond(self, n: int, generator: torch.Generator | None = None,
                     device: torch.device | str = "cpu") -> Tensor | None:
@@ -90,12 +93,11 @@ class Problem:
 
 
 def get_problem(name: str | dict[str, Any] | DataSpec) -> Problem:
-    """An embedded problem by name, or a user data set (a path or a mapping with ``path:``),
+    """A built-in data set by name, or a user data set (a path or a mapping with ``path:``),
     read and checked now (:class:`~fewstep.errors.ConfigError` naming the file / index)."""
-    if name == "digits":
-        return Problem("digits", DIGITS_SHAPE, DIGITS_NUM_CLASSES)
-    if isinstance(name, str) and name in TOY_NAMES:
-        return Problem(name, (2,), 0)
+    if is_builtin(name):
+        entry = DATASETS.get(name)  # type: ignore[arg-type]
+        return Problem(name, tuple(entry.data_shape), entry.num_classes)
     key = canonical_data(name)
     d = load_image_data(key)
     return Problem(key, d.data_shape, d.num_classes)

@@ -28,11 +28,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from fewstep.data.toy2d import TOY_NAMES
+from fewstep.data.registry import DATASETS
 from fewstep.errors import ConfigError
 from fewstep.utils.config_files import StrictModel, user_path, validate
-
-BUILTIN_DATA = ("digits", *TOY_NAMES)
 
 #: image file suffixes read through Pillow
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -100,8 +98,8 @@ class DataSpec(StrictModel):
 
 
 def is_builtin(data: Any) -> bool:
-    """``True`` for the embedded data sets (``digits`` and the 2-D toys)."""
-    return isinstance(data, str) and data in BUILTIN_DATA
+    """``True`` for a registered built-in data set (:data:`~fewstep.data.registry.DATASETS`)."""
+    return isinstance(data, str) and data in DATASETS
 
 
 def as_spec(data: str | dict[str, Any] | DataSpec) -> DataSpec:
@@ -151,5 +149,5 @@ def data_label(data: str | dict[str, Any] | DataSpec) -> str:
     return Path(path).name or path
 
 
-__all__ = ["ARRAY_SUFFIXES", "BUILTIN_DATA", "IMAGE_SUFFIXES", "VALUE_RANGES", "DataSpec",
+__all__ = ["ARRAY_SUFFIXES", "IMAGE_SUFFIXES", "VALUE_RANGES", "DataSpec",
            "as_spec", "canonical_data", "data_label", "is_builtin", "missing_data_path"]

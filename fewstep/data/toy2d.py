@@ -9,10 +9,13 @@ Each distribution has known modes (:func:`toy_modes`) used for mode coverage.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor
+
+from fewstep.data.registry import DATASETS, BuiltinData
 
 TOY_NAMES = ("8gaussians", "checkerboard", "moons")
 
@@ -56,3 +59,21 @@ def toy_sample(name: str, n: int, generator: torch.Generator | None = None) -> T
         pts = torch.stack([x, y], dim=1) - torch.tensor([0.5, 0.25])
         return pts + 0.05 * torch.randn(n, 2, generator=generator)
     raise ValueError(f"unknown toy {name!r}; choose from {TOY_NAMES}")
+
+
+TOY_TRAIN_SIZE = 20000
+TOY_HELDOUT_SIZE = 5000
+
+
+def toy_split(name: str, split: str) -> tuple[Tensor, None]:
+    """Fixed draws: ``train`` with seed 0 (20 000 points), ``heldout`` with seed 1 (5 000)."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be train|heldout, got {split!r}")
+    seed, n = (0, TOY_TRAIN_SIZE) if split == "train" else (1, TOY_HELDOUT_SIZE)
+    return toy_sample(name, n, torch.Generator().manual_seed(seed)), None
+
+
+for _name in TOY_NAMES:
+    DATASETS.register(_name)(BuiltinData(
+        (2,), 0, functools.partial(toy_split, _name), points=True,
+        teacher_file=f"teacher_{_name}.safetensors"))

@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from fewstep.data.problem import PROBLEMS
+from fewstep.data.problem import builtin_names
 from fewstep.data.prompts import PROMPTS_DATA
 from fewstep.data.spec import canonical_data, is_builtin, missing_data_path
 from fewstep.errors import ConfigError
@@ -29,6 +29,7 @@ from fewstep.teachers import LoadedTeacher, MetaTeacher, load_teacher, meta_teac
 from fewstep.teachers.base import get_adapter
 from fewstep.teachers.spec import TeacherSpec
 from fewstep.utils.config_files import Seed, StrictModel, user_path
+from fewstep.utils.registry import load_plugins, plugins_of
 
 #: the method a config without ``method:`` gets
 DEFAULT_METHOD = "turbo_pp"
@@ -175,10 +176,14 @@ class DistillConfig(StrictModel):
     ``data["method"]``; subclasses validate as usual.
     """
 
-    COMMON: ClassVar[tuple[str, ...]] = ("method", "data", "teacher", "student", "cache",
-                                         "train", "eval")
+    COMMON: ClassVar[tuple[str, ...]] = ("method", "plugins", "data", "teacher", "student",
+                                         "cache", "train", "eval")
 
     method: str = DEFAULT_METHOD
+    plugins: list[str] = Field(
+        default_factory=list, description="modules imported before the config is validated, "
+        "whose methods / teacher kinds / families / data sets register themselves "
+        "(fewstep.utils.registry)")
     data: str | dict[str, Any] = Field(
         "digits", description="a built-in name, a path (image folder, .npy / .npz / "
         ".safetensors, saved datasets folder) or a mapping {path: ..., options} (see "
@@ -196,6 +201,7 @@ class DistillConfig(StrictModel):
             return obj
         if not isinstance(obj, dict):
             return super().model_validate(obj, **kwargs)
+        load_plugins(plugins_of(obj))  # a user's entries register before the lookups below
         data = {"method": DEFAULT_METHOD, **obj}
         target = cls
         if cls is DistillConfig:
@@ -243,10 +249,10 @@ class DistillConfig(StrictModel):
             canon = canonical_data(v)
         except ConfigError as e:
             raise ValueError(f"{str(e).removeprefix('data: ')} (built-in: "
-                             f"{', '.join(PROBLEMS)}; {PROMPTS_DATA} with teacher.prompts)"
+                             f"{', '.join(builtin_names())}; {PROMPTS_DATA} with teacher.prompts)"
                              ) from None
         if (missing := missing_data_path(canon)) is not None:
-            raise ValueError(f"unknown data set; choose from {', '.join(PROBLEMS)} (or "
+            raise ValueError(f"unknown data set; choose from {', '.join(builtin_names())} (or "
                              f"{PROMPTS_DATA} with teacher.prompts), or a path to your images "
                              f"(no such file or folder: {missing})")
         return canon

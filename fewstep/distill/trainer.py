@@ -43,11 +43,11 @@ from fewstep.distill.engine.run_logs import LossLog, ScalarWriter, write_samples
 from fewstep.distill.engine.run_state import RunGenerators, train_state
 from fewstep.distill.methods import DistillContext, DistillMethod, method_class
 from fewstep.errors import DivergenceError
-from fewstep.student.ema import ema_update
 from fewstep.student.factory import build_student, compile_student, enable_gradient_checkpointing
 from fewstep.student.student import Student
 from fewstep.student.student_file import save_student_file, student_file_config
 from fewstep.utils.config_files import dump_yaml
+from fewstep.utils.ema import ema_update
 from fewstep.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -90,9 +90,9 @@ def resolve_feature_space(problem: Any, spec: str = "auto",
             raise ConfigError(f"--features {spec}: 2-D toy data are scored as points "
                               f"(sliced Wasserstein, mode coverage)")
         return FeatureSpace("points")
-    is_digits = not problem.is_user_data and problem.name == "digits"
+    is_digits = problem.default_features == DIGITS_FEATURES
     if spec == "auto":
-        spec = DIGITS_FEATURES if is_digits else "pixels"
+        spec = problem.default_features
     if spec == "pixels":
         return FeatureSpace("pixels")
     if spec in (DIGITS_FEATURES, "digits"):

@@ -90,7 +90,7 @@ def train_image_classifier(data: Any, steps: int = 1500, batch_size: int = 128, 
     class; AdamW, one-cycle LR);
     returns ``(model in eval mode, record)`` with the held-out accuracy."""
     prob = get_problem(data)
-    if not prob.is_user_data and prob.name != "digits":
+    if prob.is_toy:
         raise ConfigError(f"data: {prob.name!r} has no images to classify")
     if prob.num_classes < 2:
         raise ConfigError(f"data: {prob.label} has no labels (class sub-folders or a label "

@@ -45,11 +45,11 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
 from fewstep.student.lora import PerStepLoRA
-from fewstep.utils.imports import import_callable
+from fewstep.utils.imports import TRUSTED_BUILDERS, import_callable
 
 FORMAT = "fewstep-student-v1"
 INDEX = "student_index.json"
-DEFAULT_ALLOWED = ("fewstep", "diffusers")
+DEFAULT_ALLOWED = TRUSTED_BUILDERS
 BuilderSpec = tuple[str, dict[str, Any]]
 
 

@@ -15,6 +15,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from fewstep.networks.registry import NETWORKS
+
 
 class FourierTime(nn.Module):
     """``t (B,) -> (B, dim)`` sinusoidal features of ``t * scale``, then an MLP."""
@@ -51,6 +53,7 @@ class ResBlock(nn.Module):
         return h + self.fc2(self.drop(nn.functional.silu(self.fc1(z))))
 
 
+@NETWORKS.register("resmlp")
 class ResMLP(nn.Module):
     """Class-conditional residual MLP; see module docstring for the call convention."""
 

@@ -1,6 +1,8 @@
 """Build networks and denoisers from plain-dict configs stored beside their weights.
 
-A network config is ``{"type": "resmlp" | "unet", ...kwargs}``; a denoiser config adds
+A network config is ``{"type": <a name in NETWORKS>, ...kwargs}`` (built in: ``resmlp``,
+``unet``; each network class registers itself with ``@NETWORKS.register(name)``); a denoiser
+config adds
 ``{"prediction": ..., "time_input": ..., "null_class": int | None}``. Denoisers around a
 network that supports gradient checkpointing (the UNet) expose ``set_gradient_checkpointing``
 (:class:`CheckpointableDenoiser`), which the trainer's ``train.gradient_checkpointing`` uses.
@@ -13,10 +15,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from fewstep.core.denoiser import NetworkDenoiser
-from fewstep.networks.mlp import ResMLP
-from fewstep.networks.unet import UNet
+from fewstep.utils.registry import Registry
 
-NETWORKS: dict[str, type[nn.Module]] = {"resmlp": ResMLP, "unet": UNet}
+#: ``network.type`` -> network class (the package imports the built-in ones)
+NETWORKS: Registry[type[nn.Module]] = Registry("network type", "network.type")
 
 
 class CheckpointableDenoiser(NetworkDenoiser):
@@ -32,8 +34,8 @@ def build_network(cfg: dict[str, Any]) -> nn.Module:
     cfg = dict(cfg)
     kind = cfg.pop("type", None)
     if kind not in NETWORKS:
-        raise ValueError(f"network.type must be one of {sorted(NETWORKS)}, got {kind!r}")
-    return NETWORKS[kind](**cfg)
+        raise ValueError(f"network.type must be one of {NETWORKS.names()}, got {kind!r}")
+    return NETWORKS.get(kind)(**cfg)
 
 
 def label_null_cond(null_class: int):

@@ -21,6 +21,8 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
+from fewstep.networks.registry import NETWORKS
+
 
 def unet_block_features(unet: UNet2DModel, forward: Callable[[], Any], dtype: torch.dtype
                         ) -> list[Tensor]:
@@ -43,6 +45,7 @@ def unet_block_features(unet: UNet2DModel, forward: Callable[[], Any], dtype: to
     return [captured[i].flatten(2).transpose(1, 2).to(dtype) for i in range(len(blocks))]
 
 
+@NETWORKS.register("unet")
 class UNet(nn.Module):
     """Class-conditional ``UNet2DModel`` wrapper; see module docstring for the call convention.
 

@@ -17,7 +17,7 @@ Trainable state (for EMA, checkpoints and exports): :meth:`Student.trainable_sta
 only what training changes (the adapters, or the step copies); a LoRA student's frozen base is
 identified by :meth:`Student.base_fingerprint` (equal to :func:`weights_fingerprint` of the
 teacher's state dict) and re-read from the teacher. :meth:`Student.ema_copy` is the
-EMA's model (:mod:`fewstep.student.ema`): trainable tensors copied, the base shared.
+EMA's model (:mod:`fewstep.utils.ema`): trainable tensors copied, the base shared.
 """
 
 from __future__ import annotations

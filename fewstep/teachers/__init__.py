@@ -15,22 +15,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from fewstep.export.native import resolve_builder
 from fewstep.teachers import file as _file  # noqa: F401  (registers kind file)
 from fewstep.teachers import unet_eps as _unet_eps  # noqa: F401  (unet_eps)
 from fewstep.teachers.base import (
+    TEACHER_KINDS,
     DataRef,
     LoadedTeacher,
     MetaTeacher,
     TeacherAdapter,
     get_adapter,
-    register,
     teacher_kinds,
 )
 from fewstep.teachers.custom import CustomTeacher, allow_builder, custom_denoiser
 from fewstep.teachers.diffusers import adapter as _pipeline  # noqa: F401  (diffusers, zimage)
 from fewstep.teachers.spec import TeacherSpec
 from fewstep.teachers.training import denoiser_from_config
+from fewstep.utils.imports import TRUSTED_BUILDERS, import_callable
 
 
 def load_teacher(spec: TeacherSpec, *, data: DataRef, cache_dir: str,
@@ -56,9 +56,21 @@ def rebuild_denoiser(teacher_config: dict[str, Any], allow_builders: Sequence[st
     target, kwargs = teacher_config["builder"]
     if target == "fewstep.teachers.custom:custom_denoiser":
         return custom_denoiser(**kwargs)
-    return resolve_builder(target)(**kwargs)
+    return import_callable(target, TRUSTED_BUILDERS)(**kwargs)
 
 
-__all__ = ["CustomTeacher", "DataRef", "LoadedTeacher", "MetaTeacher", "TeacherAdapter",
-           "TeacherSpec", "allow_builder", "get_adapter", "load_teacher", "meta_teacher",
-           "rebuild_denoiser", "register", "teacher_kinds"]
+__all__ = [
+    "TEACHER_KINDS",
+    "CustomTeacher",
+    "DataRef",
+    "LoadedTeacher",
+    "MetaTeacher",
+    "TeacherAdapter",
+    "TeacherSpec",
+    "allow_builder",
+    "get_adapter",
+    "load_teacher",
+    "meta_teacher",
+    "rebuild_denoiser",
+    "teacher_kinds",
+]

@@ -16,7 +16,8 @@ An adapter sees its own section (:class:`~fewstep.teachers.spec.TeacherSpec`), t
 distillation layer.
 
 Every place that used to switch on ``teacher.kind`` asks :func:`get_adapter` instead.
-Register a new kind with ``@register`` on a subclass with a ``kind`` class attribute.
+Register a new kind with ``@TEACHER_KINDS.register(name)`` on a subclass
+(:mod:`fewstep.utils.registry`); its ``kind`` attribute is set to the name.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from fewstep.core.denoiser import Denoiser
-from fewstep.errors import ConfigError
+from fewstep.utils.registry import Registry
 
 if TYPE_CHECKING:  # annotations only (spec.py imports this module)
     from fewstep.teachers.spec import TeacherSpec
@@ -128,26 +129,22 @@ class TeacherAdapter(ABC):
         """The network on ``meta`` from configs only."""
 
 
-_REGISTRY: dict[str, TeacherAdapter] = {}
+def _on_register(name: str, cls: type[TeacherAdapter]) -> None:
+    cls.kind = name
 
 
-def register(cls: type[TeacherAdapter]) -> type[TeacherAdapter]:
-    """Class decorator: make ``cls.kind`` a valid ``teacher.kind``."""
-    _REGISTRY[cls.kind] = cls()
-    return cls
+#: ``teacher.kind`` -> adapter class
+TEACHER_KINDS: Registry[type[TeacherAdapter]] = Registry("teacher kind", "teacher.kind",
+                                                         _on_register)
 
 
 def get_adapter(kind: str) -> TeacherAdapter:
-    """The adapter of ``kind``; ``ConfigError`` naming ``teacher.kind`` if unknown."""
-    try:
-        return _REGISTRY[kind]
-    except KeyError:
-        raise ConfigError(f"teacher.kind: unknown kind {kind!r}; choose from "
-                          f"{', '.join(sorted(_REGISTRY))}") from None
+    """The adapter of ``kind``; :class:`ConfigError` naming ``teacher.kind`` if unknown."""
+    return TEACHER_KINDS.get(kind)()
 
 
 def teacher_kinds() -> list[str]:
-    return sorted(_REGISTRY)
+    return TEACHER_KINDS.names()
 
 
 # ---------------------------------------------------------------------------- shared helpers
@@ -195,6 +192,18 @@ def sampling_config(spec: TeacherSpec, sigmas: Tensor, shift: float, cfg_scale: 
             "sigmas": [float(s) for s in sigmas], "noise_scale": float(noise_scale)}
 
 
-__all__ = ["DataRef", "LoadedTeacher", "MetaTeacher", "TeacherAdapter", "dtype_kwargs",
-           "first_line", "get_adapter", "identity_of", "register", "sampling_config",
-           "teacher_kinds", "torch_dtype", "weights_probe"]
+__all__ = [
+    "TEACHER_KINDS",
+    "DataRef",
+    "LoadedTeacher",
+    "MetaTeacher",
+    "TeacherAdapter",
+    "dtype_kwargs",
+    "first_line",
+    "get_adapter",
+    "identity_of",
+    "sampling_config",
+    "teacher_kinds",
+    "torch_dtype",
+    "weights_probe",
+]

@@ -28,16 +28,16 @@ from torch import Tensor, nn
 
 from fewstep.core.denoiser import NetworkDenoiser, Prediction, TimeInput
 from fewstep.core.levels import resolve_teacher_sigmas
-from fewstep.data.problem import PROBLEMS, Problem, get_problem
+from fewstep.data.problem import Problem, builtin_names, get_problem
 from fewstep.data.prompts import PROMPTS_DATA, PromptProblem
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import (
+    TEACHER_KINDS,
     DataRef,
     LoadedTeacher,
     MetaTeacher,
     TeacherAdapter,
     identity_of,
-    register,
     sampling_config,
 )
 from fewstep.teachers.diffusers.prompt_cache import PromptCache
@@ -123,9 +123,8 @@ def custom_denoiser(builder: str) -> NetworkDenoiser:
     return _denoiser(call_builder(builder))
 
 
-@register
+@TEACHER_KINDS.register("custom")
 class CustomTeacherAdapter(TeacherAdapter):
-    kind = "custom"
     fields = ("builder", "prompts")
 
     def check(self, spec: TeacherSpec) -> None:
@@ -160,7 +159,7 @@ class CustomTeacherAdapter(TeacherAdapter):
             folder = cache_dir + "/prompt_embeds/" + fp[:16]
             return PromptProblem(shape, PromptCache(folder, spec.prompts,
                                                     built.encode_prompts, fp))
-        if data not in PROBLEMS:
+        if data not in builtin_names():
             raise ConfigError(f"data: unknown data set {data!r}")
         prob = get_problem(data)
         if tuple(prob.data_shape) != shape:

@@ -9,17 +9,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fewstep.assets import teacher_path
 from fewstep.core.levels import resolve_teacher_sigmas
-from fewstep.data.problem import PROBLEMS, get_problem
+from fewstep.data.problem import builtin_names, get_problem
 from fewstep.data.prompts import PROMPTS_DATA
+from fewstep.data.registry import shipped_teacher
 from fewstep.errors import CheckpointError, ConfigError
 from fewstep.teachers.base import (
+    TEACHER_KINDS,
     DataRef,
     LoadedTeacher,
     MetaTeacher,
     TeacherAdapter,
-    register,
     sampling_config,
 )
 from fewstep.teachers.training import denoiser_from_config, load_denoiser
@@ -30,19 +30,22 @@ if TYPE_CHECKING:
 
 
 def _path(spec: TeacherSpec, data: DataRef) -> Path:
-    path = Path(spec.path).expanduser() if spec.path else teacher_path(data)
+    if spec.path is None:
+        shipped = shipped_teacher(data)
+        if shipped is None or not shipped.is_file():
+            raise ConfigError(f"teacher.path: no shipped teacher for data {data!r}; train one "
+                              "with `fewstep teacher train` and set teacher.path")
+        return shipped
+    path = Path(spec.path).expanduser()
     if path.is_dir():
         raise ConfigError(f"teacher.path: {path} is a directory, expected a teacher file")
     if not path.is_file():
-        hint = "" if spec.path else (f" (no shipped teacher for data {data!r}; train "
-                                            "one with `fewstep teacher train`)")
-        raise ConfigError(f"teacher.path: teacher file not found: {path}{hint}")
+        raise ConfigError(f"teacher.path: teacher file not found: {path}")
     return path
 
 
-@register
+@TEACHER_KINDS.register("file")
 class FileTeacher(TeacherAdapter):
-    kind = "file"
     fields = ("path",)
 
     def check(self, spec: TeacherSpec) -> None:
@@ -53,8 +56,8 @@ class FileTeacher(TeacherAdapter):
 
     def check_data(self, spec: TeacherSpec, data: DataRef) -> None:
         if data == PROMPTS_DATA:  # a built-in name or the user's own data (fewstep.data.spec)
-            raise ValueError(f"data: a file teacher works on a data set ({', '.join(PROBLEMS)}"
-                             f" or your own images), got {data!r}")
+            raise ValueError(f"data: a file teacher works on a data set "
+                             f"({', '.join(builtin_names())} or your own images), got {data!r}")
 
     def load(self, spec: TeacherSpec, *, data: DataRef, cache_dir: str, device: torch.device
              ) -> LoadedTeacher:

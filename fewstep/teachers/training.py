@@ -27,12 +27,12 @@ from fewstep.core.denoiser import NetworkDenoiser
 from fewstep.core.levels import teacher_sigmas
 from fewstep.core.path import FlowPath, logit_normal_sigma
 from fewstep.core.samplers import euler_sample
-from fewstep.data.problem import PROBLEMS, get_problem
+from fewstep.data.problem import builtin_names, get_problem
 from fewstep.data.spec import canonical_data, data_label, is_builtin, missing_data_path
 from fewstep.errors import CheckpointError, ConfigError
 from fewstep.networks.registry import network_denoiser
-from fewstep.student.ema import ema_update
 from fewstep.utils.config_files import DeviceName, Seed, StrictModel
+from fewstep.utils.ema import ema_update
 from fewstep.utils.files import load_state_into, load_tensors, save_tensors
 from fewstep.utils.viz import save_grid
 
@@ -121,10 +121,11 @@ class TeacherConfig(StrictModel):
             canon = canonical_data(v)
         except ConfigError as e:
             raise ValueError(f"{str(e).removeprefix('data: ')} (built-in: "
-                             f"{', '.join(PROBLEMS)})") from None
+                             f"{', '.join(builtin_names())})") from None
         if (missing := missing_data_path(canon)) is not None:
-            raise ConfigError(f"data: unknown data set {v!r}; choose from {', '.join(PROBLEMS)}, "
-                              f"or a path to your images (no such file or folder: {missing})")
+            raise ConfigError(f"data: unknown data set {v!r}; choose from "
+                              f"{', '.join(builtin_names())}, or a path to your images (no such "
+                              f"file or folder: {missing})")
         return canon
 
 

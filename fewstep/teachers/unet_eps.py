@@ -14,6 +14,7 @@ from fewstep.data.prompts import PROMPTS_DATA
 from fewstep.data.spec import is_builtin
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import (
+    TEACHER_KINDS,
     DataRef,
     LoadedTeacher,
     MetaTeacher,
@@ -21,7 +22,6 @@ from fewstep.teachers.base import (
     dtype_kwargs,
     first_line,
     identity_of,
-    register,
     sampling_config,
     torch_dtype,
 )
@@ -32,9 +32,8 @@ if TYPE_CHECKING:
     from fewstep.teachers.spec import TeacherSpec
 
 
-@register
+@TEACHER_KINDS.register("unet_eps")
 class UNetEpsTeacher(TeacherAdapter):
-    kind = "unet_eps"
     fields = ("pretrained",)
 
     def check(self, spec: TeacherSpec) -> None:

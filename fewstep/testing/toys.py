@@ -13,7 +13,7 @@ import torch
 from fewstep.core.denoiser import Denoiser
 from fewstep.data.problem import Problem, get_problem
 from fewstep.distill.config import DistillConfig
-from fewstep.distill.methods.base import Batch, DistillContext
+from fewstep.distill.context import Batch, DistillContext
 from fewstep.networks.registry import network_denoiser
 from fewstep.student.student import Student
 from fewstep.utils.config_files import validate

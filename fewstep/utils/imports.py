@@ -9,6 +9,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+#: packages a saved file may name builders from (anything else needs the user's consent, e.g.
+#: ``--allow-builder`` for a custom teacher's builder)
+TRUSTED_BUILDERS = ("fewstep", "diffusers")
+
 _MODULE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 _ATTR = re.compile(r"[A-Za-z]\w*")  # no private or dunder attributes
 
@@ -46,4 +50,4 @@ def import_callable(target: str, allowed_prefixes: Sequence[str] | None = None) 
     return obj
 
 
-__all__ = ["import_callable", "import_object"]
+__all__ = ["TRUSTED_BUILDERS", "import_callable", "import_object"]

@@ -15,8 +15,8 @@ import torch
 
 from fewstep.core.conditioning import PromptEmbeds
 from fewstep.data.problem import get_problem
+from fewstep.distill.context import Batch, DistillContext
 from fewstep.distill.engine.precision import DeferredLogs
-from fewstep.distill.methods.base import Batch, DistillContext
 from fewstep.distill.methods.registry import config_class, method_class, method_names
 from fewstep.networks.registry import network_denoiser
 from fewstep.student.student import Student

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fewstep.distill.config import DistillConfig
+from fewstep.distill.context import DistillContext
 from fewstep.distill.methods import config_class, method_names
-from fewstep.distill.methods.base import DistillContext
 from fewstep.distill.methods.dmd2 import DMD2
 from fewstep.distill.trainer import Trainer
 from fewstep.student import student as student_mod

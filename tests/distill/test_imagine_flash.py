@@ -10,7 +10,7 @@ from fewstep.core.noise_correction import NoiseCorrected, noise_corrected
 from fewstep.core.path import FlowPath
 from fewstep.core.samplers import euler_sample
 from fewstep.data.problem import get_problem
-from fewstep.distill.methods.base import Batch
+from fewstep.distill.context import Batch
 from fewstep.distill.methods.imagine_flash import ImagineFlash
 from fewstep.evaluation.toy_metrics import sliced_wasserstein
 from fewstep.networks.registry import network_denoiser

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from fewstep.app.plan import graph_forwards
 from fewstep.distill.config import DistillConfig
-from fewstep.distill.methods.base import Batch, DistillContext
+from fewstep.distill.context import Batch, DistillContext
 from fewstep.distill.methods.ladd import LADD
 from fewstep.errors import ConfigError
 from fewstep.testing.toys import toy_batch, toy_config, toy_context, toy_denoiser

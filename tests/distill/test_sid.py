@@ -6,7 +6,7 @@ import torch
 
 from fewstep.core.denoiser import Denoiser
 from fewstep.data.problem import Problem
-from fewstep.distill.methods.base import Batch, DistillContext
+from fewstep.distill.context import Batch, DistillContext
 from fewstep.distill.methods.sid import SiD
 from fewstep.distill.parts.losses import sid_loss
 from fewstep.testing.toys import toy_config, toy_context, toy_denoiser

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fewstep.app.cli import run
-from fewstep.assets import teacher_path
+from fewstep.data.registry import shipped_teacher
 from fewstep.testing.faults import disk_full, refuse_writes
 
 
@@ -44,7 +44,7 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], expect: str, tmp_path: Pa
                                       capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "a_file"
     f.write_text("x")
-    fx = {"{T}": str(tmp_path), "{file}": str(f), "{ckT}": str(teacher_path("checkerboard"))}
+    fx = {"{T}": str(tmp_path), "{file}": str(f), "{ckT}": str(shipped_teacher("checkerboard"))}
     argv = [fx.get(a, a) for a in argv]
     _one_line(capsys, run(argv), 2, expect)
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from fewstep.student.ema import ema_update
 from fewstep.student.student import (
     Student,
     TrainableStateView,
@@ -11,6 +10,7 @@ from fewstep.student.student import (
     weights_fingerprint,
 )
 from fewstep.testing.toys import toy_denoiser
+from fewstep.utils.ema import ema_update
 
 _teacher = toy_denoiser
 

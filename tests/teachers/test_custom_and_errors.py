@@ -34,7 +34,7 @@ def custom_cfg(tmp_path: Path, builder: str = "teachers_helpers:build", **sectio
 
 def test_registry_lists_every_kind():
     assert set(teacher_kinds()) >= {"file", "diffusers", "zimage", "unet_eps", "custom"}
-    with pytest.raises(ConfigError, match=r"teacher\.kind: .*unknown kind 'nope'"):
+    with pytest.raises(ConfigError, match=r"teacher\.kind: .*unknown teacher kind 'nope'"):
         validate(DistillConfig, {"teacher": {"kind": "nope"}})
 
 

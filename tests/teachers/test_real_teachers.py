@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fewstep.app.run_distill import load_distill_config
 from fewstep.distill.config import DistillConfig, drop_foreign_sections
-from fewstep.distill.run import load_distill_config
 from fewstep.distill.trainer import Trainer
 from fewstep.errors import ConfigError
 from fewstep.presets import preset_path

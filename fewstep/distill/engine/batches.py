@@ -26,9 +26,9 @@ from torch import Tensor
 
 from fewstep.core.samplers import euler_sample
 from fewstep.distill.config import DistillConfig
+from fewstep.distill.context import Batch, DataNeeds
 from fewstep.distill.engine.distributed import DistEnv
 from fewstep.distill.engine.teacher_cache import CacheReader, TeacherCache
-from fewstep.distill.methods.base import Batch, DataNeeds
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import LoadedTeacher
 

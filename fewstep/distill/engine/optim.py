@@ -18,9 +18,9 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from torch.profiler import record_function
 
 from fewstep.distill.config import TrainSpec
+from fewstep.distill.context import AuxUpdates
 from fewstep.distill.engine.distributed import DistEnv, full_tensor
 from fewstep.distill.engine.precision import Precision
-from fewstep.distill.methods.base import AuxUpdates
 
 
 def adamw_options(device: torch.device) -> dict[str, bool]:

@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
-from fewstep.distill.methods.base import Batch, DistillContext, FakeScoreMethod, Logs
-from fewstep.distill.methods.registry import register
+from fewstep.distill.context import Batch, DistillContext, Logs
+from fewstep.distill.methods.base import FakeScoreMethod
+from fewstep.distill.methods.registry import METHODS
 from fewstep.distill.parts.builders import build_fake_score, build_matching
 from fewstep.distill.parts.fake_score import FakeScore
 from fewstep.distill.parts.losses import d_loss, g_loss
@@ -48,10 +49,12 @@ class DMD2Config(DistillConfig):
     dm: DMSpec = DMSpec()
 
 
-@register(DMD2Config)
+@METHODS.register("dmd2")
 class DMD2(FakeScoreMethod):
     """Data and optimizers: :class:`FakeScoreMethod` (real samples for the GAN head; the fake
     score network at ``dm.fake_lr``, its head at ``gan.lr``)."""
+
+    config_class = DMD2Config
 
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)

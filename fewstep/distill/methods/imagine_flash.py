@@ -39,8 +39,9 @@ from fewstep.core.noise_correction import noise_corrected
 from fewstep.core.path import FlowPath
 from fewstep.core.samplers import transition
 from fewstep.distill.config import DistillConfig
-from fewstep.distill.methods.base import Batch, DistillContext, DistillMethod, Logs
-from fewstep.distill.methods.registry import register
+from fewstep.distill.context import Batch, DistillContext, Logs
+from fewstep.distill.methods.base import DistillMethod
+from fewstep.distill.methods.registry import METHODS
 from fewstep.student.student import backward_simulate
 from fewstep.utils.config_files import StrictModel
 
@@ -77,9 +78,11 @@ class ImagineFlashConfig(DistillConfig):
     imagine_flash: ImagineFlashSpec = ImagineFlashSpec()
 
 
-@register(ImagineFlashConfig)
+@METHODS.register("imagine_flash")
 class ImagineFlash(DistillMethod):
     """No auxiliary network and no data beyond noise: one student step with gradient."""
+
+    config_class = ImagineFlashConfig
 
     @classmethod
     def graph_forwards(cls, cfg: DistillConfig) -> int:

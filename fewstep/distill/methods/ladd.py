@@ -39,15 +39,9 @@ from torch import Tensor
 
 from fewstep.core.path import FlowPath, logit_normal_sigma
 from fewstep.distill.config import DistillConfig, GanSpec
-from fewstep.distill.methods.base import (
-    AuxUpdates,
-    Batch,
-    DataNeeds,
-    DistillContext,
-    DistillMethod,
-    Logs,
-)
-from fewstep.distill.methods.registry import register
+from fewstep.distill.context import AuxUpdates, Batch, DataNeeds, DistillContext, Logs
+from fewstep.distill.methods.base import DistillMethod
+from fewstep.distill.methods.registry import METHODS
 from fewstep.distill.parts.builders import build_discriminator
 from fewstep.distill.parts.losses import d_loss, g_loss
 from fewstep.student.spec import StudentSpec
@@ -86,8 +80,10 @@ class LADDConfig(DistillConfig):
         return self
 
 
-@register(LADDConfig)
+@METHODS.register("ladd")
 class LADD(DistillMethod):
+
+    config_class = LADDConfig
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
         self.disc = build_discriminator(ctx)

@@ -1,47 +1,46 @@
-"""The method registry: ``@register`` on a :class:`DistillMethod` subclass makes it (and its
-config) available as ``method: <name>``.
+"""The method registry: ``method:`` in a run config names an entry of :data:`METHODS`.
 
-Every module of the :mod:`fewstep.distill.methods` package is imported with the package, so a
-method file registers itself by existing; a method defined elsewhere registers when its module
-is imported (before the config is validated).
+A method registers itself where it is defined (:mod:`fewstep.utils.registry`)::
+
+    @METHODS.register("my_recipe")
+    class MyRecipe(DistillMethod):
+        config_class = MyRecipeConfig   # method: Literal["my_recipe"] + the sections it reads
+
+Registering also makes the config class part of the run-config union
+(:func:`fewstep.distill.config.register_config`). The built-in methods are imported by
+:mod:`fewstep.distill.methods`; a user's method by ``plugins:`` in the run config.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from fewstep.distill.config import METHOD_CONFIGS, DistillConfig, register_config
+from fewstep.distill.config import DistillConfig, register_config
 from fewstep.distill.methods.base import DistillMethod
+from fewstep.utils.registry import Registry
+
+
+def _on_register(name: str, cls: type[DistillMethod]) -> None:
+    if cls.config_class is DistillConfig:
+        raise TypeError(f"method {name!r} ({cls.__name__}) needs a config_class of its own")
+    register_config(name, cls.config_class)
+    cls.name = name
+
 
 #: method name -> class
-METHODS: dict[str, type[DistillMethod]] = {}
-
-
-def register(config: type[DistillConfig]) -> Callable[[type[DistillMethod]],
-                                                      type[DistillMethod]]:
-    """Class decorator: register a method under its config's ``method`` literal."""
-    name = config.model_fields["method"].default
-
-    def deco(cls: type[DistillMethod]) -> type[DistillMethod]:
-        register_config(name, config)
-        cls.name, cls.config_class = name, config
-        METHODS[name] = cls
-        return cls
-    return deco
+METHODS: Registry[type[DistillMethod]] = Registry("method", "method", _on_register)
 
 
 def method_class(name: str) -> type[DistillMethod]:
-    """The method registered under ``name`` (``ValueError`` naming the known ones)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    """The method registered under ``name`` (:class:`ConfigError` naming the known ones)."""
+    return METHODS.get(name)
 
 
 def method_names() -> list[str]:
-    return sorted(METHODS)
+    return METHODS.names()
 
 
 def config_class(name: str) -> type[DistillConfig]:
     """The config class of ``method: name``."""
-    method_class(name)
-    return METHOD_CONFIGS[name]
+    return method_class(name).config_class
+
+
+__all__ = ["METHODS", "config_class", "method_class", "method_names"]

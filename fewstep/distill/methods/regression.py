@@ -12,16 +12,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fewstep.distill.config import DistillConfig
-from fewstep.distill.methods.base import Batch, DataNeeds, DistillMethod, Logs
-from fewstep.distill.methods.registry import register
+from fewstep.distill.context import Batch, DataNeeds, Logs
+from fewstep.distill.methods.base import DistillMethod
+from fewstep.distill.methods.registry import METHODS
 
 
 class RegressionConfig(DistillConfig):
     method: Literal["regression"] = "regression"
 
 
-@register(RegressionConfig)
+@METHODS.register("regression")
 class Regression(DistillMethod):
+
+    config_class = RegressionConfig
     def data_needs(self) -> DataNeeds:
         return DataNeeds(teacher_pairs=True)
 

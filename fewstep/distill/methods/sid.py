@@ -49,8 +49,9 @@ from torch import Tensor
 
 from fewstep.core.path import FlowPath, logit_normal_sigma
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
-from fewstep.distill.methods.base import Batch, DistillContext, FakeScoreMethod, Logs
-from fewstep.distill.methods.registry import register
+from fewstep.distill.context import Batch, DistillContext, Logs
+from fewstep.distill.methods.base import FakeScoreMethod
+from fewstep.distill.methods.registry import METHODS
 from fewstep.distill.parts.builders import build_fake_score
 from fewstep.distill.parts.losses import d_loss, g_loss, sid_loss
 from fewstep.student.student import backward_simulate
@@ -81,10 +82,12 @@ class SiDConfig(DistillConfig):
     gan: GanSpec = GanSpec()
 
 
-@register(SiDConfig)
+@METHODS.register("sid")
 class SiD(FakeScoreMethod):
     """Data and optimizers: :class:`FakeScoreMethod` (real samples for the GAN head; the fake
     score network at ``dm.fake_lr``, its head at ``gan.lr``)."""
+
+    config_class = SiDConfig
 
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)

@@ -44,16 +44,9 @@ from pydantic import Field
 from torch import Tensor
 
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
-from fewstep.distill.methods.base import (
-    AuxUpdates,
-    Batch,
-    DataNeeds,
-    DistillContext,
-    DistillMethod,
-    Logs,
-    cat_cond,
-)
-from fewstep.distill.methods.registry import register
+from fewstep.distill.context import AuxUpdates, Batch, DataNeeds, DistillContext, Logs
+from fewstep.distill.methods.base import DistillMethod, cat_cond
+from fewstep.distill.methods.registry import METHODS
 from fewstep.distill.parts.builders import build_adversary, build_matching
 from fewstep.utils.config_files import StrictModel
 
@@ -85,8 +78,10 @@ class TurboPPConfig(DistillConfig):
     turbo: TurboSpec = TurboSpec()
 
 
-@register(TurboPPConfig)
+@METHODS.register("turbo_pp")
 class TurboPP(DistillMethod):
+
+    config_class = TurboPPConfig
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
         cfg: TurboPPConfig = ctx.cfg  # type: ignore[assignment]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from fewstep.distill.config import DistillConfig
-from fewstep.distill.methods.base import DistillContext
+from fewstep.distill.context import DistillContext
 from fewstep.distill.parts.adversary import Adversary
 from fewstep.distill.parts.discriminator import StandaloneDiscriminator, TeacherFeatureDiscriminator
 from fewstep.distill.parts.fake_score import FakeScore, feature_dims

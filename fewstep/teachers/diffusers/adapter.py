@@ -30,6 +30,7 @@ from fewstep.core.levels import resolve_teacher_sigmas
 from fewstep.data.prompts import PROMPTS_DATA, PromptProblem
 from fewstep.errors import ConfigError
 from fewstep.teachers.base import (
+    TEACHER_KINDS,
     DataRef,
     LoadedTeacher,
     MetaTeacher,
@@ -37,7 +38,6 @@ from fewstep.teachers.base import (
     dtype_kwargs,
     first_line,
     identity_of,
-    register,
     sampling_config,
     torch_dtype,
 )
@@ -161,11 +161,9 @@ def warn_x0_clipping(scheduler: Any) -> None:
                     "the pipeline's", type(scheduler).__name__, what)
 
 
-@register
+@TEACHER_KINDS.register("diffusers")
 class DiffusersTeacher(TeacherAdapter):
     """Any supported diffusers text-to-image pipeline (see module docstring)."""
-
-    kind = "diffusers"
     fields = ("pretrained", "prompts", "resolution")
     family_required: ClassVar[str | None] = None
     default_levels: ClassVar[str] = "pipeline"
@@ -320,12 +318,10 @@ def _pipeline_index(pretrained: str) -> dict[str, str | None]:
     return out
 
 
-@register
+@TEACHER_KINDS.register("zimage")
 class ZImageTeacher(DiffusersTeacher):
     """``teacher.kind: zimage``: the ``diffusers`` adapter restricted to Z-Image, with the
     uniform shifted schedule as default (as before the registry)."""
-
-    kind = "zimage"
     family_required = "ZImageTransformer2DModel"
     default_levels = "uniform"
 
