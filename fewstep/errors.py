@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 EXIT_USER_ERROR = 2
 EXIT_WRITE_ERROR = 3
@@ -39,6 +40,15 @@ class CheckpointError(FewstepError):
 
 class DivergenceError(FewstepError):
     """A loss or gradient became NaN / Inf during training."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request (SIGTERM / SIGINT) after writing a checkpoint (exit 143)."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"training stopped at step {step}; checkpoint {checkpoint} (continue "
+                         "with --resume)")
+        self.step, self.checkpoint = step, checkpoint
 
 
 class RunLockedError(FewstepError):

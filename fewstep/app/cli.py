@@ -19,13 +19,13 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from fewstep.app import validation
+from fewstep.app.model_loading import load_models, sample_exported, sampler_specs
 from fewstep.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, error_exit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -78,15 +78,6 @@ def user_errors(fn: F) -> F:
 Overrides = Annotated[list[str] | None, typer.Argument(help="dotted.key=value overrides")]
 
 
-def data_option(value: str | None) -> Any:
-    """``--data``: a name / path, or a YAML mapping ``{path: ..., resolution: 16, ...}``."""
-    if value is None or not value.strip().startswith("{"):
-        return value
-    from fewstep.utils.config_files import parse_override
-
-    return parse_override(f"data={value}")[1]
-
-
 @teacher_app.command("train")
 @user_errors
 def teacher_train(
@@ -109,11 +100,12 @@ def teacher_train(
 
     extra = list(overrides or [])
     if data is not None:
-        extra.insert(0, f"data={json.dumps(data_option(data))}")
+        extra.insert(0, f"data={json.dumps(validation.data_option(data))}")
     if minutes is not None:
         extra.append(f"minutes={minutes}")
     if config is None and data is not None:
-        problem = get_problem(validate(TeacherConfig, {"data": data_option(data)}, "--data").data)
+        data_cfg = {"data": validation.data_option(data)}
+        problem = get_problem(validate(TeacherConfig, data_cfg, "--data").data)
         config = preset_path(teacher_preset_for(tuple(problem.data_shape)))
         if not quiet:
             typer.echo(f"{problem.image_data().summary() if problem.is_user_data else data}; "
@@ -152,55 +144,9 @@ def classifier_train(
 
     if out is None:
         raise ConfigError("--out: required with --data (where to write the classifier)")
-    model, record = train_image_classifier(data_option(data), steps=steps, seed=seed)
+    model, record = train_image_classifier(validation.data_option(data), steps=steps, seed=seed)
     save_image_classifier(model, out, record)
     typer.echo(json.dumps({"out": str(out), **record}))
-
-
-def _load_models(teacher: Path | None, student: Path | None, data: str | None, device: str,
-                 allow_builders: list[str] | None = None):
-    from fewstep.data.problem import get_problem
-    from fewstep.data.registry import shipped_teacher
-    from fewstep.errors import CheckpointError, ConfigError
-    from fewstep.student.student_file import load_student_file
-    from fewstep.teachers import rebuild_denoiser
-    from fewstep.teachers.training import load_denoiser
-    from fewstep.utils.files import read_metadata
-
-    allow = list(allow_builders or [])
-    st, scfg = (None, None)
-    if student is not None:
-        try:
-            st, scfg = load_student_file(student, device, allow_builders=allow)
-        except CheckpointError as e:
-            raise CheckpointError(f"--student: {e}") from None
-    built = (scfg or {}).get("denoiser", {})
-    custom = teacher is None and "user_builder" in built  # a custom teacher's student
-    if data is None and scfg:
-        data = scfg["data"]
-    if data is None and teacher is not None:  # a teacher trained on your own images
-        data = json.loads(read_metadata(teacher).get("config", "{}")).get("data")
-    if data is None:
-        data = "digits"
-    try:
-        problem = get_problem(data_option(data))
-    except ValueError as e:
-        raise ConfigError(f"--data: {e}") from None
-    shape, ncls = tuple(problem.data_shape), problem.num_classes
-    validation.models_fit(data, shape, ncls, None, "--teacher", scfg, "--student")
-    if custom:  # the teacher is what its builder returns (the builder was allowed above)
-        den, tcfg = rebuild_denoiser(built, allow).to(device).eval(), built
-    else:
-        tpath = teacher if teacher is not None else shipped_teacher(data)
-        if tpath is None or not tpath.is_file():
-            raise ConfigError(f"--data: no shipped teacher for {data!r}; pass --teacher FILE")
-        try:
-            den, tcfg = load_denoiser(tpath, device)
-        except CheckpointError as e:
-            raise CheckpointError(f"--teacher: {e}") from None
-        validation.models_fit(data, shape, ncls, tcfg, "--teacher", scfg, "--student")
-    samp = tcfg.get("sampling", {})
-    return problem, den, samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), st
 
 
 DataOpt = Annotated[str | None, typer.Option(
@@ -215,17 +161,6 @@ NoiseCorrectionOpt = Annotated[bool | None, typer.Option(
     "--noise-correction/--no-noise-correction",
     help="bias-corrected first step at sigma = 1 for epsilon-prediction models (default: on "
          "for zero-terminal-SNR epsilon teachers / students; a suffix on a sampler wins)")]
-
-
-def _sampler_specs(samplers: str, noise_correction: bool | None) -> list:
-    """Parse ``--samplers``; ``--[no-]noise-correction`` fills specs without a suffix."""
-    from fewstep.evaluation.evaluate import parse_sampler
-
-    specs = [parse_sampler(s) for s in samplers.split(",")]
-    if noise_correction is None:
-        return specs
-    return [sp if sp.noise_correction is not None else replace(sp, noise_correction=
-                                                               noise_correction) for sp in specs]
 
 
 @app.command("sample")
@@ -255,12 +190,12 @@ def sample_cmd(
 
     validation.check_sample(out, samplers, teacher, student, data, num, seed, device, prompt)
     if student is not None and student.is_dir():
-        _sample_exported(student, out, prompt, num, seed, device)
+        sample_exported(student, out, prompt, num, seed, device)
         return
     if prompt:
         raise typer.BadParameter("--prompt needs --student FOLDER (an exported student)")
-    specs = _sampler_specs(samplers, noise_correction)
-    problem, den, w, shift, st = _load_models(teacher, student, data, device, allow_builder)
+    specs = sampler_specs(samplers, noise_correction)
+    problem, den, w, shift, st = load_models(teacher, student, data, device, allow_builder)
     noise, cond = eval_noise(problem, num, seed, device)
     outs = {sp.name: run_sampler(sp, noise, cond, den, w, shift, st, seed=seed)[0] for sp in specs}
     save_panels(out / "grid.png", list(outs.values()), list(outs), nrow=10)
@@ -268,25 +203,6 @@ def sample_cmd(
     if cond is not None:
         tensors["labels"] = cond
     save_tensors(out / "samples.safetensors", tensors, "samples", {"seed": seed})
-    typer.echo(f"wrote {out / 'grid.png'} and {out / 'samples.safetensors'}")
-
-
-def _sample_exported(folder: Path, out: Path, prompts: list[str] | None, num: int, seed: int,
-                     device: str) -> None:
-    from fewstep.errors import ConfigError
-    from fewstep.export.diffusers_export import StudentPipeline
-    from fewstep.utils.files import save_tensors
-    from fewstep.utils.viz import save_panels
-
-    try:
-        pipe = StudentPipeline.from_pretrained(folder, device=device)
-        images = pipe(prompts, num_images_per_prompt=num, seed=seed) if prompts else \
-            pipe(num_images=num, seed=seed)
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"--student: {e}") from None
-    save_panels(out / "grid.png", [images], [folder.name], nrow=min(10, num))
-    save_tensors(out / "samples.safetensors", {"images": images}, "samples",
-                 {"seed": seed, "prompts": prompts or []})
     typer.echo(f"wrote {out / 'grid.png'} and {out / 'samples.safetensors'}")
 
 
@@ -342,8 +258,8 @@ def eval_cmd(
     from fewstep.utils.files import atomic_write_text
 
     validation.check_eval(out, samplers, teacher, student, data, num, seed, device)
-    names = [sp.name for sp in _sampler_specs(samplers, noise_correction)]
-    problem, den, w, shift, st = _load_models(teacher, student, data, device, allow_builder)
+    names = [sp.name for sp in sampler_specs(samplers, noise_correction)]
+    problem, den, w, shift, st = load_models(teacher, student, data, device, allow_builder)
     metrics, _ = evaluate_samplers(problem, names, den, w, shift, st, num, seed, device=device,
                                    features=features, timing_batch=timing_batch,
                                    timing_repeats=timing_repeats)
@@ -371,7 +287,8 @@ def distill_cmd(
 
     Prints one JSON line ``{"out", "student", "step", "seconds"}`` when done; exit code 143
     after SIGTERM / SIGINT (a checkpoint was written; continue with --resume)."""
-    from fewstep.app.run_distill import TrainingInterrupted, run_distill
+    from fewstep.app.run_distill import run_distill
+    from fewstep.errors import TrainingInterrupted
 
     configure_logging(quiet)
     config = _config_path(config, preset)
@@ -426,8 +343,8 @@ def demo_cmd(
             raise typer.BadParameter("--teacher needs --data")
         run_demo(out, overrides, progress=not quiet)
         return
-    run_image_demo(data_option(data), out, minutes, teacher, overrides, progress=not quiet,
-                   features=features)
+    run_image_demo(validation.data_option(data), out, minutes, teacher, overrides,
+                   progress=not quiet, features=features)
 
 
 @app.command("plan")

@@ -22,8 +22,8 @@ from fewstep.app.report import metrics_table_markdown, write_report
 from fewstep.data.problem import get_problem
 from fewstep.data.spec import canonical_data, data_label
 from fewstep.distill.config import DistillConfig
-from fewstep.distill.trainer import Trainer, TrainingInterrupted
-from fewstep.errors import ConfigError
+from fewstep.distill.trainer import Trainer
+from fewstep.errors import ConfigError, TrainingInterrupted
 from fewstep.evaluation.evaluate import evaluate_samplers
 from fewstep.presets import preset_path
 from fewstep.teachers.training import (

@@ -4,7 +4,7 @@
 :func:`run_distill` validates the config (YAML file <- ``dotted.key=value`` overrides), refuses
 to start a fresh run in a folder that already holds checkpoints (``resume=True`` continues it
 instead), and turns SIGTERM / SIGINT into "write a checkpoint at the next step boundary, then
-raise :class:`~fewstep.distill.trainer.TrainingInterrupted`" (a second signal acts as usual).
+raise :class:`~fewstep.errors.TrainingInterrupted`" (a second signal acts as usual).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from types import FrameType
 from fewstep.app import validation
 from fewstep.distill.config import DistillConfig, drop_foreign_sections
 from fewstep.distill.engine.state import list_checkpoints
-from fewstep.distill.trainer import Trainer, TrainingInterrupted
-from fewstep.errors import ConfigError
+from fewstep.distill.trainer import Trainer
+from fewstep.errors import ConfigError, TrainingInterrupted
 from fewstep.utils.config_files import apply_overrides, load_config, load_yaml, user_path, validate
 from fewstep.utils.run_lock import RunLock
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from fewstep.errors import ConfigError, write_error
-from fewstep.utils.config_files import MAX_SEED
+from fewstep.utils.config_files import MAX_SEED, parse_override
 
 #: largest sampler step count (a teacher_N sampler runs N network evaluations per sample)
 MAX_SAMPLER_STEPS = 1000
@@ -343,3 +343,10 @@ def check_run_out(out: Path | None) -> None:
     if out is not None:
         output_dir(out, "--out")
         writable(out, is_dir=True)
+
+
+def data_option(value: str | None) -> Any:
+    """``--data``: a name / path, or a YAML mapping ``{path: ..., resolution: 16, ...}``."""
+    if value is None or not value.strip().startswith("{"):
+        return value
+    return parse_override(f"data={value}")[1]

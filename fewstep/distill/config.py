@@ -259,7 +259,13 @@ class DistillConfig(StrictModel):
 
     @model_validator(mode="after")
     def _teacher_fits_data(self) -> DistillConfig:
-        """Any teacher kind may take prompts; the kind's adapter says which data fit it."""
+        """The teacher kind's adapter checks its section and which data fit it; any kind may
+        take prompts."""
+        try:
+            adapter = get_adapter(self.teacher.kind)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        adapter.check(self.teacher)
         if self.data == PROMPTS_DATA and self.teacher.prompts is None:
             raise ValueError(f"teacher.prompts: data {PROMPTS_DATA!r} needs a prompt file")
         if self.data != PROMPTS_DATA and self.teacher.prompts is not None:
@@ -269,7 +275,7 @@ class DistillConfig(StrictModel):
         if self.data == PROMPTS_DATA and isinstance(gan, GanSpec) and gan.real == "dataset":
             raise ValueError("gan.real: 'dataset' is not available with data: prompts (no "
                              "image data set); use gan.real=teacher")
-        get_adapter(self.teacher.kind).check_data(self.teacher, self.data)
+        adapter.check_data(self.teacher, self.data)
         return self
 
 

@@ -1,13 +1,11 @@
 """The distillation training loop: one loop for every method (``docs/tour.md`` follows one
 batch through it).
 
-``Trainer(cfg, run_dir).train()`` loads the teacher (:func:`~fewstep.distill.config.
-load_run_teacher`: one :class:`~fewstep.teachers.LoadedTeacher`), builds the student and its EMA
-(:mod:`fewstep.student`), the method (:mod:`fewstep.distill.methods`: its losses, the data its
-batches carry, its auxiliary optimizer), and runs per generator update: the method's auxiliary
-updates, one student update, the EMA update, a ``losses.jsonl`` row, samples and checkpoints.
-The engine (:mod:`fewstep.distill.engine`) holds everything around it: batches and the teacher
-cache, optimizers, precision, checkpoints, multi-process training, logs.
+``Trainer(cfg, run_dir).train()`` loads the teacher (one :class:`~fewstep.teachers.LoadedTeacher`),
+builds the student and its EMA (:mod:`fewstep.student`) and the method
+(:mod:`fewstep.distill.methods`), then runs per generator update: the method's auxiliary
+updates, one student update, the EMA, a ``losses.jsonl`` row, samples and checkpoints. Everything
+around the loop is in :mod:`fewstep.distill.engine`.
 
 Run folder: ``config.yaml``, ``checkpoints/``, ``tb/``, ``samples/``, ``losses.jsonl``,
 ``student.safetensors`` (the EMA student). Resume is bit-identical on CPU; NaN / Inf raises
@@ -34,15 +32,16 @@ from fewstep.core.denoiser import Denoiser
 from fewstep.distill.config import DistillConfig, load_run_teacher
 from fewstep.distill.engine.batches import BatchSource
 from fewstep.distill.engine.checkpoints import CheckpointManager, TrainState
-from fewstep.distill.engine.distributed import DDPLoss, FullStateView, Snapshot, init_distributed
-from fewstep.distill.engine.divergence import nonfinite_gradient
+from fewstep.distill.engine.distributed import DDPLoss, init_distributed
+from fewstep.distill.engine.divergence import flush_logs
+from fewstep.distill.engine.fsdp import FullStateView, Snapshot
 from fewstep.distill.engine.optim import Optimizers, backward_step, params_of
 from fewstep.distill.engine.precision import DeferredLogs, Precision
 from fewstep.distill.engine.replicas import distribute
 from fewstep.distill.engine.run_logs import LossLog, ScalarWriter, write_samples
 from fewstep.distill.engine.run_state import RunGenerators, train_state
 from fewstep.distill.methods import DistillContext, DistillMethod, method_class
-from fewstep.errors import DivergenceError
+from fewstep.errors import DivergenceError, TrainingInterrupted
 from fewstep.student.factory import build_student, compile_student, enable_gradient_checkpointing
 from fewstep.student.student import Student
 from fewstep.student.student_file import save_student_file, student_file_config
@@ -51,15 +50,6 @@ from fewstep.utils.ema import ema_update
 from fewstep.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on request (e.g. SIGTERM) after writing a checkpoint."""
-
-    def __init__(self, step: int, checkpoint: Path) -> None:
-        super().__init__(f"training stopped at step {step}; checkpoint {checkpoint} (continue "
-                         "with --resume)")
-        self.step, self.checkpoint = step, checkpoint
 
 
 class Trainer:
@@ -151,10 +141,6 @@ class Trainer:
         self._stop_reason = reason
 
     # ------------------------------------------------------------ one update
-    def _named_trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
-        yield from (("student." + n, p) for n, p in self.student.named_parameters())
-        yield from (("method." + n, p) for n, p in self.method.named_parameters())
-
     def train_iteration(self) -> dict[str, float]:
         """One generator update preceded by the method's auxiliary updates; returns its logs
         as floats (a host sync; the training loop reads logs only every ``log_every``)."""
@@ -198,27 +184,12 @@ class Trainer:
         return logs
 
     def _flush_logs(self) -> dict[str, float] | None:
-        """Read every pending step's logs from the device (one transfer), append them to
-        ``losses.jsonl`` and raise :class:`DivergenceError` naming the first non-finite term
-        (rows from that step on are not written). Returns the newest row's terms."""
-        rows, bad = self.pending.flush()
-        last = None
-        for r in rows:
-            if bad is not None and r["step"] >= bad[0]:
-                break
-            last = {k: v for k, v in r.items() if k != "step" and not k.startswith("_")}
-            self.losses.append(int(r["step"]), last)
-        if bad is None:
-            return last
-        step, term, value = bad
-        if term in ("grad_norm", "_aux_grad_norm"):
-            gen = term == "grad_norm"
-            opt = self.optim.g if gen else self.optim.aux
-            raise nonfinite_gradient(params_of(opt) if opt is not None else [],
-                                     "generator" if gen else "auxiliary", value, step,
-                                     self._named_trainable)
-        phase = "auxiliary" if term in self._aux_terms else "generator"
-        raise DivergenceError(f"{phase} loss term {term!r} is {value} at step {step}")
+        o, mods = self.optim, {"student": self.student, "method": self.method}
+
+        def named() -> Iterator[tuple[str, nn.Parameter]]:
+            return ((f"{k}.{n}", p) for k, m in mods.items() for n, p in m.named_parameters())
+        return flush_logs(self.pending, self.losses, self._aux_terms, params_of(o.g),
+                          params_of(o.aux) if o.aux is not None else [], named)
 
     # ------------------------------------------------------------ the loop
     def train(self) -> Student:
@@ -303,27 +274,15 @@ class Trainer:
         return sync_due and self.dist.all_flags(self._stop_reason is not None, self.device)[1]
 
     def _on_divergence(self, err: DivergenceError) -> None:
-        """Stop with a message naming the last good checkpoint, or roll back."""
-        t = self.cfg.train
+        """Stop with a message naming the last good checkpoint, or roll back to one with lower
+        learning rates (:meth:`CheckpointManager.roll_back`)."""
         self.pending.clear()  # rows of the discarded steps
         self.losses.flush()
-        last = self.ckpt.latest_good()
-        where = f"last good checkpoint: {last}" if last else "no checkpoint was written"
-        if t.on_divergence != "rollback" or last is None:
-            raise DivergenceError(f"{err}; {where} (lower train.lr, or set "
-                                  "train.on_divergence=rollback)") from None
-        ck = self.ckpt.rollback_target()
-        if self.rollbacks >= t.max_rollbacks or ck is None:
-            raise DivergenceError(f"{err}; gave up after {self.rollbacks} rollbacks "
-                                  f"(train.max_rollbacks); {where}") from None
-        rollbacks, scale = self.rollbacks + 1, self.lr_scale * t.rollback_lr_factor
-        counters = self.ckpt.load(ck, self.state())
+        counters, self.rollbacks, scale = self.ckpt.roll_back(
+            err, self.state(), self.cfg.train, self.rollbacks, self.lr_scale)
         self._continue_from(counters)
-        self.ckpt.note_rollback(ck)
         self.optim.scale_lr(scale / float(counters.get("lr_scale", 1.0)))
-        self.rollbacks, self.lr_scale = rollbacks, scale
-        log.warning("%s; rolled back to %s (step %d), learning rates x%g (rollback %d of %d)",
-                    err, ck, self.step, scale, rollbacks, t.max_rollbacks)
+        self.lr_scale = scale
 
     def write_samples(self, tag: str, n: int = 100) -> None:
         if not (self.dist.is_main or self.dist.fsdp):  # FSDP: every rank runs the sharded EMA
@@ -333,4 +292,4 @@ class Trainer:
                       f"{self.cfg.method} step {self.step}", n)
 
 
-__all__ = ["Trainer", "TrainingInterrupted"]
+__all__ = ["Trainer"]

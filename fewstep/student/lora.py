@@ -55,16 +55,19 @@ with ``"re:"`` is a regular expression that must match the full name. ``None`` t
 
 from __future__ import annotations
 
-import math
 import re
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
+
+from fewstep.student.lora_layer import (
+    StepLoRALinear,
+    _step_name,
+    _StepCell,
+)
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -94,152 +97,6 @@ def find_lora_targets(model: nn.Module, patterns: Sequence[str] | None = None,
     if not names:
         raise ValueError(f"no nn.Linear layer of {type(model).__name__} matches {patterns!r}")
     return names
-
-
-def _step_name(k: int) -> str:
-    return f"step{k}"
-
-
-class _StepCell:
-    """The state every :class:`StepLoRALinear` of one :class:`PerStepLoRA` reads: the active
-    step (``None``: base only); whether merged inference weights may be used at all (``merge``,
-    the memory budget); whether the active step's merged weights are current (``merged``, set
-    at each switch); and, inside :meth:`PerStepLoRA.merged`, which steps were merged on entry
-    (``ready``). A copy (``copy.deepcopy``) starts outside any step and session."""
-
-    __slots__ = ("merge", "merged", "ready", "step")
-
-    def __init__(self, merge: bool = True) -> None:
-        self.step: int | None = None
-        self.merge = merge
-        self.merged = False
-        self.ready: list[bool] | None = None
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _StepCell:
-        return _StepCell(self.merge)
-
-
-class _MergeCache(dict):
-    """Merged inference weights per step; copies of a layer start with an empty cache."""
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _MergeCache:
-        return _MergeCache()
-
-
-class StepLoRALinear(nn.Module):
-    """``base_layer`` (an ``nn.Linear``, kept as is) plus one LoRA pair per step.
-
-    ``lora_A[f"step{k}"]``: ``nn.Linear(in, rank, bias=False)``; ``lora_B[...]``:
-    ``nn.Linear(rank, out, bias=False)``, zero at init. The active step is read from a cell
-    shared by all layers of the owning :class:`PerStepLoRA` (see the module docstring).
-    """
-
-    def __init__(self, base_layer: nn.Linear, num_steps: int, rank: int, alpha: float,
-                 dropout: float, cell: _StepCell) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-        w = base_layer.weight
-        dt = w.dtype if w.dtype.is_floating_point else torch.float32
-        fin, fout = base_layer.in_features, base_layer.out_features
-        self.lora_A = nn.ModuleDict({_step_name(k): nn.Linear(fin, rank, bias=False,
-                                                              device=w.device, dtype=dt)
-                                     for k in range(num_steps)})
-        self.lora_B = nn.ModuleDict({_step_name(k): nn.Linear(rank, fout, bias=False,
-                                                              device=w.device, dtype=dt)
-                                     for k in range(num_steps)})
-        with torch.no_grad():
-            for k in range(num_steps):
-                nn.init.kaiming_uniform_(self.lora_A[_step_name(k)].weight, a=math.sqrt(5))
-                nn.init.zeros_(self.lora_B[_step_name(k)].weight)
-        self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.scaling = alpha / rank
-        self.cell = cell
-        self._merged: dict[int, tuple[tuple[Any, ...], Tensor, Tensor | None]] = _MergeCache()
-
-    # what callers of the replaced nn.Linear may read
-    @property
-    def weight(self) -> Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        return self.base_layer.bias
-
-    @property
-    def in_features(self) -> int:
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base_layer.out_features
-
-    def prepare_merged(self, k: int) -> bool:
-        """Make the cached ``W + scaling * B_k A_k`` current (rebuilt only when one of the
-        three tensors was replaced or changed in place) and return True; return False when
-        step ``k`` cannot merge (not float32, or a sharded DTensor). Dropout is the caller's
-        check (:meth:`PerStepLoRA.use_step`).
-
-        Runs for every layer at each step switch under inference mode, so the hot path (cache
-        hit) is a handful of dictionary lookups and tensor attribute reads.
-        """
-        name = _step_name(k)
-        w = self._modules["base_layer"]._parameters["weight"]  # type: ignore[index]
-        a = self._modules["lora_A"]._modules[name]._parameters["weight"]  # type: ignore[index]
-        b = self._modules["lora_B"]._modules[name]._parameters["weight"]  # type: ignore[index]
-        if _is_dtensor(w) or _is_dtensor(a) or _is_dtensor(b):  # sharded (FSDP): no merge
-            return False
-        key = _identity(w, a, b)
-        bias = self._modules["base_layer"]._parameters["bias"]  # type: ignore[index]
-        hit = self._merged.get(k)
-        if hit is not None and hit[0] == key and hit[2] is bias:
-            return True
-        f32 = torch.float32
-        if not (w.dtype == f32 and a.dtype == f32 and b.dtype == f32):
-            return False
-        with torch.no_grad():
-            self._merged[k] = (key, torch.addmm(w, b, a, alpha=self.scaling), bias)
-        return True
-
-    def forward(self, x: Tensor) -> Tensor:
-        cell = self.cell
-        k = cell.step
-        if k is None:
-            return self.base_layer(x)
-        if cell.merged and not torch.is_grad_enabled():
-            # prepared by PerStepLoRA.use_step / merged: the cache holds step k's merged weight
-            _, weight, bias = self._merged[k]
-            return F.linear(x, weight, bias)
-        name = _step_name(k)
-        lora_a, lora_b = self.lora_A[name], self.lora_B[name]
-        result = self.base_layer(x)
-        dtype = result.dtype
-        if x.dtype != lora_a.weight.dtype:
-            x = x.to(lora_a.weight.dtype)
-        result = result + lora_b(lora_a(self.lora_dropout(x))) * self.scaling
-        return result.to(dtype)
-
-    def extra_repr(self) -> str:
-        return f"steps={len(self.lora_A)}, scaling={self.scaling:g}"
-
-
-def _is_dtensor(t: Tensor) -> bool:
-    """A sharded (FSDP2) tensor? Without importing ``torch.distributed.tensor`` (0.6 s): no
-    tensor can be a DTensor unless that module was imported."""
-    mod = sys.modules.get("torch.distributed.tensor")
-    return mod is not None and isinstance(t, mod.DTensor)
-
-
-def _identity(*tensors: Tensor) -> tuple[int, ...]:
-    """Storage addresses and version counters: changes when a tensor is replaced or modified in
-    place (an inference tensor has no version counter, and cannot change: -1)."""
-    return tuple(t.data_ptr() for t in tensors) + tuple(_version(t) for t in tensors)
-
-
-def _version(t: Tensor) -> int:
-    try:
-        return int(t._version)
-    except RuntimeError:
-        return -1
 
 
 class PerStepLoRA(nn.Module):

@@ -10,8 +10,6 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fewstep.errors import ConfigError
-from fewstep.teachers.base import get_adapter
 from fewstep.utils.config_files import StrictModel, user_path
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -21,7 +19,8 @@ _BUILDER = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 class TeacherSpec(StrictModel):
     """The frozen teacher.
 
-    ``kind`` is a registered adapter (``fewstep.teachers.teacher_kinds()``): ``file`` (default,
+    ``kind`` is a registered adapter (``fewstep.teachers.teacher_kinds()``; the run config
+    asks it to check the section and the data, :meth:`TeacherAdapter.check`): ``file`` (default,
     a fewstep denoiser file; ``path: null`` takes the shipped teacher for ``data``),
     ``diffusers`` (any diffusers pipeline folder / hub id in ``pretrained`` whose denoiser is a
     transformer or a UNet; see docs/adapters.md), ``zimage`` (alias of ``diffusers`` for a
@@ -52,15 +51,6 @@ class TeacherSpec(StrictModel):
                                 "null: the teacher's own")
     cfg_scale: float | None = Field(None, description="guidance w; null: the teacher's own "
                                     "(1 = no CFG for diffusers teachers)")
-
-    @field_validator("kind")
-    @classmethod
-    def _kind_ok(cls, v: str) -> str:
-        try:
-            get_adapter(v)
-        except ConfigError as e:
-            raise ValueError(str(e).removeprefix("teacher.kind: ")) from None
-        return v
 
     @field_validator("path")
     @classmethod
@@ -113,7 +103,6 @@ class TeacherSpec(StrictModel):
         if isinstance(self.levels, list) and len(self.levels) != self.steps + 1:
             raise ValueError(f"teacher.levels: {len(self.levels)} levels but teacher.steps "
                              f"is {self.steps} (need steps + 1, ending at 0)")
-        get_adapter(self.kind).check(self)
         return self
 
 

@@ -66,12 +66,15 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         if prefix:
             loc = f"{prefix}.{loc}"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         got = e.get("input")
-        got_s = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{loc}: {msg}{got_s}")
+        got_s = "" if e["type"] in ("missing", "value_error") or isinstance(got, dict) \
+            else f" (got {got!r})"
+        # a model-level check names its own field ("teacher.prompts: ..."): no "<root>: "
+        lines.append(msg if loc == "<root>" and e["type"] == "value_error" else
+                     f"{loc}: {msg}{got_s}")
     return "; ".join(lines)
 
 
@@ -96,6 +99,9 @@ def _blamed_override(err: ValidationError, overrides: list[str]) -> str | None:
     if not errors:
         return None
     loc = [str(p) for p in errors[0]["loc"]]
+    named = re.match(r"(?:Value error, )?([\w.]+): ", errors[0]["msg"])
+    if not loc and named:  # a model-level check names its field in the message
+        loc = named.group(1).split(".")[:1]  # its section: any override below it may be at fault
     for item in reversed(overrides):
         key = item.split("=", 1)[0].split(".")
         n = min(len(key), len(loc))

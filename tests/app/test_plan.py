@@ -10,8 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from fewstep.app.cli import app
-from fewstep.app.plan import build_plan, meta_models
+from fewstep.app.plan import build_plan
+from fewstep.app.plan_models import meta_models
 from fewstep.distill.config import DistillConfig
+from fewstep.errors import ConfigError
 from fewstep.utils.config_files import validate
 
 
@@ -153,5 +155,5 @@ def test_every_method_declares_its_graph_forwards():
     cfg = validate(DistillConfig, {"method": "turbo_pp", "student": {"num_steps": 2},
                                    "step1": {"loss": "adversarial"}})
     assert graph_forwards(cfg) == 2 + 1 + 1  # unroll, teacher features, step-1 D pass
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ConfigError, match="method: unknown method"):
         graph_forwards(cfg.model_copy(update={"method": "nope"}))

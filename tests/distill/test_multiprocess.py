@@ -84,7 +84,7 @@ def _train(data: dict[str, Any], run_dir: Path, resume: bool = False) -> Any:
 
 
 def _full_state(tr: Any) -> dict[str, torch.Tensor]:
-    from fewstep.distill.engine.distributed import FullStateView, full_tensor
+    from fewstep.distill.engine.fsdp import FullStateView, full_tensor
 
     out = {}
     for name, m in (("student", tr.student), ("ema", tr.ema), ("method", tr.method)):
@@ -138,7 +138,8 @@ def _sharded_samples(tr: Any) -> dict[str, torch.Tensor]:
 def _stop_on_one_rank(rank: int, teacher: Path, root: Path) -> None:
     """Rank 1 alone requests a stop after its first step; with log_every=3 every rank must
     checkpoint and stop at step 3 (the ranks agree at log steps only)."""
-    from fewstep.distill.trainer import Trainer, TrainingInterrupted
+    from fewstep.distill.trainer import Trainer
+    from fewstep.errors import TrainingInterrupted
 
     data = _cfg(teacher, root, "regression", iterations=6, log_every=3)
     tr = Trainer(validate(DistillConfig, data), root / "stop_mp", progress=False)

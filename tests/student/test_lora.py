@@ -121,7 +121,7 @@ def test_switching_is_constant_time_and_keeps_requires_grad():
 
 
 def _count_prepares(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    from fewstep.student.lora import StepLoRALinear
+    from fewstep.student.lora_layer import StepLoRALinear
 
     calls = [0]
     orig = StepLoRALinear.prepare_merged

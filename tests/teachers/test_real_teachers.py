@@ -189,11 +189,11 @@ def test_student_lora_steps_disjoint_with_zimage_defaults(zden, prompt_cond):
 def test_prompt_cache_reused_across_runs(stacks, tmp_path):
     cache = tmp_path / "cache"
     first = Trainer(zimage_cfg(stacks, cache=cache), tmp_path / "a", progress=False)
-    assert first.problem.prompts.regenerated  # encoded once
+    assert first.teacher.problem.prompts.regenerated  # encoded once
     second = Trainer(zimage_cfg(stacks, cache=cache), tmp_path / "b", progress=False)
-    assert second.problem.prompts.regenerated == []  # second run encodes nothing
+    assert second.teacher.problem.prompts.regenerated == []  # second run encodes nothing
     ids = torch.tensor([2, 0])
-    a, b = first.problem.cond_map(ids), second.problem.cond_map(ids)
+    a, b = first.teacher.problem.cond_map(ids), second.teacher.problem.cond_map(ids)
     assert torch.equal(a.embeds, b.embeds) and torch.equal(a.mask, b.mask)
 
 

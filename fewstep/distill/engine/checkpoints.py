@@ -21,12 +21,9 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from fewstep.distill.engine.distributed import (
-    DistEnv,
-    FullOptimizerView,
-    FullStateView,
-    Snapshot,
-)
+from fewstep.distill.config import TrainSpec
+from fewstep.distill.engine.distributed import DistEnv
+from fewstep.distill.engine.fsdp import FullOptimizerView, FullStateView, Snapshot
 from fewstep.distill.engine.state import (
     CKPT_RE,
     checkpoint_config,
@@ -179,6 +176,27 @@ class CheckpointManager:
             raise ConfigError(f"{k}: is {new.get(k)!r} but the run in {run_dir} was "
                               f"trained with {old.get(k)!r}{more}; a resumed run keeps its "
                               "config (use a new --out to change it)")
+
+    def roll_back(self, err: DivergenceError, state: TrainState, t: TrainSpec, rollbacks: int,
+                  lr_scale: float) -> tuple[dict[str, Any], int, float]:
+        """After ``err``: re-raise it naming the last good checkpoint (``train.on_divergence:
+        stop``, no checkpoint, or ``train.max_rollbacks`` spent), or load the rollback target
+        into ``state``. Returns ``(its counters, rollbacks + 1, lr_scale * rollback factor)``."""
+        last = self.latest_good()
+        where = f"last good checkpoint: {last}" if last else "no checkpoint was written"
+        if t.on_divergence != "rollback" or last is None:
+            raise DivergenceError(f"{err}; {where} (lower train.lr, or set "
+                                  "train.on_divergence=rollback)") from None
+        ck = self.rollback_target()
+        if rollbacks >= t.max_rollbacks or ck is None:
+            raise DivergenceError(f"{err}; gave up after {rollbacks} rollbacks "
+                                  f"(train.max_rollbacks); {where}") from None
+        counters = self.load(ck, state)
+        self.note_rollback(ck)
+        scale = lr_scale * t.rollback_lr_factor
+        log.warning("%s; rolled back to %s (step %d), learning rates x%g (rollback %d of %d)",
+                    err, ck, int(counters["step"]), scale, rollbacks + 1, t.max_rollbacks)
+        return counters, rollbacks + 1, scale
 
     def rollback_target(self) -> Path | None:
         """The checkpoint to roll back to (see the module docstring), or ``None``."""

@@ -19,7 +19,8 @@ from torch.profiler import record_function
 
 from fewstep.distill.config import TrainSpec
 from fewstep.distill.context import AuxUpdates
-from fewstep.distill.engine.distributed import DistEnv, full_tensor
+from fewstep.distill.engine.distributed import DistEnv
+from fewstep.distill.engine.fsdp import full_tensor
 from fewstep.distill.engine.precision import Precision
 
 

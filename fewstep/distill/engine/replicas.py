@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fewstep.distill.engine.distributed import DistEnv, fsdp_shard
+from fewstep.distill.engine.distributed import DistEnv
+from fewstep.distill.engine.fsdp import fsdp_shard
 from fewstep.distill.parts.fake_score import FakeScore
 from fewstep.student.student import Student
 

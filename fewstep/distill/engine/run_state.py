@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from fewstep.distill.engine.checkpoints import TrainState, state_views
-from fewstep.distill.engine.distributed import DistEnv, FullStateView
+from fewstep.distill.engine.distributed import DistEnv
+from fewstep.distill.engine.fsdp import FullStateView
 from fewstep.distill.engine.optim import Optimizers
 from fewstep.student.student import Student, TrainableStateView
 from fewstep.utils.files import read_metadata
