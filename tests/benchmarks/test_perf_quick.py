@@ -63,14 +63,12 @@ def test_lora_memory_ratios(teacher: Path) -> None:
     assert ratios["lora_r4"] < ratios["two_full_copies"]
 
 
-def test_reference_and_optimised_iterations_agree(teacher: Path, tiny: perf.Settings,
-                                                  tmp_path: Path) -> None:
-    r = perf.turbo_before_after(teacher, tmp_path, tiny)
-    assert set(r["seconds_per_iteration"]) == {"before", "after"}
-    assert all(_finite_positive(v) for v in r["speedup_vs_before"].values())
-    # fused AdamW differs from the for-loop one only in the last bits
-    assert r["max_abs_loss_difference_first_iterations"]["after"] < 1e-4
-    assert _finite_positive(r["demo_estimate"]["total_seconds_after"])
+def test_turbo_iteration_and_demo_estimate(teacher: Path, tiny: perf.Settings,
+                                           tmp_path: Path) -> None:
+    r = perf.turbo_iteration(teacher, tmp_path, tiny)
+    assert set(r["seconds_per_iteration"]) == {"eager"}
+    assert all(_finite_positive(v) for v in r["seconds_per_iteration"].values())
+    assert _finite_positive(r["demo_estimate"]["total_seconds_eager"])
 
 
 def test_scaling_and_plot(tiny: perf.Settings, tmp_path: Path) -> None:

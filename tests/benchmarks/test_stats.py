@@ -1,8 +1,8 @@
-"""benchmarks.common.aggregate: mean and standard deviation over seeds, labels skipped."""
+"""benchmarks.stats.aggregate: mean and standard deviation over seeds, labels skipped."""
 
 import math
 
-from benchmarks.common import aggregate
+from benchmarks.stats import aggregate
 
 
 def test_aggregate_skips_labels_and_nan():
