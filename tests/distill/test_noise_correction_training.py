@@ -42,7 +42,7 @@ def test_student_step_at_sigma_one_is_the_corrected_prediction():
     half = torch.full((16,), 0.5)                               # below 1: the plain prediction
     torch.testing.assert_close(st(1, x, half), st.steps[1](x, half))
     # the recipes' path (backward simulation at k = 0) trains through the corrected prediction
-    _, sigma, x0 = unroll_to_step(st, x, None, 0)
+    _, _, x0 = unroll_to_step(st, x, None, 0)
     torch.testing.assert_close(x0, want)
     x0.square().mean().backward()
     grads = [p.grad for p in st.steps[0].parameters()]

@@ -12,7 +12,8 @@ Generator update on a batch of teacher pairs (``x_T``: the teacher's sample, con
     L_G = gan.weight * sum_h g(D_h(x0_{s^}, s^, c)),   x0_{s^} = (1 - s^) x0 + s^ eps'
 
 with ``g`` the ``gan.loss`` generator loss (``hinge``, LADD's: ``-D``), summed over the heads
-``D_h``, one per teacher block in ``gan.layers`` on the frozen teacher's features (``gan.discriminator =
+``D_h``, one per teacher block in ``gan.layers`` on the frozen teacher's features
+(``gan.discriminator =
 teacher_features``), conditioned on ``s^`` and the class label. The gradient reaches the
 student through the frozen teacher, never its weights. At ``k = 0`` (``s_0 = 1``) the input is
 pure noise, as in sampling.
@@ -21,7 +22,8 @@ Aux update (``train.aux_ratio`` per generator update), on detached student outpu
 built as above and real samples ``r`` (the teacher's, from its cache; ``gan.real = dataset`` is
 the ablation), each re-noised at its own ``s^``::
 
-    L_D = sum_h d(D_h(r_{s^}), D_h(x0_{s^}))   (hinge: mean relu(1 - D_h(r)) + mean relu(1 + D_h(x0)))
+    L_D = sum_h d(D_h(r_{s^}), D_h(x0_{s^}))
+        (hinge: mean relu(1 - D_h(r)) + mean relu(1 + D_h(x0)))
 
 The per-head sum is the published loss (ADD, Sauer et al. 2023, arXiv 2311.17042, eqs. 2-3:
 ``L_D = sum_k E[relu(1 - D_k(x))] + E[relu(1 + D_k(x_hat))]``, ``L_G = -sum_k E[D_k(x_hat)]``,

@@ -2,7 +2,8 @@
 distribution (DMD / DMD2 / SiD), optionally with a GAN head on its own features.
 
 Its training objective is the teacher's flow-matching loss on detached student samples:
-``sigma ~ sigmoid(N(0, 1))`` (or the caller's levels: SiD trains it at its loss levels), ``x_sigma = (1 - sigma) sg(x_g) + sigma eps``,
+``sigma ~ sigmoid(N(0, 1))`` (or the caller's levels: SiD trains it at its loss levels),
+``x_sigma = (1 - sigma) sg(x_g) + sigma eps``,
 ``||F(x_sigma) - sg(x_g)||^2 / sigma^2``.
 """
 
