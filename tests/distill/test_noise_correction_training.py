@@ -54,6 +54,21 @@ def test_student_step_at_sigma_one_is_the_corrected_prediction():
     assert not torch.isfinite(student_sample(st, x, None, noise_correction=False).x0s[0]).all()
 
 
+def test_an_exported_student_samples_with_the_corrected_first_step(tmp_path):
+    from fewstep.export.native import read_student_folder, write_student_folder
+
+    st = Student(_eps_toy(), torch.tensor([1.0, 0.5]), "decoupled")
+    builder = ("fewstep.teachers.training:denoiser_from_config",
+               {"config": {"network": {"type": "resmlp", "data_shape": [2], "hidden": 32,
+                                       "depth": 2, "emb": 16}, "prediction": "epsilon"}})
+    write_student_folder(tmp_path / "st", list(st.steps), st.sigmas, builder=builder)
+    loaded = read_student_folder(tmp_path / "st")
+    x, ones = torch.randn(8, 2), torch.ones(8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.step_fn()(0, x, ones, None), st(0, x, ones))
+        assert not torch.isfinite(loaded.step_fn(noise_correction=False)(0, x, ones, None)).all()
+
+
 def test_a_velocity_students_step_is_unchanged():
     torch.manual_seed(0)
     teacher = network_denoiser({"type": "resmlp", "data_shape": [2], "hidden": 32, "depth": 2,
