@@ -16,9 +16,8 @@ Aux update (``train.aux_ratio`` per generator update: DMD2's two-time-scale rule
 ``D`` is a logit head on the fake score network's last hidden features (``FakeScore.logits``),
 so the discriminator loss also shapes ``F``'s trunk (at ``dmd2.d_weight``); ``sigma_d ~
 U[gan.sigma_min, gan.sigma_max]`` per sample; "real" is data or teacher samples (``gan.real``);
-``gan.loss``
-chooses softplus (non-saturating, DMD2's) or hinge. ``gan.weight = 0`` gives plain DMD with a
-two-time-scale fake score update.
+``gan.loss`` chooses softplus (non-saturating, DMD2's) or hinge. ``gan.weight = 0`` gives plain
+DMD with a two-time-scale fake score update.
 
 Defaults are the released scripts' (tianweiy/DMD2 @ 8d8fa55, ImageNet-64 EDM, the
 class-conditional release): ``train.aux_ratio = 5`` (``--dfake_gen_update_ratio 5``; 10 for
