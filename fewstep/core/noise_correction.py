@@ -1,5 +1,7 @@
 """Noise correction (Imagine Flash, METHODS §6): a finite first step for epsilon-prediction
-models with zero terminal SNR. Inference option; a no-op for velocity / x0 models.
+models with zero terminal SNR; a no-op for velocity / x0 models. A student of such a teacher
+is trained through it (``Student(noise_correction=...)``: its step at ``sigma = 1`` returns the
+corrected prediction in training, sampling and export).
 
 The problem. On our path ``x_sigma = (1 - sigma) x0 + sigma eps`` an epsilon model gives
 ``x0_hat = (x - sigma eps_hat) / (1 - sigma)``, which is 0/0 at ``sigma = 1``: there ``x`` *is*
@@ -173,12 +175,17 @@ def student_step_fn(student: Any, noise_correction: bool | None = None,
                     delta: float = DEFAULT_DELTA) -> Callable[[int, Tensor, Tensor, Any], Tensor]:
     """A sampler step function ``(k, x, sigma, cond) -> x0_hat`` for ``student``, with noise
     correction at ``sigma = 1`` when ``noise_correction`` (``None``: the default for the
-    student's first-step network, see :func:`default_noise_correction`)."""
-    if not resolve_noise_correction(student.step_denoiser(0), noise_correction):
-        return student
+    student's first-step network, see :func:`default_noise_correction`). A
+    :class:`~fewstep.student.student.Student` of a zero-terminal-SNR epsilon teacher corrects
+    by itself (it is trained that way); ``noise_correction=False`` turns that off too."""
+    on = resolve_noise_correction(student.step_denoiser(0), noise_correction)
 
     def fn(k: int, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
-        return corrected_student_step(student, k, x, sigma, cond, delta)
+        if on:
+            return corrected_student_step(student, k, x, sigma, cond, delta)
+        if hasattr(student, "noise_correction"):
+            return student(k, x, sigma, cond, noise_correction=False)
+        return student(k, x, sigma, cond)
     return fn
 
 

@@ -44,6 +44,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
+from fewstep.core.noise_correction import NoiseCorrected, resolve_noise_correction
 from fewstep.student.lora import PerStepLoRA
 from fewstep.utils.imports import TRUSTED_BUILDERS, import_callable
 
@@ -163,10 +164,23 @@ class ExportedStudent:
     def num_steps(self) -> int:
         return int(self.sigmas.numel())
 
-    def step_fn(self) -> Callable[[int, Tensor, Tensor, Any], Tensor]:
-        """``(k, x, sigma, cond) -> x0_hat`` for :func:`fewstep.core.samplers.sample`."""
+    def step_fn(self, noise_correction: bool | None = None
+                ) -> Callable[[int, Tensor, Tensor, Any], Tensor]:
+        """``(k, x, sigma, cond) -> x0_hat`` for :func:`fewstep.core.samplers.sample`. Rows at
+        ``sigma = 1`` of a zero-terminal-SNR epsilon student get the noise-corrected prediction
+        it was trained with (:mod:`fewstep.core.noise_correction`; ``None``: on exactly
+        there, ``False``: off)."""
         if self.lora is not None:
-            return self.lora.step_fn()
+            lora = self.lora
+            if not resolve_noise_correction(lora.base, noise_correction):  # type: ignore
+                return lora.step_fn()
+
+            def lora_fn(k: int, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
+                with lora.use_step(k):
+                    return NoiseCorrected(lora.base)(x, sigma, cond)  # type: ignore[arg-type]
+            return lora_fn
+        if resolve_noise_correction(self.steps[0], noise_correction):  # type: ignore[arg-type]
+            return lambda k, x, sigma, cond: NoiseCorrected(self.steps[k])(x, sigma, cond)
         return lambda k, x, sigma, cond: self.steps[k](x, sigma, cond)
 
     def modules(self) -> list[nn.Module]:

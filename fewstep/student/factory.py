@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.levels import student_sigmas, student_sigmas_from_levels
-from fewstep.core.noise_correction import TERMINAL_TOL, is_epsilon_model, is_zero_terminal_snr
 from fewstep.errors import ConfigError
 from fewstep.student.lora import find_lora_targets
 from fewstep.student.spec import StudentSpec
@@ -60,23 +59,7 @@ def build_student(teacher: Denoiser, s: StudentSpec, teacher_steps: int, teacher
         sig = student_sigmas_from_levels(teacher_levels, s.num_steps)
     else:
         sig = student_sigmas(s.num_steps, n, teacher_shift, s.sigmas)
-    check_trainable_first_step(teacher, float(sig[0]))
     return student_from_spec(teacher, s, sig)
-
-
-def check_trainable_first_step(teacher: Denoiser, sigma0: float) -> None:
-    """:class:`ConfigError` when the student's first step cannot be trained: an epsilon
-    teacher with zero terminal SNR gives ``x0 = (x - sigma eps) / (1 - sigma)`` = 0/0 at
-    ``sigma = 1`` (NaN at the first update). Sampling fixes that with the noise correction;
-    the recipes do not train through it (see ``benchmarks/noise_correction.py`` for a
-    regression loop that does)."""
-    if sigma0 >= 1.0 - TERMINAL_TOL and is_epsilon_model(teacher) and \
-            is_zero_terminal_snr(teacher):
-        raise ConfigError(
-            "teacher: it predicts epsilon on a schedule that reaches pure noise, so the "
-            "student's first step at sigma = 1 is 0/0 (x0 = (x - sigma eps) / (1 - sigma)); "
-            "the recipes cannot train it: use a velocity or x0 teacher (`fewstep teacher "
-            "train ... prediction=velocity`)")
 
 
 def float32_trainables(student: Student) -> None:

@@ -33,6 +33,11 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from fewstep.core.denoiser import Denoiser
+from fewstep.core.noise_correction import (
+    corrected_student_step,
+    is_epsilon_model,
+    resolve_noise_correction,
+)
 from fewstep.core.path import randn_like
 from fewstep.core.samplers import Trajectory, Transition, sample, transition
 from fewstep.student.lora import PerStepLoRA
@@ -53,13 +58,20 @@ class Student(nn.Module):
         lora_rank / lora_alpha / lora_targets: LoRA settings for ``parameterization="lora"``;
             ``lora_targets`` are module-name suffixes of ``nn.Linear`` layers (``None``: the
             network's ``lora_targets`` attribute if it has one, else every ``nn.Linear``).
+        noise_correction: every step's x0 prediction at ``sigma = 1`` is the noise-corrected
+            one (:mod:`fewstep.core.noise_correction`): in training, sampling and export.
+            ``None``: on for a zero-terminal-SNR epsilon teacher (there the plain prediction
+            is 0/0), off otherwise (where it would change nothing).
     """
 
     def __init__(self, teacher: Denoiser, sigmas: Tensor, parameterization: Parameterization,
                  transition: Transition = "fresh", lora_rank: int = 16,
-                 lora_alpha: float | None = None, lora_targets: list[str] | None = None) -> None:
+                 lora_alpha: float | None = None, lora_targets: list[str] | None = None,
+                 noise_correction: bool | None = None) -> None:
         super().__init__()
         self.parameterization = parameterization
+        #: x0 at sigma = 1 through the noise correction (:meth:`forward`)
+        self.noise_correction = resolve_noise_correction(teacher, noise_correction)
         self.transition = transition
         #: ``(K,)`` step levels, kept on the host (not a buffer): samplers read them without a
         #: device sync, and every use moves them to its tensors' device
@@ -90,10 +102,20 @@ class Student(nn.Module):
             return self.lora.base  # type: ignore[return-value]
         return self.steps[k if self.parameterization == "decoupled" else 0]  # type: ignore
 
-    def forward(self, k: int, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
-        """``x0_hat = G_k(x, sigma, cond)``; ``x`` is ``(B, ...)``, ``sigma`` is ``(B,)``."""
+    def forward(self, k: int, x: Tensor, sigma: Tensor, cond: Any = None,
+                noise_correction: bool | None = None) -> Tensor:
+        """``x0_hat = G_k(x, sigma, cond)``; ``x`` is ``(B, ...)``, ``sigma`` is ``(B,)``.
+
+        Rows at ``sigma = 1`` of an epsilon-prediction step get the noise-corrected prediction
+        (:func:`fewstep.core.noise_correction.corrected_student_step`, differentiable) when
+        ``noise_correction`` (``None``: the student's own setting); other rows, and velocity /
+        x0 steps, are the step network's plain prediction."""
         if not 0 <= k < self.num_steps:
             raise IndexError(f"step {k} out of range for a {self.num_steps}-step student")
+        nc = self.noise_correction if noise_correction is None else noise_correction
+        if nc and is_epsilon_model(self.step_denoiser(k)):
+            with profile_label("student_forward"):
+                return corrected_student_step(self, k, x, sigma, cond)
         with profile_label("student_forward"):
             if self.lora is not None:
                 return self.lora.step_forward(k, x, sigma, cond)

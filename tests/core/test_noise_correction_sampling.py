@@ -167,21 +167,23 @@ def test_timing_is_like_for_like(toy_teacher_path):
     assert set(counting.batches) == {100}
 
 
-def test_distilling_a_zero_snr_epsilon_teacher_is_refused_up_front(toy_eps_teacher_path,
-                                                                   toy_teacher_path, tmp_path):
-    """The recipes' first student step at sigma = 1 would be 0/0 (NaN at the first update,
-    reported as divergence): a one-line error names the teacher and what to use instead."""
+def test_distilling_a_zero_snr_epsilon_teacher_trains_through_the_correction(
+        toy_eps_teacher_path, tmp_path):
+    """The recipes' first student step at sigma = 1 would be 0/0 (NaN at the first update); the
+    student uses the noise-corrected prediction there instead (formerly a refusal), so the run
+    trains and its samples are finite (every recipe:
+    tests/distill/test_noise_correction_training.py)."""
     from fewstep.distill.config import DistillConfig
     from fewstep.distill.trainer import Trainer
     from fewstep.utils.config_files import validate
 
-    def cfg(teacher):
-        return validate(DistillConfig, {
-            "method": "regression", "data": "checkerboard",
-            "teacher": {"path": str(teacher), "steps": 4},
-            "cache": {"dir": str(tmp_path / "cache"), "size": 16, "shard_size": 16},
-            "train": {"iterations": 1, "batch_size": 8}})
-
-    with pytest.raises(ConfigError, match=r"^teacher: it predicts epsilon .* 0/0 .*velocity"):
-        Trainer(cfg(toy_eps_teacher_path), tmp_path / "eps", progress=False)
-    Trainer(cfg(toy_teacher_path), tmp_path / "v", progress=False)  # velocity: accepted
+    cfg = validate(DistillConfig, {
+        "method": "regression", "data": "checkerboard",
+        "teacher": {"path": str(toy_eps_teacher_path), "steps": 4},
+        "cache": {"dir": str(tmp_path / "cache"), "size": 16, "shard_size": 16},
+        "train": {"iterations": 2, "batch_size": 8}})
+    tr = Trainer(cfg, tmp_path / "eps", progress=False)
+    assert tr.student.noise_correction
+    tr.train()
+    assert all(torch.isfinite(torch.as_tensor(v)) for h in tr.losses.history for v in h.values())
+    assert torch.isfinite(student_sample(tr.ema, _noise(64), None).sample).all()

@@ -32,7 +32,7 @@ def _by_hand_logits(m: LADD, x: torch.Tensor, g: torch.Generator) -> torch.Tenso
     x_hat = (1 - s_hat[:, None]) * x + s_hat[:, None] * eps
     feats = m.ctx.teacher.features(x_hat, s_hat, None)
     heads = m.disc.heads
-    return sum(h(feats[i], s_hat, None) for h, i in zip(heads, [-1, -2], strict=True)) / 2
+    return torch.stack([h(feats[i], s_hat, None) for h, i in zip(heads, [-1, -2], strict=True)])
 
 
 def test_generator_loss_value_and_gradient_match_a_hand_computation():
@@ -50,7 +50,7 @@ def test_generator_loss_value_and_gradient_match_a_hand_computation():
     s_k = torch.tensor([1.0, 0.6])[k]
     x_k = (1 - s_k[:, None]) * b.teacher_sample + s_k[:, None] * torch.randn(16, 2, generator=g)
     x0 = ctx.student.steps[0](x_k, s_k, None)
-    want = 0.7 * -_by_hand_logits(m, x0, g).mean()
+    want = 0.7 * -_by_hand_logits(m, x0, g).mean(1).sum()   # -sum over heads (ADD eq. 3)
     want.backward()
     torch.testing.assert_close(loss, want)
     torch.testing.assert_close(logs["g_adv"], want.detach() / 0.7)
@@ -75,7 +75,7 @@ def test_discriminator_loss_is_the_hinge_on_real_and_student_samples():
         x0 = ctx.student.steps[0](x_k, s_k, None)
     lr = _by_hand_logits(m, b.real, g)
     lf = _by_hand_logits(m, x0, g)
-    want = F.relu(1 - lr).mean() + F.relu(1 + lf).mean()
+    want = (F.relu(1 - lr).mean(1) + F.relu(1 + lf).mean(1)).sum()   # per-head hinge, summed
     torch.testing.assert_close(loss, want)
     torch.testing.assert_close(logs["d_real"], lr.mean().detach())
     loss.backward()

@@ -95,7 +95,7 @@ def test_generator_loss_is_weighted_sid_loss_on_a_random_step():
     sigma = m.loss_sigma(8)
     x_t = FlowPath.add_noise(x_g, ctx.randn_like(x_g), sigma)
     expect = sid_loss(x_g, ctx.teacher(x_t, sigma, b.cond), m.fake(x_t, sigma, b.cond), 1.2,
-                      weight=1 - sigma)
+                      weight=1 - sigma, legacy=False)   # flow teacher: SiD-DiT's 1_minus_sigma
     torch.testing.assert_close(loss, expect)
     assert int(logs["step_k"]) in (0, 1)
 

@@ -104,7 +104,7 @@ def test_config_union_and_section_errors():
     with pytest.raises(ConfigError, match=r"method: Input should be .*'turbo_pp'"):
         validate(DistillConfig, {"method": "nope"})
     with pytest.raises(ConfigError, match="step1: section not used by method dmd2 "
-                                          r"\(its sections: gan, dm\)"):
+                                          r"\(its sections: gan, dm, dmd2\)"):
         validate(DistillConfig, {"method": "dmd2", "step1": {"loss": "dm"}})
     # a foreign section that sets only defaults changes nothing: dropped (older run configs)
     assert type(validate(DistillConfig, {"method": "dmd2", "step1": {"loss": "teacher_traj"}})

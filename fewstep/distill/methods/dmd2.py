@@ -8,16 +8,25 @@ Generator update on a batch (noise ``eps``, condition ``c``)::
     grad = (F(x_t) - T_w(x_t)) / mean|x - T_w(x_t)|        (T_w: teacher with CFG w; no graph)
     L_G  = 0.5 ||x - sg(x - grad)||^2  +  gan.weight * softplus(-D(x_{sigma_d}, sigma_d))
 
-Aux update (``train.aux_ratio`` per generator update: DMD2's two-time-scale rule; 5 for SDXL)::
+Aux update (``train.aux_ratio`` per generator update: DMD2's two-time-scale rule)::
 
     L_aux = ||F(x_s) - sg(x)||^2 / s^2                     (denoising loss, x = sg(G_k(x_k)))
-          + [softplus(-D(real_{sigma_d})) + softplus(D(x_{sigma_d}))]     (if gan.weight > 0)
+          + dmd2.d_weight [softplus(-D(real_{sigma_d})) + softplus(D(x_{sigma_d}))]  (GAN on)
 
 ``D`` is a logit head on the fake score network's last hidden features (``FakeScore.logits``),
-so the discriminator loss also shapes ``F``'s trunk; ``sigma_d ~ U[gan.sigma_min,
-gan.sigma_max]`` per sample; "real" is data or teacher samples (``gan.real``); ``gan.loss``
-chooses softplus (non-saturating, DMD2's) or hinge. ``gan.weight = 0`` gives plain DMD with a
-two-time-scale fake score update.
+so the discriminator loss also shapes ``F``'s trunk (at ``dmd2.d_weight``); ``sigma_d ~
+U[gan.sigma_min, gan.sigma_max]`` per sample; "real" is data or teacher samples (``gan.real``);
+``gan.loss`` chooses softplus (non-saturating, DMD2's) or hinge. ``gan.weight = 0`` gives plain
+DMD with a two-time-scale fake score update.
+
+Defaults are the released scripts' (tianweiy/DMD2 @ 8d8fa55, ImageNet-64 EDM, the
+class-conditional release): ``train.aux_ratio = 5`` (``--dfake_gen_update_ratio 5``; 10 for
+SD1.5, ``main/train_edm.py``); ``dmd2.d_weight = 1e-2`` (``--cls_loss_weight 1e-2``: the D loss
+added to the fake-score loss, ``main/edm/edm_guidance.py::compute_guidance_loss`` /
+``train_edm.py``); ``gan.weight = 3e-3`` (``--gen_cls_loss_weight 3e-3``; SD1.5 1e-3, SDXL
+5e-3); GAN levels over all timesteps (``--diffusion_gan_max_timestep 1000``,
+``edm_guidance.py::compute_cls_logits``), here ``sigma_d ~ U[0.001, 0.999]``. The DM term's
+levels ``U[dm.sigma_min = 0.02, dm.sigma_max = 0.98]`` are its ``min/max_step_percent``.
 """
 
 from __future__ import annotations
@@ -25,9 +34,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
+from fewstep.distill.config import DistillConfig, DMSpec, GanSpec, TrainSpec
 from fewstep.distill.context import Batch, DistillContext, Logs
 from fewstep.distill.methods.base import FakeScoreMethod
 from fewstep.distill.methods.registry import METHODS
@@ -35,6 +45,27 @@ from fewstep.distill.parts.builders import build_fake_score, build_matching
 from fewstep.distill.parts.fake_score import FakeScore
 from fewstep.distill.parts.losses import d_loss, g_loss
 from fewstep.student.student import backward_simulate
+from fewstep.utils.config_files import StrictModel
+
+
+class DMD2Spec(StrictModel):
+    d_weight: float = Field(1e-2, ge=0.0, description="weight of the discriminator loss in "
+                            "the fake score network's loss (DMD2 cls_loss_weight 1e-2)")
+
+
+class DMD2GanSpec(GanSpec):
+    """The GAN block with DMD2's released weight and levels (all timesteps)."""
+
+    weight: float = Field(3e-3, ge=0.0, description="gen_cls_loss_weight (ImageNet 3e-3)")
+    sigma_min: float = Field(1e-3, gt=0.0, lt=1.0)
+    sigma_max: float = Field(0.999, gt=0.0, lt=1.0)
+
+
+class DMD2TrainSpec(TrainSpec):
+    """The train block with DMD2's two-time-scale ratio."""
+
+    aux_ratio: int = Field(5, ge=1, description="fake score / D updates per generator update "
+                           "(DMD2 dfake_gen_update_ratio 5)")
 
 
 class DMD2Config(DistillConfig):
@@ -45,8 +76,10 @@ class DMD2Config(DistillConfig):
     rule."""
 
     method: Literal["dmd2"] = "dmd2"
-    gan: GanSpec = GanSpec()
+    gan: DMD2GanSpec = DMD2GanSpec()
     dm: DMSpec = DMSpec()
+    dmd2: DMD2Spec = DMD2Spec()
+    train: DMD2TrainSpec = DMD2TrainSpec()
 
 
 @METHODS.register("dmd2")
@@ -99,5 +132,5 @@ class DMD2(FakeScoreMethod):
             lf = self.fake.noised_logits(x, self._gan_sigma(n), batch.cond, gen)
             logs["d_loss"] = d_loss(lr, lf, self.ctx.cfg.gan.loss)
             logs["d_real"], logs["d_fake"] = lr.mean().detach(), lf.mean().detach()
-            total = total + logs["d_loss"]
+            total = total + self.ctx.cfg.dmd2.d_weight * logs["d_loss"]  # type: ignore
         return total, logs

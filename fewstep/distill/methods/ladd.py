@@ -9,10 +9,11 @@ Generator update on a batch of teacher pairs (``x_T``: the teacher's sample, con
     x_k = (1 - s_k) x_T + s_k eps                    (the student's input at its level s_k)
     x0  = G_k(x_k, s_k, c)
     s^ ~ sigmoid(N(ladd.sigma_mean = 1, ladd.sigma_std = 1))    (biased to high noise)
-    L_G = gan.weight * g(D(x0_{s^}, s^, c)),   x0_{s^} = (1 - s^) x0 + s^ eps'
+    L_G = gan.weight * sum_h g(D_h(x0_{s^}, s^, c)),   x0_{s^} = (1 - s^) x0 + s^ eps'
 
-with ``g`` the ``gan.loss`` generator loss (``hinge``, LADD's: ``-D``) and ``D`` a head per
-teacher block in ``gan.layers`` on the frozen teacher's features (``gan.discriminator =
+with ``g`` the ``gan.loss`` generator loss (``hinge``, LADD's: ``-D``), summed over the heads
+``D_h``, one per teacher block in ``gan.layers`` on the frozen teacher's features
+(``gan.discriminator =
 teacher_features``), conditioned on ``s^`` and the class label. The gradient reaches the
 student through the frozen teacher, never its weights. At ``k = 0`` (``s_0 = 1``) the input is
 pure noise, as in sampling.
@@ -21,7 +22,14 @@ Aux update (``train.aux_ratio`` per generator update), on detached student outpu
 built as above and real samples ``r`` (the teacher's, from its cache; ``gan.real = dataset`` is
 the ablation), each re-noised at its own ``s^``::
 
-    L_D = d(D(r_{s^}), D(x0_{s^}))    (hinge: mean relu(1 - D(r)) + mean relu(1 + D(x0)))
+    L_D = sum_h d(D_h(r_{s^}), D_h(x0_{s^}))
+        (hinge: mean relu(1 - D_h(r)) + mean relu(1 + D_h(x0)))
+
+The per-head sum is the published loss (ADD, Sauer et al. 2023, arXiv 2311.17042, eqs. 2-3:
+``L_D = sum_k E[relu(1 - D_k(x))] + E[relu(1 + D_k(x_hat))]``, ``L_G = -sum_k E[D_k(x_hat)]``,
+which LADD, arXiv 2403.12015, keeps with heads on the teacher's features). No official code
+exists. A hinge on the *mean* of the heads (fewstep before) equals it only while no head is
+past the margin.
 
 Config: ``ladd`` (the discriminator's noise distribution) and ``gan`` (``weight``, ``loss``,
 ``real`` / ``real_source``, ``discriminator``, ``layers``, ``head_hidden``, ``lr``;
@@ -126,15 +134,16 @@ class LADD(DistillMethod):
         return sig.to(self.ctx.device)
 
     def logits(self, x: Tensor, cond: Any) -> Tensor:
-        """``D`` at ``x`` re-noised to a fresh ``s^`` (fresh noise), ``(B,)``."""
+        """Every head ``D_h`` at ``x`` re-noised to a fresh ``s^`` (fresh noise), ``(H, B)``."""
         sigma = self.disc_sigma(x.shape[0])
-        return self.disc(FlowPath.add_noise(x, self.ctx.randn_like(x), sigma), sigma, cond)
+        x_s = FlowPath.add_noise(x, self.ctx.randn_like(x), sigma)
+        return self.disc.head_logits(x_s, sigma, cond)
 
     # ------------------------------------------------------------ losses
     def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
         g: GanSpec = self.ctx.cfg.gan  # type: ignore[attr-defined]
         x0, s_k = self.student_x0(batch.teacher_sample, batch.cond)
-        adv = g_loss(self.logits(x0, batch.cond), g.loss)
+        adv = sum(g_loss(lh, g.loss) for lh in self.logits(x0, batch.cond))
         total = g.weight * adv
         return total, {"g_adv": adv.detach(), "g_total": total.detach(),
                        "student_sigma": s_k.mean()}
@@ -144,6 +153,7 @@ class LADD(DistillMethod):
             x0, _ = self.student_x0(batch.teacher_sample, batch.cond)
         lr = self.logits(batch.real, batch.real_cond)
         lf = self.logits(x0, batch.cond)
-        loss = d_loss(lr, lf, self.ctx.cfg.gan.loss)  # type: ignore[attr-defined]
+        kind = self.ctx.cfg.gan.loss  # type: ignore[attr-defined]
+        loss = sum(d_loss(a, b, kind) for a, b in zip(lr, lf, strict=True))
         return loss, {"d_loss": loss.detach(), "d_real": lr.mean().detach(),
                       "d_fake": lf.mean().detach()}

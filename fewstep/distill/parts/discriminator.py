@@ -70,13 +70,18 @@ class TeacherFeatureDiscriminator(nn.Module):
         self.heads = nn.ModuleList(FeatureHead(feature_dims[i], hidden, num_classes)
                                    for i in self.layers)
 
-    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+    def head_logits(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        """``(H, B)``: every head's logit (LADD's loss is a sum of per-head losses)."""
         with record_function("teacher_forward"):
             feats = self._teacher[0].features(x, sigma, cond)
         labels = _labels(cond)
         logits = [head(feats[i], sigma, labels) for head, i in zip(self.heads, self.layers,
                                                                       strict=True)]
-        return torch.stack(logits, 0).mean(0)
+        return torch.stack(logits, 0)
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        """``(B,)``: the mean of the heads' logits."""
+        return self.head_logits(x, sigma, cond).mean(0)
 
 
 class StandaloneDiscriminator(nn.Module):
@@ -93,3 +98,7 @@ class StandaloneDiscriminator(nn.Module):
         labels = _labels(cond)
         h = self.trunk.features(x, sigma, labels)[-1]
         return self.head(h, sigma, labels)
+
+    def head_logits(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        """``(1, B)``: the one head's logit."""
+        return self.forward(x, sigma, cond)[None]

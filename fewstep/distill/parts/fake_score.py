@@ -2,7 +2,8 @@
 distribution (DMD / DMD2 / SiD), optionally with a GAN head on its own features.
 
 Its training objective is the teacher's flow-matching loss on detached student samples:
-``sigma ~ sigmoid(N(0, 1))``, ``x_sigma = (1 - sigma) sg(x_g) + sigma eps``,
+``sigma ~ sigmoid(N(0, 1))`` (or the caller's levels: SiD trains it at its loss levels),
+``x_sigma = (1 - sigma) sg(x_g) + sigma eps``,
 ``||F(x_sigma) - sg(x_g)||^2 / sigma^2``.
 """
 
@@ -71,11 +72,15 @@ class FakeScore(nn.Module):
         return self.logits(FlowPath.add_noise(x, eps, sigma), sigma, cond)
 
     def loss(self, x_g: Tensor, cond: Any, generator: torch.Generator | None = None,
-             cond_dropout: float = 0.0, null_cond: Any = None) -> Tensor:
-        """Denoising loss on detached generator samples ``x_g`` ``(B, ...)``."""
+             cond_dropout: float = 0.0, null_cond: Any = None,
+             sigma: Tensor | None = None) -> Tensor:
+        """Denoising loss on detached generator samples ``x_g`` ``(B, ...)`` at the levels
+        ``sigma (B,)`` (default: the teacher's ``sigmoid(N(0, 1))``)."""
         x0 = x_g.detach()
         b = x0.shape[0]
-        sigma = logit_normal_sigma(b, generator=generator).to(x0.device)
+        if sigma is None:
+            sigma = logit_normal_sigma(b, generator=generator)
+        sigma = sigma.to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         if cond_dropout > 0 and cond is not None and null_cond is not None:
             drop = (torch.rand(b, generator=generator) < cond_dropout).to(x0.device)

@@ -59,19 +59,46 @@ def denoising_loss(x0_pred: Tensor, x0: Tensor, sigma: Tensor) -> Tensor:
     return (w * (x0_pred - x0) ** 2).mean()
 
 
-def sid_loss(x_g: Tensor, f_real: Tensor, f_fake: Tensor, alpha: float,
-             weight: Tensor | None = None) -> Tensor:
-    """SiD generator loss (METHODS §5), element mean of
-    ``w (f_r - f_f) * ((f_r - x_g) - alpha (f_r - f_f))``
-    ``= w [(1 - alpha) (f_r - f_f)^2 + (f_r - f_f) (f_f - x_g)]`` with ``w = 1 / mean|x_g - f_r|``
-    (per sample, no gradient, clipped at 1e-5), times the optional per-sample ``weight (B,)``
-    (e.g. ``1 - sigma`` for flow models). ``f_real`` / ``f_fake`` must be computed from ``x_t``
-    (a noised ``x_g``) by frozen networks; gradient reaches ``x_g`` directly and through ``x_t``
-    inside ``f_real`` / ``f_fake``."""
+SiDWeighting = Literal["one_minus_sigma", "legacy", "both"]
+
+
+def sid_weight(x_g: Tensor, f_real: Tensor, sigma: Tensor, weighting: SiDWeighting) -> Tensor:
+    """The SiD per-sample scale ``(B,)`` (no gradient), ``--weighting_scheme`` of SiD-DiT
+    (apple-aiml-research/ml-sid-dit ``training/sid_dit_training_loop.py::training_loop``):
+
+    * ``one_minus_sigma``: ``1 - sigma`` (SiD-DiT's ``1_minus_sigma``, its default);
+    * ``legacy``: ``1 / max(mean|x_g - f_real|, 1e-5)`` (``sid_legacy``; the only weighting of
+      SiD for EDM, ``training/sid_loss.py::SID_EDMLoss.generator_loss``, and of SiD-LSG);
+    * ``both``: their product (fewstep's former default; no official release uses it)."""
     dims = tuple(range(1, x_g.ndim))
     with torch.no_grad():
-        w = 1.0 / (x_g - f_real).abs().mean(dim=dims, keepdim=True).clamp_min(1e-5)
+        legacy = 1.0 / (x_g - f_real).abs().mean(dim=dims).clamp_min(1e-5)
+        one_minus = (1.0 - sigma).to(legacy)
+        if weighting == "one_minus_sigma":
+            return one_minus
+        if weighting == "legacy":
+            return legacy
+        if weighting == "both":
+            return one_minus * legacy
+    raise ValueError(f"unknown SiD weighting {weighting!r}")
+
+
+def sid_loss(x_g: Tensor, f_real: Tensor, f_fake: Tensor, alpha: float,
+             weight: Tensor | None = None, legacy: bool = True) -> Tensor:
+    """SiD generator loss (METHODS §5), element mean of
+    ``w (f_r - f_f) * ((f_r - x_g) - alpha (f_r - f_f))``
+    ``= w [(1 - alpha) (f_r - f_f)^2 + (f_r - f_f) (f_f - x_g)]`` with ``w`` the optional
+    per-sample ``weight (B,)`` (no gradient), times ``1 / mean|x_g - f_r|`` (per sample, no
+    gradient, clipped at 1e-5) when ``legacy``. ``f_real`` / ``f_fake`` must be computed from
+    ``x_t`` (a noised ``x_g``) by frozen networks; gradient reaches ``x_g`` directly and through
+    ``x_t`` inside ``f_real`` / ``f_fake``."""
+    dims = tuple(range(1, x_g.ndim))
+    with torch.no_grad():
+        w = torch.ones(x_g.shape[0], device=x_g.device, dtype=x_g.dtype)
+        if legacy:
+            w = w / (x_g - f_real).abs().mean(dim=dims).clamp_min(1e-5)
         if weight is not None:
-            w = w * expand_like(weight, x_g)
+            w = w * weight.detach().to(w)
+        w = expand_like(w, x_g)
     diff = f_real - f_fake
     return (w * diff * ((f_real - x_g) - alpha * diff)).mean()
