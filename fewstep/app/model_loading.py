@@ -71,21 +71,34 @@ def sampler_specs(samplers: str, noise_correction: bool | None) -> list:
 
 
 def sample_exported(folder: Path, out: Path, prompts: list[str] | None, num: int, seed: int,
-                     device: str) -> None:
-    from fewstep.errors import ConfigError
+                    device: str, overwrite: bool = False) -> None:
+    """``fewstep sample --student FOLDER``: the export is verified first (complete, not torn
+    or mixed: :func:`fewstep.export.verify.verify_export`), then sampled into ``out``."""
+    from fewstep.errors import ConfigError, os_error_of
     from fewstep.export.diffusers_export import StudentPipeline
+    from fewstep.export.verify import verify_export
     from fewstep.utils.files import save_tensors
+    from fewstep.utils.output_dirs import output_folder
     from fewstep.utils.viz import save_panels
 
+    verify_export(folder, "--student")
     try:
         pipe = StudentPipeline.from_pretrained(folder, device=device)
         images = pipe(prompts, num_images_per_prompt=num, seed=seed) if prompts else \
             pipe(num_images=num, seed=seed)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, KeyError) as e:
         raise ConfigError(f"--student: {e}") from None
-    save_panels(out / "grid.png", [images], [folder.name], nrow=min(10, num))
-    save_tensors(out / "samples.safetensors", {"images": images}, "samples",
-                 {"seed": seed, "prompts": prompts or []})
+    except Exception as e:  # safetensors' own error type for a file it cannot read
+        if type(e).__name__ != "SafetensorError" or os_error_of(e) is not None:
+            raise
+        raise ConfigError(f"--student: {folder}: unreadable weights ({e}); export it again"
+                          ) from None
+    if not bool(images.isfinite().all()):
+        raise ConfigError(f"--student: {folder} produced NaN / Inf images")
+    with output_folder(out, "sample", overwrite, [folder]) as tmp:
+        save_panels(tmp / "grid.png", [images], [folder.name], nrow=min(10, num))
+        save_tensors(tmp / "samples.safetensors", {"images": images}, "samples",
+                     {"seed": seed, "prompts": prompts or []})
     typer.echo(f"wrote {out / 'grid.png'} and {out / 'samples.safetensors'}")
 
 

@@ -24,6 +24,8 @@ import torch
 
 from fewstep.errors import ConfigError, write_error
 from fewstep.utils.config_files import MAX_SEED, parse_override
+from fewstep.utils.files import check_regular, name_max
+from fewstep.utils.output_dirs import check_output_file
 
 #: largest sampler step count (a teacher_N sampler runs N network evaluations per sample)
 MAX_SAMPLER_STEPS = 1000
@@ -31,6 +33,8 @@ MAX_SAMPLER_STEPS = 1000
 MAX_SAMPLES = 1_000_000
 #: most GPUs ``plan`` takes
 MAX_GPUS = 100_000
+#: longest path (bytes, with the terminating NUL) Linux takes
+MAX_PATH = 4096
 
 _DEVICE_RE = re.compile(r"(cpu|cuda|mps)(?::(\d+))?")
 
@@ -41,7 +45,25 @@ def _path_text(path: str | os.PathLike[str], field: str) -> Path:
         raise ConfigError(f"{field}: must be a non-empty path")
     if "\x00" in s:
         raise ConfigError(f"{field}: must not contain a NUL byte")
-    return Path(s).expanduser()
+    p = Path(s).expanduser()
+    check_name_lengths(p, field)
+    return p
+
+
+def check_name_lengths(p: Path, field: str) -> None:
+    """Every name in ``p`` within the file system's limit (``NAME_MAX``, usually 255 bytes) and
+    the whole path within ``PATH_MAX``: an over-long name is the input's fault (exit 2), not a
+    write the system refused."""
+    limit = name_max(p.parent)
+    for part in p.parts:
+        n = len(os.fsencode(part))
+        if n > limit:
+            raise ConfigError(f"{field}: a name of {n} bytes in {str(p)[:80]}...; this file "
+                              f"system allows {limit} bytes per name")
+    total = len(os.fsencode(str(p.absolute())))
+    if total >= MAX_PATH:
+        raise ConfigError(f"{field}: the path is {total} bytes long; this system allows "
+                          f"{MAX_PATH - 1}")
 
 
 def input_file(path: str | os.PathLike[str], field: str, suffix: str | None = None,
@@ -102,6 +124,15 @@ def output_file(path: str | os.PathLike[str], field: str = "--out", suffix: str 
     blocker = _existing_file_ancestor(p.parent)
     if blocker is not None:
         raise ConfigError(f"{field}: cannot create {p}: {blocker} is a file, not a folder")
+    return p
+
+
+def output_folder_target(out: str | os.PathLike[str], field: str = "--out") -> Path:
+    """An output folder written through a temp sibling (:mod:`fewstep.utils.output_dirs`):
+    absent or a folder, with a parent the operating system lets us write (probed: exit 3).
+    Whether an existing folder may be replaced is decided by the command's output rules."""
+    p = output_dir(out, field)
+    writable(p.absolute().parent, is_dir=True)
     return p
 
 
@@ -298,14 +329,17 @@ def check_sample(out: Path, samplers: str, teacher: Path | None, student: Path |
     else:
         check_models_input(teacher, student, data, samplers.split(","), num, seed_value,
                            device_name)
-    writable(out, is_dir=True)
+    output_folder_target(out)
 
 
 def check_eval(out: Path | None, samplers: str, teacher: Path | None, student: Path | None,
-               data: str | None, num: int, seed_value: int, device_name: str) -> None:
-    """``fewstep eval``."""
+               data: str | None, num: int, seed_value: int, device_name: str,
+               overwrite: bool = False) -> None:
+    """``fewstep eval`` (an existing ``--out`` must be an earlier ``eval`` output, unless
+    ``overwrite``)."""
     if out is not None:
         output_file(out, "--out")
+        check_output_file(out, _is_metrics_json, overwrite, "a metrics file", "eval")
     check_models_input(teacher, student, data, samplers.split(","), num, seed_value,
                        device_name, min_num=10)
     if out is not None:
@@ -320,22 +354,57 @@ def check_export(run: Path, out: Path, components: str, device_name: str) -> Non
     input_dir(run, "--run", "run folder")
     for name in ("config.yaml", "student.safetensors"):
         input_file(Path(run).expanduser() / name, "--run", what=f"finished run's {name}")
-    output_dir(out, "--out")
-    writable(out, is_dir=True)
+    output_folder_target(out)
 
 
-def check_classifier_train(out: Path, seed_value: int) -> None:
+def check_classifier_train(out: Path, seed_value: int, overwrite: bool = False) -> None:
     """``fewstep classifier train``."""
     output_file(out, "--out", ".safetensors")
+    check_output_file(out, _is_classifier_file, overwrite, "a classifier file",
+                      "classifier train")
     seed(seed_value, "--seed")
     writable(out)
 
 
-def check_teacher_train(out: Path, device_name: str) -> None:
+def check_teacher_train(out: Path, device_name: str, overwrite: bool = False) -> None:
     """``fewstep teacher train`` (the config itself is validated by its model)."""
     output_file(out, "--out", ".safetensors")
+    check_output_file(out, _is_teacher_file, overwrite, "a teacher file", "teacher train")
     device(device_name, "device")
     writable(out)
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    check_regular(path, "--out")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # not a (complete) safetensors file: not ours
+        return {}
+
+
+def _is_teacher_file(path: Path) -> bool:
+    return _safetensors_metadata(path).get("fewstep_kind") == "denoiser"
+
+
+def _is_classifier_file(path: Path) -> bool:
+    return _safetensors_metadata(path).get("format", "") in ("fewstep.digits_classifier.v1",
+                                                            "fewstep.image_classifier.v1")
+
+
+def _is_metrics_json(path: Path) -> bool:
+    """An ``eval`` output: a JSON object of samplers, each with its ``feature_space``."""
+    import json
+
+    check_regular(path, "--out")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and bool(data) and all(
+        isinstance(v, dict) and "feature_space" in v for v in data.values())
 
 
 def check_run_out(out: Path | None) -> None:
