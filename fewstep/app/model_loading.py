@@ -20,7 +20,8 @@ def load_models(teacher: Path | None, student: Path | None, data: str | None, de
     from fewstep.errors import CheckpointError, ConfigError
     from fewstep.student.student_file import load_student_file
     from fewstep.teachers import rebuild_denoiser
-    from fewstep.teachers.training import load_denoiser
+    from fewstep.teachers.base import same_teacher
+    from fewstep.teachers.training import denoiser_identity, load_denoiser
     from fewstep.utils.files import read_metadata
 
     allow = list(allow_builders or [])
@@ -55,6 +56,12 @@ def load_models(teacher: Path | None, student: Path | None, data: str | None, de
         except CheckpointError as e:
             raise CheckpointError(f"--teacher: {e}") from None
         validation.models_fit(data, shape, ncls, tcfg, "--teacher", scfg, "--student")
+        if scfg is not None:
+            same = same_teacher(scfg.get("teacher_fingerprint"), denoiser_identity(tpath, den))
+            if same is False:
+                raise ConfigError(f"--teacher: {tpath} is not the teacher {student} was "
+                                  "distilled from (their weights differ); pass --teacher with "
+                                  "the teacher file of its run")
     samp = tcfg.get("sampling", {})
     return problem, den, samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), st
 

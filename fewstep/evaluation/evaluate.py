@@ -221,6 +221,23 @@ def time_samplers(specs: Sequence[SamplerSpec], noise: Tensor, cond: Any, teache
             for name in wall}
 
 
+#: nearest neighbours of the PRDC metrics (precision, recall, density, coverage)
+PRDC_K = 5
+
+
+def check_heldout_for_metrics(problem: Problem, field: str = "--data") -> None:
+    """Image metrics compare with the held-out images, PRDC with ``PRDC_K`` neighbours among
+    them: fewer than ``PRDC_K + 1`` held-out images is a one-line error, before any work."""
+    if problem.is_toy or not getattr(problem, "is_user_data", False):
+        return
+    n = len(problem.image_data().x_heldout)
+    if n < PRDC_K + 1:
+        raise ConfigError(f"{field}: {n} held-out images; the image metrics (precision / recall "
+                          f"with k = {PRDC_K} neighbours) need at least {PRDC_K + 1}: add "
+                          "images, raise data.heldout (the held-out fraction) or give a "
+                          "held-out folder")
+
+
 def metrics_json(metrics: dict[str, Any]) -> str:
     """The metrics as strict JSON: values that are undefined (NaN: e.g. CPU seconds on CUDA,
     timing skipped) are written as ``null``, never as the non-JSON ``NaN``."""
@@ -253,6 +270,7 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
     from fewstep.evaluation.scores import evaluate_digits, evaluate_images, evaluate_toy
     from fewstep.evaluation.toy_metrics import sliced_wasserstein
 
+    check_heldout_for_metrics(problem)
     fs = features if isinstance(features, FeatureSpace) else \
         resolve_feature_space(problem, features, device)
     if classifier is not None:

@@ -9,7 +9,8 @@ over (a teacher replaced in place must not be served the old teacher's cached sa
   guessable from its name). Reads about 8 KiB per tensor, so a 12 GB teacher costs a few MB of
   reads. A replaced file, a fine-tune or a merged LoRA (each changes every value of a touched
   tensor) changes it; an edit confined to unsampled bytes of one tensor does not -- ``full``
-  covers that case. Files that are not safetensors are hashed whole.
+  covers that case. Other files are hashed whole up to 16 MiB, larger ones by 64 sampled
+  blocks spread over the file.
 * ``full``: sha256 of every byte, memoised per ``(path, size, mtime, inode)`` in a JSON file
   (:data:`MEMO_PATH`; a file rewritten in place or replaced changes its mtime or inode, so a
   memo hit never serves a stale digest).
@@ -42,6 +43,9 @@ MEMO_PATH = Path(os.environ.get("FEWSTEP_FINGERPRINT_MEMO",
                                 "~/.cache/fewstep/fingerprints.json")).expanduser()
 #: largest safetensors header read (the format allows 100 MB)
 _MAX_HEADER = 100 * 2**20
+#: other files up to this size are hashed whole; larger ones by a spread of sampled blocks
+_WHOLE_MAX = 16 * 2**20
+_SPREAD, _SPREAD_BLOCK = 64, 64 * 1024
 
 
 def default_mode() -> Mode:
@@ -85,8 +89,13 @@ def sampled_fingerprint(path: str | os.PathLike[str]) -> str:
         got = _safetensors_header(f, size) if p.suffix == ".safetensors" else None
         if got is None:
             f.seek(0)
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
+            if size <= _WHOLE_MAX:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+            else:  # a large non-safetensors file: fixed spread of sampled blocks
+                for i in range(_SPREAD):
+                    f.seek(i * (size - _SPREAD_BLOCK) // (_SPREAD - 1))
+                    h.update(f.read(_SPREAD_BLOCK))
             return h.hexdigest()
         n, raw = got
         h.update(raw)

@@ -43,10 +43,11 @@ def _sha256(path: Path) -> str:
 
 
 def _content(folder: Path) -> list[Path]:
-    """Every file and symlink below ``folder`` except the lock and the manifest at its top."""
+    """Every file and symlink below ``folder`` except the manifest at its top and run-lock
+    files (they hold no content: the holder of a lock, while one holds it)."""
     out = []
     for p in sorted(folder.rglob("*")):
-        if p.parent == folder and p.name in IGNORED:
+        if p.name == LOCK_NAME or (p.parent == folder and p.name in IGNORED):
             continue
         if p.is_symlink() or not p.is_dir():
             out.append(p)
