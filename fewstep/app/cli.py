@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,8 +40,23 @@ app.add_typer(classifier_app, name="classifier")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: libraries whose warnings (retries of an unreachable hub, deprecations) would bury the
+#: one error line: shown only when fewstep's own log level is below WARNING
+#: (``FEWSTEP_LIBRARY_LOGS=1`` shows them always)
+QUIET_LIBRARIES = ("huggingface_hub", "diffusers", "transformers", "urllib3", "filelock",
+                   "py.warnings")
+
+
 def configure_logging(quiet: bool = False) -> None:
-    """Messages of the ``fewstep`` loggers on stderr: info and up (warnings with ``quiet``)."""
+    """Messages of the ``fewstep`` loggers on stderr: info and up (warnings with ``quiet``).
+    Python warnings and third-party library warnings are routed to logging and kept at
+    ERROR, so a problem is one line (set ``FEWSTEP_LIBRARY_LOGS=1`` to see them)."""
+    if not os.environ.get("FEWSTEP_LIBRARY_LOGS"):
+        logging.captureWarnings(True)
+        for name in QUIET_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        for var in ("HF_HUB_VERBOSITY", "DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
+            os.environ.setdefault(var, "error")  # read when those libraries set up logging
     logger = logging.getLogger("fewstep")
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     if not any(getattr(h, "_fewstep", False) for h in logger.handlers):

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fewstep.errors import ConfigError, FewstepError, os_error_of, write_error
+from fewstep.errors import ConfigError, FewstepError, WriteError, os_error_of, write_error
 from fewstep.utils.files import name_max
 from fewstep.utils.folder_swap import (
     OLD_PREFIX,
@@ -180,6 +180,9 @@ def output_folder(out: str | os.PathLike[str], command: str, overwrite: bool = F
             ok = True
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, WriteError):  # name the output, not its temp folder
+                msg = str(e).replace(str(tmp), str(out)).split("; ")[0]
+                raise WriteError(f"{msg}; {kept}") from None
             os_err = os_error_of(e) if isinstance(e, Exception) else None
             if os_err is not None and not isinstance(e, FewstepError):
                 raise write_error(os_err, out, kept) from None

@@ -106,7 +106,7 @@ def test_foreign_folder_is_refused_and_untouched(tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("x")
-    with pytest.raises(ConfigError, match="not empty.*--overwrite"):
+    with pytest.raises(ConfigError, match=r"not empty.*--overwrite"):
         _produce(out, "A", 2)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
@@ -124,7 +124,7 @@ def test_a_previous_output_with_a_file_added_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "x"
     _produce(out, "A", 2)
     (out / "notes.txt").write_text("x")
-    with pytest.raises(ConfigError, match="notes.txt"):
+    with pytest.raises(ConfigError, match=r"notes\.txt"):
         _produce(out, "B", 3)
     assert (out / "notes.txt").read_text() == "x"
 
@@ -167,16 +167,14 @@ def test_mixed_and_torn_outputs_are_detected(tmp_path: Path) -> None:
 
 
 def test_a_failed_write_leaves_nothing_and_keeps_the_old(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError):
-        with output_folder(tmp_path / "new", "export") as tmp:
-            _write(tmp, "A", 1)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), output_folder(tmp_path / "new", "export") as tmp:
+        _write(tmp, "A", 1)
+        raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     _produce(tmp_path / "x", "A", 2)
     before = {str(p): p.read_bytes() for p in (tmp_path / "x").rglob("*") if p.is_file()}
-    with pytest.raises(RuntimeError):
-        with output_folder(tmp_path / "x", "export") as tmp:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), output_folder(tmp_path / "x", "export"):
+        raise RuntimeError("boom")
     assert before == {str(p): p.read_bytes() for p in (tmp_path / "x").rglob("*")
                       if p.is_file()}
 
@@ -258,9 +256,9 @@ def test_run_folder_rules(tmp_path: Path, checkpoints: bool, finished: bool, res
         with replaced_run_contents(run, resume, False, checkpoints):
             pass
     else:
-        with pytest.raises(ConfigError, match="--overwrite"):
-            with replaced_run_contents(run, resume, False, checkpoints):
-                pass
+        with pytest.raises(ConfigError, match="--overwrite"), \
+                replaced_run_contents(run, resume, False, checkpoints):
+            pass
     assert (run / "config.yaml").is_file()
 
 
