@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from fewstep.app import validation
+from fewstep.app.logs import configure_logging
 from fewstep.app.model_loading import load_models, sample_exported, sampler_specs
 from fewstep.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, error_exit
 
@@ -38,32 +37,6 @@ app.add_typer(teacher_app, name="teacher")
 app.add_typer(classifier_app, name="classifier")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-#: libraries whose warnings (retries of an unreachable hub, deprecations) would bury the
-#: one error line: shown only when fewstep's own log level is below WARNING
-#: (``FEWSTEP_LIBRARY_LOGS=1`` shows them always)
-QUIET_LIBRARIES = ("huggingface_hub", "diffusers", "transformers", "urllib3", "filelock",
-                   "py.warnings")
-
-
-def configure_logging(quiet: bool = False) -> None:
-    """Messages of the ``fewstep`` loggers on stderr: info and up (warnings with ``quiet``).
-    Python warnings and third-party library warnings are routed to logging and kept at
-    ERROR, so a problem is one line (set ``FEWSTEP_LIBRARY_LOGS=1`` to see them)."""
-    if not os.environ.get("FEWSTEP_LIBRARY_LOGS"):
-        logging.captureWarnings(True)
-        for name in QUIET_LIBRARIES:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        for var in ("HF_HUB_VERBOSITY", "DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
-            os.environ.setdefault(var, "error")  # read when those libraries set up logging
-    logger = logging.getLogger("fewstep")
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    if not any(getattr(h, "_fewstep", False) for h in logger.handlers):
-        h = logging.StreamHandler()  # stderr, looked up at emit time (works under capture)
-        h.setFormatter(logging.Formatter("%(message)s"))
-        h._fewstep = True  # type: ignore[attr-defined]
-        logger.addHandler(h)
 
 
 @app.callback()
@@ -93,8 +66,8 @@ def user_errors(fn: F) -> F:
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="dotted.key=value overrides")]
 Overwrite = Annotated[bool, typer.Option(
-    "--overwrite", help="replace --out even if fewstep did not write it (everything in it is "
-                        "deleted, after the new output is complete)")]
+    "--overwrite", help="replace --out even if it holds a run, another output or your files "
+                        "(deleted once the new output or run is in place)")]
 
 
 @teacher_app.command("train")
@@ -310,9 +283,7 @@ def distill_cmd(
     preset: Annotated[str | None, typer.Option(help="a shipped preset name instead of --config")
                       ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar, warnings only")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="start over in --out even if it holds a run or other files (they "
-                            "are deleted when this run ends)")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Distill a teacher into a few-step student (any method: see the config's ``method``).
 

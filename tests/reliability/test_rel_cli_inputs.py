@@ -1,7 +1,7 @@
 """Every command answers bad input with one line and exit code 2, refused writes with 3.
 
 In-process through :func:`fewstep.app.cli.run` (what ``fewstep`` runs); the full matrix over real
-processes is ``python -m benchmarks.bad_inputs``.
+processes is ``python -m benchmarks.robustness.bad_inputs``.
 """
 
 from __future__ import annotations
