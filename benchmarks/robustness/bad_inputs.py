@@ -319,9 +319,9 @@ def _copies(argv: list[str], fx: dict[str, str], own: Path) -> tuple[list[str], 
     out = []
     for a in argv:
         for name in re.findall(r"{copy:(\w+)}", a):
-            dst = own / f"copy_{name}"
+            src = Path(fx[name])
+            dst = own / f"copy_{name}{src.suffix if src.is_file() else ''}"
             if not dst.exists():
-                src = Path(fx[name])
                 (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
                 keep[dst] = _tree(dst)
             a = a.replace("{copy:" + name + "}", str(dst))
