@@ -1,7 +1,7 @@
 """Malformed inputs across every command: each must end in one line on stderr, no traceback.
 
-``python -m benchmarks.robustness.bad_inputs [--workers 2] [--only PREFIX]`` builds a few
-fixture files
+``python -m benchmarks.robustness.bad_inputs [--workers 2] [--only PREFIX] [--issue24]``
+builds a few fixture files
 (binary / Latin-1 / UTF-16 configs, folders where files are expected, a garbage weights file,
 a checkerboard student, a finished run, a run folder holding checkpoints, a run folder locked
 by this process, exports, a mixed and a torn export, NaN / huge / other teachers, FIFOs, YAML
@@ -384,11 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=2, help="cases run in parallel (max 2)")
     ap.add_argument("--only", default="", help="run only cases whose id starts with this")
+    ap.add_argument("--issue24", action="store_true",
+                    help="run only the cases added for issue 24 (NOTHING_LOST_CASES)")
     ap.add_argument("--timeout", type=float, default=600.0,
                     help="seconds per case (cases that used to hang have a shorter bound)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bad_inputs.json"))
     args = ap.parse_args(argv)
-    cases = [c for c in ALL_CASES if c.id.startswith(args.only)]
+    pool_cases = NOTHING_LOST_CASES if args.issue24 else ALL_CASES
+    cases = [c for c in pool_cases if c.id.startswith(args.only)]
     ids = [c.id for c in ALL_CASES]
     assert len(ids) == len(set(ids)), "duplicate case ids"
     t0 = time.perf_counter()
@@ -406,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = [{k: r[k] for k in ("id", "argv", "fault", "rc", "problems", "stderr")}
                 for r in results if not r["clean"]]
     summary = {"command": "python -m benchmarks.robustness.bad_inputs" + (
+                   " --issue24" if args.issue24 else "") + (
                    f" --only {args.only}" if args.only else ""),
                "tried": len(results), "clean": sum(r["clean"] for r in results),
                "by_command": by_cmd, "seconds": round(time.perf_counter() - t0, 1),
