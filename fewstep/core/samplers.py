@@ -158,7 +158,7 @@ def first_non_finite_step(traj: Trajectory) -> int | None:
 def check_finite(traj: Trajectory, sampler: str, where: str = "sample") -> Trajectory:
     """``traj`` if every step is finite; else :class:`~fewstep.errors.NonFiniteError` naming
     the sampler and the first bad step, e.g. ``sample: teacher_8 produced NaN / Inf at step 1
-    of 8 (sigma 1.000 -> 0.875)``. For ``sample``, ``eval`` and ``teacher check``."""
+    of 8 (sigma 1.000 -> 0.875)``. For ``sample`` and ``eval``."""
     k = first_non_finite_step(traj)
     if k is None:
         return traj
