@@ -28,7 +28,8 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k).clone() for k in f}, dict(f.metadata() or {})
+        return {k: f.get_tensor(k).clone() for k in f.keys()}, dict(  # noqa: SIM118
+            f.metadata() or {})
 
 
 def rewrite(src: Path, dst: Path,
