@@ -228,8 +228,11 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu"
     Checked before use: the network's size against the memory available (on the ``meta``
     device, before anything is allocated), every tensor finite, the sampling settings valid
     (:class:`CheckpointError` naming the file)."""
+    meta = read_metadata(path)
+    if meta.get("fewstep_kind") != "denoiser":
+        raise CheckpointError(f"{path} holds {meta.get('fewstep_kind')!r}, expected 'denoiser'")
     try:
-        config = json.loads(read_metadata(path).get("config", "{}") or "{}")
+        config = json.loads(meta.get("config", "{}") or "{}")
     except ValueError:
         config = None
     if not isinstance(config, dict):

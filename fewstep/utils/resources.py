@@ -48,6 +48,8 @@ def available_memory(device: torch.device | str) -> int | None:
     """Bytes that can still be allocated on ``device`` (``None``: unknown, e.g. MPS)."""
     dev = torch.device(device)
     if dev.type == "cuda":
+        if not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count():
+            return None  # the device check reports it (one line naming the field)
         free, _ = torch.cuda.mem_get_info(dev)
         return int(free)
     if dev.type != "cpu":
