@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 EXIT_USER_ERROR = 2
@@ -42,6 +43,11 @@ class DivergenceError(FewstepError):
     """A loss or gradient became NaN / Inf during training."""
 
 
+class NonFiniteError(FewstepError):
+    """A teacher or student produced NaN / Inf while sampling (named: the sampler and the
+    first bad step)."""
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on request (SIGTERM / SIGINT) after writing a checkpoint (exit 143)."""
 
@@ -62,12 +68,17 @@ class WriteError(FewstepError):
     exit_code = EXIT_WRITE_ERROR
 
 
-#: errno values that mean "this write cannot succeed here" (not a bug in fewstep)
+#: errno values that mean "the operating system refused this write" (exit code 3)
 WRITE_ERRNOS = frozenset(
     getattr(errno, n) for n in ("EROFS", "ENOSPC", "EDQUOT", "EACCES", "EPERM", "EFBIG", "EIO",
-                                "ENOTDIR", "EISDIR", "EEXIST", "ENAMETOOLONG", "EMFILE",
-                                "ENFILE", "ENOENT", "ELOOP", "EXDEV", "ETXTBSY")
+                                "EEXIST", "EMFILE", "ENFILE", "ENOENT", "EXDEV", "ETXTBSY")
     if hasattr(errno, n))
+#: errno values that mean "the path itself cannot name a file" (the input's fault: exit 2)
+PATH_ERRNOS = frozenset(
+    getattr(errno, n) for n in ("ENAMETOOLONG", "ELOOP", "ENOTDIR", "EISDIR")
+    if hasattr(errno, n))
+
+_OS_ERROR_RE = re.compile(r"os error (\d+)")
 
 
 def os_reason(err: OSError) -> str:
@@ -80,14 +91,29 @@ def os_reason(err: OSError) -> str:
 
 
 def write_error(err: OSError, path: str | os.PathLike[str] | None = None,
-                kept: str | None = None) -> WriteError:
-    """A :class:`WriteError` for ``err`` naming ``path`` (default: the error's own file name)
-    and ``kept`` (what is left on disk, e.g. ``"the previous file is unchanged"``)."""
+                kept: str | None = None) -> FewstepError:
+    """A :class:`WriteError` (exit 3) for ``err`` naming ``path`` (default: the error's own
+    file name) and ``kept`` (what is left on disk, e.g. ``"the previous file is
+    unchanged"``) -- or a :class:`ConfigError` (exit 2) when the path itself is at fault (a
+    name too long, a file where a folder is needed: :data:`PATH_ERRNOS`)."""
     where = path if path is not None else (err.filename or "a file")
     msg = f"cannot write {where}: {os_reason(err)}"
     if kept:
         msg += f"; {kept}"
-    return WriteError(msg)
+    return ConfigError(msg) if err.errno in PATH_ERRNOS else WriteError(msg)
+
+
+def os_error_of(err: BaseException) -> OSError | None:
+    """The :class:`OSError` ``err`` is or wraps: itself, or the ``(os error N)`` that
+    safetensors' writer (a Rust library: its errors are not ``OSError`` s) reports."""
+    if isinstance(err, OSError):
+        return err
+    if type(err).__name__ == "SafetensorError":
+        m = _OS_ERROR_RE.search(str(err))
+        if m is not None:
+            n = int(m.group(1))
+            return OSError(n, os.strerror(n))
+    return None
 
 
 def one_line(err: BaseException) -> str:
@@ -101,11 +127,15 @@ def error_exit(err: BaseException) -> tuple[int, str] | None:
 
     :class:`FewstepError` gives its ``exit_code``; an :class:`OSError` that escaped the
     write paths (e.g. from a third-party writer such as tensorboard or matplotlib) gives
-    :data:`EXIT_WRITE_ERROR`, naming the file it concerns.
+    :data:`EXIT_WRITE_ERROR`, naming the file it concerns -- or :data:`EXIT_USER_ERROR` when
+    the path is at fault (:data:`PATH_ERRNOS`: a name too long, a file where a folder is
+    needed).
     """
     if isinstance(err, FewstepError):
         return err.exit_code, "error: " + one_line(err)
-    if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
-        where = err.filename if err.filename is not None else "a file"
-        return EXIT_WRITE_ERROR, f"error: {where}: {os_reason(err)}"
+    os_err = os_error_of(err)
+    if os_err is not None and os_err.errno in WRITE_ERRNOS | PATH_ERRNOS:
+        where = os_err.filename if os_err.filename is not None else "a file"
+        code = EXIT_USER_ERROR if os_err.errno in PATH_ERRNOS else EXIT_WRITE_ERROR
+        return code, f"error: {where}: {os_reason(os_err)}"
     return None

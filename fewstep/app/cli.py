@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from fewstep.app import validation
+from fewstep.app.logs import configure_logging
 from fewstep.app.model_loading import load_models, sample_exported, sampler_specs
 from fewstep.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, error_exit
 
@@ -37,17 +37,6 @@ app.add_typer(teacher_app, name="teacher")
 app.add_typer(classifier_app, name="classifier")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def configure_logging(quiet: bool = False) -> None:
-    """Messages of the ``fewstep`` loggers on stderr: info and up (warnings with ``quiet``)."""
-    logger = logging.getLogger("fewstep")
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    if not any(getattr(h, "_fewstep", False) for h in logger.handlers):
-        h = logging.StreamHandler()  # stderr, looked up at emit time (works under capture)
-        h.setFormatter(logging.Formatter("%(message)s"))
-        h._fewstep = True  # type: ignore[attr-defined]
-        logger.addHandler(h)
 
 
 @app.callback()
@@ -76,6 +65,9 @@ def user_errors(fn: F) -> F:
 
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="dotted.key=value overrides")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="replace --out even if it holds a run, another output or your files "
+                        "(deleted once the new output or run is in place)")]
 
 
 @teacher_app.command("train")
@@ -90,6 +82,7 @@ def teacher_train(
     minutes: Annotated[float | None, typer.Option(min=0.01, help="time budget (minutes)")
                        ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a flow-matching teacher and save its EMA weights (with sample grids for your own
     images in <out stem>_samples/)."""
@@ -111,8 +104,8 @@ def teacher_train(
             typer.echo(f"{problem.image_data().summary() if problem.is_user_data else data}; "
                        f"preset {config.stem}", err=True)
     cfg = load_config(TeacherConfig, config, extra)
-    validation.check_teacher_train(out, cfg.device)
-    _, info = train_teacher(cfg, out, progress=not quiet)
+    validation.check_teacher_train(out, cfg.device, overwrite)
+    _, info = train_teacher(cfg, out, progress=not quiet, overwrite=overwrite)
     typer.echo(json.dumps({"out": str(out), **info}))
 
 
@@ -126,13 +119,14 @@ def classifier_train(
         help="your own labelled images: train a feature network / class judge on them "
              "(use it with fewstep eval --features classifier:FILE)")] = None,
     steps: Annotated[int, typer.Option(min=1, help="training steps (with --data)")] = 1500,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train the digits feature network, or (--data) a classifier on your own labels, used for
     Fréchet distance / PRDC / class accuracy."""
     from fewstep.evaluation.digits_classifier import DEFAULT_ASSET, train_and_save_classifier
 
     if out is not None:
-        validation.check_classifier_train(out, seed)
+        validation.check_classifier_train(out, seed, overwrite)
     else:
         validation.seed(seed)
     if data is None:
@@ -179,6 +173,7 @@ def sample_cmd(
              "per prompt)")] = None,
     noise_correction: NoiseCorrectionOpt = None,
     allow_builder: AllowBuilderOpt = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Generate a same-noise grid (PNG) and tensors (safetensors) for each sampler.
 
@@ -186,11 +181,14 @@ def sample_cmd(
     images per ``--prompt`` for a text-to-image student (decoded through its VAE)."""
     from fewstep.evaluation.evaluate import eval_noise, run_sampler
     from fewstep.utils.files import save_tensors
+    from fewstep.utils.output_dirs import check_output_dir, output_folder
     from fewstep.utils.viz import save_panels
 
     validation.check_sample(out, samplers, teacher, student, data, num, seed, device, prompt)
+    inputs = [p for p in (teacher, student) if p is not None]
+    check_output_dir(out, "sample", overwrite, inputs)
     if student is not None and student.is_dir():
-        sample_exported(student, out, prompt, num, seed, device)
+        sample_exported(student, out, prompt, num, seed, device, overwrite)
         return
     if prompt:
         raise typer.BadParameter("--prompt needs --student FOLDER (an exported student)")
@@ -198,11 +196,12 @@ def sample_cmd(
     problem, den, w, shift, st = load_models(teacher, student, data, device, allow_builder)
     noise, cond = eval_noise(problem, num, seed, device)
     outs = {sp.name: run_sampler(sp, noise, cond, den, w, shift, st, seed=seed)[0] for sp in specs}
-    save_panels(out / "grid.png", list(outs.values()), list(outs), nrow=10)
     tensors = dict(outs)
     if cond is not None:
         tensors["labels"] = cond
-    save_tensors(out / "samples.safetensors", tensors, "samples", {"seed": seed})
+    with output_folder(out, "sample", overwrite, inputs) as tmp:
+        save_panels(tmp / "grid.png", list(outs.values()), list(outs), nrow=10)
+        save_tensors(tmp / "samples.safetensors", tensors, "samples", {"seed": seed})
     typer.echo(f"wrote {out / 'grid.png'} and {out / 'samples.safetensors'}")
 
 
@@ -217,13 +216,14 @@ def export_cmd(
              "shared students are always complete pipelines (auto: reference for LoRA)")
     ] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    overwrite: Overwrite = False,
 ) -> None:
     """Export a run's EMA student as a folder (all steps; diffusers teachers: a folder plain
     diffusers loads, with a model card and loading snippet; see docs/export.md)."""
     from fewstep.export.run import export_run
 
     validation.check_export(run, out, components, device)
-    folder = export_run(run, out, components, device)
+    folder = export_run(run, out, components, device, overwrite)
     typer.echo(f"wrote {folder}")
 
 
@@ -248,22 +248,23 @@ def eval_cmd(
                                               "for every sampler)")] = 256,
     timing_repeats: Annotated[int, typer.Option(min=1, help="interleaved timed rounds (median; "
                                                 "one untimed warm-up round first)")] = 7,
+    overwrite: Overwrite = False,
 ) -> None:
     """Metrics JSON per sampler vs. held-out data and vs. the 8-step teacher (same noise); each
     entry names the feature_space it was scored in.
 
     ``seconds_per_image`` is timed like for like: same batch for every sampler, warm-up
     excluded, interleaved repeats, median."""
-    from fewstep.evaluation.evaluate import evaluate_samplers
+    from fewstep.evaluation.evaluate import evaluate_samplers, metrics_json
     from fewstep.utils.files import atomic_write_text
 
-    validation.check_eval(out, samplers, teacher, student, data, num, seed, device)
+    validation.check_eval(out, samplers, teacher, student, data, num, seed, device, overwrite)
     names = [sp.name for sp in sampler_specs(samplers, noise_correction)]
     problem, den, w, shift, st = load_models(teacher, student, data, device, allow_builder)
     metrics, _ = evaluate_samplers(problem, names, den, w, shift, st, num, seed, device=device,
                                    features=features, timing_batch=timing_batch,
                                    timing_repeats=timing_repeats)
-    text = json.dumps(metrics, indent=2)
+    text = metrics_json(metrics)
     if out is not None:
         atomic_write_text(out, text)
     typer.echo(text)
@@ -282,6 +283,7 @@ def distill_cmd(
     preset: Annotated[str | None, typer.Option(help="a shipped preset name instead of --config")
                       ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar, warnings only")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Distill a teacher into a few-step student (any method: see the config's ``method``).
 
@@ -295,7 +297,7 @@ def distill_cmd(
     validation.check_run_out(out)
     try:
         trainer = run_distill(config, overrides or [], out, resume,
-                              progress=not quiet)
+                              progress=not quiet, overwrite=overwrite)
     except TrainingInterrupted as e:
         typer.echo(f"stopped: {e}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -332,19 +334,20 @@ def demo_cmd(
     features: Annotated[str, typer.Option(
         help="with --data: auto | pixels | classifier:FILE | builder:pkg.mod:fn")] = "auto",
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Distill the shipped digits teacher into a 2-step student (Turbo++) and report; with
     --data, the whole pipeline on your own images."""
     from fewstep.app.demo import run_demo, run_image_demo
 
-    validation.check_run_out(out)
+    validation.output_folder_target(out)
     if data is None:
         if teacher is not None:
             raise typer.BadParameter("--teacher needs --data")
-        run_demo(out, overrides, progress=not quiet)
+        run_demo(out, overrides, progress=not quiet, overwrite=overwrite)
         return
     run_image_demo(validation.data_option(data), out, minutes, teacher, overrides,
-                   progress=not quiet, features=features)
+                   progress=not quiet, features=features, overwrite=overwrite)
 
 
 @app.command("plan")

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from fewstep.app.report import metrics_table_markdown, write_report
+from fewstep.app.resources import check_distill_resources
 from fewstep.data.problem import get_problem
 from fewstep.data.spec import canonical_data, data_label
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.trainer import Trainer
 from fewstep.errors import ConfigError, TrainingInterrupted
-from fewstep.evaluation.evaluate import evaluate_samplers
+from fewstep.evaluation.evaluate import check_heldout_for_metrics, evaluate_samplers, metrics_json
 from fewstep.presets import preset_path
 from fewstep.teachers.training import (
     TeacherConfig,
@@ -32,37 +33,47 @@ from fewstep.teachers.training import (
     teacher_preset_for,
     train_teacher,
 )
-from fewstep.utils.config_files import load_config
-from fewstep.utils.files import atomic_write_text
+from fewstep.utils.config_files import dump_yaml, load_config
+from fewstep.utils.files import atomic_write_text, strict_json
+from fewstep.utils.output_dirs import check_output_dir, output_folder
 from fewstep.utils.run_lock import RunLock
+
+COMMAND = "demo"
 
 DEMO_SAMPLERS = ("teacher_8", "teacher_2", "student_2")
 
 
 def run_demo(out: str | Path, overrides: list[str] | None = None, progress: bool = True,
-             preset: str = "demo") -> dict[str, Any]:
-    """Train + evaluate; returns the metrics dict also written to ``out/metrics.json``."""
+             preset: str = "demo", overwrite: bool = False) -> dict[str, Any]:
+    """Train + evaluate; returns the metrics dict also written to ``out/metrics.json``.
+
+    ``out`` is written like every output folder (:mod:`fewstep.utils.output_dirs`): in a temp
+    sibling under the run lock, swapped in when complete; a folder that is not an earlier
+    demo's output is refused unless ``overwrite``."""
     out = Path(out)
     cfg = load_config(DistillConfig, preset_path(preset), overrides)
+    check_output_dir(out, COMMAND, overwrite)
+    check_distill_resources(cfg)
     t0 = time.perf_counter()
-    with RunLock(out / "run"):  # one demo per folder
-        trainer = Trainer(cfg, out / "run", progress=progress)
-        student = trainer.train()
-    t_train = time.perf_counter() - t0
-    samplers = [s for s in DEMO_SAMPLERS if not s.startswith("student")]
-    samplers += [f"student_{k}" for k in range(student.num_steps, 0, -1)
-                 if k == student.num_steps]
-    t = trainer.teacher
-    metrics, samples = evaluate_samplers(t.problem, samplers, t.denoiser, t.cfg_scale, t.shift,
-                                         student,
-                                         cfg.eval.num_samples, cfg.eval.seed,
-                                         device=trainer.device)
-    t_total = time.perf_counter() - t0
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    notes = [f"method={cfg.method}, data={cfg.data}, generator updates={cfg.train.iterations}, "
-             f"batch={cfg.train.batch_size}; distillation {t_train:.0f} s, total {t_total:.0f} s."]
-    write_report(out, metrics, samples, out / "run" / "losses.jsonl",
-                 "fewstep demo: Turbo++ 2-step student vs. its 8-step teacher", notes)
+    with output_folder(out, COMMAND, overwrite) as tmp:
+        with RunLock(tmp / "run"):
+            trainer = Trainer(cfg, tmp / "run", progress=progress)
+            student = trainer.train()
+        t_train = time.perf_counter() - t0
+        samplers = [s for s in DEMO_SAMPLERS if not s.startswith("student")]
+        samplers += [f"student_{k}" for k in range(student.num_steps, 0, -1)
+                     if k == student.num_steps]
+        t = trainer.teacher
+        metrics, samples = evaluate_samplers(t.problem, samplers, t.denoiser, t.cfg_scale,
+                                             t.shift, student, cfg.eval.num_samples,
+                                             cfg.eval.seed, device=trainer.device)
+        t_total = time.perf_counter() - t0
+        atomic_write_text(tmp / "metrics.json", metrics_json(metrics))
+        notes = [f"method={cfg.method}, data={cfg.data}, generator updates="
+                 f"{cfg.train.iterations}, batch={cfg.train.batch_size}; distillation "
+                 f"{t_train:.0f} s, total {t_total:.0f} s."]
+        write_report(tmp, metrics, samples, tmp / "run" / "losses.jsonl",
+                     "fewstep demo: Turbo++ 2-step student vs. its 8-step teacher", notes)
     if progress:
         print(metrics_table_markdown(metrics))
         print(f"wrote {out / 'report.html'} and {out / 'metrics.json'} ({t_total:.0f} s)")
@@ -94,14 +105,17 @@ IMAGE_DEMO_CONFIG: dict[str, Any] = {
 
 def run_image_demo(data: Any, out: str | Path, minutes: float = 15.0,
                    teacher: str | Path | None = None, overrides: list[str] | None = None,
-                   progress: bool = True, features: str = "auto") -> dict[str, Any]:
+                   progress: bool = True, features: str = "auto",
+                   overwrite: bool = False) -> dict[str, Any]:
     """Teacher (trained or given), Turbo++ 2-step distillation, evaluation and report on
     ``data`` within about ``minutes`` (see module docstring); returns the metrics dict also
     written to ``out/metrics.json`` (one entry per sampler, each with its ``feature_space``).
 
     Distillation stops when its share of the budget is used (the EMA student at that
     iteration is evaluated); ``overrides`` are ``dotted.key=value`` items for the distillation
-    config (e.g. ``train.batch_size=64``)."""
+    config (e.g. ``train.batch_size=64``). ``out`` is written like every output folder
+    (see :func:`run_demo`); the teacher and the run inside it are recorded with their final
+    paths."""
     out = Path(out)
     budget = 60.0 * minutes
     plan = {k: round(v * budget, 1) for k, v in BUDGET_SPLIT.items()}
@@ -111,8 +125,27 @@ def run_image_demo(data: Any, out: str | Path, minutes: float = 15.0,
     if not problem.is_user_data:
         raise ConfigError(f"--data: {canon!r} is a built-in data set; fewstep demo without "
                           f"--data runs the digits demo")
+    check_heldout_for_metrics(problem, "--data")  # before minutes of training
+    check_output_dir(out, COMMAND, overwrite, [p for p in (problem.image_data().source,
+                                                           teacher) if p])
     say = print if progress else (lambda *a, **k: None)
     say(problem.image_data().summary())
+    with output_folder(out, COMMAND, overwrite, [p for p in (problem.image_data().source,
+                                                             teacher) if p]) as tmp:
+        metrics, timing = _image_demo(problem, canon, data, out, tmp, budget, plan, t_start,
+                                      teacher, overrides, progress, features, say)
+    if progress:
+        print(metrics_table_markdown(metrics))
+        print(f"wrote {out / 'report.html'} and {out / 'metrics.json'} "
+              f"({timing['total_seconds']:.0f} s)")
+    return metrics
+
+
+def _image_demo(problem: Any, canon: Any, data: Any, out: Path, tmp: Path, budget: float,
+                plan: dict[str, float], t_start: float, teacher: str | Path | None,
+                overrides: list[str] | None, progress: bool, features: str,
+                say: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The phases of :func:`run_image_demo`, writing into ``tmp`` (becomes ``out``)."""
     timing: dict[str, Any] = {"budget_seconds": budget, "planned_seconds": plan}
     # -- teacher -------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -120,7 +153,7 @@ def run_image_demo(data: Any, out: str | Path, minutes: float = 15.0,
         preset = teacher_preset_for(tuple(problem.data_shape))
         tcfg = load_config(TeacherConfig, preset_path(preset),
                            base={"data": canon, "minutes": plan["teacher"] / 60.0})
-        teacher = out / "teacher.safetensors"
+        teacher = tmp / "teacher.safetensors"
         say(f"teacher: preset {preset}, up to {plan['teacher']:.0f} s")
         _, tinfo = train_teacher(tcfg, teacher, progress=progress)
         timing["teacher_steps"] = tinfo["steps"]
@@ -138,10 +171,13 @@ def run_image_demo(data: Any, out: str | Path, minutes: float = 15.0,
     cfg_dict = json.loads(json.dumps(IMAGE_DEMO_CONFIG))
     cfg_dict["data"] = canon
     cfg_dict["teacher"]["path"] = str(Path(teacher).resolve())
-    cfg_dict["cache"]["dir"] = str((out / "cache").resolve())
+    cfg_dict["cache"]["dir"] = str((tmp / "cache").resolve())
     cfg = load_config(DistillConfig, None, overrides, base=cfg_dict)
+    check_distill_resources(cfg)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, out / "run", progress=progress)
+    run_lock = RunLock(tmp / "run")
+    run_lock.acquire()
+    trainer = Trainer(cfg, tmp / "run", progress=progress)
     timer = threading.Timer(distill_budget, trainer.request_stop, args=("time budget",))
     timer.daemon = True
     say(f"distill: Turbo++ 2-step, up to {distill_budget:.0f} s")
@@ -153,6 +189,8 @@ def run_image_demo(data: Any, out: str | Path, minutes: float = 15.0,
         student, stopped = trainer.ema.eval(), True
     finally:
         timer.cancel()
+        run_lock.release()
+    _final_paths(cfg, tmp, out)
     timing["distill_seconds"] = round(time.perf_counter() - t0, 1)
     timing["distill_iterations"] = int(trainer.step)
     timing["distill_stopped_by_budget"] = stopped
@@ -166,9 +204,8 @@ def run_image_demo(data: Any, out: str | Path, minutes: float = 15.0,
                                          device=trainer.device, features=features)
     timing["evaluate_seconds"] = round(time.perf_counter() - t0, 1)
     timing["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "timing.json").write_text(json.dumps(timing, indent=2))
+    atomic_write_text(tmp / "metrics.json", metrics_json(metrics))
+    atomic_write_text(tmp / "timing.json", strict_json(timing))
     fs = next(iter(metrics.values()))["feature_space"]
     notes = [f"data: {problem.image_data().summary()}.",
              f"feature space of fd / precision / recall / density / coverage: {fs}; swd on "
@@ -182,11 +219,22 @@ def run_image_demo(data: Any, out: str | Path, minutes: float = 15.0,
              f"({timing['distill_iterations']} generator updates, batch "
              f"{cfg.train.batch_size}), evaluation {timing['evaluate_seconds']:.0f} s, total "
              f"{timing['total_seconds']:.0f} s."]
-    write_report(out, metrics, samples, out / "run" / "losses.jsonl",
+    write_report(tmp, metrics, samples, tmp / "run" / "losses.jsonl",
                  f"fewstep demo on {data_label(canon)}: Turbo++ 2-step student vs. its 8-step "
                  f"teacher", notes)
-    if progress:
-        print(metrics_table_markdown(metrics))
-        print(f"wrote {out / 'report.html'} and {out / 'metrics.json'} "
-              f"({timing['total_seconds']:.0f} s)")
-    return metrics
+    return metrics, timing
+
+
+def _final_paths(cfg: DistillConfig, tmp: Path, out: Path) -> None:
+    """``run/config.yaml`` names the teacher and the cache where they will be once the
+    output is in place (``out``), not in the temp folder they were written to."""
+    final = out.absolute()
+
+    def moved(p: str | None) -> str | None:
+        if p is None or not Path(p).is_relative_to(tmp.resolve()):
+            return p
+        return str(final / Path(p).relative_to(tmp.resolve()))
+
+    cfg.teacher.path = moved(cfg.teacher.path)
+    cfg.cache.dir = moved(cfg.cache.dir) or cfg.cache.dir
+    atomic_write_text(tmp / "run" / "config.yaml", dump_yaml(cfg))

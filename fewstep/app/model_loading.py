@@ -20,7 +20,8 @@ def load_models(teacher: Path | None, student: Path | None, data: str | None, de
     from fewstep.errors import CheckpointError, ConfigError
     from fewstep.student.student_file import load_student_file
     from fewstep.teachers import rebuild_denoiser
-    from fewstep.teachers.training import load_denoiser
+    from fewstep.teachers.base import same_teacher
+    from fewstep.teachers.training import denoiser_identity, load_denoiser
     from fewstep.utils.files import read_metadata
 
     allow = list(allow_builders or [])
@@ -55,6 +56,12 @@ def load_models(teacher: Path | None, student: Path | None, data: str | None, de
         except CheckpointError as e:
             raise CheckpointError(f"--teacher: {e}") from None
         validation.models_fit(data, shape, ncls, tcfg, "--teacher", scfg, "--student")
+        if scfg is not None:
+            same = same_teacher(scfg.get("teacher_fingerprint"), denoiser_identity(tpath, den))
+            if same is False:
+                raise ConfigError(f"--teacher: {tpath} is not the teacher {student} was "
+                                  "distilled from (their weights differ); pass --teacher with "
+                                  "the teacher file of its run")
     samp = tcfg.get("sampling", {})
     return problem, den, samp.get("cfg_scale", 1.0), samp.get("shift", 1.0), st
 
@@ -71,21 +78,34 @@ def sampler_specs(samplers: str, noise_correction: bool | None) -> list:
 
 
 def sample_exported(folder: Path, out: Path, prompts: list[str] | None, num: int, seed: int,
-                     device: str) -> None:
-    from fewstep.errors import ConfigError
+                    device: str, overwrite: bool = False) -> None:
+    """``fewstep sample --student FOLDER``: the export is verified first (complete, not torn
+    or mixed: :func:`fewstep.export.verify.verify_export`), then sampled into ``out``."""
+    from fewstep.errors import ConfigError, os_error_of
     from fewstep.export.diffusers_export import StudentPipeline
+    from fewstep.export.verify import verify_export
     from fewstep.utils.files import save_tensors
+    from fewstep.utils.output_dirs import output_folder
     from fewstep.utils.viz import save_panels
 
+    verify_export(folder, "--student")
     try:
         pipe = StudentPipeline.from_pretrained(folder, device=device)
         images = pipe(prompts, num_images_per_prompt=num, seed=seed) if prompts else \
             pipe(num_images=num, seed=seed)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, KeyError) as e:
         raise ConfigError(f"--student: {e}") from None
-    save_panels(out / "grid.png", [images], [folder.name], nrow=min(10, num))
-    save_tensors(out / "samples.safetensors", {"images": images}, "samples",
-                 {"seed": seed, "prompts": prompts or []})
+    except Exception as e:  # safetensors' own error type for a file it cannot read
+        if type(e).__name__ != "SafetensorError" or os_error_of(e) is not None:
+            raise
+        raise ConfigError(f"--student: {folder}: unreadable weights ({e}); export it again"
+                          ) from None
+    if not bool(images.isfinite().all()):
+        raise ConfigError(f"--student: {folder} produced NaN / Inf images")
+    with output_folder(out, "sample", overwrite, [folder]) as tmp:
+        save_panels(tmp / "grid.png", [images], [folder.name], nrow=min(10, num))
+        save_tensors(tmp / "samples.safetensors", {"images": images}, "samples",
+                     {"seed": seed, "prompts": prompts or []})
     typer.echo(f"wrote {out / 'grid.png'} and {out / 'samples.safetensors'}")
 
 

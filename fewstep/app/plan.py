@@ -58,6 +58,7 @@ from fewstep.app.plan_models import (
     param_counts,
     pipeline_parts,
 )
+from fewstep.data.prompts import read_prompts
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.methods.registry import method_class
 from fewstep.errors import ConfigError
@@ -222,10 +223,12 @@ def cache_figures(cfg: DistillConfig, method: nn.Module, shape: tuple[int, ...],
 
 
 def _prompt_count(cfg: DistillConfig) -> int:
+    """Prompts in ``teacher.prompts`` (0 when the file is not on this machine; a file that is
+    not UTF-8 text, or not a regular file, is an error)."""
     p = cfg.teacher.prompts
-    if p is None or not Path(p).expanduser().is_file():
+    if p is None or not Path(p).expanduser().exists():
         return 0
-    return sum(1 for line in Path(p).expanduser().read_text().splitlines() if line.strip())
+    return len(read_prompts(Path(p).expanduser()))
 
 
 def build_plan(cfg: DistillConfig, gpus: int, gpu_memory_gb: float | None = None) -> Plan:

@@ -30,13 +30,14 @@ def plot_losses(history_path: Path, out: Path) -> bool:
     """Plot every logged loss term against the step; ``False`` when there is no history."""
     if not history_path.exists():
         return False
-    rows = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in history_path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
     if not rows:
         return False
     keys = sorted({k for r in rows for k in r if k != "step"})
     fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.4), squeeze=False)
     for ax, k in zip(axes[0], keys, strict=True):
-        pts = [(r["step"], r[k]) for r in rows if k in r]
+        pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]  # null: skipped step
         ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8)
         ax.set_title(k, fontsize=8)
         ax.tick_params(labelsize=6)

@@ -18,11 +18,13 @@ from pathlib import Path
 from types import FrameType
 
 from fewstep.app import validation
+from fewstep.app.resources import check_distill_resources
 from fewstep.distill.config import DistillConfig, drop_foreign_sections
 from fewstep.distill.engine.state import list_checkpoints
 from fewstep.distill.trainer import Trainer
 from fewstep.errors import ConfigError, TrainingInterrupted
 from fewstep.utils.config_files import apply_overrides, load_config, load_yaml, user_path, validate
+from fewstep.utils.output_dirs import replaced_run_contents
 from fewstep.utils.run_lock import RunLock
 
 log = logging.getLogger(__name__)
@@ -93,11 +95,15 @@ def stop_on_signals(trainer: Trainer,
 
 
 def run_distill(config_path: str | Path | None, overrides: list[str] | None = None,
-                out: str | Path | None = None, resume: bool = False, progress: bool = True
-                ) -> Trainer:
+                out: str | Path | None = None, resume: bool = False, progress: bool = True,
+                overwrite: bool = False) -> Trainer:
     """Validate the config, build the :class:`Trainer` and train; returns the trainer.
 
-    With ``resume=True`` and no ``config_path``, the run's own ``config.yaml`` is used.
+    With ``resume=True`` and no ``config_path``, the run's own ``config.yaml`` is used. A fresh
+    run never replaces another run's files or a folder fewstep did not write: ``--out``
+    must be new or empty unless ``overwrite`` (:func:`fewstep.utils.output_dirs.
+    replaced_run_contents`). Sizes that cannot fit are refused before anything is allocated
+    (:func:`fewstep.app.resources.check_distill_resources`).
     Raises :class:`~fewstep.errors.FewstepError` subclasses for user errors and
     :class:`TrainingInterrupted` after a SIGTERM / SIGINT (a checkpoint has been written).
     """
@@ -108,13 +114,13 @@ def run_distill(config_path: str | Path | None, overrides: list[str] | None = No
     cfg = load_distill_config(config_path, overrides)
     run_dir = _run_dir(out, cfg)
     with RunLock(run_dir):  # one run per folder (rank 0 holds it; released even on SIGKILL)
-        if not resume and list_checkpoints(run_dir / "checkpoints"):
-            raise ConfigError(f"--out: {run_dir} already holds checkpoints of a run; pass "
-                              "--resume to continue it or choose another --out")
-        trainer = Trainer(cfg, run_dir, progress=progress, resume=resume)
-        try:
-            with stop_on_signals(trainer):
-                trainer.train()
-        finally:
-            trainer.dist.shutdown()  # leaves the process group (multi-process runs)
+        has_ck = bool(list_checkpoints(run_dir / "checkpoints"))
+        with replaced_run_contents(run_dir, resume, overwrite, has_ck):
+            check_distill_resources(cfg)
+            trainer = Trainer(cfg, run_dir, progress=progress, resume=resume)
+            try:
+                with stop_on_signals(trainer):
+                    trainer.train()
+            finally:
+                trainer.dist.shutdown()  # leaves the process group (multi-process runs)
     return trainer

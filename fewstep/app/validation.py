@@ -1,29 +1,39 @@
 """Up-front checks of command-line inputs: each raises a one-line :class:`ConfigError` naming
 the option (or config field) and the reason, before any work starts.
 
-* paths: :func:`input_file`, :func:`input_dir`, :func:`output_dir`, :func:`output_file`
-  (a folder where a file is expected is "is a directory, expected a file", not "not found");
+* paths: :func:`input_file`, :func:`input_dir`, and the output checks of
+  :mod:`fewstep.app.output_paths` (:func:`output_dir`, :func:`output_file`,
+  :func:`output_folder_target`, :func:`writable`; a folder where a file is expected is "is a
+  directory, expected a file", not "not found"; an over-long name is exit 2);
 * values: :func:`seed`, :func:`count`, :func:`sampler_steps`, :func:`plan_options`;
-* writability: :func:`writable` (probe the output folder before hours of work, exit 3);
 * devices: :func:`device` (unknown names and devices this machine does not have);
 * models: :func:`models_fit` (teacher, student and data set of the same kind and shape).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fewstep.errors import ConfigError, write_error
+from fewstep.app.output_paths import (
+    is_classifier_file,
+    is_metrics_json,
+    is_teacher_file,
+    output_dir,
+    output_file,
+    output_folder_target,
+    path_text,
+    writable,
+)
+from fewstep.errors import ConfigError
 from fewstep.utils.config_files import MAX_SEED, parse_override
+from fewstep.utils.output_dirs import check_output_file
 
 #: largest sampler step count (a teacher_N sampler runs N network evaluations per sample)
 MAX_SAMPLER_STEPS = 1000
@@ -35,19 +45,10 @@ MAX_GPUS = 100_000
 _DEVICE_RE = re.compile(r"(cpu|cuda|mps)(?::(\d+))?")
 
 
-def _path_text(path: str | os.PathLike[str], field: str) -> Path:
-    s = os.fspath(path)
-    if not s.strip():
-        raise ConfigError(f"{field}: must be a non-empty path")
-    if "\x00" in s:
-        raise ConfigError(f"{field}: must not contain a NUL byte")
-    return Path(s).expanduser()
-
-
 def input_file(path: str | os.PathLike[str], field: str, suffix: str | None = None,
                what: str = "file") -> Path:
     """An existing, readable regular file (with ``suffix`` if given)."""
-    p = _path_text(path, field)
+    p = path_text(path, field)
     if p.is_dir():
         raise ConfigError(f"{field}: {p} is a directory, expected a {what}")
     if not p.exists():
@@ -63,72 +64,12 @@ def input_file(path: str | os.PathLike[str], field: str, suffix: str | None = No
 
 def input_dir(path: str | os.PathLike[str], field: str, what: str = "folder") -> Path:
     """An existing folder."""
-    p = _path_text(path, field)
+    p = path_text(path, field)
     if not p.exists():
         raise ConfigError(f"{field}: {what} not found: {p}")
     if not p.is_dir():
         raise ConfigError(f"{field}: {p} is a file, expected a {what}")
     return p
-
-
-def _existing_file_ancestor(p: Path) -> Path | None:
-    for a in [p, *p.parents]:
-        if a.exists():
-            return None if a.is_dir() else a
-    return None
-
-
-def output_dir(path: str | os.PathLike[str], field: str = "--out") -> Path:
-    """A folder to write into: absent (it will be created) or an existing folder -- not an
-    existing file, and not below one."""
-    p = _path_text(path, field)
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"{field}: {p} is an existing file, expected a folder")
-    blocker = _existing_file_ancestor(p.parent)
-    if blocker is not None:
-        raise ConfigError(f"{field}: cannot create {p}: {blocker} is a file, not a folder")
-    return p
-
-
-def output_file(path: str | os.PathLike[str], field: str = "--out", suffix: str | None = None
-                ) -> Path:
-    """A file to write: absent or an existing file (replaced) -- not a folder, and not below
-    a file."""
-    p = _path_text(path, field)
-    if p.is_dir():
-        raise ConfigError(f"{field}: {p} is a directory, expected a file")
-    if suffix is not None and p.suffix != suffix:
-        raise ConfigError(f"{field}: {p} must end in {suffix}")
-    blocker = _existing_file_ancestor(p.parent)
-    if blocker is not None:
-        raise ConfigError(f"{field}: cannot create {p}: {blocker} is a file, not a folder")
-    return p
-
-
-def writable(path: str | os.PathLike[str], is_dir: bool = False) -> None:
-    """Probe that the operating system lets us write ``path`` (a file, or a folder with
-    ``is_dir``): create its folder and a temp file there, then remove the temp file and the
-    folders the probe created (a command refused later leaves nothing behind).
-
-    Raises :class:`~fewstep.errors.WriteError` (exit code 3) naming ``path`` -- before any
-    work, instead of after it."""
-    p = Path(path).expanduser()
-    folder = p if is_dir else p.parent
-    created = [d for d in (folder, *folder.parents) if not d.exists()]
-    tmp = None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".fewstep_probe.", suffix=".tmp", dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise write_error(e, p, "nothing was written") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        for d in created:  # innermost first
-            with contextlib.suppress(OSError):
-                d.rmdir()
 
 
 def seed(value: int, field: str = "--seed") -> int:
@@ -298,14 +239,17 @@ def check_sample(out: Path, samplers: str, teacher: Path | None, student: Path |
     else:
         check_models_input(teacher, student, data, samplers.split(","), num, seed_value,
                            device_name)
-    writable(out, is_dir=True)
+    output_folder_target(out)
 
 
 def check_eval(out: Path | None, samplers: str, teacher: Path | None, student: Path | None,
-               data: str | None, num: int, seed_value: int, device_name: str) -> None:
-    """``fewstep eval``."""
+               data: str | None, num: int, seed_value: int, device_name: str,
+               overwrite: bool = False) -> None:
+    """``fewstep eval`` (an existing ``--out`` must be an earlier ``eval`` output, unless
+    ``overwrite``)."""
     if out is not None:
         output_file(out, "--out")
+        check_output_file(out, is_metrics_json, overwrite, "a metrics file", "eval")
     check_models_input(teacher, student, data, samplers.split(","), num, seed_value,
                        device_name, min_num=10)
     if out is not None:
@@ -320,20 +264,22 @@ def check_export(run: Path, out: Path, components: str, device_name: str) -> Non
     input_dir(run, "--run", "run folder")
     for name in ("config.yaml", "student.safetensors"):
         input_file(Path(run).expanduser() / name, "--run", what=f"finished run's {name}")
-    output_dir(out, "--out")
-    writable(out, is_dir=True)
+    output_folder_target(out)
 
 
-def check_classifier_train(out: Path, seed_value: int) -> None:
+def check_classifier_train(out: Path, seed_value: int, overwrite: bool = False) -> None:
     """``fewstep classifier train``."""
     output_file(out, "--out", ".safetensors")
+    check_output_file(out, is_classifier_file, overwrite, "a classifier file",
+                      "classifier train")
     seed(seed_value, "--seed")
     writable(out)
 
 
-def check_teacher_train(out: Path, device_name: str) -> None:
+def check_teacher_train(out: Path, device_name: str, overwrite: bool = False) -> None:
     """``fewstep teacher train`` (the config itself is validated by its model)."""
     output_file(out, "--out", ".safetensors")
+    check_output_file(out, is_teacher_file, overwrite, "a teacher file", "teacher train")
     device(device_name, "device")
     writable(out)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fewstep.data.spec import VALUE_RANGES
+from fewstep.data.spec import MAX_CLASSES, VALUE_RANGES
 from fewstep.errors import ConfigError
 
 #: images per part (train and held-out) needed at least after the split
 MIN_PER_SPLIT = 2
+
 
 
 def check_layout(x: np.ndarray, source: str, layout: str = "nchw") -> np.ndarray:
@@ -94,35 +95,49 @@ def infer_value_range(x: np.ndarray, declared: str, source: str) -> str:
 def check_labels(y: np.ndarray, n: int, num_classes: int | None, source: str
                  ) -> tuple[np.ndarray, int]:
     """Labels must be integers ``(N,)`` in ``[0, num_classes)``; returns ``(labels as int64,
-    class count)`` (``num_classes`` or largest label + 1)."""
+    class count)`` (``num_classes`` or largest label + 1, at most :data:`MAX_CLASSES`).
+
+    The values are checked in the array's own dtype, before any cast (a uint64 label beyond
+    the int64 range is quoted as written) and before anything is sized from them."""
     if y.ndim != 1 or y.shape[0] != n:
         raise ConfigError(f"data: {source}: labels have shape {tuple(y.shape)}, expected ({n},) "
                           f"(one integer per image)")
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and \
-                (y == np.round(y)).all():
-            y = y.astype(np.int64)
-        else:
-            raise ConfigError(f"data: {source}: labels must be integers, got dtype {y.dtype}")
-    y = y.astype(np.int64)
+    if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or
+                                   np.issubdtype(y.dtype, np.floating)):
+        raise ConfigError(f"data: {source}: labels must be integers, got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.floating) and not (np.isfinite(y).all() and
+                                                    (y == np.round(y)).all()):
+        raise ConfigError(f"data: {source}: labels must be integers, got dtype {y.dtype}")
     if n == 0:
-        return y, num_classes or 0
+        return y.astype(np.int64), num_classes or 0
     neg = np.flatnonzero(y < 0)
     if neg.size:
-        raise ConfigError(f"data: {source}: label {int(y[neg[0]])} at index {int(neg[0])} is "
-                          f"negative; labels must lie in [0, classes)")
+        raise ConfigError(f"data: {source}: label {_label(y[neg[0]])} at index {int(neg[0])} "
+                          f"is negative; labels must lie in [0, classes)")
+    limit = num_classes if num_classes is not None else MAX_CLASSES
+    over = np.flatnonzero(y >= limit)
     if num_classes is not None:
         null = np.flatnonzero(y == num_classes)
         if null.size:
             raise ConfigError(f"data: {source}: label {num_classes} at index {int(null[0])} "
                               f"equals the null class (num_classes = {num_classes}; the null "
                               f"class means 'no label' for classifier-free guidance)")
-        over = np.flatnonzero(y > num_classes)
         if over.size:
-            raise ConfigError(f"data: {source}: label {int(y[over[0]])} at index "
+            raise ConfigError(f"data: {source}: label {_label(y[over[0]])} at index "
                               f"{int(over[0])} is outside [0, {num_classes}) (data.num_classes)")
-        return y, num_classes
+        return y.astype(np.int64), num_classes
+    if over.size:
+        raise ConfigError(f"data: {source}: label {_label(y[over[0]])} at index {int(over[0])}: "
+                          f"fewstep takes at most {MAX_CLASSES} classes (labels 0 .. "
+                          f"{MAX_CLASSES - 1}); number the classes from 0")
+    y = y.astype(np.int64)
     return y, int(y.max()) + 1
+
+
+def _label(v: np.generic) -> str:
+    """A label as the user wrote it (integer-valued floats without ``.0``)."""
+    return str(int(v)) if float(v).is_integer() or np.issubdtype(type(v), np.integer) \
+        else str(v)
 
 
 def check_split_sizes(n_total: int, n_heldout: int, heldout: float, source: str) -> None:

@@ -7,6 +7,7 @@ caching: :mod:`fewstep.data.images`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from safetensors.numpy import load_file as st_load_numpy
+from safetensors.numpy import load as st_load_numpy_bytes
 from torch import Tensor
 
 from fewstep.data.check import (
@@ -30,6 +31,7 @@ from fewstep.data.spec import (
     DataSpec,
 )
 from fewstep.errors import ConfigError
+from fewstep.utils.files import check_regular, open_regular
 
 X_KEYS = ("x", "images", "image", "img", "arr_0")
 Y_KEYS = ("y", "labels", "label", "targets")
@@ -47,9 +49,29 @@ class _Raw:
 
 
 # ----------------------------------------------------------------------------- image files
-def _pil_to_array(im: Image.Image) -> np.ndarray:
-    """``(H, W, 3)`` uint8, transparency composited over white."""
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+#: Pillow modes read at 16 bits per channel (full scale 65535)
+MODES_16 = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+#: modes that carry transparency: composited over white (the stated alpha policy)
+MODES_ALPHA = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
+def pil_to_array(im: Image.Image, name: str) -> np.ndarray:
+    """An image as ``(H, W, 3)``: ``uint8`` for 8-bit modes (``1``, ``L``, ``P``, ``RGB``,
+    ``CMYK``, ``YCbCr``, ...), ``float32`` in ``[0, 1]`` for 16-bit grey (``I;16*``; ``I``
+    when its values lie in 0..65535) -- read to full scale, never clipped. Transparency
+    (``RGBA``, ``LA``, ``PA``, a palette with a transparent index) is composited over white.
+    32-bit float images (``F``) are refused: their value range is not defined."""
+    if im.mode in MODES_16:
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ConfigError(f"data: {name}: 32-bit integer image with values "
+                              f"{a.min()}..{a.max()}; expected 0..65535 (16-bit)")
+        g = (a.astype(np.float32) / 65535.0)[..., None]
+        return np.repeat(g, 3, axis=2)
+    if im.mode == "F":
+        raise ConfigError(f"data: {name}: 32-bit float image (no defined value range); save "
+                          "the images as an array file (.npy) and set data.value_range")
+    if im.mode in MODES_ALPHA or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, im)
@@ -82,10 +104,10 @@ def _fit_size(im: Image.Image, spec: DataSpec, name: str, first: tuple[str, tupl
 def _read_image(path: Path, spec: DataSpec, first: tuple[str, tuple[int, int]] | None
                 ) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        with os.fdopen(open_regular(path, "data"), "rb") as f, Image.open(f) as im:
             im.load()
             im = _fit_size(im, spec, str(path), first)
-            return _pil_to_array(im)
+            return pil_to_array(im, str(path))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, ConfigError):
             raise
@@ -94,10 +116,20 @@ def _read_image(path: Path, spec: DataSpec, first: tuple[str, tuple[int, int]] |
 
 
 def _images_to_tensor(arrays: list[np.ndarray], channels: str) -> Tensor:
-    """``[(H, W, 3) uint8]`` -> ``(N, C, H, W)`` float32 in [-1, 1]."""
-    x = np.stack(arrays).transpose(0, 3, 1, 2)
-    t = torch.from_numpy(np.ascontiguousarray(x)).float() / 127.5 - 1.0
+    """``[(H, W, 3) uint8 | float32 in [0, 1]]`` -> ``(N, C, H, W)`` float32 in [-1, 1]."""
+    if all(a.dtype == np.uint8 for a in arrays):
+        x = np.stack(arrays).transpose(0, 3, 1, 2)
+        t = torch.from_numpy(np.ascontiguousarray(x)).float() / 127.5 - 1.0
+    else:
+        unit = [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a for a in arrays]
+        x = np.stack(unit).transpose(0, 3, 1, 2)
+        t = torch.from_numpy(np.ascontiguousarray(x)) * 2.0 - 1.0
     return _set_channels(t, channels)
+
+
+def _bits(arrays: list[np.ndarray]) -> str:
+    """How the images were read: ``uint8``, or ``uint16`` if any was a 16-bit image."""
+    return "uint8" if all(a.dtype == np.uint8 for a in arrays) else "uint16"
 
 
 def _set_channels(x: Tensor, channels: str) -> Tensor:
@@ -120,6 +152,7 @@ def _image_files(folder: Path) -> list[Path]:
     for p in sorted(folder.rglob("*")):
         if any(part.startswith(".") for part in p.relative_to(folder).parts):
             continue
+        check_regular(p, "data")  # a FIFO / device / socket: refused, never opened
         if p.is_dir():
             continue
         if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -160,8 +193,9 @@ def read_folder(folder: Path, spec: DataSpec) -> _Raw:
             labels.append(label)
     x = _images_to_tensor(arrays, spec.channels)
     if dirs and spec.labels:
-        return _Raw(x, np.asarray(labels, dtype=np.int64), [n for n, _ in groups], "uint8")
-    return _Raw(x, None, [], "uint8")
+        return _Raw(x, np.asarray(labels, dtype=np.int64), [n for n, _ in groups],
+                    _bits(arrays))
+    return _Raw(x, None, [], _bits(arrays))
 
 
 # ----------------------------------------------------------------------------------- arrays
@@ -182,16 +216,21 @@ def _pick(keys: list[str], wanted: str | None, defaults: tuple[str, ...], what: 
 
 def _array_dict(path: Path) -> dict[str, np.ndarray]:
     suffix = path.suffix.lower()
+    f = os.fdopen(open_regular(path, "data"), "rb")  # a FIFO is refused, never blocks
     try:
         if suffix == ".npy":
-            return {"x": np.load(path, allow_pickle=False)}
+            return {"x": np.load(f, allow_pickle=False)}
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(f, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        return dict(st_load_numpy(str(path)))
+        return dict(st_load_numpy_bytes(f.read()))
+    except ConfigError:
+        raise
     except Exception as e:  # numpy / safetensors raise several types for foreign files
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise ConfigError(f"data: {path}: cannot read the array file ({reason})") from None
+    finally:
+        f.close()
 
 
 def _to_model_space(x: np.ndarray, value_range: str) -> Tensor:
@@ -275,7 +314,7 @@ def read_hf_dataset(folder: Path, spec: DataSpec) -> _Raw:
         for i, im in enumerate(ds[xk]):
             name = f"{folder}[{i}]"
             try:
-                a = _pil_to_array(_fit_size(im, spec, name, first))
+                a = pil_to_array(_fit_size(im, spec, name, first), name)
             except (OSError, ValueError) as e:
                 if isinstance(e, ConfigError):
                     raise
@@ -284,7 +323,7 @@ def read_hf_dataset(folder: Path, spec: DataSpec) -> _Raw:
                 first = (name, (a.shape[1], a.shape[0]))
             arrays.append(a)
         x = _images_to_tensor(arrays, spec.channels)
-        vr = "uint8"
+        vr = _bits(arrays)
     else:
         arr = check_layout(np.asarray(ds.with_format("numpy")[xk]), f"{folder}[{xk}]",
                            spec.layout)
@@ -306,6 +345,7 @@ def read_source(path: str, spec: DataSpec) -> _Raw:
     if not p.exists():
         raise ConfigError(f"data: {p}: no such file or folder (built-in data sets: "
                           f"{', '.join(DATASETS.names())})")
+    check_regular(p, "data")
     if p.is_dir():
         raw = read_hf_dataset(p, spec) if is_hf_dataset(p) else read_folder(p, spec)
     elif p.suffix.lower() in ARRAY_SUFFIXES:

@@ -14,6 +14,7 @@ rejected when the config is validated; the "real" samples of a prompts run are t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +23,18 @@ import torch
 from torch import Tensor
 
 from fewstep.errors import ConfigError
+from fewstep.utils.config_files import read_text_file
 
 #: the ``data`` value of a latents + prompts run (any text-conditioned teacher)
 PROMPTS_DATA = "prompts"
+
+
+def read_prompts(path: str | os.PathLike[str], field: str = "teacher.prompts") -> list[str]:
+    """The non-blank, stripped lines of a prompt file: a regular file (a FIFO or device is
+    refused without being opened) of UTF-8 text (else one line naming the file and the byte
+    offset of the first bad byte)."""
+    text = read_text_file(path, "prompt file (UTF-8 text, one prompt per line)", field)
+    return [s.strip() for s in text.splitlines() if s.strip()]
 
 
 @dataclass

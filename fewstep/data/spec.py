@@ -30,12 +30,15 @@ from pydantic import Field, field_validator
 
 from fewstep.data.registry import DATASETS
 from fewstep.errors import ConfigError
-from fewstep.utils.config_files import StrictModel, user_path, validate
+from fewstep.utils.config_files import Seed, StrictModel, user_path, validate
 
 #: image file suffixes read through Pillow
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 #: array file suffixes
 ARRAY_SUFFIXES = (".npy", ".npz", ".safetensors")
+
+#: most classes a data set may have (labels size the label embedding and the class names)
+MAX_CLASSES = 100_000
 
 ValueRange = Literal["auto", "uint8", "unit", "signed"]
 VALUE_RANGES: dict[str, tuple[float, float]] = {"uint8": (0.0, 255.0), "unit": (0.0, 1.0),
@@ -76,11 +79,11 @@ class DataSpec(StrictModel):
     value_range: ValueRange = "auto"
     layout: Literal["nchw", "nhwc"] = "nchw"
     heldout: float | str = 0.1
-    seed: int = 0
+    seed: Seed = 0
     x_key: str | None = None
     y_key: str | None = None
     labels: bool = True
-    num_classes: int | None = Field(None, ge=1)
+    num_classes: int | None = Field(None, ge=1, le=MAX_CLASSES)
 
     @field_validator("path")
     @classmethod
@@ -149,5 +152,5 @@ def data_label(data: str | dict[str, Any] | DataSpec) -> str:
     return Path(path).name or path
 
 
-__all__ = ["ARRAY_SUFFIXES", "IMAGE_SUFFIXES", "VALUE_RANGES", "DataSpec",
+__all__ = ["ARRAY_SUFFIXES", "IMAGE_SUFFIXES", "MAX_CLASSES", "VALUE_RANGES", "DataSpec",
            "as_spec", "canonical_data", "data_label", "is_builtin", "missing_data_path"]

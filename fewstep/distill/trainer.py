@@ -106,7 +106,7 @@ class Trainer:
     def state(self) -> TrainState:
         """The objects a checkpoint saves and restores."""
         return train_state(self.student, self.ema, self.method, self.optim, self.dist,
-                           self.rng)
+                           self.rng, self.prec)
 
     def save_checkpoint(self) -> Path:
         """Write the full training state (refuses, with :class:`DivergenceError`, if non-finite)."""
@@ -260,7 +260,7 @@ class Trainer:
             save_student_file(self.run_dir / "student.safetensors", ema,
                               student_file_config(self.teacher.config, self.cfg.student,
                                                   self.ema.sigmas, self.cfg.method,
-                                                  self.cfg.data))
+                                                  self.cfg.data, self.teacher.identity))
         self.write_samples("final")
         self.dist.barrier()  # every rank returns once the files exist
         return self.ema

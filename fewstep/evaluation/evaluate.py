@@ -34,6 +34,8 @@ same number of network calls; ``seconds_per_image`` is the median wall time per 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import re
 import statistics
 import time
@@ -46,7 +48,7 @@ from torch import Tensor
 
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.levels import teacher_sigmas
-from fewstep.core.samplers import euler_sample, student_sample
+from fewstep.core.samplers import check_finite, euler_sample, student_sample
 from fewstep.data.problem import Problem
 from fewstep.errors import ConfigError
 from fewstep.evaluation.features import DIGITS_FEATURES, FeatureSpace, resolve_feature_space
@@ -113,12 +115,18 @@ def _nfe(spec: SamplerSpec, teacher_w: float, cond: Any, corrected: bool) -> int
 @torch.no_grad()
 def _generate(spec: SamplerSpec, noise: Tensor, cond: Any, teacher: Denoiser, teacher_w: float,
               teacher_shift: float, student: Student | None,
-              g: torch.Generator | None) -> Tensor:
+              g: torch.Generator | None, check: bool = False) -> Tensor:
+    """One sampler pass; ``check``: NaN / Inf at any step is a
+    :class:`~fewstep.errors.NonFiniteError` naming the sampler and the first bad step."""
     if spec.kind == "teacher":
-        return euler_sample(teacher, noise, cond, teacher_sigmas(spec.steps, teacher_shift),
-                            teacher_w, noise_correction=spec.noise_correction).sample
-    return student_sample(student, noise, cond, noise_correction=spec.noise_correction,
-                          generator=g, num_steps=spec.steps).sample
+        traj = euler_sample(teacher, noise, cond, teacher_sigmas(spec.steps, teacher_shift),
+                            teacher_w, noise_correction=spec.noise_correction)
+    else:
+        traj = student_sample(student, noise, cond, noise_correction=spec.noise_correction,
+                              generator=g, num_steps=spec.steps)
+    if check:
+        check_finite(traj, spec.name)
+    return traj.sample
 
 
 def _merged(spec: SamplerSpec, student: Student | None) -> contextlib.AbstractContextManager:
@@ -153,7 +161,8 @@ def run_sampler(spec: SamplerSpec, noise: Tensor, cond: Any, teacher: Denoiser,
         for i in range(0, noise.shape[0], batch_size):
             e = noise[i:i + batch_size]
             c = None if cond is None else cond[i:i + batch_size]
-            outs.append(_generate(spec, e, c, teacher, teacher_w, teacher_shift, student, g))
+            outs.append(_generate(spec, e, c, teacher, teacher_w, teacher_shift, student, g,
+                                  check=True))
     secs = (time.perf_counter() - t0) / noise.shape[0]
     return torch.cat(outs), secs, _nfe(spec, teacher_w, cond, _corrected(spec, teacher, student))
 
@@ -212,6 +221,37 @@ def time_samplers(specs: Sequence[SamplerSpec], noise: Tensor, cond: Any, teache
             for name in wall}
 
 
+#: nearest neighbours of the PRDC metrics (precision, recall, density, coverage)
+PRDC_K = 5
+
+
+def check_heldout_for_metrics(problem: Problem, field: str = "--data") -> None:
+    """Image metrics compare with the held-out images, PRDC with ``PRDC_K`` neighbours among
+    them: fewer than ``PRDC_K + 1`` held-out images is a one-line error, before any work."""
+    if problem.is_toy or not getattr(problem, "is_user_data", False):
+        return
+    n = len(problem.image_data().x_heldout)
+    if n < PRDC_K + 1:
+        raise ConfigError(f"{field}: {n} held-out images; the image metrics (precision / recall "
+                          f"with k = {PRDC_K} neighbours) need at least {PRDC_K + 1}: add "
+                          "images, raise data.heldout (the held-out fraction) or give a "
+                          "held-out folder")
+
+
+def metrics_json(metrics: dict[str, Any]) -> str:
+    """The metrics as strict JSON: values that are undefined (NaN: e.g. CPU seconds on CUDA,
+    timing skipped) are written as ``null``, never as the non-JSON ``NaN``."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(metrics), indent=2, allow_nan=False)
+
+
 def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denoiser,
                       teacher_w: float = 1.0, teacher_shift: float = 1.0,
                       student: Student | None = None, num_samples: int = 2000,
@@ -230,6 +270,7 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
     from fewstep.evaluation.scores import evaluate_digits, evaluate_images, evaluate_toy
     from fewstep.evaluation.toy_metrics import sliced_wasserstein
 
+    check_heldout_for_metrics(problem)
     fs = features if isinstance(features, FeatureSpace) else \
         resolve_feature_space(problem, features, device)
     if classifier is not None:

@@ -73,7 +73,12 @@ def load_builder(target: str) -> nn.Module:
         fn = import_callable(target)
     except ValueError as e:
         raise ConfigError(f"--features builder:{target}: cannot import it ({e})") from None
-    net = fn()
+    try:
+        net = fn()
+    except TypeError as e:  # a builder of another signature
+        raise ConfigError(f"--features builder:{target}: calling it with no arguments failed "
+                          f"({e}); it must take no arguments and return an nn.Module mapping "
+                          "(N, C, H, W) images to (N, d) features") from None
     if not isinstance(net, nn.Module):
         raise ConfigError(f"--features builder:{target}: returned {type(net).__name__}, "
                           f"expected a torch.nn.Module")
@@ -115,7 +120,16 @@ def resolve_feature_space(problem: Any, spec: str = "auto",
         raise ConfigError(f"--features {spec}: use auto, pixels, digits_classifier, "
                           f"classifier:FILE or builder:pkg.module:function")
     net = load_builder(target)
-    return FeatureSpace(f"builder:{target}", net.to(device), None)
+    fs = FeatureSpace(f"builder:{target}", net.to(device), None)
+    try:  # one probe batch: a module of the wrong signature fails here, in one line
+        fs.features(torch.zeros((2, *shape), device=device))
+    except (TypeError, RuntimeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"--features builder:{target}: the module failed on a batch of shape "
+                          f"{(2, *shape)} ({' '.join(str(e).split())[:200]}); it must map "
+                          "(N, C, H, W) images to (N, d) features") from None
+    return fs
 
 
 __all__ = ["DIGITS_FEATURES", "FeatureSpace", "load_builder", "resolve_feature_space"]

@@ -348,14 +348,12 @@ def _export_diffusers(student: Any, out: Path, tcfg: dict[str, Any], kind: str, 
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by ``tmp`` (two renames; an old folder is removed afterwards)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Hand the finished folder ``tmp`` over as ``out`` (:func:`fewstep.utils.output_dirs.
+    deliver`: into the running export's output session, which swaps it in atomically with its
+    manifest; a foreign ``out`` is never replaced)."""
+    from fewstep.utils.output_dirs import deliver
+
+    deliver(tmp, out, "export")
 
 
 def read_info(folder: str | os.PathLike[str]) -> dict[str, Any]:

@@ -26,9 +26,12 @@ import torch
 from fewstep.distill.config import DistillConfig, load_run_teacher
 from fewstep.errors import ConfigError
 from fewstep.export.diffusers_export import export_family, export_student
+from fewstep.export.verify import COMMAND, legacy_export
 from fewstep.student.student import Student
 from fewstep.student.student_file import load_student_file
-from fewstep.utils.config_files import load_config
+from fewstep.utils.config_files import load_config, read_text_file
+from fewstep.utils.output_dirs import check_output_dir, output_folder
+from fewstep.utils.run_lock import reading_run
 
 #: top-level config sections that are not the recipe's own settings
 _NOT_RECIPE = ("method", "data", "teacher", "student", "train", "cache", "eval")
@@ -50,12 +53,16 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for path in sorted([*run_dir.glob("metrics*.json"), *run_dir.glob("eval*.json")]):
         try:
-            out[path.stem] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            out[path.stem] = json.loads(read_text_file(path, "metrics file"))
+        except (ConfigError, json.JSONDecodeError):
             continue
     hist = run_dir / "losses.jsonl"
     if hist.is_file():
-        rows = [r for r in hist.read_text(encoding="utf-8").splitlines() if r.strip()]
+        try:
+            text = read_text_file(hist, "loss log")
+        except ConfigError:
+            text = ""
+        rows = [r for r in text.splitlines() if r.strip()]
         with contextlib.suppress(json.JSONDecodeError):
             out["final_losses"] = json.loads(rows[-1]) if rows else None
     return {k: v for k, v in out.items() if v is not None}
@@ -72,15 +79,37 @@ def export_trained(student: Student, out: str | Path, teacher_config: dict[str, 
                           metrics=metrics)
 
 
+def export_inputs(run: Path, cfg: DistillConfig) -> list[Path]:
+    """What an export reads (``--out`` may not hold any of them): the run folder and the
+    teacher's file or local folder."""
+    found = [run]
+    for p in (cfg.teacher.path, cfg.teacher.pretrained):
+        if p and Path(p).expanduser().exists():
+            found.append(Path(p).expanduser())
+    return found
+
+
 def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
-               device: str | torch.device = "cpu") -> Path:
-    """Export ``run_dir``'s ``student.safetensors`` to the folder ``out``; returns ``out``."""
+               device: str | torch.device = "cpu", overwrite: bool = False) -> Path:
+    """Export ``run_dir``'s ``student.safetensors`` to the folder ``out``; returns ``out``.
+
+    ``out`` follows :mod:`fewstep.utils.output_dirs`: absent, empty or a previous export
+    (replaced atomically), else refused unless ``overwrite``; never a folder holding the run
+    or the teacher. A run still training (its run lock held) is refused."""
     run = Path(run_dir).expanduser()
     cfg_path, st_path = run / "config.yaml", run / "student.safetensors"
     if not cfg_path.is_file() or not st_path.is_file():
         raise ConfigError(f"--run: {run} is not a finished run (needs config.yaml and "
                           "student.safetensors)")
-    cfg = load_config(DistillConfig, cfg_path)
+    with reading_run(run, "--run"):
+        cfg = load_config(DistillConfig, cfg_path)
+        inputs = export_inputs(run, cfg)
+        check_output_dir(out, COMMAND, overwrite, inputs, legacy_export)  # before any work
+        return _export(run, cfg, st_path, Path(out), components, device, overwrite, inputs)
+
+
+def _export(run: Path, cfg: DistillConfig, st_path: Path, out: Path, components: str,
+            device: str | torch.device, overwrite: bool, inputs: list[Path]) -> Path:
     dev = torch.device(device)
     loaded = load_run_teacher(cfg, dev)
     try:
@@ -92,12 +121,20 @@ def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
                           f"zimage, unet_eps or diffusers); a teacher.kind "
                           f"{loaded.config.get('kind')} student is written whole in fewstep's "
                           "own format")
-    student, _ = load_student_file(st_path, dev, like=loaded.denoiser)
-    try:
-        return export_trained(student, out, loaded.config, loaded.problem, loaded.pipeline,
-                              components, cfg, run_metrics(run))
-    except ValueError as e:
-        raise ConfigError(f"--components: {e}") from None
+    student, scfg = load_student_file(st_path, dev, like=loaded.denoiser)
+    record = {"teacher_fingerprint": scfg.get("teacher_fingerprint", loaded.identity),
+              "run": str(run.resolve())}
+    with output_folder(out, COMMAND, overwrite, inputs, legacy_export, record) as tmp:
+        # a diffusers export builds its folder beside `out` (README names `out`) and hands
+        # it over to this session; fewstep's own format is written into the session's folder
+        try:
+            export_trained(student, out if family is not None else tmp, loaded.config,
+                           loaded.problem, loaded.pipeline, components, cfg, run_metrics(run))
+        except ValueError as e:
+            raise ConfigError(f"--components: {e}") from None
+        if not any(p.name != ".lock" for p in tmp.iterdir()):
+            raise RuntimeError(f"the export of {run} wrote nothing into its output session")
+    return out
 
 
-__all__ = ["export_run", "export_trained", "run_metrics", "run_summary"]
+__all__ = ["export_inputs", "export_run", "export_trained", "run_metrics", "run_summary"]

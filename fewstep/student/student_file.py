@@ -1,9 +1,11 @@
 """The student file (``RUN/student.safetensors``): the trained (EMA) student with what rebuilds it.
 
 Kind ``"student"`` (:mod:`fewstep.utils.files`); the config in its metadata is
-``{"denoiser": teacher config, "student": student section, "sigmas", "method", "data"}``
-(:func:`student_file_config`), plus ``base_fingerprint`` for a LoRA student, whose file holds
-only the adapters (the base is the teacher's, re-read on load).
+``{"denoiser": teacher config, "student": student section, "sigmas", "method", "data",
+"teacher_fingerprint"}`` (:func:`student_file_config`; the fingerprint is the teacher's
+content identity, :func:`fewstep.teachers.base.identity_of`: ``eval`` / ``sample`` refuse to
+pair the student with another teacher), plus ``base_fingerprint`` for a LoRA student, whose
+file holds only the adapters (the base is the teacher's, re-read on load).
 """
 
 from __future__ import annotations
@@ -27,11 +29,16 @@ STUDENT_FILE_KIND = "student"
 
 
 def student_file_config(teacher_cfg: dict[str, Any], student: StudentSpec, sigmas: Tensor,
-                        method: str, data: Any) -> dict[str, Any]:
+                        method: str, data: Any, teacher_fingerprint: str | None = None
+                        ) -> dict[str, Any]:
     """What :func:`load_student_file` needs to rebuild the student (stored in the file): the
-    teacher config, the ``student`` section, the step levels, the recipe and the data."""
-    return {"denoiser": teacher_cfg, "student": student.model_dump(),
-            "sigmas": [float(s) for s in sigmas], "method": method, "data": data}
+    teacher config, the ``student`` section, the step levels, the recipe, the data and the
+    teacher's content fingerprint."""
+    cfg = {"denoiser": teacher_cfg, "student": student.model_dump(),
+           "sigmas": [float(s) for s in sigmas], "method": method, "data": data}
+    if teacher_fingerprint is not None:
+        cfg["teacher_fingerprint"] = teacher_fingerprint
+    return cfg
 
 
 def save_student_file(path: str | Path, student: nn.Module, config: dict[str, Any]) -> None:

@@ -26,12 +26,14 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from fewstep.core.denoiser import Denoiser
+from fewstep.utils.fingerprints import folder_fingerprint, module_fingerprint
 from fewstep.utils.registry import Registry
 
 if TYPE_CHECKING:  # annotations only (spec.py imports this module)
@@ -164,18 +166,70 @@ def dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
 
 
 def weights_probe(module: nn.Module, h: Any, n: int = 4) -> None:
-    """Feed names and the first 1024 values of the first / last ``n`` parameters into ``h``."""
+    """Feed names and the first 1024 values of the first / last ``n`` parameters into ``h``
+    (the identity of older fewstep versions: kept to recognise their checkpoints)."""
     named = list(module.named_parameters())
     for name, p in named[:n] + named[-n:]:
         h.update(name.encode())
         h.update(p.detach().flatten()[:1024].to("cpu", torch.float64).numpy().tobytes())
 
 
+#: prefix of content identities (:func:`identity_of`); checkpoints of older versions hold
+#: bare hex digests
+IDENTITY_PREFIX = "content-v2:"
+
+
+def local_weights_folder(pretrained: object) -> Path | None:
+    """The folder holding a teacher's files: ``pretrained`` itself when it is a local folder,
+    else the hub id's snapshot in the local Hugging Face cache (never downloaded)."""
+    if not isinstance(pretrained, str) or not pretrained:
+        return None
+    p = Path(pretrained).expanduser()
+    if p.is_dir():
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        got = snapshot_download(pretrained, local_files_only=True)
+    except Exception:  # not cached, or not a hub id: fall back to the weights in memory
+        return None
+    return Path(got) if got and Path(got).is_dir() else None
+
+
 def identity_of(info: dict[str, Any], module: nn.Module) -> str:
-    """sha256 of ``info`` (JSON) and a probe of ``module``'s weights."""
-    h = hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode())
-    weights_probe(module, h)
-    return h.hexdigest()
+    """What a teacher is, by content: sha256 of ``info`` (JSON; its ``pretrained`` path left
+    out when the files are found) and the fingerprint of the weights -- every file of the local
+    folder or cached snapshot of ``info["pretrained"]`` (all components: denoiser, every text
+    encoder, VAE, tokenizers, configs), else the ``module``'s parameters in memory. Sampled
+    bytes by default, every byte with ``FEWSTEP_FINGERPRINT=full`` (memoised per file by path,
+    size, mtime and inode); see :mod:`fewstep.utils.fingerprints`. The teacher-sample cache is
+    keyed by it, and a student records it (``teacher_fingerprint``)."""
+    folder = local_weights_folder(info.get("pretrained"))
+    rest = {k: v for k, v in info.items() if not (folder is not None and k == "pretrained")}
+    h = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode())
+    h.update(folder_fingerprint(folder).encode() if folder is not None
+             else module_fingerprint(module).encode())
+    return IDENTITY_PREFIX + h.hexdigest()
+
+
+def same_teacher(recorded: str | None, identity: str) -> bool | None:
+    """``True`` / ``False`` when ``recorded`` (a checkpoint's or a student's teacher identity)
+    can be compared with ``identity``, ``None`` when it predates content identities (it cannot
+    tell)."""
+    if not recorded:
+        return None
+    if recorded == identity:
+        return True
+    if recorded.startswith((IDENTITY_PREFIX, FILE_IDENTITY_PREFIX)):
+        return False
+    if identity.startswith(FILE_IDENTITY_PREFIX) and \
+            recorded == identity.removeprefix(FILE_IDENTITY_PREFIX):
+        return True  # an older file teacher's identity: its verified sha256
+    return None
+
+
+#: prefix of a fewstep denoiser file's identity: the digest of its tensors
+FILE_IDENTITY_PREFIX = "sha256:"
 
 
 def first_line(e: BaseException) -> str:
@@ -193,6 +247,8 @@ def sampling_config(spec: TeacherSpec, sigmas: Tensor, shift: float, cfg_scale: 
 
 
 __all__ = [
+    "FILE_IDENTITY_PREFIX",
+    "IDENTITY_PREFIX",
     "TEACHER_KINDS",
     "DataRef",
     "LoadedTeacher",
@@ -202,6 +258,8 @@ __all__ = [
     "first_line",
     "get_adapter",
     "identity_of",
+    "local_weights_folder",
+    "same_teacher",
     "sampling_config",
     "teacher_kinds",
     "torch_dtype",

@@ -22,7 +22,7 @@ from fewstep.teachers.base import (
     TeacherAdapter,
     sampling_config,
 )
-from fewstep.teachers.training import denoiser_from_config, load_denoiser
+from fewstep.teachers.training import denoiser_from_config, denoiser_identity, load_denoiser
 from fewstep.utils.files import read_metadata
 
 if TYPE_CHECKING:
@@ -80,8 +80,7 @@ class FileTeacher(TeacherAdapter):
         sig, scale = resolve_teacher_sigmas(spec.levels or "uniform", spec.steps, shift)
         dcfg = {**dcfg, "sampling": {**samp, **sampling_config(
             spec, sig, shift, samp.get("cfg_scale", 1.0), scale)}}
-        return LoadedTeacher(den, dcfg, read_metadata(path).get("sha256", str(path)),
-                             get_problem(data))
+        return LoadedTeacher(den, dcfg, denoiser_identity(path, den), get_problem(data))
 
     def meta(self, spec: TeacherSpec, *, data: DataRef) -> MetaTeacher:
         path = _path(spec, data)

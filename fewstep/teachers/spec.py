@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from fewstep.data.prompts import read_prompts
+from fewstep.errors import ConfigError
 from fewstep.utils.config_files import StrictModel, user_path
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -65,7 +67,17 @@ class TeacherSpec(StrictModel):
     @field_validator("prompts")
     @classmethod
     def _prompts_ok(cls, v: str | None) -> str | None:
-        return None if v is None else user_path(v)
+        """Resolved; a file that exists must be a regular file of UTF-8 text (checked here,
+        before any weights are looked up)."""
+        if v is None:
+            return v
+        path = user_path(v)
+        if Path(path).exists():
+            try:
+                read_prompts(path)
+            except ConfigError as e:
+                raise ValueError(str(e).removeprefix("teacher.prompts: ")) from None
+        return path
 
     @field_validator("builder")
     @classmethod

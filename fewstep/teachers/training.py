@@ -12,7 +12,9 @@ Training objective (flow matching, METHODS §1): draw ``sigma ~ sigmoid(N(0, 1))
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import math
 import time
 from pathlib import Path
@@ -31,10 +33,22 @@ from fewstep.data.problem import builtin_names, get_problem
 from fewstep.data.spec import canonical_data, data_label, is_builtin, missing_data_path
 from fewstep.errors import CheckpointError, ConfigError
 from fewstep.networks.registry import network_denoiser
+from fewstep.teachers.base import FILE_IDENTITY_PREFIX
 from fewstep.utils.config_files import DeviceName, Seed, StrictModel
 from fewstep.utils.ema import ema_update
-from fewstep.utils.files import load_state_into, load_tensors, save_tensors
+from fewstep.utils.files import (
+    load_state_into,
+    load_tensors,
+    read_metadata,
+    save_tensors,
+    tensors_digest,
+)
+from fewstep.utils.output_dirs import check_output_dir, output_folder
+from fewstep.utils.resources import check_memory
 from fewstep.utils.viz import save_grid
+
+#: the command name recorded in the manifest of ``<out stem>_samples/``
+GRIDS = "teacher train"
 
 
 class NetworkConfig(StrictModel):
@@ -179,13 +193,69 @@ def save_denoiser(path: str | Path, denoiser: NetworkDenoiser, config: dict[str,
     save_tensors(path, denoiser.net.state_dict(), "denoiser", config, extra)
 
 
+def check_network_fits(config: dict[str, Any], device: str | torch.device, field: str,
+                       copies: int = 1) -> None:
+    """Build the network of a denoiser config on the ``meta`` device (no memory) and refuse,
+    one line, when ``copies`` float32 copies of its parameters (1: the weights; training: 5 =
+    weights, gradients, two Adam moments, EMA) exceed the memory available."""
+    with torch.device("meta"):
+        den = denoiser_from_config(config)
+    n = sum(p.numel() for p in den.parameters())
+    check_memory(n * 4 * copies, device, field, f"{n:,} parameters x {copies} float32 "
+                 f"cop{'ies' if copies > 1 else 'y'}")
+
+
+def check_sampling(config: dict[str, Any], where: str) -> None:
+    """The ``sampling`` block of a denoiser file: ``steps >= 1``, ``shift`` finite and > 0,
+    ``cfg_scale`` finite (a broken value would make every sample NaN)."""
+    samp = config.get("sampling", {})
+    if not isinstance(samp, dict):
+        raise CheckpointError(f"{where}: sampling config is not a mapping")
+    steps, shift, w = samp.get("steps", 8), samp.get("shift", 1.0), samp.get("cfg_scale", 1.0)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise CheckpointError(f"{where}: sampling.steps is {steps!r}; must be an integer >= 1")
+    for name, v, positive in (("shift", shift, True), ("cfg_scale", w, False)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or \
+                (positive and v <= 0):
+            raise CheckpointError(f"{where}: sampling.{name} is {v!r}; must be a finite number"
+                                  + (" > 0" if positive else ""))
+
+
 def load_denoiser(path: str | Path, device: str | torch.device = "cpu"
                   ) -> tuple[NetworkDenoiser, dict[str, Any]]:
-    """Load a denoiser file; returns ``(denoiser in eval mode, config)``."""
+    """Load a denoiser file; returns ``(denoiser in eval mode, config)``.
+
+    Checked before use: the network's size against the memory available (on the ``meta``
+    device, before anything is allocated), every tensor finite, the sampling settings valid
+    (:class:`CheckpointError` naming the file)."""
+    meta = read_metadata(path)
+    if meta.get("fewstep_kind") != "denoiser":
+        raise CheckpointError(f"{path} holds {meta.get('fewstep_kind')!r}, expected 'denoiser'")
+    try:
+        config = json.loads(meta.get("config", "{}") or "{}")
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} has no denoiser config")
+    check_sampling(config, str(path))
+    check_network_fits(config, device, str(path))
     tensors, config = load_tensors(path, kind="denoiser")
+    bad = next((k for k, t in tensors.items()
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: tensor {bad} holds NaN / Inf; the weights are broken")
     den = denoiser_from_config(config)
     load_state_into(den.net, tensors, str(path))
     return den.to(device).eval(), config
+
+
+def denoiser_identity(path: str | Path, denoiser: NetworkDenoiser) -> str:
+    """The identity of a denoiser file's weights (never its path): the digest of its tensors --
+    the one recorded in the file (verified when it was loaded), else computed from the loaded
+    weights (a file written by another tool may lack it)."""
+    recorded = read_metadata(path).get("sha256")
+    digest = recorded if recorded else tensors_digest(denoiser.net.state_dict())
+    return FILE_IDENTITY_PREFIX + digest
 
 
 def training_target(prediction: str, x0: Tensor, eps: Tensor) -> Tensor:
@@ -198,7 +268,8 @@ def training_target(prediction: str, x0: Tensor, eps: Tensor) -> Tensor:
 
 
 def train_teacher(cfg: TeacherConfig, out: str | Path | None = None,
-                  progress: bool = True) -> tuple[NetworkDenoiser, dict[str, Any]]:
+                  progress: bool = True, overwrite: bool = False
+                  ) -> tuple[NetworkDenoiser, dict[str, Any]]:
     """Train a flow-matching teacher; write its EMA weights to ``out`` if given.
 
     Stops after ``cfg.steps`` steps or ``cfg.minutes`` minutes, whichever comes first. With
@@ -207,7 +278,24 @@ def train_teacher(cfg: TeacherConfig, out: str | Path | None = None,
 
     Returns ``(ema denoiser, info)`` with ``info = {"seconds", "steps", "final_loss",
     "params", "network", "steps_per_second"}``.
+
+    The grid folder is an output folder (:mod:`fewstep.utils.output_dirs`): written beside,
+    swapped in at the end; one that ``teacher train`` did not write is refused unless
+    ``overwrite``. The network's size is checked against the memory available before it is
+    built.
     """
+    grid_dir = None if (out is None or cfg.grids == 0) else \
+        Path(out).parent / f"{Path(out).stem}_samples"
+    if grid_dir is not None:
+        check_output_dir(grid_dir, GRIDS, overwrite)
+    with contextlib.ExitStack() as stack:
+        tmp = None if grid_dir is None else \
+            stack.enter_context(output_folder(grid_dir, GRIDS, overwrite))
+        return _train(cfg, out, progress, tmp)
+
+
+def _train(cfg: TeacherConfig, out: str | Path | None, progress: bool, grid_dir: Path | None
+           ) -> tuple[NetworkDenoiser, dict[str, Any]]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     prob = get_problem(cfg.data)  # reads and checks user data before anything else
@@ -216,12 +304,11 @@ def train_teacher(cfg: TeacherConfig, out: str | Path | None = None,
     x_all = x_all.to(device)
     y_all = y_all.to(device) if y_all is not None else None
     dcfg = denoiser_config(cfg)
+    check_network_fits(dcfg, device, "network", copies=5)  # weights, grads, Adam x2, EMA
     den = denoiser_from_config(dcfg).to(device)
     ema = copy.deepcopy(den).eval().requires_grad_(False)
     opt = torch.optim.AdamW(den.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     budget = None if cfg.minutes is None else 60.0 * cfg.minutes
-    grid_dir = None if (out is None or cfg.grids == 0) else \
-        Path(out).parent / f"{Path(out).stem}_samples"
     grid_at = {max(1, round(cfg.steps * (k + 1) / cfg.grids)) for k in range(cfg.grids)}
     grid_times = [budget * (k + 1) / cfg.grids for k in range(cfg.grids)] if budget else []
 

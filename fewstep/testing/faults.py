@@ -13,7 +13,7 @@ entry points every write goes through:
   exercises its clean-up path (no partial file may remain).
 
 Both are context managers and restore everything on exit. A subprocess can apply them with
-``python -c`` (see ``benchmarks/bad_inputs.py``).
+``python -c`` (see ``benchmarks/robustness/bad_inputs.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Drive ``python -m fewstep.distill`` in subprocesses and kill it at observable moments.
 
-Used by the kill-and-resume tests and ``benchmarks/kill_resume.py``. Nothing here measures
-time to decide *when* to kill: every wait is on something the run wrote (a logged step, a
+Used by the kill-and-resume tests and ``benchmarks/robustness/kill_resume.py``. Nothing here
+measures time to decide *when* to kill: every wait is on something the run wrote (a logged step, a
 checkpoint, a temp file of a write in progress), with a generous timeout only to fail a hung
 run, so the same schedule holds on an idle and on an overloaded machine.
 

@@ -17,7 +17,8 @@ import hashlib
 import json
 import mmap
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,10 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from fewstep.errors import CheckpointError, write_error
+from fewstep.errors import CheckpointError, ConfigError, write_error
+
+#: longest file name most file systems take (used when the folder cannot be asked)
+DEFAULT_NAME_MAX = 255
 
 
 def tensors_digest(tensors: Mapping[str, Tensor]) -> str:
@@ -48,12 +52,36 @@ def _umask() -> int:
     return mask
 
 
+def name_max(folder: str | os.PathLike[str]) -> int:
+    """The longest file name the file system of ``folder`` (or of its nearest existing
+    ancestor) takes."""
+    p = Path(folder)
+    for a in (p, *p.parents):
+        try:
+            return int(os.pathconf(a, "PC_NAME_MAX"))
+        except (OSError, ValueError):
+            continue
+    return DEFAULT_NAME_MAX
+
+
+def temp_name(path: Path) -> str:
+    """A fresh hidden temp name beside ``path``: ``.<name>.<hex>.tmp``, or the short
+    ``.fewstep-<hex>.tmp`` when that would exceed the file system's name limit (a valid
+    255-byte ``path`` must stay writable)."""
+    tag = secrets.token_hex(4)
+    long = f".{path.name}.{tag}.tmp"
+    if len(os.fsencode(long)) <= name_max(path.parent):
+        return long
+    return f".fewstep-{tag}.tmp"
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
 
     An OS error (read-only file system, no space left, permission denied, ...) removes the
     temp file and raises :class:`~fewstep.errors.WriteError` naming ``path`` and what was
-    kept: the previous ``path`` unchanged, or nothing. Never leaves a partial file.
+    kept: the previous ``path`` unchanged, or nothing. Never leaves a partial file. The file
+    gets the usual mode (``0666`` less the umask).
     """
     path = Path(path)
     existed = path.exists()
@@ -61,12 +89,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = str(path.parent / temp_name(path))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
         tmp = None
     except OSError as e:
@@ -88,6 +117,60 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def strict_json(obj: object, indent: int | None = 2) -> str:
+    """``json.dumps`` that refuses NaN / Inf (``ValueError``): what fewstep writes is JSON."""
+    return json.dumps(obj, indent=indent, allow_nan=False)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike[str], field: str) -> int:
+    """A read-only file descriptor of the regular file ``path``, opened without ever blocking:
+    ``O_NONBLOCK`` (a FIFO without a writer would block a plain ``open``), ``fstat``, anything
+    but a regular file refused, then blocking mode back. Raises a one-line
+    :class:`~fewstep.errors.ConfigError` naming ``field`` and the path."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(f"{field}: cannot read {path}: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ConfigError(f"{field}: {path} is {_kind(mode)}, not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def check_regular(path: str | os.PathLike[str], field: str) -> None:
+    """Refuse (one line) a ``path`` that exists but is not a regular file (FIFO, device,
+    socket), without blocking on it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise ConfigError(f"{field}: {path} is {_kind(mode)}, not a regular file")
+
+
+def read_regular_bytes(path: str | os.PathLike[str], field: str) -> bytes:
+    """Every byte of the regular file ``path`` (:func:`open_regular`)."""
+    with os.fdopen(open_regular(path, field), "rb") as f:
+        try:
+            return f.read()
+        except OSError as e:
+            raise ConfigError(f"{field}: cannot read {path}: {e.strerror or e}") from None
 
 
 @contextlib.contextmanager

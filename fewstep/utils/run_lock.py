@@ -153,6 +153,34 @@ class RunLock:
 
 
 @contextlib.contextmanager
+def reading_run(run_dir: str | os.PathLike[str], field: str = "--run") -> Iterator[None]:
+    """Read a finished run: a shared ``flock`` on ``run_dir/.lock`` for the block, so a run
+    still training there (it holds the exclusive lock) is refused with
+    :class:`RunLockedError`, and a ``--resume`` cannot start while the run is read. A run
+    without a lock file, or on a file system without ``flock``, is read without one."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = RunLock(run_dir).read_holder()
+            raise RunLockedError(f"{field}: {run_dir} is still training ({_describe(holder)});"
+                                 " wait for it to finish (or stop it) before reading it"
+                                 ) from None
+        except OSError as e:
+            if e.errno not in _NO_FLOCK:
+                raise
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike[str]) -> Iterator[bool]:
     """Wait for an exclusive ``flock`` on ``folder/.lock`` (e.g. a shared teacher cache being
     built by another run: wait for it, then find its files done). Yields ``True`` when held,

@@ -88,3 +88,32 @@ def test_log_terms_on_mixed_devices_stack_on_the_accelerator() -> None:
     logs.add(3, {"g_total": dev, "step_k": host})
     assert len(logs) == 1
     assert stack_scalars([host, torch.tensor([2.0, 4.0])]).tolist() == [1.0, 3.0]
+
+
+def test_fp16_loss_scale_round_trips_through_a_checkpoint(tmp_path) -> None:
+    """The scaler's scale and growth counter are checkpoint tensors (a resumed fp16 run
+    continues with them instead of restarting at 65536, which would skip steps the
+    uninterrupted run took)."""
+    from fewstep.distill.engine.precision import Precision, ScalerState
+    from fewstep.distill.engine.state import load_train_state, save_train_state
+
+    dev = torch.device("cpu")
+    a = Precision("fp16", dev)
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for scale in (1e30, 1.0, 1.0):  # one overflowing step (scale backs off), then two good ones
+        with a.autocast():
+            loss = net(torch.ones(1, 2)).sum() * scale
+        a.backward(loss)
+        a.unscale_(opt)
+        a.step(opt)
+        a.update()
+        opt.zero_grad()
+    want = a.scaler.state_dict()
+    assert want["scale"] != 65536.0 and want["_growth_tracker"] == 2
+    g = torch.Generator()
+    save_train_state(tmp_path / "ck.safetensors", {"s": ScalerState(a)}, {}, {"g": g}, {}, {})
+    b = Precision("fp16", dev)
+    load_train_state(tmp_path / "ck.safetensors", {"s": ScalerState(b)}, {}, {"g": g})
+    got = b.scaler.state_dict()
+    assert got["scale"] == want["scale"] and got["_growth_tracker"] == want["_growth_tracker"]

@@ -1,4 +1,4 @@
-"""The streamed teacher cache: memory-mapped shards, deterministic batches, resumable."""
+"""The streamed teacher cache: verified shards read by rows, deterministic batches, resumable."""
 
 from __future__ import annotations
 
@@ -99,3 +99,51 @@ def test_ranks_read_their_slice(tmp_path: Path) -> None:
         w = whole.next()
         parts = [h.next() for h in halves]
         assert torch.equal(torch.cat([p["eps"] for p in parts]), w["eps"])
+
+
+def test_reader_rows_equal_the_verified_shards(tmp_path: Path) -> None:
+    c = _cache(tmp_path)
+    whole = c.load(progress=False)
+    r = c.reader(batch_size=5, seed=2, progress=False, prefetch=False)
+    for p in range(3):
+        idx = r.indices(p)["pairs"]
+        b = r.next()
+        for k in ("eps", "sample", "mid", "cond"):
+            assert torch.equal(b[k], whole[k][idx]), (p, k)
+    r.close()
+
+
+def test_a_shard_truncated_while_read_stops_the_run_in_one_line(tmp_path: Path) -> None:
+    """A shard rewritten in place after it was verified is never read (a memory map would have
+    served zeros, or died of SIGBUS): the reader stops with a CheckpointError naming it."""
+    import pytest
+
+    from fewstep.errors import CheckpointError
+
+    c = _cache(tmp_path, size=12, shard=4)
+    r = c.reader(batch_size=6, seed=1, progress=False, prefetch=False)
+    r.next()
+    for i in range(c.num_shards):
+        f = c.shard_path(i)
+        data = f.read_bytes()
+        with open(f, "r+b") as fh:  # in place: the same inode
+            fh.truncate(len(data) // 2)
+    with pytest.raises(CheckpointError, match="changed while this run read it"):
+        r.next()
+    r.close()
+    c.build(progress=False)  # a later run (or --resume) rebuilds the shards
+    assert all(c._shard_ok(i) for i in range(c.num_shards))
+
+
+def test_a_shard_replaced_by_rename_keeps_serving_the_verified_file(tmp_path: Path) -> None:
+    import os
+
+    c = _cache(tmp_path, size=8, shard=4)
+    whole = c.load(progress=False)
+    r = c.reader(batch_size=4, seed=5, progress=False, prefetch=False)
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(c.shard_path(0).read_bytes()[:100])
+    os.replace(other, c.shard_path(0))  # a foreign file at the path: not what the run opened
+    idx = r.indices(0)["pairs"]
+    assert torch.equal(r.next()["sample"], whole["sample"][idx])
+    r.close()

@@ -1,7 +1,7 @@
 """Every command answers bad input with one line and exit code 2, refused writes with 3.
 
 In-process through :func:`fewstep.app.cli.run` (what ``fewstep`` runs); the full matrix over real
-processes is ``python -m benchmarks.bad_inputs``.
+processes is ``python -m benchmarks.robustness.bad_inputs``.
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], expect: str, tmp_path: Pa
 def test_refused_writes_are_one_line_exit_3(fault: str, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.json"
-    out.write_text("{}")
+    out.write_text("{}")  # not a metrics file of fewstep eval: replaced only with --overwrite
     ctx = {"erofs": refuse_writes(tmp_path), "eacces": refuse_writes(tmp_path, errno.EACCES),
            "enospc": disk_full(tmp_path)}[fault]
     with ctx:
         rc = run(["eval", "--data", "checkerboard", "--num", "10", "--samplers", "teacher_2",
-                  "--out", str(out)])
+                  "--out", str(out), "--overwrite"])
     line = _one_line(capsys, rc, 3, str(out))
     assert out.read_text() == "{}"  # the previous file is kept
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -33,6 +33,7 @@ from fewstep.distill.engine.state import (
     save_train_state,
 )
 from fewstep.errors import CheckpointError, ConfigError, DivergenceError
+from fewstep.teachers.base import same_teacher
 from fewstep.utils.files import load_tensors
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,13 @@ class CheckpointManager:
             return None
         self.check_resume_config(ck, config, run_dir)
         counters = self.load(ck, state)
-        if counters.get("teacher_id", teacher_id) != teacher_id:
+        same = same_teacher(counters.get("teacher_id"), teacher_id)
+        if same is False:
             raise CheckpointError(f"resume: {ck} was trained with another teacher (its weights "
                                   "differ from teacher.path)")
+        if same is None and counters.get("teacher_id"):
+            log.warning("resume: %s predates content fingerprints of teachers; that the teacher "
+                        "is unchanged cannot be checked", ck)
         return ck, counters
 
     def check_resume_config(self, ck: Path, config: dict[str, Any], run_dir: Path) -> None:

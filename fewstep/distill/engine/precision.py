@@ -23,6 +23,7 @@ the non-finite check (divergence) happens too.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ import torch
 from torch import Tensor
 
 from fewstep.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "no", "bf16", "fp16"]
 
@@ -117,9 +120,41 @@ class Precision:
     def load_state_dict(self, sd: Mapping[str, float]) -> None:
         if self.scaler is not None and sd:
             st = dict(sd)
-            if "_growth_tracker" in st:
-                st["_growth_tracker"] = int(st["_growth_tracker"])
+            for k in ("_growth_tracker", "growth_interval"):  # ints (torch checks the type)
+                if k in st:
+                    st[k] = int(st[k])
             self.scaler.load_state_dict(st)
+
+
+class ScalerState:
+    """The fp16 loss scaler as checkpoint tensors, so a resumed fp16 run continues with the
+    scale and growth counter of the interrupted one (bit-identically; restarting at the
+    initial scale would make the first resumed steps overflow and be skipped where the
+    uninterrupted run stepped).
+
+    ``state_dict()`` -> ``{"scale": float64 (1,), "growth_tracker": int64 (1,)}`` (float64
+    holds the float32 scale exactly); ``load_state_dict`` restores them. An empty state (a
+    checkpoint written before the scaler was recorded) keeps the initial scale, with a
+    warning that the resume is not bit-identical."""
+
+    def __init__(self, prec: Precision) -> None:
+        assert prec.scaler is not None
+        self.prec = prec
+
+    def state_dict(self) -> dict[str, Tensor]:
+        sd = self.prec.scaler.state_dict()  # type: ignore[union-attr]
+        return {"scale": torch.tensor([float(sd["scale"])], dtype=torch.float64),
+                "growth_tracker": torch.tensor([int(sd["_growth_tracker"])], dtype=torch.int64)}
+
+    def load_state_dict(self, sd: Mapping[str, Tensor]) -> None:
+        if not sd:
+            log.warning("resume: this checkpoint predates the fp16 loss-scale record; the "
+                        "scale restarts at its initial value (not bit-identical)")
+            return
+        st = self.prec.scaler.state_dict()  # type: ignore[union-attr]
+        st["scale"] = float(sd["scale"][0])
+        st["_growth_tracker"] = int(sd["growth_tracker"][0])
+        self.prec.load_state_dict(st)
 
 
 def stack_scalars(values: list[Tensor]) -> Tensor:
@@ -183,4 +218,4 @@ class DeferredLogs:
         return out, bad
 
 
-__all__ = ["DeferredLogs", "Precision", "resolve_mode"]
+__all__ = ["DeferredLogs", "Precision", "ScalerState", "resolve_mode"]

@@ -9,6 +9,7 @@ emptied, and after a rollback it is cut back to the checkpoint rolled back to.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,13 @@ class LossLog:
         self._f = self.path.open("a") if self.enabled else None
 
     def append(self, step: int, logs: dict[str, float]) -> dict[str, Any]:
-        rec = {"step": step, **{k: round(v, 6) for k, v in logs.items()}}
+        """Log one row. A non-finite value that is allowed (an fp16 step skipped for an
+        overflowing gradient) is written as ``null``: every line is strict JSON."""
+        rec = {"step": step, **{k: round(v, 6) if math.isfinite(v) else None
+                                for k, v in logs.items()}}
         self.history.append(rec)
         if self._f is not None:
-            self._f.write(json.dumps(rec) + "\n")
+            self._f.write(json.dumps(rec, allow_nan=False) + "\n")
         return rec
 
     def flush(self) -> None:

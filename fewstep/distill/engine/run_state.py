@@ -5,8 +5,9 @@
   rank) and, with N processes, the step-choice stream every rank shares. Seeded from
   ``train.seed``; all of them are checkpointed, so a resumed run continues bit-identically.
 * :func:`train_state` -- the :class:`~fewstep.distill.engine.checkpoints.TrainState` of the
-  student, its EMA, the method's auxiliary networks and the optimizers: trainable state only
-  (a LoRA student's base is the teacher's), or full tensors through FSDP views.
+  student, its EMA, the method's auxiliary networks, the optimizers and (fp16) the loss
+  scaler: trainable state only (a LoRA student's base is the teacher's), or full tensors
+  through FSDP views. Every precision resumes bit-identically.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fewstep.distill.engine.checkpoints import TrainState, state_views
 from fewstep.distill.engine.distributed import DistEnv
 from fewstep.distill.engine.fsdp import FullStateView
 from fewstep.distill.engine.optim import Optimizers
+from fewstep.distill.engine.precision import Precision, ScalerState
 from fewstep.student.student import Student, TrainableStateView
 from fewstep.utils.files import read_metadata
 
@@ -81,8 +83,10 @@ class RunGenerators:
 
 
 def train_state(student: Student, ema: Student, method: nn.Module, optim: Optimizers,
-                dist: DistEnv, gens: RunGenerators) -> TrainState:
-    """The objects a checkpoint saves and restores (see the module docstring)."""
+                dist: DistEnv, gens: RunGenerators, prec: Precision | None = None
+                ) -> TrainState:
+    """The objects a checkpoint saves and restores (see the module docstring); with fp16,
+    ``prec``'s loss scaler too (:class:`~fewstep.distill.engine.precision.ScalerState`)."""
     mods: dict[str, object] = {"student": student, "ema": ema, "method": method}
     if not dist.fsdp:  # trainable state only: a LoRA base is the teacher's
         mods.update(student=TrainableStateView(student), ema=TrainableStateView(ema))
@@ -91,6 +95,8 @@ def train_state(student: Student, ema: Student, method: nn.Module, optim: Optimi
         mods, opts = state_views(mods, optim.optimizers(), True)
         for k, st in (("student", student), ("ema", ema)):  # full tensors, trainable keys
             mods[k] = FullStateView(st, keys=lambda st=st: st.trainable_state_dict().keys())
+    if prec is not None and prec.scaler is not None:
+        mods["grad_scaler"] = ScalerState(prec)
     return TrainState(mods, opts, optim.schedulers(),
                       lambda ck: gens.for_checkpoint(dist, ck))
 

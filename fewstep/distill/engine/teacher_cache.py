@@ -12,10 +12,16 @@ from its own seed, so a shard that is missing or fails its checksum is regenerat
 content; a run stopped half-way resumes at the first missing shard.
 
 Training reads the cache through :class:`CacheReader` (:meth:`TeacherCache.reader`): the shards
-stay on disk, memory-mapped (the OS pages in the rows a batch touches and may evict them), and
-only each batch's rows are copied -- into pinned memory when training on CUDA, then to the
-device without blocking -- by a background thread one batch ahead. Nothing moves to the device
-wholesale: the cache costs host page cache, not device memory.
+stay on disk, and only each batch's rows are read (``os.pread`` on descriptors opened when the
+shards were verified: :class:`~fewstep.distill.engine.cache_shards.VerifiedShard`; a shard
+truncated or rewritten while the run reads it stops the run with one line, it is never used)
+-- into pinned memory when training on CUDA, then to the device without blocking -- by a
+background thread one batch ahead. Nothing moves to the device wholesale: the cache costs host
+page cache, not device memory.
+
+The key's teacher part is the teacher's content identity
+(:func:`fewstep.teachers.base.identity_of`, or a denoiser file's tensor digest), never its
+path: a teacher replaced in place gets a new cache.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -37,8 +44,9 @@ from fewstep.core.denoiser import Denoiser
 from fewstep.core.levels import teacher_sigmas
 from fewstep.core.noise_correction import default_noise_correction
 from fewstep.core.samplers import euler_sample
+from fewstep.distill.engine.cache_shards import VerifiedShard
 from fewstep.errors import CheckpointError
-from fewstep.utils.files import atomic_write_bytes, load_tensors, mmap_safetensors, save_tensors
+from fewstep.utils.files import atomic_write_bytes, load_tensors, save_tensors
 from fewstep.utils.run_lock import folder_lock
 
 log = logging.getLogger(__name__)
@@ -95,6 +103,7 @@ class TeacherCache:
         self.fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
         self.dir = Path(root) / self.fingerprint[:16]
         self.spec = spec
+        self._verified: dict[int, tuple[int, int, int]] = {}  # shard -> (inode, size, mtime)
 
     @property
     def num_shards(self) -> int:
@@ -138,15 +147,27 @@ class TeacherCache:
             raise CheckpointError(f"{p} does not hold {self.shard_size} entries")
         return tensors
 
+    def _stat(self, i: int) -> tuple[int, int, int]:
+        st = os.stat(self.shard_path(i))
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
     def _shard_ok(self, i: int) -> bool:
         if not self.shard_path(i).exists():
             return False
         try:
+            before = self._stat(i)
             self.load_shard(i)
+            if self._stat(i) == before:
+                self._verified[i] = before
             return True
         except CheckpointError as e:
             log.warning("teacher cache: %s; regenerating shard %d", e, i)
             return False
+
+    def _verify(self, i: int) -> None:
+        """Shard ``i`` is the file :meth:`build` verified, or it is verified again now."""
+        if self._verified.get(i) != self._stat(i):
+            self.load_shard(i)
 
     def build(self, progress: bool = True) -> None:
         """Generate every missing or corrupt shard (already-valid shards are kept).
@@ -169,6 +190,7 @@ class TeacherCache:
             for i in tqdm(todo, desc="teacher cache", disable=not progress or not todo):
                 save_tensors(self.shard_path(i), self._generate_shard(i),
                              "teacher_cache_shard", {"index": i, **self.spec})
+                self._verified.pop(i, None)
 
     def load(self, progress: bool = True) -> dict[str, Tensor]:
         """Build what is missing, then return all entries concatenated (first ``size``)."""
@@ -181,16 +203,17 @@ class TeacherCache:
                progress: bool = True, prefetch: bool = True,
                cond_map: CondMap | None = None) -> CacheReader:
         """Build what is missing (verifying every shard's checksum), then a streaming
-        :class:`CacheReader` over the memory-mapped shards (see its docstring)."""
+        :class:`CacheReader` over the verified shards (see its docstring)."""
         self.build(progress)
-        views = [mmap_safetensors(self.shard_path(i)) for i in range(self.num_shards)]
+        views = [VerifiedShard(self.shard_path(i), lambda i=i: self._verify(i))
+                 for i in range(self.num_shards)]
         return CacheReader(views, self.size, self.shard_size, batch_size, seed, pairs=pairs,
                            real=real, rows=rows, device=device, prefetch=prefetch,
                            cond_map=cond_map)
 
 
 class CacheReader:
-    """Batches of cache rows, streamed from memory-mapped shards.
+    """Batches of cache rows, streamed from verified shards (read by rows, checked on read).
 
     Which rows batch ``p`` (the ``p``-th call of :meth:`next`, counted from 0) holds is a pure
     function of ``(seed, p)``: ``batch_size`` indices uniform over the cache (the pair rows:
@@ -200,7 +223,7 @@ class CacheReader:
     only needs :attr:`position` (:meth:`state_dict`), which checkpoints record. Every
     data-parallel rank draws the same global indices and reads only its ``rows`` slice of them.
 
-    Rows are gathered (``index_select`` on the shard views) into pinned host memory when
+    Rows are read (``os.pread``, checked: :class:`VerifiedShard`) into pinned host memory when
     ``device`` is CUDA and copied with ``non_blocking=True``; on CPU the gathered tensors are
     the batch. One background thread prepares batch ``p + 1`` while batch ``p`` trains.
     ``cond_map`` (optional) turns the host ``cond`` / ``real_cond`` ids into what the teacher
@@ -209,7 +232,7 @@ class CacheReader:
     pinned too.
     """
 
-    def __init__(self, views: list[dict[str, Tensor]], size: int, shard_size: int,
+    def __init__(self, views: list[VerifiedShard], size: int, shard_size: int,
                  batch_size: int, seed: int, pairs: bool = True, real: bool = False,
                  rows: slice | None = None, device: str | torch.device = "cpu",
                  prefetch: bool = True, cond_map: CondMap | None = None) -> None:
@@ -241,12 +264,12 @@ class CacheReader:
         first = self.views[0]
         keys = list(first) if keys is None else keys
         shard, row = idx // self.shard_size, idx % self.shard_size
-        out = {k: torch.empty((len(idx), *first[k].shape[1:]), dtype=first[k].dtype,
+        out = {k: torch.empty((len(idx), *first.row_shape(k)), dtype=first.dtype(k),
                               pin_memory=self.pin) for k in keys}
         for s in shard.unique().tolist():
             sel = (shard == s).nonzero().squeeze(1)
             for k in keys:
-                out[k][sel] = self.views[s][k].index_select(0, row[sel])
+                out[k][sel] = self.views[s].rows(k, row[sel])
         return out
 
     def _load(self, position: int) -> dict[str, Any]:
@@ -294,3 +317,5 @@ class CacheReader:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        for v in self.views:
+            v.close()

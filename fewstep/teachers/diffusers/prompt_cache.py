@@ -14,11 +14,12 @@ missing, unreadable, or fails any of these checks is regenerated from the encode
 used as is. A cache is reused across runs when the prompt file's content (sha256) and the
 *encoder fingerprint* match; otherwise it is rebuilt from scratch.
 
-The fingerprint identifies the encoder: by default :func:`encoder_fingerprint` hashes the
-pipeline/text-encoder/tokenizer classes, the text encoder's config, the tokenizer's vocabulary
-size and chat template, ``max_sequence_length``, and a probe of the weights (the first 1024
-values of a few parameter tensors). Pass ``fingerprint=`` yourself for a stronger or custom
-identity (e.g. a model revision hash).
+The fingerprint identifies the encoders: by default :func:`encoder_fingerprint` hashes, for
+every text encoder of the pipeline (``text_encoder``, ``_2``, ``_3``: Flux and SD3 have two or
+three), its class and config, its tokenizer's class, vocabulary size and chat template,
+``max_sequence_length``, and sampled blocks of every parameter
+(:func:`fewstep.utils.fingerprints.module_fingerprint`). Pass ``fingerprint=`` yourself for a
+stronger or custom identity (e.g. a model revision hash).
 
 Prompt file: UTF-8, one prompt per line; surrounding whitespace is stripped and blank lines are
 skipped. Prompt ``i`` is the ``i``-th non-blank line.
@@ -43,6 +44,7 @@ from torch import Tensor
 
 from fewstep.core.conditioning import PromptEmbeds
 from fewstep.utils.files import mmap_safetensors
+from fewstep.utils.fingerprints import module_fingerprint
 
 #: ``encode_fn(prompts) -> [(L_i, D), ...]``, one tensor per prompt, or ``[((L_i, D), (P,)),
 #: ...]`` with a pooled vector per prompt (stored as ``q<index>``).
@@ -101,32 +103,38 @@ def pipeline_encode_fn(pipe: Any, max_sequence_length: int | None = None,
     return fn
 
 
+#: pipeline attributes that hold text encoders / tokenizers (Flux, SD3 have several)
+ENCODER_SLOTS = ("", "_2", "_3")
+
+
 def encoder_fingerprint(pipe: Any, max_sequence_length: int | None = None,
                         extra: str = "") -> str:
-    """A sha256 identifying the text encoder of ``pipe`` (see module docstring)."""
-    te = getattr(pipe, "text_encoder", None)
-    tok = getattr(pipe, "tokenizer", None)
-    info: dict[str, Any] = {
-        "pipeline": type(pipe).__name__,
-        "text_encoder": type(te).__name__,
-        "tokenizer": type(tok).__name__,
-        "max_sequence_length": max_sequence_length,
-        "extra": extra,
-    }
-    if te is not None and hasattr(te, "config"):
-        cfg = te.config.to_dict() if hasattr(te.config, "to_dict") else dict(te.config)
-        info["text_encoder_config"] = {k: v for k, v in cfg.items()
-                                       if k not in ("transformers_version", "_commit_hash")}
-    if tok is not None:
-        info["vocab"] = len(tok)
-        info["chat_template"] = hashlib.sha256(
-            str(getattr(tok, "chat_template", "")).encode()).hexdigest()
+    """A sha256 identifying every text encoder and tokenizer of ``pipe`` (``text_encoder``,
+    ``text_encoder_2``, ``text_encoder_3`` and their tokenizers; see module docstring)."""
+    info: dict[str, Any] = {"pipeline": type(pipe).__name__,
+                            "max_sequence_length": max_sequence_length, "extra": extra}
+    modules = []
+    for slot in ENCODER_SLOTS:
+        te = getattr(pipe, f"text_encoder{slot}", None)
+        tok = getattr(pipe, f"tokenizer{slot}", None)
+        if te is None and tok is None:
+            continue
+        entry: dict[str, Any] = {"text_encoder": type(te).__name__,
+                                 "tokenizer": type(tok).__name__}
+        if te is not None and hasattr(te, "config"):
+            cfg = te.config.to_dict() if hasattr(te.config, "to_dict") else dict(te.config)
+            entry["text_encoder_config"] = {k: v for k, v in cfg.items()
+                                            if k not in ("transformers_version", "_commit_hash")}
+        if tok is not None:
+            entry["vocab"] = len(tok)
+            entry["chat_template"] = hashlib.sha256(
+                str(getattr(tok, "chat_template", "")).encode()).hexdigest()
+        info[f"encoder{slot}"] = entry
+        if isinstance(te, torch.nn.Module):
+            modules.append(te)
     h = hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode())
-    if te is not None and isinstance(te, torch.nn.Module):
-        named = list(te.named_parameters())
-        for name, p in named[:4] + named[-4:]:
-            h.update(name.encode())
-            h.update(p.detach().flatten()[:1024].to("cpu", torch.float64).numpy().tobytes())
+    for te in modules:  # sampled blocks of every parameter (fewstep.utils.fingerprints)
+        h.update(module_fingerprint(te).encode())
     return h.hexdigest()
 
 

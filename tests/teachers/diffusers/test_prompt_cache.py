@@ -132,3 +132,16 @@ def test_fingerprint_tracks_weights(tiny_pipe):
             assert fp != encoder_fingerprint(tiny_pipe, TINY_MAX_SEQ)
         finally:
             p.view(-1)[0] -= 1.0
+
+
+def test_fingerprint_covers_the_second_text_encoder():
+    """A Flux pipeline whose T5 (text_encoder_2) is replaced gets another cache key (issue 24:
+    the old prompt embeddings were served)."""
+    from fewstep.testing.tiny_pipelines import build_tiny_flux_pipeline
+
+    pipe = build_tiny_flux_pipeline(seed=0)
+    fp = encoder_fingerprint(pipe, TINY_MAX_SEQ)
+    other = build_tiny_flux_pipeline(seed=1).text_encoder_2
+    assert type(other) is type(pipe.text_encoder_2)
+    pipe.text_encoder_2 = other
+    assert fp != encoder_fingerprint(pipe, TINY_MAX_SEQ)

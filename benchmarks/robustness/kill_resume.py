@@ -1,8 +1,9 @@
 """SIGKILL a distillation at seeded random moments, resume each time, compare with a clean run.
 
-``python -m benchmarks.kill_resume [--kills 20] [--seed 0] [--iterations 300]`` trains a tiny
-Turbo++ student on the 2-D checkerboard (shipped teacher, 4-shard teacher cache) once without
-interruption, then again with ``--kills`` SIGKILLs, each followed by ``--resume``:
+``python -m benchmarks.robustness.kill_resume [--kills 20] [--seed 0] [--iterations 300]
+[--precision no|fp16|bf16]`` trains a tiny Turbo++ student on the 2-D checkerboard (shipped
+teacher, 4-shard teacher cache) once without interruption, then again with ``--kills``
+SIGKILLs, each followed by ``--resume``:
 
 * ``cache``: while a teacher-cache shard is being written (its temp file exists);
 * ``before_first_checkpoint``: after a random number of logged steps, before any checkpoint;
@@ -14,7 +15,11 @@ fsync of temp files is slowed down by 0.3 s in both runs (a slow disk) so that "
 write" kills land inside the write. After the last kill the run finishes; the final EMA
 student, the last checkpoint, the teacher cache and ``losses.jsonl`` must be byte-identical to
 the uninterrupted run's, with no temp file left. Writes
-``benchmarks/results/kill_resume.json``.
+``benchmarks/results/kill_resume.json`` (``kill_resume_<precision>.json`` for fp16 / bf16).
+
+``--precision fp16`` trains with autocast + a loss scaler, with a step-1 loss weight large
+enough that the first steps overflow at the initial scale: the scale moves before the first
+kill, so a resume that lost the scaler's state (its scale and growth counter) would differ.
 """
 
 from __future__ import annotations
@@ -51,14 +56,19 @@ from fewstep.utils.files import load_tensors
 SLOW_FSYNC = 0.3
 
 
-def tiny_config(cache_dir: Path, iterations: int, ckpt_every: int, keep_last: int = 2
-                ) -> dict[str, Any]:
-    return {"data": "checkerboard", "method": "turbo_pp",
-            "teacher": {"path": str(shipped_teacher("checkerboard"))},
-            "cache": {"dir": str(cache_dir), "size": 512, "shard_size": 128, "batch_size": 128},
-            "train": {"iterations": iterations, "batch_size": 32, "ckpt_every": ckpt_every,
-                      "log_every": 1, "keep_last": keep_last, "lr_warmup": 20},
-            "eval": {"num_samples": 10}}
+def tiny_config(cache_dir: Path, iterations: int, ckpt_every: int, keep_last: int = 2,
+                precision: str = "no") -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "data": "checkerboard", "method": "turbo_pp",
+        "teacher": {"path": str(shipped_teacher("checkerboard"))},
+        "cache": {"dir": str(cache_dir), "size": 512, "shard_size": 128, "batch_size": 128},
+        "train": {"iterations": iterations, "batch_size": 32, "ckpt_every": ckpt_every,
+                  "log_every": 1, "keep_last": keep_last, "lr_warmup": 20,
+                  "mixed_precision": precision},
+        "eval": {"num_samples": 10}}
+    if precision == "fp16":  # gradients overflow at the initial scale: the scaler moves
+        cfg["step1"] = {"weight": 3000.0}
+    return cfg
 
 
 def schedule(kills: int, rng: random.Random) -> list[str]:
@@ -109,8 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--ckpt-every", type=int, default=20)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kill_resume.json"))
+    ap.add_argument("--precision", choices=["no", "fp16", "bf16"], default="no",
+                    help="train.mixed_precision of both runs")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.out is None:
+        suffix = "" if args.precision == "no" else f"_{args.precision}"
+        args.out = Path(f"benchmarks/results/kill_resume{suffix}.json")
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
     kinds = schedule(args.kills, rng)
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         # the reference keeps every checkpoint, to compare each one the killed run writes
         for name, cache, keep in (("ref", ref_cache, 10**6), ("run", run_cache, 2)):
             (root / f"{name}.yaml").write_text(yaml.safe_dump(
-                tiny_config(cache, args.iterations, args.ckpt_every, keep)))
+                tiny_config(cache, args.iterations, args.ckpt_every, keep, args.precision)))
         ref_args = ["--config", str(root / "ref.yaml"), "--out", str(ref), "--quiet"]
         proc = start_distill(ref_args, log, SLOW_FSYNC)
         if finish(proc, log) != 0:
@@ -219,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append(f"temp files left: {leftovers}")
         text = log.read_text(errors="replace")
         checks["tracebacks_in_log"] = text.count("Traceback")
-    result = {"command": "python -m benchmarks.kill_resume" + "".join(
+    result = {"command": "python -m benchmarks.robustness.kill_resume" + "".join(
                   f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
               "kills": len(events), "iterations": args.iterations,
+              "precision": args.precision,
               "ckpt_every": args.ckpt_every, "seed": args.seed,
               "identical": not problems, "problems": problems, "checks": checks,
               "resumes_consistent": sum(judged), "resumes_judged": len(judged),

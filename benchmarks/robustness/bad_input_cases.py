@@ -1,69 +1,18 @@
-"""Malformed inputs across every command: each must end in one line on stderr, no traceback.
+"""The case list of :mod:`benchmarks.robustness.bad_inputs`: one :class:`Case` per malformed
+input, with the exit code and the text its one ``error:`` line must have.
 
-``python -m benchmarks.bad_inputs [--workers 2] [--only PREFIX]`` builds a few fixture files
-(binary / Latin-1 / UTF-16 configs, folders where files are expected, a garbage weights file,
-a checkerboard student, a finished run, a run folder holding checkpoints, a run folder locked
-by this process), then runs every case of :data:`CASES` as its own ``fewstep`` process (at most
-``--workers`` at a time) and writes ``benchmarks/results/bad_inputs.json``:
-``{"tried", "clean", "failures": [{"id", "argv", "rc", "stderr"}], "by_command", ...}``.
-
-A case is clean when the process exits with the expected code -- 2 for bad input, 3 for a write
-the operating system refused (:mod:`fewstep.errors`) -- prints exactly one line on stderr that
-starts with ``error:`` and contains the case's expected text, and prints no traceback.
-
-Write errors: this runs as root in CI, where ``chmod`` does not stop writes. Cases marked
-``fault`` run the command under :func:`fewstep.testing.faults.refuse_writes` (a read-only or
-permission-denied folder, ``EROFS`` / ``EACCES``) or :func:`~fewstep.testing.faults.disk_full`
-(``ENOSPC`` when a file is fsynced; ``enospc_open``: when it is created) applied in the child
-process; ``/sys`` paths give a real
-``EPERM`` from the kernel.
+:data:`CASES` are the cases every command has answered since the first reliability pass;
+:data:`NOTHING_LOST_CASES` the ones of issue 24 ("nothing lost, nothing silently wrong"):
+outputs that would destroy a user's files, YAML bombs and duplicates, booleans as numbers, FIFOs,
+16-bit / label / prompt-file inputs, unallocatable sizes, non-finite teachers, mismatched
+teacher / student pairs, torn or mixed exports, over-long names. ``{copy:NAME}`` is a fresh copy
+of fixture ``NAME`` in the case's folder that must be byte-identical after the command (nothing
+lost); ``{U}`` is a fresh user folder (``notes.txt``, ``sub/weights.bin``) likewise.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
-import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import torch
-import yaml
-
-from fewstep.core.levels import student_sigmas
-from fewstep.data.registry import shipped_teacher
-from fewstep.student.student import Student
-from fewstep.teachers.training import load_denoiser
-from fewstep.utils.files import save_tensors
-from fewstep.utils.run_lock import RunLock
-
-#: the child process: apply the case's fault (if any), then run the ``fewstep`` CLI
-CHILD = """
-import errno, sys
-from contextlib import nullcontext
-from pathlib import Path
-import torch
-torch.set_num_threads(1)
-fault, where, module = sys.argv[1], sys.argv[2], sys.argv[3]
-sys.argv = [module, *sys.argv[4:]]
-ctx = nullcontext()
-if fault != "none":  # (fewstep.testing imports the tiny diffusers fixtures: slow)
-    from fewstep.testing.faults import disk_full, refuse_writes
-    ctx = {"erofs": refuse_writes(where), "eacces": refuse_writes(where, errno.EACCES),
-           "enospc": disk_full(where), "enospc_open": refuse_writes(where, errno.ENOSPC)}[fault]
-with ctx:
-    if module == "fewstep.distill":
-        from fewstep.distill.__main__ import main as distill_main
-        sys.exit(distill_main(sys.argv[1:]))
-    from fewstep.app.cli import main
-    main()
-"""
 
 SYS = "/sys/fewstep_bad_inputs"  # the kernel refuses to create anything here (EPERM), even as root
 
@@ -76,14 +25,18 @@ class Case:
     argv: list[str]
     rc: int = 2
     expect: str = ""
-    fault: str = "none"  # none | erofs | eacces (below {ro}) | enospc | enospc_open ({full})
+    #: none | erofs | eacces (below {ro}) | enospc | enospc_open ({full}) | aslimit (a 10 GiB
+    #: address space: a case that must be refused before it allocates) | fsize (a file-size
+    #: limit of half the largest weights file: writes fail with EFBIG)
+    fault: str = "none"
     module: str = "fewstep"  # or fewstep.distill (python -m fewstep.distill)
     tags: list[str] = field(default_factory=list)
+    timeout: float | None = None  # seconds (None: the run's --timeout)
 
 
 def C(id: str, *argv: str, rc: int = 2, expect: str = "", fault: str = "none",
-      module: str = "fewstep") -> Case:
-    return Case(id, list(argv), rc, expect, fault, module)
+      module: str = "fewstep", timeout: float | None = None) -> Case:
+    return Case(id, list(argv), rc, expect, fault, module, timeout=timeout)
 
 
 TT = ("teacher", "train", "--quiet", "--out")
@@ -282,7 +235,7 @@ CASES: list[Case] = [
     C("distill/override-blamed", *D, "--preset", "demo", "--out", "{T}/r", "train.lr=-1",
       expect="override 'train.lr=-1'"),
     C("distill/run-locked", *D, "--out", "{locked}", *DQ, expect="in use by another run"),
-    C("distill/run-has-checkpoints", *D, "--out", "{ckrun}", *DQ,
+    C("distill/run-has-checkpoints", *D, "--out", "{copy:ckrun}", *DQ,
       expect="already holds checkpoints"),
     C("distill/num-steps-zero", *D, "--out", "{T}/r", *DQ, "student.num_steps=0",
       expect="student.num_steps"),
@@ -383,153 +336,141 @@ CASES: list[Case] = [
 ]
 
 
-def _student_config(teacher_cfg: dict[str, Any], sigmas: torch.Tensor) -> dict[str, Any]:
-    spec = {"num_steps": 2, "parameterization": "decoupled", "transition": "fresh",
-            "sigmas": None, "lora_rank": 16, "lora_alpha": None, "lora_targets": None}
-    return {"denoiser": teacher_cfg, "student": spec, "sigmas": [float(s) for s in sigmas],
-            "method": "turbo_pp", "data": "checkerboard"}
+#: a hang is refused within this many seconds (imports included, on a loaded machine)
+HANG = 180.0
+#: every distill case: tiny, on the shipped checkerboard teacher
+DQT = (*DQ, "teacher.path={ckT}")
 
-
-def make_fixtures(root: Path) -> dict[str, str]:
-    """Files the cases refer to, as ``{placeholder: path}`` (``{T}`` is replaced by a fresh
-    folder per case)."""
-    f: dict[str, Path] = {"T": root}
-    f["bin"] = root / "binary.yaml"
-    f["bin"].write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00train:\x00\xff\xfe")
-    f["latin"] = root / "latin1.yaml"
-    f["latin"].write_bytes("data: checkerboard\n# caf\u00e9 cr\u00e8me\n".encode("latin-1"))
-    f["utf16"] = root / "utf16.yaml"
-    f["utf16"].write_bytes("data: checkerboard\n".encode("utf-16"))
-    f["dir"] = root / "a_folder"
-    f["dir"].mkdir()
-    f["dirst"] = root / "folder.safetensors"
-    f["dirst"].mkdir()
-    f["file"] = root / "a_file.txt"
-    f["file"].write_text("just text\n")
-    f["list"] = root / "list.yaml"
-    f["list"].write_text("- a\n- b\n")
-    f["badyaml"] = root / "bad.yaml"
-    f["badyaml"].write_text("train: {lr: [\n")
-    f["deep"] = root / "deep.yaml"
-    f["deep"].write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
-    f["teacher_yaml"] = root / "teacher.yaml"
-    f["teacher_yaml"].write_text("data: checkerboard\nsteps: 10\n")
-    f["distill_yaml"] = root / "distill.yaml"
-    f["distill_yaml"].write_text("data: checkerboard\ntrain:\n  iterations: 1\n")
-    f["garbage"] = root / "garbage.safetensors"
-    f["garbage"].write_bytes(b"\x00\x01 this is not a safetensors file" * 10)
-    f["ckT"], f["dgT"] = shipped_teacher("checkerboard"), shipped_teacher("digits")
-    den, tcfg = load_denoiser(f["ckT"])
-    sig = student_sigmas(2, 8, float(tcfg.get("sampling", {}).get("shift", 1.0)))
-    student = Student(den, sig, "decoupled", "fresh")
-    f["ckS"] = root / "student_checkerboard.safetensors"
-    save_tensors(f["ckS"], student.state_dict(), "student", _student_config(tcfg, sig))
-    run_cfg = {"data": "checkerboard", "method": "turbo_pp", "cache": {"dir": str(root / "c")}}
-    f["run"] = root / "finished_run"
-    f["run"].mkdir()
-    (f["run"] / "config.yaml").write_text(yaml.safe_dump(run_cfg))
-    save_tensors(f["run"] / "student.safetensors", student.state_dict(), "student",
-                 _student_config(tcfg, sig))
-    f["badrun"] = root / "run_latin1_config"
-    f["badrun"].mkdir()
-    (f["badrun"] / "config.yaml").write_bytes(b"data: checkerboard # \xe9\xe8\n")
-    save_tensors(f["badrun"] / "student.safetensors", student.state_dict(), "student",
-                 _student_config(tcfg, sig))
-    f["garbagerun"] = root / "run_garbage_student"
-    f["garbagerun"].mkdir()
-    (f["garbagerun"] / "config.yaml").write_text(yaml.safe_dump(run_cfg))
-    (f["garbagerun"] / "student.safetensors").write_bytes(b"garbage" * 20)
-    f["ckrun"] = root / "run_with_checkpoints"
-    (f["ckrun"] / "checkpoints").mkdir(parents=True)
-    (f["ckrun"] / "checkpoints" / "ckpt_00000005.safetensors").write_bytes(b"x")
-    f["locked"] = root / "run_locked"
-    f["ro"] = root / "read_only"
-    f["ro"].mkdir()
-    f["full"] = root / "full_disk"
-    f["full"].mkdir()
-    return {k: str(v) for k, v in f.items()}
-
-
-def _fill(s: str, fx: dict[str, str]) -> str:
-    for k, v in fx.items():
-        s = s.replace("{" + k + "}", v)
-    return s
-
-
-def run_case(case: Case, fx: dict[str, str], timeout: float) -> dict[str, Any]:
-    # {T} is a fresh folder per case (outputs of one case never meet another's)
-    own = Path(fx["T"]) / "cases" / case.id.replace("/", "__")
-    own.mkdir(parents=True)
-    argv = [_fill(a, {**fx, "T": str(own)}) for a in case.argv]
-    where = fx["ro"] if case.fault in ("erofs", "eacces") else fx["full"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               COLUMNS="100")
-    cmd = [sys.executable, "-c", CHILD, case.fault, where, case.module, *argv]
-    t0 = time.perf_counter()
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
-                             cwd=own)
-        rc, out, err = res.returncode, res.stdout, res.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, out, err = None, str(e.stdout or ""), f"timed out after {timeout:.0f} s"
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    problems = []
-    if rc != case.rc:
-        problems.append(f"exit code {rc}, expected {case.rc}")
-    if "Traceback" in err or "Traceback" in out:
-        problems.append("traceback")
-    if len(lines) != 1:
-        problems.append(f"{len(lines)} lines on stderr")
-    elif not lines[0].startswith("error: "):
-        problems.append("stderr does not start with 'error: '")
-    elif case.expect and case.expect not in lines[0]:
-        problems.append(f"message lacks {case.expect!r}")
-    status = "clean" if not problems else "NOT CLEAN: " + "; ".join(problems)
-    print(f"{case.id}: {status}" + ("" if not problems else f"\n    {err.strip()[-400:]}"),
-          flush=True)
-    return {"id": case.id, "argv": [case.module, *argv], "fault": case.fault, "rc": rc,
-            "clean": not problems, "problems": problems, "stderr": err[-2000:],
-            "seconds": round(time.perf_counter() - t0, 1)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workers", type=int, default=2, help="cases run in parallel (max 2)")
-    ap.add_argument("--only", default="", help="run only cases whose id starts with this")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bad_inputs.json"))
-    args = ap.parse_args(argv)
-    cases = [c for c in CASES if c.id.startswith(args.only)]
-    ids = [c.id for c in CASES]
-    assert len(ids) == len(set(ids)), "duplicate case ids"
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="fewstep_bad_inputs_") as tmp:
-        fx = make_fixtures(Path(tmp))
-        # this process holds {locked} meanwhile
-        with RunLock(fx["locked"], enabled=True), \
-                ThreadPoolExecutor(max(1, min(2, args.workers))) as pool:
-            results = list(pool.map(lambda c: run_case(c, fx, args.timeout), cases))
-    by_cmd: dict[str, dict[str, int]] = {}
-    for r in results:
-        d = by_cmd.setdefault(r["id"].split("/")[0], {"tried": 0, "clean": 0})
-        d["tried"] += 1
-        d["clean"] += int(r["clean"])
-    failures = [{k: r[k] for k in ("id", "argv", "fault", "rc", "problems", "stderr")}
-                for r in results if not r["clean"]]
-    summary = {"command": "python -m benchmarks.bad_inputs" + (f" --only {args.only}"
-                                                               if args.only else ""),
-               "tried": len(results), "clean": sum(r["clean"] for r in results),
-               "by_command": by_cmd, "seconds": round(time.perf_counter() - t0, 1),
-               "failures": failures,
-               "cases": [{k: r[k] for k in ("id", "rc", "clean", "seconds")} for r in results]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"{summary['clean']} / {summary['tried']} clean ({summary['seconds']:.0f} s); "
-          f"wrote {args.out}")
-    for f in failures:
-        print(f"  {f['id']}: {'; '.join(f['problems'])}: {f['stderr'].strip()[-300:]}")
-    return 0 if summary["clean"] == summary["tried"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+NOTHING_LOST_CASES: list[Case] = [
+    # ---- outputs never destroy what they did not write
+    C("out/export-into-users-folder", *X, "--run", "{run}", "--out", "{U}", expect="--overwrite"),
+    C("out/export-into-the-runs-folder", *X, "--run", "{copy:runs}/run", "--out",
+      "{copy:runs}", expect="holds an input"),
+    C("out/export-over-runs-folder-overwrite", *X, "--run", "{copy:runs}/run", "--out",
+      "{copy:runs}", "--overwrite", expect="holds an input"),
+    C("out/export-over-export-with-a-file-added", *X, "--run", "{run}", "--out",
+      "{copy:exp_added}", expect="notes.txt"),
+    C("out/export-over-a-sample", *X, "--run", "{run}", "--out", "{copy:sample_out}",
+      expect="fewstep sample"),
+    C("out/export-into-a-live-run", *X, "--run", "{run}", "--out", "{locked}",
+      expect="in use"),
+    C("out/export-a-run-still-training", *X, "--run", "{locked_run}", "--out", "{T}/x",
+      expect="still training"),
+    C("out/export-refused-write-keeps-previous", *X, "--run", "{run_b}", "--out",
+      "{copy:exp_a}", rc=3, fault="fsize", expect="previous output is unchanged"),
+    C("out/sample-into-users-folder", *S, "--out", "{U}", expect="--overwrite"),
+    C("out/sample-into-a-run", *S, "--out", "{copy:run}", expect="not an output"),
+    C("out/eval-over-a-users-file", *E, "--samplers", "teacher_2", "--timing-repeats", "1",
+      "--out", "{copy:notes}", expect="--overwrite"),
+    C("out/teacher-over-a-users-file", *TT, "{copy:user_st}", "steps=1",
+      expect="--overwrite"),
+    C("out/teacher-grids-into-users-folder", "teacher", "train", "--quiet", "--data",
+      "checkerboard", "steps=1", "--out", "{copy:grids_parent}/t.safetensors",
+      expect="t_samples"),
+    C("out/classifier-over-a-teacher", "classifier", "train", "--out", "{copy:user_st}",
+      expect="--overwrite"),
+    C("out/distill-over-a-finished-run", *D, "--out", "{copy:run}", *DQT,
+      expect="--overwrite"),
+    C("out/distill-resume-a-finished-run-without-checkpoints", *D, "--out", "{copy:run}",
+      *DQT, "--resume", expect="no checkpoint"),
+    C("out/distill-into-users-folder", *D, "--out", "{U}", *DQT, expect="--overwrite"),
+    C("out/demo-into-a-live-run", *M, "--out", "{locked}", *MQ, expect="in use"),
+    C("out/demo-into-users-folder", *M, "--out", "{U}", *MQ, expect="--overwrite"),
+    C("out/sample-mixed-export", "sample", "--num", "4", "--student", "{exp_mixed}", "--out",
+      "{T}/s", expect="mixed"),
+    C("out/sample-torn-export", "sample", "--num", "4", "--student", "{exp_torn}", "--out",
+      "{T}/s", expect="step1"),
+    C("out/sample-torn-legacy-export", "sample", "--num", "4", "--student",
+      "{exp_legacy_torn}", "--out", "{T}/s", expect="torn"),
+    C("out/overlong-name-sample", *S, "--out", "{T}/" + "x" * 300, expect="300 bytes"),
+    C("out/overlong-name-teacher", *TT, "{T}/" + "y" * 300 + ".safetensors",
+      expect="bytes"),
+    C("out/overlong-name-export", *X, "--run", "{run}", "--out", "{T}/" + "z" * 256,
+      expect="256 bytes"),
+    # ---- YAML read exactly or refused
+    C("yaml/duplicate-section", *P, "--config", "{dup}", expect="duplicate key 'train'"),
+    C("yaml/duplicate-key-in-section", *P, "--config", "{dup2}", expect="duplicate key 'lr'"),
+    C("yaml/alias-bomb-file", *P, "--config", "{bomb}", expect="alias", timeout=HANG),
+    C("yaml/alias-bomb-override", *P, "data=checkerboard", "train.iterations={flowbomb}",
+      expect="train.iterations", timeout=HANG),
+    C("yaml/alias-bomb-teacher-config", *TT, "{T}/t.safetensors", "--config", "{tbomb}",
+      expect="alias", timeout=HANG),
+    C("yaml/nested-override-value", *P, "data=checkerboard", "train.lr=" + "[" * 3000 +
+      "]" * 3000, expect="train.lr"),
+    C("yaml/nested-data-option", *TT, "{T}/t.safetensors", "--data",
+      "{path: " + "[" * 3000 + "]" * 3000 + "}", expect="data"),
+    C("yaml/bool-iterations", *P, "data=checkerboard", "train.iterations=yes",
+      expect="train.iterations"),
+    C("yaml/bool-in-a-file", *P, "--config", "{boolfile}", expect="train.batch_size"),
+    C("yaml/bool-seed", *TT, "{T}/t.safetensors", "--data", "checkerboard", "seed=on",
+      expect="seed"),
+    C("yaml/bool-in-a-list", *D, "--out", "{T}/r", *DQT, "student.sigmas=[1.0,true]",
+      expect="student.sigmas"),
+    # ---- data and text files
+    C("files/fifo-in-image-folder", *TT, "{T}/t.safetensors", "--data", "{imgs_fifo}",
+      "steps=1", expect="zz_fifo.png", timeout=HANG),
+    C("files/fifo-as-npy", *TT, "{T}/t.safetensors", "--data", "{fifo_npy}", "steps=1",
+      expect="FIFO", timeout=HANG),
+    C("files/fifo-as-config", *P, "--config", "{fifo_yaml}", expect="FIFO", timeout=HANG),
+    C("files/fifo-as-prompts", *P, "data=prompts", "teacher.kind=zimage",
+      "teacher.pretrained=Tongyi-MAI/Z-Image-Turbo", "teacher.resolution=64",
+      "teacher.prompts={fifo_prompts}", expect="FIFO", timeout=HANG),
+    C("files/prompts-latin1-plan", *P, "data=prompts", "teacher.kind=zimage",
+      "teacher.pretrained=Tongyi-MAI/Z-Image-Turbo", "teacher.resolution=64",
+      "teacher.prompts={prompts_latin1}", expect="offset"),
+    C("files/prompts-binary-plan", *P, "data=prompts", "teacher.kind=zimage",
+      "teacher.pretrained=Tongyi-MAI/Z-Image-Turbo", "teacher.resolution=64",
+      "teacher.prompts={prompts_bin}", expect="prompts_bin.txt"),
+    C("files/prompts-latin1-distill", *D, "--out", "{T}/r", "data=prompts",
+      "teacher.kind=zimage", "teacher.pretrained=Tongyi-MAI/Z-Image-Turbo",
+      "teacher.resolution=64", "teacher.prompts={prompts_latin1}", "cache.dir={T}/c",
+      expect="offset"),
+    C("files/huge-label", *TT, "{T}/t.safetensors", "--data", "{huge_label}", "steps=1",
+      fault="aslimit", expect="1000000000", timeout=HANG),
+    C("files/uint64-label", *TT, "{T}/t.safetensors", "--data", "{u64_label}", "steps=1",
+      expect="9223372036854775813"),
+    C("files/num-classes-huge", *TT, "{T}/t.safetensors", "data={path: {imgs}, num_classes: "
+      "1000000000}", "steps=1", expect="data.num_classes"),
+    C("files/data-seed-negative-teacher", *TT, "{T}/t.safetensors",
+      "data={path: {imgs}, seed: -1}", "steps=1", expect="data.seed"),
+    C("files/data-seed-negative-distill", *D, "--out", "{T}/r", "data={path: {imgs}, seed: -1}",
+      "train.iterations=1", expect="data.seed"),
+    # ---- sizes checked before anything is allocated
+    C("size/distill-batch-1e12", *D, "--out", "{T}/r", *DQT, "train.batch_size=1000000000000",
+      fault="aslimit", expect="train.batch_size: needs about", timeout=HANG),
+    C("size/distill-head-hidden-1e9", *D, "--out", "{T}/r", *DQT, "gan.head_hidden=1000000000",
+      fault="aslimit", expect="gan.head_hidden", timeout=HANG),
+    C("size/distill-cache-1e12", *D, "--out", "{T}/r", *DQT, "cache.size=1000000000000",
+      "cache.shard_size=2000", fault="aslimit", expect="cache.size", timeout=HANG),
+    C("size/teacher-huge-network", *S, "--out", "{T}/s", "--teacher", "{hugeT}",
+      fault="aslimit", expect="GiB", timeout=HANG),
+    C("size/teacher-train-huge-network", *TT, "{T}/t.safetensors", "--data", "checkerboard",
+      "network.hidden=1000000000", fault="aslimit", expect="network", timeout=HANG),
+    # ---- non-finite results are errors
+    C("nan/sample-nan-teacher", *S, "--out", "{T}/s", "--teacher", "{nanT}", expect="NaN"),
+    C("nan/eval-nan-teacher", *E, "--teacher", "{nanT}", "--out", "{T}/m.json",
+      "--timing-repeats", "1", expect="NaN"),
+    C("nan/sample-negative-shift", *S, "--out", "{T}/s", "--teacher", "{negshiftT}",
+      expect="shift"),
+    C("nan/sample-inf-student", "sample", "--num", "10", "--out", "{T}/s", "--student",
+      "{infS}", "--samplers", "student_2", expect="student_2 produced NaN / Inf"),
+    # ---- a student is only paired with its own teacher
+    C("pair/eval-student-of-another-teacher", "eval", "--num", "10", "--student", "{ckS}",
+      "--teacher", "{otherT}", "--samplers", "student_2", "--timing-repeats", "1",
+      expect="--teacher"),
+    C("pair/sample-student-of-another-teacher", "sample", "--num", "10", "--student", "{ckS}",
+      "--teacher", "{otherT}", "--samplers", "student_2", "--out", "{T}/s",
+      expect="--teacher"),
+    # ---- evaluation inputs
+    C("eval/feature-builder-wrong-signature", "eval", "--data", "digits", "--num", "10",
+      "--samplers", "teacher_2", "--timing-repeats", "1", "--features",
+      "builder:badfeat:feats", expect="--features"),
+    C("eval/feature-module-wrong-forward", "eval", "--data", "digits", "--num", "10",
+      "--samplers", "teacher_2", "--timing-repeats", "1", "--features",
+      "builder:badfeat:two_inputs", expect="--features"),
+    C("eval/three-heldout-images", "eval", "--teacher", "{imgsT}", "--data",
+      "{path: {imgs}, heldout: 0.125}", "--num", "10", "--samplers", "teacher_2",
+      "--timing-repeats", "1", expect="held-out"),
+    C("demo/too-few-images", *M, "--out", "{T}/d", "--data", "{imgs}", "--minutes", "0.5",
+      expect="held-out"),
+]
