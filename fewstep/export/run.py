@@ -30,6 +30,8 @@ from fewstep.student.student import Student
 from fewstep.student.student_file import load_student_file
 from fewstep.utils.config_files import load_config
 
+#: ``fewstep export --format`` choices
+FORMATS = ("diffusers", "comfyui", "both")
 #: top-level config sections that are not the recipe's own settings
 _NOT_RECIPE = ("method", "data", "teacher", "student", "train", "cache", "eval")
 
@@ -73,8 +75,16 @@ def export_trained(student: Student, out: str | Path, teacher_config: dict[str, 
 
 
 def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
-               device: str | torch.device = "cpu") -> Path:
-    """Export ``run_dir``'s ``student.safetensors`` to the folder ``out``; returns ``out``."""
+               device: str | torch.device = "cpu", fmt: str = "diffusers",
+               key_format: str | None = None) -> Path:
+    """Export ``run_dir``'s ``student.safetensors`` to the folder ``out``; returns ``out``.
+
+    ``fmt``: ``diffusers`` (the folder above), ``comfyui`` (per-step ComfyUI / kohya LoRA
+    files and a workflow, :func:`fewstep.export.comfyui.export_comfyui`) or ``both`` (the
+    diffusers folder with the ComfyUI files in ``out/comfyui``); ``key_format``: the ComfyUI
+    files' key format (default: the network's)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     run = Path(run_dir).expanduser()
     cfg_path, st_path = run / "config.yaml", run / "student.safetensors"
     if not cfg_path.is_file() or not st_path.is_file():
@@ -87,17 +97,43 @@ def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
         family = export_family(loaded.config)
     except ValueError as e:
         raise ConfigError(f"--run: {e}") from None
+    if family is None and fmt != "diffusers":
+        raise ConfigError(f"--format: {fmt} needs a diffusers teacher (teacher.kind zimage or "
+                          f"diffusers); a teacher.kind {loaded.config.get('kind')} student is "
+                          "written in fewstep's own format (--format diffusers)")
     if family is None and components not in ("auto", "full", "copy"):
         raise ConfigError(f"--components: {components!r} needs a diffusers teacher (teacher.kind "
                           f"zimage, unet_eps or diffusers); a teacher.kind "
                           f"{loaded.config.get('kind')} student is written whole in fewstep's "
                           "own format")
     student, _ = load_student_file(st_path, dev, like=loaded.denoiser)
+    if fmt != "diffusers":
+        from fewstep.export.comfyui import check_comfyui
+
+        try:  # before anything is written
+            check_comfyui(student, key_format)
+        except ValueError as e:
+            raise ConfigError(f"--format {fmt}: {e}") from None
+    if fmt == "comfyui":
+        return _comfyui(student, Path(out), loaded.config, key_format, cfg.method)
     try:
-        return export_trained(student, out, loaded.config, loaded.problem, loaded.pipeline,
-                              components, cfg, run_metrics(run))
+        folder = export_trained(student, out, loaded.config, loaded.problem, loaded.pipeline,
+                                components, cfg, run_metrics(run))
     except ValueError as e:
         raise ConfigError(f"--components: {e}") from None
+    if fmt == "both":
+        _comfyui(student, folder / "comfyui", loaded.config, key_format, cfg.method)
+    return folder
 
 
-__all__ = ["export_run", "export_trained", "run_metrics", "run_summary"]
+def _comfyui(student: Student, out: Path, teacher_config: dict[str, Any],
+             key_format: str | None, recipe: str) -> Path:
+    from fewstep.export.comfyui import export_comfyui
+
+    try:
+        return export_comfyui(student, out, teacher_config, key_format, recipe=recipe)
+    except ValueError as e:
+        raise ConfigError(f"--format: {e}") from None
+
+
+__all__ = ["FORMATS", "export_run", "export_trained", "run_metrics", "run_summary"]
