@@ -59,8 +59,10 @@ def eval_cmd(
         from fewstep.app.eval_run import evaluate_run
 
         if teacher is not None or student is not None or data is not None:
-            raise typer.BadParameter("--run evaluates the run's own teacher and student; drop "
-                                     "--teacher / --student / --data")
+            from fewstep.errors import ConfigError
+
+            raise ConfigError("--run: evaluates the run's own teacher and student; drop "
+                              "--teacher / --student / --data")
         validation.check_eval(out, "teacher_1", None, None, None, 10, seed, device)
         metrics = evaluate_run(run, "pixels" if features == "auto" else features,
                                str(clip) if clip else None,

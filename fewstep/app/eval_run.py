@@ -17,12 +17,12 @@ def reference_images(folder: str, size: int, channels: int) -> torch.Tensor:
     """Every image of ``folder`` at ``size`` x ``size`` (centre crop), in ``[-1, 1]``."""
     from fewstep.data.images import load_image_data
 
-    spec = {"path": folder, "resolution": size, "labels": False,
-            "channels": "rgb" if channels == 3 else "grey"}
+    spec = {"path": folder, "resolution": size, "labels": False, "heldout": folder,
+            "channels": "rgb" if channels == 3 else "grey"}  # no split: every image
     try:
-        x, _ = load_image_data(spec).split("all")
-    except ValueError as e:
-        raise ConfigError(f"--reference: {e}") from None
+        x, _ = load_image_data(spec).split("train")
+    except (ConfigError, ValueError) as e:
+        raise ConfigError(f"--reference: {str(e).removeprefix('data: ')}") from None
     return x
 
 
