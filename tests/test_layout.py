@@ -1,9 +1,10 @@
 """The package's shape: layers import downward only, no import cycles, modules of a readable size.
 
 Layers, lowest first (a module may import its own layer and those below it):
-errors, utils, assets / presets, core, networks, data, teachers, student, distill, export,
-evaluation, app. ``__main__`` modules are entry points and may import the app. Imports inside
-functions and under ``TYPE_CHECKING`` count too: a lazy import still ties two layers together.
+errors, utils, assets / presets, core, networks, data, teachers, student, evaluation, distill,
+export, app (evaluation sits below distill: the trainer scores its student while it trains).
+``__main__`` modules are entry points and may import the app. Imports inside functions and
+under ``TYPE_CHECKING`` count too: a lazy import still ties two layers together.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import fewstep
 
 ROOT = Path(fewstep.__file__).resolve().parent
 LAYERS = ["errors", "utils", "assets", "presets", "core", "networks", "data", "teachers",
-          "student", "distill", "export", "evaluation", "app"]
+          "student", "evaluation", "distill", "export", "app"]
 RANK = {"assets": 1, "presets": 1}
 MAX_LINES = 400
 #: modules still over MAX_LINES, each with the issue that splits it

@@ -24,6 +24,15 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from fewstep.app import validation
+from fewstep.app.cli_eval import eval_cmd
+from fewstep.app.cli_options import (
+    AllowBuilderOpt,
+    DataOpt,
+    NoiseCorrectionOpt,
+    Overrides,
+    Overwrite,
+    Samplers,
+)
 from fewstep.app.logs import configure_logging
 from fewstep.app.model_loading import load_models, sample_exported, sampler_specs
 from fewstep.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, error_exit
@@ -62,12 +71,6 @@ def user_errors(fn: F) -> F:
             typer.echo(mapped[1], err=True)
             raise typer.Exit(mapped[0]) from None
     return wrapper  # type: ignore[return-value]
-
-
-Overrides = Annotated[list[str] | None, typer.Argument(help="dotted.key=value overrides")]
-Overwrite = Annotated[bool, typer.Option(
-    "--overwrite", help="replace --out even if it holds a run, another output or your files "
-                        "(deleted once the new output or run is in place)")]
 
 
 @teacher_app.command("train")
@@ -143,20 +146,6 @@ def classifier_train(
     typer.echo(json.dumps({"out": str(out), **record}))
 
 
-DataOpt = Annotated[str | None, typer.Option(
-    help="digits | 8gaussians | checkerboard | moons, or a path to your own images (default: "
-         "the student's / teacher's data)")]
-Samplers = Annotated[str, typer.Option(help="comma-separated: teacher_<N>, student_<K>; suffix "
-                                            "_nc / _naive forces noise correction on / off")]
-AllowBuilderOpt = Annotated[list[str] | None, typer.Option(
-    help="MODULE:FUNCTION: let a student of a custom teacher (teacher.builder) import and call "
-         "that builder to rebuild its networks (repeatable; nothing is imported otherwise)")]
-NoiseCorrectionOpt = Annotated[bool | None, typer.Option(
-    "--noise-correction/--no-noise-correction",
-    help="bias-corrected first step at sigma = 1 for epsilon-prediction models (default: on "
-         "for zero-terminal-SNR epsilon teachers / students; a suffix on a sampler wins)")]
-
-
 @app.command("sample")
 @user_errors
 def sample_cmd(
@@ -217,57 +206,22 @@ def export_cmd(
     ] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
     overwrite: Overwrite = False,
+    fmt: Annotated[str, typer.Option("--format", help=(
+        "diffusers | comfyui | both: ComfyUI / kohya per-step LoRA files and a ComfyUI "
+        "workflow (LoRA students; both: in OUT/comfyui)"))] = "diffusers",
+    key_format: Annotated[str | None, typer.Option(help="ComfyUI files' key format: kohya | "
+                                                   "diffusion_model | transformer")] = None,
 ) -> None:
     """Export a run's EMA student as a folder (all steps; diffusers teachers: a folder plain
     diffusers loads, with a model card and loading snippet; see docs/export.md)."""
     from fewstep.export.run import export_run
 
     validation.check_export(run, out, components, device)
-    folder = export_run(run, out, components, device, overwrite)
+    folder = export_run(run, out, components, device, overwrite, fmt, key_format)
     typer.echo(f"wrote {folder}")
 
 
-@app.command("eval")
-@user_errors
-def eval_cmd(
-    out: Annotated[Path | None, typer.Option(help="metrics JSON path (default: stdout)")] = None,
-    samplers: Samplers = "teacher_8,teacher_2",
-    teacher: Annotated[Path | None, typer.Option(help="teacher file; default: shipped")] = None,
-    student: Annotated[Path | None, typer.Option(help="student file (student.safetensors)")] = None,
-    data: DataOpt = None,
-    num: Annotated[int, typer.Option(min=10, help="samples per sampler")] = 2000,
-    seed: Annotated[int, typer.Option(help="noise seed")] = 1234,
-    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
-    features: Annotated[str, typer.Option(
-        help="feature space of fd / PRDC: auto (digits: digits_classifier; your images: "
-             "pixels) | pixels | digits_classifier | classifier:FILE | builder:pkg.mod:fn")
-                        ] = "auto",
-    noise_correction: NoiseCorrectionOpt = None,
-    allow_builder: AllowBuilderOpt = None,
-    timing_batch: Annotated[int, typer.Option(min=1, help="batch of the timing calls (the same "
-                                              "for every sampler)")] = 256,
-    timing_repeats: Annotated[int, typer.Option(min=1, help="interleaved timed rounds (median; "
-                                                "one untimed warm-up round first)")] = 7,
-    overwrite: Overwrite = False,
-) -> None:
-    """Metrics JSON per sampler vs. held-out data and vs. the 8-step teacher (same noise); each
-    entry names the feature_space it was scored in.
-
-    ``seconds_per_image`` is timed like for like: same batch for every sampler, warm-up
-    excluded, interleaved repeats, median."""
-    from fewstep.evaluation.evaluate import evaluate_samplers, metrics_json
-    from fewstep.utils.files import atomic_write_text
-
-    validation.check_eval(out, samplers, teacher, student, data, num, seed, device, overwrite)
-    names = [sp.name for sp in sampler_specs(samplers, noise_correction)]
-    problem, den, w, shift, st = load_models(teacher, student, data, device, allow_builder)
-    metrics, _ = evaluate_samplers(problem, names, den, w, shift, st, num, seed, device=device,
-                                   features=features, timing_batch=timing_batch,
-                                   timing_repeats=timing_repeats)
-    text = metrics_json(metrics)
-    if out is not None:
-        atomic_write_text(out, text)
-    typer.echo(text)
+app.command("eval")(user_errors(eval_cmd))  # fewstep/app/cli_eval.py
 
 
 @app.command("distill")

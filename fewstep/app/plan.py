@@ -49,8 +49,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from fewstep.app.plan_activations import measured_activations
 from fewstep.app.plan_models import (
     lora_student_parts,
     meta_models,
@@ -273,6 +275,11 @@ def build_plan(cfg: DistillConfig, gpus: int, gpu_memory_gb: float | None = None
     # plans are for GPUs: auto means bf16 there
     act_b = 4 if cfg.train.mixed_precision == "no" else 2
     fwd = graph_forwards(cfg)
+    saved = measured_activations(teacher, tuple(shape), cfg.teacher.max_sequence_length,
+                                 torch.float32 if act_b == 4 else torch.bfloat16)
+    if saved is not None:
+        act = {"basis": f"measured on meta: what autograd saves, {saved.units} checkpointed "
+                        f"units, {cfg.teacher.max_sequence_length} text tokens"}
     block = _largest_block(teacher)
     heads = a_total - f_total
     data, host = cache_figures(cfg, method, shape, teacher, per_gpu)
@@ -304,7 +311,8 @@ def build_plan(cfg: DistillConfig, gpus: int, gpu_memory_gb: float | None = None
                 adam = (train_params / shard + heads) * 8
                 if fsdp:
                     weights += 2 * block * 4  # gathered blocks (prefetch)
-                a = activation_bytes(act, per_gpu, fwd, gc, act_b)
+                a = activation_bytes(act, per_gpu, fwd, gc, act_b) if saved is None else \
+                    (saved.checkpointed if gc else saved.full) * fwd * per_gpu
                 total = weights + grads + adam + ema + a + fixed_extra
                 rows.append(MemoryRow(
                     fsdp, use_lora, gc, weights, grads, adam, ema, a, total, fixed_extra,
@@ -347,8 +355,10 @@ def format_plan(plan: Plan) -> str:
     for m in plan.models:
         lines.append(f"{m.name:<14}{_fmt_n(m.total):>10}{_fmt_n(m.trainable):>11}  {m.note}")
     ab = plan.activation_basis
-    lines += ["", f"estimated memory per GPU (GiB); activations are a rough estimate "
-              f"({ab['basis']}, hidden {ab['hidden']}, {ab['blocks']} blocks, "
+    shape = f", hidden {ab['hidden']}, {ab['blocks']} blocks" if "hidden" in ab else ""
+    lines += ["", f"estimated memory per GPU (GiB); activations are "
+              f"{'a rough estimate' if shape else 'an estimate'} "
+              f"({ab['basis']}{shape}, "
               f"{ab['graph_forwards']} graph forward(s) per loss); data = VAE + one batch of "
               f"cache rows",
               f"{'fsdp':<6}{'lora':<6}{'ckpt':<6}{'weights':>9}{'grads':>9}{'adam':>9}"

@@ -26,22 +26,56 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
 
 
+def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average with TensorBoard's debiasing (``weight`` 0: the raw values):
+    ``m_t = w m_{t-1} + (1 - w) v_t``, reported as ``m_t / (1 - w^t)``."""
+    out, m = [], 0.0
+    for t, v in enumerate(values, 1):
+        m = weight * m + (1 - weight) * v
+        out.append(m / (1 - weight**t))
+    return out
+
+
+def loss_figure(rows: Sequence[dict[str, float]], ncols: int = 4, weight: float = 0.9
+                ) -> plt.Figure:
+    """One panel per logged term in a grid of ``ncols`` columns sharing the step axis: the raw
+    curve (faint) under its smoothed curve (:func:`smooth`)."""
+    keys = sorted({k for r in rows for k in r if k != "step"})
+    ncols = max(1, min(ncols, len(keys)))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.3 * nrows), sharex=True,
+                             squeeze=False)
+    for ax, k in zip(axes.flat, keys, strict=False):
+        pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]  # null: skipped
+        steps, vals = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(steps, vals, lw=0.7, alpha=0.3, color="C0")
+        ax.plot(steps, smooth(vals, weight), lw=1.4, color="C0")
+        ax.set_title(k, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    for c in range(ncols):  # step labels under the lowest panel of each column
+        last = axes[(len(keys) - 1 - c) // ncols, c] if c < len(keys) else None
+        if last is not None:
+            last.xaxis.set_tick_params(labelbottom=True)
+            last.set_xlabel("step", fontsize=8)
+    fig.suptitle(f"training losses (faint: raw; solid: smoothed, weight {weight:g})",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_losses(history_path: Path, out: Path) -> bool:
-    """Plot every logged loss term against the step; ``False`` when there is no history."""
+    """Plot every logged loss term against the step (:func:`loss_figure`); ``False`` when
+    there is no history."""
     if not history_path.exists():
         return False
     rows = [json.loads(line) for line in history_path.read_text(encoding="utf-8").splitlines()
             if line.strip()]
-    if not rows:
+    if not rows or not any(k != "step" for r in rows for k in r):
         return False
-    keys = sorted({k for r in rows for k in r if k != "step"})
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.4), squeeze=False)
-    for ax, k in zip(axes[0], keys, strict=True):
-        pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]  # null: skipped step
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8)
-        ax.set_title(k, fontsize=8)
-        ax.tick_params(labelsize=6)
-    fig.tight_layout()
+    fig = loss_figure(rows)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return True

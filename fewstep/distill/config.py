@@ -14,6 +14,7 @@ matching). Unknown keys and out-of-range values are rejected up front (see
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -127,6 +128,12 @@ class TrainSpec(StrictModel):
                           "iterations are slow while it compiles; needs a C++ compiler on CPU)")
     log_every: int = Field(25, ge=1)
     sample_every: int = Field(0, ge=0, description="0: only at the end")
+    eval_every: int = Field(0, ge=0, description="the fixed evaluation (eval.prompts x "
+                            "eval.seeds: FID-T, diversity, image statistics, grid) every N "
+                            "generator updates, logged to the trackers; 0: off")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="where curves go; wandb is "
+        "optional (pip install wandb), offline unless WANDB_MODE is set")
     ckpt_every: int = Field(0, ge=0, description="0: only at the end")
     keep_last: int = Field(3, ge=1)
     lr_warmup: int = Field(0, ge=0, description="linear LR warm-up (generator updates) for the "
@@ -139,6 +146,13 @@ class TrainSpec(StrictModel):
     rollbacks_per_checkpoint: int = Field(
         1, ge=1, description="rollbacks to the same checkpoint (without a newer one written "
         "since) before walking back to the next older good checkpoint")
+
+    @field_validator("trackers")
+    @classmethod
+    def _trackers_ok(cls, v: list[str]) -> list[str]:
+        if "wandb" in v and importlib.util.find_spec("wandb") is None:
+            raise ValueError("wandb is not installed (pip install wandb), or remove it")
+        return v
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -163,6 +177,14 @@ class TrainSpec(StrictModel):
 class EvalSpec(StrictModel):
     num_samples: int = Field(2000, ge=10)
     seed: Seed = 1234
+    features: str = Field("auto", description="feature space of train.eval_every: auto (the "
+                          "data's default; prompts: pixels), pixels, clip:FOLDER, "
+                          "torchscript:FILE, classifier:FILE, builder:pkg.mod:fn")
+    clip: str | None = Field(None, description="a local CLIP folder for the CLIP score")
+    prompts: int = Field(8, ge=1, description="prompts (or classes) of the fixed evaluation")
+    seeds: int = Field(4, ge=1, description="seeds per prompt (diversity needs >= 2)")
+    collapse_below: float = Field(0.5, gt=0.0, le=1.0, description="diversity ratio to the "
+                                  "teacher below which a collapse is flagged")
 
 
 #: method name -> its config class (filled by :func:`register_config`)

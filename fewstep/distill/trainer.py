@@ -38,8 +38,10 @@ from fewstep.distill.engine.fsdp import FullStateView, Snapshot
 from fewstep.distill.engine.optim import Optimizers, backward_step, params_of
 from fewstep.distill.engine.precision import DeferredLogs, Precision
 from fewstep.distill.engine.replicas import distribute
-from fewstep.distill.engine.run_logs import LossLog, ScalarWriter, write_samples
+from fewstep.distill.engine.run_eval import RunEval
+from fewstep.distill.engine.run_logs import LossLog, write_samples
 from fewstep.distill.engine.run_state import RunGenerators, train_state
+from fewstep.distill.engine.trackers import Trackers
 from fewstep.distill.methods import DistillContext, DistillMethod, method_class
 from fewstep.errors import DivergenceError, TrainingInterrupted
 from fewstep.student.factory import build_student, compile_student, enable_gradient_checkpointing
@@ -208,7 +210,8 @@ class Trainer:
         first = t.on_divergence == "rollback" and not self.ckpt.list()
         if self.dist.all_flags(first, self.device)[1]:
             self.save_checkpoint()  # something to roll back to
-        writer = ScalarWriter(self.run_dir / "tb", main, self.step if resumed else None)
+        writer = Trackers(self.run_dir, self.cfg, main, self.step if resumed else None)
+        evals = RunEval.for_run(self)  # train.eval_every (fewstep/distill/engine/run_eval.py)
         t0 = time.perf_counter()
         bar = tqdm(total=t.iterations, initial=self.step, desc=f"distill[{self.cfg.method}]",
                    disable=not (self.progress and main))
@@ -234,6 +237,8 @@ class Trainer:
                                      if k.startswith(("g_total", "d_loss", "fake_loss"))})
                 if t.sample_every and self.step % t.sample_every == 0:
                     self.write_samples(f"step{self.step:06d}")
+                if evals is not None and self.step % t.eval_every == 0:
+                    evals(self.ema, self.step, writer)
                 if ckpt_due:
                     self.losses.flush()
                     try:

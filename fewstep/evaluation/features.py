@@ -11,7 +11,10 @@ A Fréchet distance only means something in a feature space valid for the data. 
   ``fewstep classifier train --data PATH`` (its input shape must match the data);
 * ``builder:pkg.module:function`` (or just ``pkg.module:function``): a function you name that
   returns an ``nn.Module`` with ``features(x) -> (N, d)`` (or whose ``forward`` returns
-  ``(N, d)``) for ``x (N, C, H, W)`` in [-1, 1]; it is imported from your Python path.
+  ``(N, d)``) for ``x (N, C, H, W)`` in [-1, 1]; it is imported from your Python path;
+* ``clip:FOLDER`` / ``torchscript:FILE``: a CLIP model folder or a TorchScript network (e.g.
+  the FID Inception) saved on disk (:mod:`fewstep.evaluation.feature_nets`); ``name`` then
+  records the path, architecture and a sha256 prefix of the weights.
 
 Class accuracy is reported only when the feature space comes with a classifier *for the data's
 classes* (the digits classifier on digits, or ``classifier:FILE`` with the same class count).
@@ -47,6 +50,14 @@ class FeatureSpace:
     name: str
     net: nn.Module | None = None
     classifier: nn.Module | None = None
+
+    @torch.no_grad()
+    def text(self, prompts: list[str]) -> Tensor:
+        """``(P, d)`` text features in the same space (a CLIP network only)."""
+        fn = getattr(self.net, "text", None)
+        if fn is None:
+            raise ConfigError(f"{self.name}: no text tower (a CLIP score needs clip:FOLDER)")
+        return fn(list(prompts)).float()
 
     @torch.no_grad()
     def features(self, x: Tensor, batch_size: int = 1024) -> Tensor:
@@ -98,8 +109,11 @@ def resolve_feature_space(problem: Any, spec: str = "auto",
     is_digits = problem.default_features == DIGITS_FEATURES
     if spec == "auto":
         spec = problem.default_features
-    if spec == "pixels":
-        return FeatureSpace("pixels")
+    named = named_feature_space(spec, device)
+    if named is not None:
+        if named.name.startswith("builder:"):
+            _probe_builder(named, shape, device)
+        return named
     if spec in (DIGITS_FEATURES, "digits"):
         if shape != (1, 8, 8):
             raise ConfigError(f"--features {spec}: the digits classifier takes (1, 8, 8) images, "
@@ -115,21 +129,41 @@ def resolve_feature_space(problem: Any, spec: str = "auto",
                               f"{tuple(net.config.data_shape)}, the data are {shape}")
         cls = net if net.config.num_classes == problem.num_classes else None
         return FeatureSpace(spec, net, cls)
+    raise ConfigError(f"--features {spec}: use auto, pixels, digits_classifier, "
+                      f"classifier:FILE, clip:FOLDER, torchscript:FILE or "
+                      f"builder:pkg.module:function")
+
+
+def named_feature_space(spec: str, device: torch.device | str = "cpu") -> FeatureSpace | None:
+    """The data-independent feature spaces: ``pixels``, ``clip:FOLDER``, ``torchscript:FILE``,
+    ``builder:pkg.mod:fn`` (or ``pkg.mod:fn``); ``None`` for another ``spec``."""
+    if spec == "pixels":
+        return FeatureSpace("pixels")
+    if spec.startswith(("clip:", "torchscript:")):
+        from fewstep.evaluation.feature_nets import load_feature_net
+
+        net = load_feature_net(spec, device)
+        return FeatureSpace(str(net.name), net, None)
+    if spec in (DIGITS_FEATURES, "digits", "auto", "points") or spec.startswith("classifier:"):
+        return None
     target = spec.split(":", 1)[1] if spec.startswith("builder:") else spec
     if ":" not in target:
-        raise ConfigError(f"--features {spec}: use auto, pixels, digits_classifier, "
-                          f"classifier:FILE or builder:pkg.module:function")
-    net = load_builder(target)
-    fs = FeatureSpace(f"builder:{target}", net.to(device), None)
-    try:  # one probe batch: a module of the wrong signature fails here, in one line
+        return None
+    return FeatureSpace(f"builder:{target}", load_builder(target).to(device), None)
+
+
+def _probe_builder(fs: FeatureSpace, shape: tuple[int, ...], device: torch.device | str) -> None:
+    """One probe batch through a user's feature module: a module of the wrong signature fails
+    here, in one line naming the option."""
+    try:
         fs.features(torch.zeros((2, *shape), device=device))
     except (TypeError, RuntimeError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"--features builder:{target}: the module failed on a batch of shape "
+        raise ConfigError(f"--features {fs.name}: the module failed on a batch of shape "
                           f"{(2, *shape)} ({' '.join(str(e).split())[:200]}); it must map "
                           "(N, C, H, W) images to (N, d) features") from None
-    return fs
 
 
-__all__ = ["DIGITS_FEATURES", "FeatureSpace", "load_builder", "resolve_feature_space"]
+__all__ = ["DIGITS_FEATURES", "FeatureSpace", "load_builder", "named_feature_space",
+           "resolve_feature_space"]

@@ -52,6 +52,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fewstep.core.samplers import sample
+from fewstep.export.metadata import describe_export, describe_native
 from fewstep.export.model_card import model_card
 from fewstep.export.native import (
     INDEX,
@@ -162,8 +163,10 @@ def export_student(student: Any, folder: str | os.PathLike[str], teacher_config:
             "teacher": {key: v for key, v in teacher_config.items() if key != "builder"},
             "components": "none", "latent_shape": shape, "num_classes": int(num_classes),
             "max_sequence_length": teacher_config.get("max_sequence_length"), **(extra or {})}
-    return write_student_folder(Path(folder), steps, student.sigmas.detach().cpu(), builder,
-                                extra=info)
+    out = write_student_folder(Path(folder), steps, student.sigmas.detach().cpu(), builder,
+                               extra=info)
+    describe_native(out)  # self-describing files (#23)
+    return out
 
 
 def normalise_components(components: str, lora: bool) -> str:
@@ -339,7 +342,9 @@ def _export_diffusers(student: Any, out: Path, tcfg: dict[str, Any], kind: str, 
         if "pipeline" not in info["dtypes"]:
             info["dtypes"]["pipeline"] = info["dtypes"]["denoiser"]
         (tmp / INFO).write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(info, str(out)), encoding="utf-8")
+        net0 = getattr(den0, attr)  # self-describing files + card front matter (#23)
+        card = describe_export(tmp, info, type(net0).__name__, dict(net0.config))
+        (tmp / "README.md").write_text(card + model_card(info, str(out)), encoding="utf-8")
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -33,6 +33,8 @@ from fewstep.utils.config_files import load_config, read_text_file
 from fewstep.utils.output_dirs import check_output_dir, output_folder
 from fewstep.utils.run_lock import reading_run
 
+#: ``fewstep export --format`` choices
+FORMATS = ("diffusers", "comfyui", "both")
 #: top-level config sections that are not the recipe's own settings
 _NOT_RECIPE = ("method", "data", "teacher", "student", "train", "cache", "eval")
 
@@ -90,12 +92,20 @@ def export_inputs(run: Path, cfg: DistillConfig) -> list[Path]:
 
 
 def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
-               device: str | torch.device = "cpu", overwrite: bool = False) -> Path:
+               device: str | torch.device = "cpu", overwrite: bool = False,
+               fmt: str = "diffusers", key_format: str | None = None) -> Path:
     """Export ``run_dir``'s ``student.safetensors`` to the folder ``out``; returns ``out``.
 
     ``out`` follows :mod:`fewstep.utils.output_dirs`: absent, empty or a previous export
     (replaced atomically), else refused unless ``overwrite``; never a folder holding the run
-    or the teacher. A run still training (its run lock held) is refused."""
+    or the teacher. A run still training (its run lock held) is refused.
+
+    ``fmt``: ``diffusers`` (the folder above), ``comfyui`` (per-step ComfyUI / kohya LoRA
+    files and a workflow, :func:`fewstep.export.comfyui.export_comfyui`) or ``both`` (the
+    diffusers folder with the ComfyUI files in ``out/comfyui``); ``key_format``: the ComfyUI
+    files' key format (default: the network's)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     run = Path(run_dir).expanduser()
     cfg_path, st_path = run / "config.yaml", run / "student.safetensors"
     if not cfg_path.is_file() or not st_path.is_file():
@@ -105,36 +115,70 @@ def export_run(run_dir: str | Path, out: str | Path, components: str = "auto",
         cfg = load_config(DistillConfig, cfg_path)
         inputs = export_inputs(run, cfg)
         check_output_dir(out, COMMAND, overwrite, inputs, legacy_export)  # before any work
-        return _export(run, cfg, st_path, Path(out), components, device, overwrite, inputs)
+        return _export(run, cfg, st_path, Path(out), components, device, overwrite, inputs,
+                       fmt, key_format)
 
 
 def _export(run: Path, cfg: DistillConfig, st_path: Path, out: Path, components: str,
-            device: str | torch.device, overwrite: bool, inputs: list[Path]) -> Path:
+            device: str | torch.device, overwrite: bool, inputs: list[Path], fmt: str,
+            key_format: str | None) -> Path:
     dev = torch.device(device)
     loaded = load_run_teacher(cfg, dev)
     try:
         family = export_family(loaded.config)
     except ValueError as e:
         raise ConfigError(f"--run: {e}") from None
+    if family is None and fmt != "diffusers":
+        raise ConfigError(f"--format: {fmt} needs a diffusers teacher (teacher.kind zimage or "
+                          f"diffusers); a teacher.kind {loaded.config.get('kind')} student is "
+                          "written in fewstep's own format (--format diffusers)")
     if family is None and components not in ("auto", "full", "copy"):
         raise ConfigError(f"--components: {components!r} needs a diffusers teacher (teacher.kind "
                           f"zimage, unet_eps or diffusers); a teacher.kind "
                           f"{loaded.config.get('kind')} student is written whole in fewstep's "
                           "own format")
     student, scfg = load_student_file(st_path, dev, like=loaded.denoiser)
-    record = {"teacher_fingerprint": scfg.get("teacher_fingerprint", loaded.identity),
-              "run": str(run.resolve())}
-    with output_folder(out, COMMAND, overwrite, inputs, legacy_export, record) as tmp:
-        # a diffusers export builds its folder beside `out` (README names `out`) and hands
-        # it over to this session; fewstep's own format is written into the session's folder
-        try:
-            export_trained(student, out if family is not None else tmp, loaded.config,
-                           loaded.problem, loaded.pipeline, components, cfg, run_metrics(run))
+    if fmt != "diffusers":
+        from fewstep.export.comfyui import check_comfyui
+
+        try:  # before anything is written
+            check_comfyui(student, key_format)
         except ValueError as e:
-            raise ConfigError(f"--components: {e}") from None
+            raise ConfigError(f"--format {fmt}: {e}") from None
+    record = {"teacher_fingerprint": scfg.get("teacher_fingerprint", loaded.identity),
+              "run": str(run.resolve()), "format": fmt}
+    with output_folder(out, COMMAND, overwrite, inputs, legacy_export, record) as tmp:
+        if fmt == "comfyui":
+            _comfyui(student, tmp / "comfyui", loaded.config, key_format, cfg.method)
+            for entry in list((tmp / "comfyui").iterdir()):  # the files at the top of `out`
+                entry.rename(tmp / entry.name)
+            (tmp / "comfyui").rmdir()
+        else:
+            # a diffusers export builds its folder beside `out` (README names `out`) and hands
+            # it over to this session; fewstep's own format is written into the session's
+            # folder
+            try:
+                export_trained(student, out if family is not None else tmp, loaded.config,
+                               loaded.problem, loaded.pipeline, components, cfg,
+                               run_metrics(run))
+            except ValueError as e:
+                raise ConfigError(f"--components: {e}") from None
+            if fmt == "both":
+                _comfyui(student, tmp / "comfyui", loaded.config, key_format, cfg.method)
         if not any(p.name != ".lock" for p in tmp.iterdir()):
             raise RuntimeError(f"the export of {run} wrote nothing into its output session")
     return out
 
 
-__all__ = ["export_inputs", "export_run", "export_trained", "run_metrics", "run_summary"]
+def _comfyui(student: Student, out: Path, teacher_config: dict[str, Any],
+             key_format: str | None, recipe: str) -> Path:
+    from fewstep.export.comfyui import export_comfyui
+
+    try:
+        return export_comfyui(student, out, teacher_config, key_format, recipe=recipe)
+    except ValueError as e:
+        raise ConfigError(f"--format: {e}") from None
+
+
+__all__ = ["FORMATS", "export_inputs", "export_run", "export_trained", "run_metrics",
+           "run_summary"]

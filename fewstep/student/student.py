@@ -245,11 +245,14 @@ def profile_label(name: str) -> contextlib.AbstractContextManager:
 
 
 def resolve_lora_targets(teacher: nn.Module, targets: list[str] | None) -> list[str] | None:
-    """``targets``, or the wrapped network's ``lora_targets`` default, or ``None`` (all
-    ``nn.Linear`` layers)."""
+    """``targets``, or the default ``lora_targets`` of the denoiser itself (a diffusers
+    wrapper holds its family's targets), else of the network it wraps (``teacher.net``), or
+    ``None`` (all ``nn.Linear`` layers)."""
     if targets is not None:
         return targets
-    default = getattr(getattr(teacher, "net", teacher), "lora_targets", None)
+    default = getattr(teacher, "lora_targets", None)
+    if default is None:
+        default = getattr(getattr(teacher, "net", None), "lora_targets", None)
     return None if default is None else list(default)
 
 
