@@ -42,7 +42,7 @@ def test_tiny_suite_runs_and_reports(tmp_path: Path, toy_teacher_path: Path) -> 
     path.write_text(SUITE + f"teacher: {toy_teacher_path}\n")
     suite = recipes.Suite.load(str(path))
     assert suite.row_names("turbo") == ["turbo_pp_K2", "turbo_pp-detached_K2"]
-    cfg, over = suite.config("regression_K1", 1, 2, str(tmp_path / "cache"))
+    cfg, _over = suite.config("regression_K1", 1, 2, str(tmp_path / "cache"))
     assert cfg.method == "regression" and cfg.student.num_steps == 1 and cfg.train.seed == 1
     args = argparse.Namespace(rows="all", seeds=None, seed0=0, iterations=None, workers=1,
                               threads=1, cache_dir=str(tmp_path / "cache"), out=tmp_path / "out")
