@@ -53,8 +53,8 @@ def load_models(teacher: Path | None, student: Path | None, data: str | None, de
             raise ConfigError(f"--data: no shipped teacher for {data!r}; pass --teacher FILE")
         try:
             den, tcfg = load_denoiser(tpath, device)
-        except CheckpointError as e:
-            raise CheckpointError(f"--teacher: {e}") from None
+        except (CheckpointError, ConfigError) as e:  # ConfigError: a network too big to load
+            raise type(e)(f"--teacher: {e}") from None
         validation.models_fit(data, shape, ncls, tcfg, "--teacher", scfg, "--student")
         if scfg is not None:
             same = same_teacher(scfg.get("teacher_fingerprint"), denoiser_identity(tpath, den))

@@ -113,10 +113,13 @@ def _expanded_size(node: Node, memo: dict[int, int]) -> int:
 def yaml_load(text: str) -> Any:
     """Parse YAML text with :class:`StrictLoader` (``yaml.YAMLError`` for what it refuses;
     ``RecursionError`` turned into one)."""
+    loader = StrictLoader(text)  # a SafeLoader subclass (what yaml.load does with it)
     try:
-        return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass
+        return loader.get_single_data()
     except RecursionError:
         raise YAMLRefused(f"nested deeper than {MAX_YAML_DEPTH} levels") from None
+    finally:
+        loader.dispose()
 
 
 def _device_name(v: str) -> str:

@@ -127,7 +127,7 @@ def test_feature_builder_of_the_wrong_signature(tmp_path: Path, teacher_a: Path)
         "def feats(device):  # fewstep calls it with no arguments\n"
         "    return torch.nn.Flatten()\n")
     from cli_helpers import write_images
-    write_images(tmp_path / "imgs", 24)
+    write_images(tmp_path / "imgs", 64)  # 6 held out: enough for the image metrics
     t = tmp_path / "t.safetensors"
     ok(fewstep("teacher", "train", "--quiet", "--data", tmp_path / "imgs", "--out", t,
                "steps=2", timeout=240))
