@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fewstep.assets import ASSETS
+from fewstep.core.denoiser import Denoiser
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.context import DistillContext
 from fewstep.distill.methods.registry import method_class
@@ -84,8 +85,14 @@ def pipeline_parts(folder: str) -> dict[str, int]:
     return out
 
 
+def _as_denoiser(m: nn.Module) -> Denoiser:
+    if not isinstance(m, Denoiser):
+        raise TypeError(f"the teacher is a {type(m).__name__}, not a fewstep Denoiser")
+    return m
+
+
 def offline_meta_teacher(cfg: DistillConfig
-                         ) -> tuple[nn.Module, tuple[int, ...], int, dict[str, Any]]:
+                         ) -> tuple[Denoiser, tuple[int, ...], int, dict[str, Any]]:
     """``(teacher on meta, sample shape, num_classes, info)`` from configs only (the teacher
     registry's adapter for ``teacher.kind``; a hub id is read offline, see
     :func:`offline_pretrained`)."""
@@ -98,7 +105,7 @@ def offline_meta_teacher(cfg: DistillConfig
     info = dict(m.info)
     if t.pretrained is not None:
         info.update(pretrained=t.pretrained, config_folder=spec.pretrained)
-    return m.module, tuple(m.data_shape), m.num_classes, info
+    return _as_denoiser(m.module), tuple(m.data_shape), m.num_classes, info
 
 
 def _fake_features(den: nn.Module, shape: tuple[int, ...]) -> None:
@@ -111,16 +118,20 @@ def _fake_features(den: nn.Module, shape: tuple[int, ...]) -> None:
     def features(x: torch.Tensor, sigma: Any, cond: Any = None) -> list[torch.Tensor]:
         return [torch.empty((x.shape[0], d), device="meta") for d in dims]
 
-    den.features = features  # type: ignore[method-assign]
+    # an instance attribute shadowing the method (what ``nn.Module.__setattr__`` does with a
+    # function; spelled out because the type checker rejects assigning to a method)
+    object.__setattr__(den, "features", features)
 
 
 def feature_widths(den: nn.Module) -> list[int] | None:
     """Width of each of ``den.features`` where known from the architecture."""
-    if hasattr(den, "feature_widths"):  # the generic diffusers denoisers say it themselves
-        return list(den.feature_widths())
+    widths = getattr(den, "feature_widths", None)
+    if widths is not None:  # the generic diffusers denoisers say it themselves
+        return list(widths())
     tr = getattr(den, "transformer", None)
-    if tr is not None and hasattr(den, "feature_layers"):
-        return [int(tr.config.dim)] * len(den.feature_layers)
+    layers = getattr(den, "feature_layers", None)
+    if tr is not None and layers is not None:
+        return [int(tr.config.dim)] * len(layers)
     net = getattr(den, "net", None)
     if net is not None and hasattr(net, "blocks") and hasattr(net, "inp"):  # ResMLP
         return [int(net.inp.out_features)] * (len(net.blocks) + 1)
@@ -139,13 +150,13 @@ def meta_models(cfg: DistillConfig) -> tuple[dict[str, nn.Module], tuple[int, ..
     s = cfg.student
     sig = student_sigmas(s.num_steps, cfg.teacher.steps, cfg.teacher.shift or 1.0, s.sigmas)
     with torch.device("meta"):  # new modules (LoRA adapters, heads) on meta too
-        student = student_from_spec(teacher, s, sig)  # type: ignore[arg-type]
+        student = student_from_spec(teacher, s, sig)
     if s.parameterization != "lora":
         for p in student.parameters():
             p.requires_grad_(True)
     problem = Problem(cfg.data, shape, ncls)
     example = torch.empty((2, *shape), device="meta")
-    ctx = DistillContext(cfg, problem, teacher, 1.0, student, torch.device("meta"),  # type: ignore
+    ctx = DistillContext(cfg, problem, teacher, 1.0, student, torch.device("meta"),
                          torch.Generator(), example, None)
     with torch.device("meta"):
         method = method_class(cfg.method)(ctx)
@@ -186,7 +197,7 @@ def lora_student_parts(cfg: DistillConfig, teacher: nn.Module) -> tuple[int, int
     sig = torch.linspace(1.0, 0.5, s.num_steps)
     shared = {id(p) for p in teacher.parameters()}
     with torch.device("meta"):
-        st = Student(teacher, sig, "lora", s.transition, s.lora_rank,  # type: ignore[arg-type]
+        st = Student(_as_denoiser(teacher), sig, "lora", s.transition, s.lora_rank,
                      s.lora_alpha, s.lora_targets)
     frozen, train = owned(st, shared)
     return param_counts(st)[0], frozen, train

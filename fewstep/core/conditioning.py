@@ -106,10 +106,11 @@ class PromptEmbeds:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
            non_blocking: bool = False) -> PromptEmbeds:
         """Move (and cast the float embeddings; the mask stays bool)."""
-        kw = {"device": device, "non_blocking": non_blocking}
-        p = None if self.pooled is None else self.pooled.to(dtype=dtype, **kw)
-        return PromptEmbeds(self.embeds.to(dtype=dtype, **kw), self.mask.to(**kw), p,
-                            self.lengths)
+        nb = non_blocking
+        p = (None if self.pooled is None
+             else self.pooled.to(device=device, dtype=dtype, non_blocking=nb))
+        return PromptEmbeds(self.embeds.to(device=device, dtype=dtype, non_blocking=nb),
+                            self.mask.to(device=device, non_blocking=nb), p, self.lengths)
 
     def pin_memory(self) -> PromptEmbeds:
         """Page-locked host copies (for ``to(cuda, non_blocking=True)``)."""
@@ -136,10 +137,11 @@ class PromptEmbeds:
         feats: list[Tensor] = []
         for it in items:
             feats.extend(it.to_list())
-        pooled = None
-        if all(it.pooled is not None for it in items):
-            pooled = torch.cat([it.pooled for it in items])  # type: ignore[misc]
-        elif any(it.pooled is not None for it in items):
+        pooled_rows = [it.pooled for it in items if it.pooled is not None]
+        pooled: Tensor | None = None
+        if len(pooled_rows) == len(items):
+            pooled = torch.cat(pooled_rows)
+        elif pooled_rows:
             raise ValueError("cannot concatenate PromptEmbeds with and without pooled vectors")
         return PromptEmbeds.from_list(feats, pooled)
 

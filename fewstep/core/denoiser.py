@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +56,13 @@ class Denoiser(nn.Module, ABC):
     def velocity(self, x: Tensor, sigma: Tensor, cond: Any = None, w: float = 1.0) -> Tensor:
         """Velocity implied by the (guided) x0 prediction: ``v = (x - x0_hat) / sigma``."""
         return FlowPath.velocity_from_x0(x, sigma, self.guided(x, sigma, cond, w))
+
+
+@runtime_checkable
+class _FeatureNet(Protocol):
+    """A network with its own ``features(x, t, cond) -> [(B, ...), ...]``."""
+
+    def features(self, x: Tensor, t: Tensor, cond: Any) -> list[Tensor]: ...
 
 
 class NetworkDenoiser(Denoiser):
@@ -108,10 +115,11 @@ class NetworkDenoiser(Denoiser):
         return self._null_cond(cond) if self._null_cond is not None else None
 
     def features(self, x: Tensor, sigma: Tensor, cond: Any = None) -> list[Tensor]:
-        if not hasattr(self.net, "features"):
+        net = self.net
+        if not isinstance(net, _FeatureNet):
             return super().features(x, sigma, cond)
         s = self._sigma_vec(x, sigma)
-        return self.net.features(x, _TIME_INPUTS[self.time_input](s).to(x.dtype), cond)
+        return net.features(x, _TIME_INPUTS[self.time_input](s).to(x.dtype), cond)
 
 
 def x0_loss_weight_to_velocity(sigma: Tensor, x: Tensor) -> Tensor:

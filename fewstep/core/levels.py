@@ -24,7 +24,8 @@ def teacher_sigmas(num_steps: int, shift: float = 1.0) -> Tensor:
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    return shift_sigma(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), shift).float()
+    levels = shift_sigma(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), shift)
+    return torch.as_tensor(levels).float()  # a Tensor already (Tensor in, Tensor out)
 
 
 def student_sigmas(num_steps: int, teacher_steps: int = 8, shift: float = 1.0,

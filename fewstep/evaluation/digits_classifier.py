@@ -18,6 +18,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +162,7 @@ def save_classifier(model: DigitsClassifier, path: str | Path,
     atomic_write_bytes(path, st_save(tensors, metadata=metadata))
 
 
-def read_classifier_metadata(path: str | Path) -> dict[str, object]:
+def read_classifier_metadata(path: str | Path) -> dict[str, Any]:
     """Return ``{"format", "config", "record"}`` (JSON decoded) from an asset's metadata."""
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -174,7 +175,7 @@ def read_classifier_metadata(path: str | Path) -> dict[str, object]:
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> DigitsClassifier:
     """Load a classifier written by :func:`save_classifier`, in eval mode, without gradients."""
     meta = read_classifier_metadata(path)
-    cfg = dict(meta["config"])  # type: ignore[arg-type]
+    cfg = dict(meta["config"])
     cfg["channels"] = tuple(cfg["channels"])
     model = DigitsClassifier(ClassifierConfig(**cfg))
     model.load_state_dict(load_file(str(path), device="cpu"))
@@ -192,7 +193,7 @@ def load_default_classifier(device: str | torch.device = "cpu") -> DigitsClassif
 
 def train_and_save_classifier(out_path: str | Path = DEFAULT_ASSET, seed: int = 0,
                               steps: int = 1000, num_threads: int | None = 1,
-                              **kwargs: object) -> dict[str, object]:
+                              **kwargs: Any) -> dict[str, object]:
     """Train (see :func:`train_classifier`), save to ``out_path`` and return the record
     ``{"path", "seed", "steps", "num_threads", "heldout_accuracy", "wall_time_s", ...}``.
 
@@ -204,7 +205,7 @@ def train_and_save_classifier(out_path: str | Path = DEFAULT_ASSET, seed: int = 
         torch.set_num_threads(num_threads)
     try:
         t0 = time.perf_counter()
-        model, acc = train_classifier(seed=seed, steps=steps, **kwargs)  # type: ignore[arg-type]
+        model, acc = train_classifier(seed=seed, steps=steps, **kwargs)
         wall = time.perf_counter() - t0
     finally:
         torch.set_num_threads(prev_threads)

@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from safetensors import safe_open
@@ -54,6 +54,13 @@ DEFAULT_ALLOWED = TRUSTED_BUILDERS
 BuilderSpec = tuple[str, dict[str, Any]]
 
 
+@runtime_checkable
+class HasBuilderSpec(Protocol):
+    """A module that names its own builder: ``builder_spec() -> (target, kwargs)``."""
+
+    def builder_spec(self) -> BuilderSpec: ...
+
+
 def diffusers_model_from_config(class_name: str, config: dict[str, Any]) -> nn.Module:
     """Builder for a diffusers model: ``getattr(diffusers, class_name).from_config(config)``."""
     import diffusers
@@ -66,7 +73,7 @@ def diffusers_model_from_config(class_name: str, config: dict[str, Any]) -> nn.M
 
 def builder_spec_of(module: nn.Module) -> BuilderSpec:
     """The module's own ``builder_spec()``, or one for a diffusers ``ModelMixin``."""
-    if hasattr(module, "builder_spec"):
+    if isinstance(module, HasBuilderSpec):
         target, kwargs = module.builder_spec()
         return target, dict(kwargs)
     cfg = getattr(module, "config", None)
@@ -100,16 +107,16 @@ def write_student_folder(folder: str | os.PathLike[str], steps: Sequence[nn.Modu
     out.mkdir(parents=True, exist_ok=True)
     sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()
     is_lora = isinstance(steps, PerStepLoRA)
-    k = steps.num_steps if is_lora else len(steps)
+    k = steps.num_steps if isinstance(steps, PerStepLoRA) else len(steps)
     if len(sig) != k:
         raise ValueError(f"{len(sig)} sigmas for {k} steps")
     if builder is None:
-        builder = builder_spec_of(steps.base if is_lora else steps[0])
+        builder = builder_spec_of(steps.base if isinstance(steps, PerStepLoRA) else steps[0])
     index: dict[str, Any] = {
         "format": FORMAT, "mode": "lora" if is_lora else "full", "num_steps": k, "sigmas": sig,
         "builder": {"target": builder[0], "kwargs": builder[1]}, "extra": extra or {},
     }
-    if is_lora:
+    if isinstance(steps, PerStepLoRA):
         index["lora"] = {"rank": steps.rank, "alpha": steps.alpha, "dropout": steps.dropout,
                          "targets": steps.targets}
         (out / "base").mkdir(exist_ok=True)

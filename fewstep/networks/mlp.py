@@ -24,14 +24,18 @@ class FourierTime(nn.Module):
     def __init__(self, dim: int, scale: float = 1000.0) -> None:
         super().__init__()
         self.scale = scale
-        self.half = dim // 2
-        self.mlp = nn.Sequential(nn.Linear(2 * self.half, dim), nn.SiLU(), nn.Linear(dim, dim))
+        # not ``self.half``: that would hide ``nn.Module.half()``
+        self.num_freqs = dim // 2
+        self.mlp = nn.Sequential(nn.Linear(2 * self.num_freqs, dim), nn.SiLU(),
+                                 nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(self.half, device=t.device,
-                                                            dtype=torch.float32) / self.half)
+        n = self.num_freqs
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(n, device=t.device,
+                                                            dtype=torch.float32) / n)
         ang = (t.float() * self.scale)[:, None] * freqs[None]
-        return self.mlp(torch.cat([ang.cos(), ang.sin()], dim=1).to(self.mlp[0].weight.dtype))
+        dtype = next(self.mlp.parameters()).dtype  # the first linear layer's weight
+        return self.mlp(torch.cat([ang.cos(), ang.sin()], dim=1).to(dtype))
 
 
 class ResBlock(nn.Module):

@@ -18,19 +18,26 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from diffusers import UNet2DModel
+
+# from its defining module: mypy resolves ``from diffusers import UNet2DModel`` to diffusers'
+# dummy placeholder class (its ``__init__`` star-imports the dummies first)
+from diffusers.models.unets.unet_2d import UNet2DModel
 from torch import Tensor, nn
 
 from fewstep.networks.registry import NETWORKS
 
 
-def unet_block_features(unet: UNet2DModel, forward: Callable[[], Any], dtype: torch.dtype
+def unet_block_features(unet: nn.Module, forward: Callable[[], Any], dtype: torch.dtype
                         ) -> list[Tensor]:
     """Run ``forward()`` (a forward pass through ``unet``) and return the outputs of ``unet``'s
     mid block and of each up block, in that order, as tokens ``[(B, h * w, C_l), ...]`` (channel
     last, so discriminator heads pool over positions) cast to ``dtype``. Forward hooks capture
-    the outputs and are removed afterwards; gradients flow to the inputs of ``forward``."""
-    blocks = [unet.mid_block, *unet.up_blocks]
+    the outputs and are removed afterwards; gradients flow to the inputs of ``forward``.
+    ``unet``: a diffusers ``UNet2DModel`` (any module with ``mid_block`` and ``up_blocks``)."""
+    up_blocks = unet.get_submodule("up_blocks")
+    if not isinstance(up_blocks, nn.ModuleList):
+        raise TypeError(f"unet.up_blocks is a {type(up_blocks).__name__}, not an nn.ModuleList")
+    blocks = [unet.get_submodule("mid_block"), *up_blocks]
     captured: dict[int, Tensor] = {}
     handles = []
     for i, blk in enumerate(blocks):

@@ -132,24 +132,25 @@ class PerStepLoRA(nn.Module):
         for p in base.parameters():
             p.requires_grad_(False)
         self.cell = _StepCell()
+        layers: list[StepLoRALinear] = []
         for name in self.targets:
             parent_name, _, attr = name.rpartition(".")
             parent = base.get_submodule(parent_name) if parent_name else base
             lin = getattr(parent, attr)
-            setattr(parent, attr, StepLoRALinear(lin, num_steps, rank, self.alpha, dropout,
-                                                 self.cell))
+            layer = StepLoRALinear(lin, num_steps, rank, self.alpha, dropout, self.cell)
+            setattr(parent, attr, layer)
+            layers.append(layer)
         self.base = base
-        self._layers: list[StepLoRALinear] = [base.get_submodule(n)  # type: ignore[misc]
-                                              for n in self.targets]
+        self._layers = layers
         self._trainable = [True] * num_steps
         # per-step (name, parameter) lists, built once: no walk over the model afterwards
         self._step_params: list[list[tuple[str, nn.Parameter]]] = [[] for _ in range(num_steps)]
-        for name in self.targets:
-            layer = base.get_submodule(name)
+        for name, layer in zip(self.targets, layers, strict=True):
             for k in range(num_steps):
                 s = _step_name(k)
-                self._step_params[k] += [(f"{name}.lora_A.{s}.weight", layer.lora_A[s].weight),
-                                         (f"{name}.lora_B.{s}.weight", layer.lora_B[s].weight)]
+                a, b = layer.step_weights(k)
+                self._step_params[k] += [(f"{name}.lora_A.{s}.weight", a),
+                                         (f"{name}.lora_B.{s}.weight", b)]
         self.merge_budget_bytes = merge_budget_bytes
 
     # -- parameters ---------------------------------------------------------------------------

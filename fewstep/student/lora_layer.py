@@ -66,16 +66,16 @@ class StepLoRALinear(nn.Module):
         w = base_layer.weight
         dt = w.dtype if w.dtype.is_floating_point else torch.float32
         fin, fout = base_layer.in_features, base_layer.out_features
-        self.lora_A = nn.ModuleDict({_step_name(k): nn.Linear(fin, rank, bias=False,
-                                                              device=w.device, dtype=dt)
-                                     for k in range(num_steps)})
-        self.lora_B = nn.ModuleDict({_step_name(k): nn.Linear(rank, fout, bias=False,
-                                                              device=w.device, dtype=dt)
-                                     for k in range(num_steps)})
+        lora_a = {_step_name(k): nn.Linear(fin, rank, bias=False, device=w.device, dtype=dt)
+                  for k in range(num_steps)}
+        lora_b = {_step_name(k): nn.Linear(rank, fout, bias=False, device=w.device, dtype=dt)
+                  for k in range(num_steps)}
         with torch.no_grad():
             for k in range(num_steps):
-                nn.init.kaiming_uniform_(self.lora_A[_step_name(k)].weight, a=math.sqrt(5))
-                nn.init.zeros_(self.lora_B[_step_name(k)].weight)
+                nn.init.kaiming_uniform_(lora_a[_step_name(k)].weight, a=math.sqrt(5))
+                nn.init.zeros_(lora_b[_step_name(k)].weight)
+        self.lora_A = nn.ModuleDict(lora_a)
+        self.lora_B = nn.ModuleDict(lora_b)
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / rank
         self.cell = cell
@@ -98,6 +98,11 @@ class StepLoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
+    def step_weights(self, k: int) -> tuple[nn.Parameter, nn.Parameter]:
+        """Step ``k``'s ``(lora_A.weight, lora_B.weight)``: ``(rank, in)`` and ``(out, rank)``."""
+        name = _step_name(k)
+        return _linear_params(self.lora_A[name])[0], _linear_params(self.lora_B[name])[0]
+
     def prepare_merged(self, k: int) -> bool:
         """Make the cached ``W + scaling * B_k A_k`` current (rebuilt only when one of the
         three tensors was replaced or changed in place) and return True; return False when
@@ -108,13 +113,13 @@ class StepLoRALinear(nn.Module):
         hit) is a handful of dictionary lookups and tensor attribute reads.
         """
         name = _step_name(k)
-        w = self._modules["base_layer"]._parameters["weight"]  # type: ignore[index]
-        a = self._modules["lora_A"]._modules[name]._parameters["weight"]  # type: ignore[index]
-        b = self._modules["lora_B"]._modules[name]._parameters["weight"]  # type: ignore[index]
+        mods = self._modules
+        w, bias = _linear_params(mods["base_layer"])
+        a, _ = _linear_params(_child(mods["lora_A"], name))
+        b, _ = _linear_params(_child(mods["lora_B"], name))
         if _is_dtensor(w) or _is_dtensor(a) or _is_dtensor(b):  # sharded (FSDP): no merge
             return False
         key = _identity(w, a, b)
-        bias = self._modules["base_layer"]._parameters["bias"]  # type: ignore[index]
         hit = self._merged.get(k)
         if hit is not None and hit[0] == key and hit[2] is bias:
             return True
@@ -138,13 +143,28 @@ class StepLoRALinear(nn.Module):
         lora_a, lora_b = self.lora_A[name], self.lora_B[name]
         result = self.base_layer(x)
         dtype = result.dtype
-        if x.dtype != lora_a.weight.dtype:
-            x = x.to(lora_a.weight.dtype)
+        a_dtype = _linear_params(lora_a)[0].dtype
+        if x.dtype != a_dtype:
+            x = x.to(a_dtype)
         result = result + lora_b(lora_a(self.lora_dropout(x))) * self.scaling
         return result.to(dtype)
 
     def extra_repr(self) -> str:
         return f"steps={len(self.lora_A)}, scaling={self.scaling:g}"
+
+
+def _child(m: nn.Module | None, name: str) -> nn.Module | None:
+    """``m[name]`` of a ``ModuleDict``, read from its module dict."""
+    return None if m is None else m._modules[name]
+
+
+def _linear_params(m: nn.Module | None) -> tuple[nn.Parameter, nn.Parameter | None]:
+    """``(m.weight, m.bias)`` of a linear layer, read from its parameter dict: this runs per
+    layer at each step switch, and skips ``Module.__getattr__``."""
+    w = None if m is None else m._parameters.get("weight")
+    if m is None or w is None:
+        raise TypeError(f"expected a linear layer with a weight, got {type(m).__name__}")
+    return w, m._parameters.get("bias")
 
 
 def _is_dtensor(t: Tensor) -> bool:

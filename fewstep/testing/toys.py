@@ -15,7 +15,7 @@ from fewstep.data.problem import Problem, get_problem
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.context import Batch, DistillContext
 from fewstep.networks.registry import network_denoiser
-from fewstep.student.student import Student
+from fewstep.student.student import Parameterization, Student
 from fewstep.utils.config_files import validate
 
 
@@ -42,7 +42,7 @@ def toy_config(method: str, **sections: Any) -> DistillConfig:
 
 
 def toy_context(cfg: DistillConfig, den: Denoiser, sigmas: list[float],
-                parameterization: str = "decoupled", teacher: Denoiser | None = None,
+                parameterization: Parameterization = "decoupled", teacher: Denoiser | None = None,
                 problem: Problem | None = None, example_cond: Any = None) -> DistillContext:
     """A CPU context: a student over ``den`` at levels ``sigmas``, teacher ``teacher`` (default
     ``den``) with CFG scale 1, the checkerboard problem unless ``problem``, the loss generator

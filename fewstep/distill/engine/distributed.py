@@ -161,34 +161,33 @@ class DistEnv:
         has = torch.tensor([float(p.grad is not None) for p in plist], device=dev)
         dist.all_reduce(has)
         live = [p for p, h in zip(plist, has.tolist(), strict=True) if h > 0]
+        # bucket the gradients by dtype and size; one all-reduce per bucket
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
         for p in live:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        # bucket by dtype and size; one all-reduce per bucket
-        by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
-        for p in live:
-            by_dtype.setdefault(p.grad.dtype, []).append(p)
+            grad = p.grad
+            if grad is None:
+                grad = p.grad = torch.zeros_like(p)
+            by_dtype.setdefault(grad.dtype, []).append(grad)
         for group in by_dtype.values():
-            bucket: list[nn.Parameter] = []
+            bucket: list[Tensor] = []
             size = 0
-            for p in group:
-                bucket.append(p)
-                size += p.numel()
+            for g in group:
+                bucket.append(g)
+                size += g.numel()
                 if size >= BUCKET_NUMEL:
                     self._reduce_bucket(bucket, dev)
                     bucket, size = [], 0
             if bucket:
                 self._reduce_bucket(bucket, dev)
 
-    def _reduce_bucket(self, bucket: list[nn.Parameter], dev: torch.device) -> None:
-        grads = [p.grad for p in bucket]
-        flat = torch.cat([g.reshape(-1) for g in grads]).to(dev)  # type: ignore[union-attr]
+    def _reduce_bucket(self, grads: list[Tensor], dev: torch.device) -> None:
+        flat = torch.cat([g.reshape(-1) for g in grads]).to(dev)
         dist.all_reduce(flat)
         flat /= self.world_size
         off = 0
         for g in grads:
-            n = g.numel()  # type: ignore[union-attr]
-            g.copy_(flat[off:off + n].view_as(g))  # type: ignore[union-attr]
+            n = g.numel()
+            g.copy_(flat[off:off + n].view_as(g))
             off += n
 
     @torch.no_grad()

@@ -12,13 +12,16 @@ a one-process run.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
 
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
-def _is_dtensor(t: Any) -> bool:
+
+def _is_dtensor(t: object) -> TypeGuard[DTensor]:
     from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)
@@ -55,11 +58,11 @@ def fsdp_shard(module: nn.Module, forward_methods: Iterable[str] = ("features",)
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     skip = set(ignored)
-    kw = {"ignored_params": skip} if skip else {}
+    ignored_params = skip or None
     for blk in block_units(module):
         if any(p not in skip for p in blk.parameters()):
-            fully_shard(blk, **kw)
-    fully_shard(module, **kw)
+            fully_shard(blk, ignored_params=ignored_params)
+    fully_shard(module, ignored_params=ignored_params)
     for name in forward_methods:
         if callable(getattr(module, name, None)):
             register_fsdp_forward_method(module, name)
@@ -68,7 +71,7 @@ def fsdp_shard(module: nn.Module, forward_methods: Iterable[str] = ("features",)
 
 def full_tensor(t: Tensor) -> Tensor:
     """A DTensor's full value (collective: every rank must call); other tensors unchanged."""
-    return t.full_tensor() if _is_dtensor(t) else t  # type: ignore[attr-defined]
+    return t.full_tensor() if _is_dtensor(t) else t
 
 
 class FullStateView:

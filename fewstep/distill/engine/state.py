@@ -72,7 +72,9 @@ def rng_state(generators: dict[str, torch.Generator]) -> tuple[dict[str, Tensor]
             tensors[f"rng/cuda{i}"] = s
     for k, g in generators.items():
         tensors[f"rng/gen/{k}"] = g.get_state()
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    if not isinstance(np_state, tuple):  # the legacy MT19937 tuple, unless NumPy changes it
+        raise RuntimeError(f"unexpected NumPy RNG state {type(np_state).__name__}")
     tensors["rng/numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
     meta = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
             "python": _py_state_to_json(random.getstate())}

@@ -11,10 +11,28 @@ cast to the VAE's dtype and outputs returned in the VAE's dtype (cast yourself i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+
+@runtime_checkable
+class DiffusersVAE(Protocol):
+    """What fewstep uses of a diffusers VAE (e.g. ``AutoencoderKL``): ``encode(x).latent_dist``,
+    ``decode(z, return_dict=False)[0]`` and its ``config``."""
+
+    config: Any
+
+    def encode(self, x: Tensor) -> Any: ...
+
+    def decode(self, z: Tensor, return_dict: bool = True) -> Any: ...
+
+
+def _as_vae(vae: nn.Module) -> DiffusersVAE:
+    if not isinstance(vae, DiffusersVAE):
+        raise TypeError(f"{type(vae).__name__} is not a diffusers VAE (encode/decode/config)")
+    return vae
 
 
 def vae_factors(vae: nn.Module) -> tuple[float, float]:
@@ -34,7 +52,7 @@ def encode(vae: nn.Module, images: Tensor, sample: bool = False,
     """Images in ``[-1, 1]`` -> scaled, shifted latents. ``sample=False`` uses the posterior mode
     (deterministic); ``sample=True`` draws from it with ``generator``."""
     scale, shift = vae_factors(vae)
-    dist = vae.encode(images.to(_vae_dtype(vae))).latent_dist
+    dist = _as_vae(vae).encode(images.to(_vae_dtype(vae))).latent_dist
     z = dist.sample(generator) if sample else dist.mode()
     return (z - shift) * scale
 
@@ -43,7 +61,7 @@ def decode(vae: nn.Module, latents: Tensor) -> Tensor:
     """Scaled, shifted latents -> images (roughly in ``[-1, 1]``; clamp for display)."""
     scale, shift = vae_factors(vae)
     z = latents.to(_vae_dtype(vae)) / scale + shift
-    return vae.decode(z, return_dict=False)[0]
+    return _as_vae(vae).decode(z, return_dict=False)[0]
 
 
 class LatentCodec:
@@ -63,11 +81,11 @@ class LatentCodec:
     @property
     def spatial_factor(self) -> int:
         """Downsampling factor ``f`` (``2 ** (len(block_out_channels) - 1)``)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(_as_vae(self.vae).config.block_out_channels) - 1)
 
     @property
     def latent_channels(self) -> int:
-        return int(self.vae.config.latent_channels)
+        return int(_as_vae(self.vae).config.latent_channels)
 
 
-__all__ = ["LatentCodec", "decode", "encode", "vae_factors"]
+__all__ = ["DiffusersVAE", "LatentCodec", "decode", "encode", "vae_factors"]

@@ -30,7 +30,7 @@ Conditioning: class labels ``(B,)`` long for a UNet with ``num_class_embeds``; `
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -79,6 +79,15 @@ def timestep_from_alpha_bar(alpha_bar: Tensor, alphas_cumprod: Tensor) -> Tensor
     return t.clamp(0.0, len(table) - 1).to(torch.float32)
 
 
+@runtime_checkable
+class _CheckpointingNet(Protocol):
+    """A network with diffusers' block-level gradient checkpointing switches (``ModelMixin``)."""
+
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func: Any = None) -> None: ...
+
+    def disable_gradient_checkpointing(self) -> None: ...
+
+
 class VPEpsilonDenoiser(Denoiser):
     """``x0_hat = D(x_sigma, sigma, labels)`` around a VP ``UNet2DModel`` (see module docstring).
 
@@ -90,6 +99,8 @@ class VPEpsilonDenoiser(Denoiser):
         null_class: label used by :meth:`null_cond` (``None``: unconditional model).
         min_one_minus_sigma: clamp of ``1 - sigma`` in the epsilon -> x0 conversion.
     """
+
+    alphas_cumprod: Tensor  # (T,) float32 buffer
 
     def __init__(self, unet: nn.Module, alphas_cumprod: Tensor, prediction_type: str = "epsilon",
                  null_class: int | None = None, min_one_minus_sigma: float | None = None) -> None:
@@ -186,10 +197,13 @@ class VPEpsilonDenoiser(Denoiser):
     def set_gradient_checkpointing(self, enabled: bool = True, checkpoint_fn: Any = None) -> None:
         """Block-level gradient checkpointing of the UNet (``checkpoint_fn``: see
         :meth:`fewstep.student.lora.PerStepLoRA.checkpoint_fn`)."""
+        unet = self.unet
+        if not isinstance(unet, _CheckpointingNet):
+            raise TypeError(f"{type(unet).__name__} has no diffusers gradient checkpointing")
         if enabled:
-            self.unet.enable_gradient_checkpointing(checkpoint_fn)
+            unet.enable_gradient_checkpointing(checkpoint_fn)
         else:
-            self.unet.disable_gradient_checkpointing()
+            unet.disable_gradient_checkpointing()
 
 
 def _jsonable(config: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ the transformer, which does its own padding (to a multiple of 32, with its learn
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,11 @@ from fewstep.core.conditioning import PromptEmbeds
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.guidance import cfg_combine, w_from_zimage_scale
 from fewstep.core.path import expand_like
+
+if TYPE_CHECKING:
+    # from its defining module: mypy resolves ``from diffusers import ...`` to diffusers'
+    # dummy placeholder classes (its ``__init__`` star-imports the dummies first)
+    from diffusers.models.transformers.transformer_z_image import ZImageTransformer2DModel
 
 #: Names (suffixes) of the attention and MLP projections of a Z-Image block, for LoRA.
 ZIMAGE_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
@@ -59,10 +64,11 @@ class ZImageDenoiser(Denoiser):
     def __init__(self, transformer: nn.Module, null_embeds: Tensor | None = None,
                  feature_layers: Sequence[int] | None = None) -> None:
         super().__init__()
-        self.transformer = transformer
+        # callers hand over ``pipe.transformer`` as an nn.Module; it is a Z-Image transformer
+        self.transformer = cast("ZImageTransformer2DModel", transformer)
         self.register_buffer("null_embeds", None if null_embeds is None else null_embeds.detach(),
                              persistent=False)
-        self.feature_layers = (list(range(len(transformer.layers))) if feature_layers is None
+        self.feature_layers = (list(range(len(self.transformer.layers))) if feature_layers is None
                                else list(feature_layers))
 
     # -- construction -------------------------------------------------------------------------
@@ -137,11 +143,12 @@ class ZImageDenoiser(Denoiser):
     # -- guidance -----------------------------------------------------------------------------
     def null_cond(self, cond: Any) -> PromptEmbeds:
         """The empty-prompt cond with as many rows as ``cond`` (1 row if ``cond`` is None)."""
-        if self.null_embeds is None:
+        null = self.null_embeds
+        if not isinstance(null, Tensor):
             raise RuntimeError("ZImageDenoiser has no null_embeds; pass them at construction "
                                "(e.g. from_pipeline or a PromptCache's null embedding)")
         n = 1 if cond is None else len(cond)
-        return PromptEmbeds.from_list([self.null_embeds] * n)
+        return PromptEmbeds.from_list([null] * n)
 
     def guided(self, x: Tensor, sigma: Tensor | float, cond: Any, w: float) -> Tensor:
         """CFG ``D_u + w (D_c - D_u)`` with conditional and null rows in one batched forward."""
