@@ -32,9 +32,9 @@ def student_sigmas(num_steps: int, teacher_steps: int = 8, shift: float = 1.0,
                    custom: list[float] | None = None) -> Tensor:
     """The K input noise levels ``sigma_1 = 1 > sigma_2 > ... > sigma_K > 0`` of the student.
 
-    Default: every ``teacher_steps // K``-th level of the teacher's own schedule (METHODS §2), so
-    for K = 2 and the 8-step teacher ``sigma_2`` is the teacher's level after 4 steps. ``custom``
-    overrides; it must start at 1 and decrease strictly inside (0, 1].
+    Default: every ``teacher_steps // K``-th level of the teacher's own schedule
+    (docs/methods.md §2), so for K = 2 and the 8-step teacher ``sigma_2`` is the teacher's level
+    after 4 steps. ``custom`` overrides; it must start at 1 and decrease strictly inside (0, 1].
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")

@@ -1,4 +1,4 @@
-"""Noise correction (Imagine Flash, METHODS §6): a finite first step for epsilon-prediction
+"""Noise correction (Imagine Flash, docs/methods.md §6): a finite first step for epsilon-prediction
 models with zero terminal SNR; a no-op for velocity / x0 models. A student of such a teacher
 is trained through it (``Student(noise_correction=...)``: its step at ``sigma = 1`` returns the
 corrected prediction in training, sampling and export).

@@ -146,7 +146,7 @@ def _export(run: Path, cfg: DistillConfig, st_path: Path, out: Path, components:
         except ValueError as e:
             raise ConfigError(f"--format {fmt}: {e}") from None
     record = {"teacher_fingerprint": scfg.get("teacher_fingerprint", loaded.identity),
-              "run": str(run.resolve()), "format": fmt}
+              "run": str(run.resolve()), "export_format": fmt}
     with output_folder(out, COMMAND, overwrite, inputs, legacy_export, record) as tmp:
         if fmt == "comfyui":
             _comfyui(student, tmp / "comfyui", loaded.config, key_format, cfg.method)

@@ -1,4 +1,4 @@
-"""The K-step student ``G = (G_1, ..., G_K)`` (METHODS §2).
+"""The K-step student ``G = (G_1, ..., G_K)`` (docs/methods.md §2).
 
 Step ``k`` (0-based here) maps ``x_k`` at ``sigma_k`` to ``x0_hat_k = G_k(x_k, sigma_k, c)``; the
 next input is ``x_{k+1} = (1 - sigma_{k+1}) x0_hat_k + sigma_{k+1} eps`` (fresh noise) or the
@@ -73,6 +73,8 @@ class Student(nn.Module):
         #: x0 at sigma = 1 through the noise correction (:meth:`forward`)
         self.noise_correction = resolve_noise_correction(teacher, noise_correction)
         self.transition = transition
+        #: the step-choice stream shared by all processes (set by multi-process training)
+        self.step_generator: torch.Generator | None = None
         #: ``(K,)`` step levels, kept on the host (not a buffer): samplers read them without a
         #: device sync, and every use moves them to its tensors' device
         self.sigmas = sigmas.detach().float().cpu().clone()
@@ -287,7 +289,7 @@ def random_step(student: Student, generator: torch.Generator | None = None) -> i
     """Draw a step index ``k ~ U{0, ..., K-1}`` (0-based) with ``generator``, or with the
     student's ``step_generator`` when set (multi-process training: one stream shared by all
     ranks, so every rank runs the same step modules, as FSDP's collectives require)."""
-    g = getattr(student, "step_generator", None) or generator
+    g = student.step_generator or generator
     return int(torch.randint(0, student.num_steps, (1,), generator=g))
 
 

@@ -4,9 +4,9 @@ A denoiser file is a safetensors file of kind ``"denoiser"`` whose config holds
 ``{"network": {...}, "prediction": ..., "time_input": ..., "null_class": ..., "data": ...,
 "sampling": {"steps": 8, "shift": 1.0, "cfg_scale": ...}}``.
 
-Training objective (flow matching, METHODS §1): draw ``sigma ~ sigmoid(N(0, 1))`` (or uniform),
-``x_sigma = (1 - sigma) x0 + sigma eps``, and regress the network's native target (velocity
-``eps - x0``, ``eps`` or ``x0``). Labels are dropped to the null class with probability
+Training objective (flow matching, docs/methods.md §1): draw ``sigma ~ sigmoid(N(0, 1))`` (or
+uniform), ``x_sigma = (1 - sigma) x0 + sigma eps``, and regress the network's native target
+(velocity ``eps - x0``, ``eps`` or ``x0``). Labels are dropped to the null class with probability
 ``cond_dropout`` so that classifier-free guidance works.
 """
 

@@ -1,4 +1,4 @@
-"""Training through noise correction (Imagine Flash, METHODS §6): a student of a
+"""Training through noise correction (Imagine Flash, docs/methods.md §6): a student of a
 zero-terminal-SNR epsilon teacher uses the corrected x0 prediction at sigma = 1 in training,
 sampling and export, and every recipe distills such a teacher."""
 

@@ -24,7 +24,7 @@ student update. The budget ``train.iterations`` counts generator updates.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,11 @@ from torch import Tensor, nn
 from fewstep.core.conditioning import cat_cond, where_cond
 from fewstep.distill.config import DistillConfig, RealSource
 from fewstep.distill.context import AuxUpdates, Batch, DataNeeds, DistillContext, Logs
+from fewstep.distill.parts.builders import dm_section, gan_section
 from fewstep.distill.parts.fake_score import FakeScore, fake_score_groups
+
+#: a method's own config class (``method: Literal["name"]`` and the sections it reads)
+ConfigT = TypeVar("ConfigT", bound=DistillConfig)
 
 __all__ = [
     "AuxUpdates",
@@ -47,8 +51,9 @@ __all__ = [
 ]
 
 
-class DistillMethod(nn.Module, ABC):
-    """Base class of a method (see the module docstring)."""
+class DistillMethod(nn.Module, ABC, Generic[ConfigT]):
+    """Base class of a method (see the module docstring), generic in its config class:
+    ``class TurboPP(DistillMethod[TurboPPConfig])`` reads ``self.cfg.step1`` typed."""
 
     #: set by :func:`~fewstep.distill.methods.registry.register`
     name: ClassVar[str] = ""
@@ -56,11 +61,27 @@ class DistillMethod(nn.Module, ABC):
 
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__()
+        if not isinstance(ctx.cfg, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got a "
+                            f"{type(ctx.cfg).__name__}")
         self._ctx = [ctx]  # not a submodule: the student and teacher are owned by the trainer
 
     @property
     def ctx(self) -> DistillContext:
         return self._ctx[0]
+
+    @property
+    def cfg(self) -> ConfigT:
+        """The run config as this method's own config class (checked in ``__init__``)."""
+        return cast(ConfigT, self.ctx.cfg)  # the isinstance check above; a TypeVar can't narrow
+
+    @classmethod
+    def config_of(cls, cfg: DistillConfig) -> ConfigT:
+        """``cfg`` as this method's config class (``TypeError`` for another method's)."""
+        if not isinstance(cfg, cls.config_class):
+            raise TypeError(f"{cls.__name__} needs a {cls.config_class.__name__}, got a "
+                            f"{type(cfg).__name__}")
+        return cast(ConfigT, cfg)
 
     # ------------------------------------------------------------ declarations
     def data_needs(self) -> DataNeeds:
@@ -81,7 +102,7 @@ class DistillMethod(nn.Module, ABC):
     def gan_real(self, on: bool) -> RealSource | None:
         """``DataNeeds.real`` of a method with an optional GAN: where the GAN block sends for
         real samples (``gan.real_from()``) when ``on``, else ``None`` (no real samples)."""
-        return self.ctx.cfg.gan.real_from() if on else None  # type: ignore[attr-defined]
+        return gan_section(self.ctx.cfg).real_from() if on else None
 
     def aux_updates_for(self, groups: list[dict[str, Any]]) -> AuxUpdates:
         """The aux optimizer over ``groups`` at the ``train`` section's layout: updated
@@ -118,7 +139,7 @@ class DistillMethod(nn.Module, ABC):
                                          generator=self.ctx.generator).sample
 
 
-class FakeScoreMethod(DistillMethod):
+class FakeScoreMethod(DistillMethod[ConfigT]):
     """A method whose one auxiliary network is a fake score network ``fake`` (a trainable copy
     of the teacher tracking the student's outputs) carrying a GAN logit head when ``use_gan``
     (DMD2, SiD). Subclasses set ``fake`` and ``use_gan`` in ``__init__`` and write the losses;
@@ -138,5 +159,5 @@ class FakeScoreMethod(DistillMethod):
         return DataNeeds(real=self.gan_real(self.use_gan))
 
     def aux_updates(self) -> AuxUpdates:
-        dm, gan = self.ctx.cfg.dm, self.ctx.cfg.gan  # type: ignore[attr-defined]
+        dm, gan = dm_section(self.ctx.cfg), gan_section(self.ctx.cfg)
         return self.aux_updates_for(fake_score_groups(self.fake, dm.fake_lr, gan.lr))

@@ -1,4 +1,4 @@
-"""DMD2 (METHODS §4): distribution matching with a fake score network, two time scales, an
+"""DMD2 (docs/methods.md §4): distribution matching with a fake score network, two time scales, an
 optional GAN head on the fake score network, and backward simulation for K > 1 steps.
 
 Generator update on a batch (noise ``eps``, condition ``c``)::
@@ -83,7 +83,7 @@ class DMD2Config(DistillConfig):
 
 
 @METHODS.register("dmd2")
-class DMD2(FakeScoreMethod):
+class DMD2(FakeScoreMethod[DMD2Config]):
     """Data and optimizers: :class:`FakeScoreMethod` (real samples for the GAN head; the fake
     score network at ``dm.fake_lr``, its head at ``gan.lr``)."""
 
@@ -91,12 +91,12 @@ class DMD2(FakeScoreMethod):
 
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
-        self.use_gan = ctx.cfg.gan.weight > 0  # type: ignore[attr-defined]
+        self.use_gan = self.cfg.gan.weight > 0
         self.matching = build_matching(ctx, fake=build_fake_score(ctx, gan_head=self.use_gan))
 
     @classmethod
     def graph_forwards(cls, cfg: DistillConfig) -> int:
-        return 1 + (1 if cfg.gan.weight > 0 else 0)  # type: ignore[attr-defined]
+        return 1 + (1 if cls.config_of(cfg).gan.weight > 0 else 0)
 
     @property
     def fake(self) -> FakeScore:
@@ -132,5 +132,5 @@ class DMD2(FakeScoreMethod):
             lf = self.fake.noised_logits(x, self._gan_sigma(n), batch.cond, gen)
             logs["d_loss"] = d_loss(lr, lf, self.ctx.cfg.gan.loss)
             logs["d_real"], logs["d_fake"] = lr.mean().detach(), lf.mean().detach()
-            total = total + self.ctx.cfg.dmd2.d_weight * logs["d_loss"]  # type: ignore
+            total = total + self.cfg.dmd2.d_weight * logs["d_loss"]
         return total, logs

@@ -1,4 +1,4 @@
-"""Imagine Flash (METHODS §6): backward distillation with the shifted reconstruction loss.
+"""Imagine Flash (docs/methods.md §6): backward distillation with the shifted reconstruction loss.
 
 Generator update on a batch (noise ``eps``, condition ``c``)::
 
@@ -9,15 +9,15 @@ Generator update on a batch (noise ``eps``, condition ``c``)::
     x_tau = (1 - tau) sg(x0_theta) + tau e
     L = ||x0_theta - sg(T_w(x_tau, tau, c))||^2                         (T_w: teacher, CFG w)
 
-The noise ``e`` (``imagine_flash.renoise``; METHODS leaves it open): ``student`` (default) reuses
-the noise the student's own input implies, ``e_k = (x_k - (1 - sigma_k) sg(x0_theta)) /
-sigma_k`` (``= eps`` at k = 0), so ``x_tau`` lies on the student's straight line from ``x_k`` to
-``x0_theta`` and the target is a deterministic function of the input; ``fresh`` draws new
-noise, which makes the regression optimum an average over ``e`` of the teacher's posterior
+The noise ``e`` (``imagine_flash.renoise``; the method reference leaves it open): ``student``
+(default) reuses the noise the student's own input implies,
+``e_k = (x_k - (1 - sigma_k) sg(x0_theta)) / sigma_k`` (``= eps`` at k = 0), so ``x_tau`` lies
+on the student's straight line from ``x_k`` to ``x0_theta`` and the target is a deterministic
+function of the input; ``fresh`` draws new noise, which makes the regression optimum an average over ``e`` of the teacher's posterior
 means: a contraction that, chased by the student, collapses a 2-D toy to its mean within a few
 hundred updates (measured). ``imagine_flash.target_steps = N > 1`` replaces ``T_w(x_tau, tau)``
 by the teacher's N-step Euler solve from ``(x_tau, tau)`` to 0 (levels ``tau (1 - i/N)``);
-METHODS' default is N = 1.
+The method reference's default is N = 1 (docs/methods.md §6).
 
 ``w = imagine_flash.cfg_scale`` (null: the teacher's own). ``beta`` rises with the step's level:
 at high noise the target keeps the student's layout (large tau re-generates it), at low noise it
@@ -62,7 +62,8 @@ class ImagineFlashSpec(StrictModel):
         "student", description="noise of x_tau: fresh N(0, I), or the noise the student's own "
         "input implies, eps_k = (x_k - (1 - sigma_k) x0_theta) / sigma_k")
     target_steps: int = Field(1, ge=1, description="1: the teacher's x0 prediction at "
-                              "(x_tau, tau) (METHODS); N > 1: its N-step Euler solve tau -> 0")
+                              "(x_tau, tau) (docs/methods.md §6); N > 1: its N-step Euler "
+                              "solve tau -> 0")
     cfg_scale: float | None = None
 
     @model_validator(mode="after")
@@ -79,7 +80,7 @@ class ImagineFlashConfig(DistillConfig):
 
 
 @METHODS.register("imagine_flash")
-class ImagineFlash(DistillMethod):
+class ImagineFlash(DistillMethod[ImagineFlashConfig]):
     """No auxiliary network and no data beyond noise: one student step with gradient."""
 
     config_class = ImagineFlashConfig

@@ -1,4 +1,4 @@
-"""LADD (METHODS §6b): latent adversarial diffusion distillation (Sauer et al. 2024, the
+"""LADD (docs/methods.md §6b): latent adversarial diffusion distillation (Sauer et al. 2024, the
 SD3-Turbo recipe) -- a purely adversarial baseline: teacher samples as "real", discriminator
 heads on the frozen teacher's features at re-noised inputs, no distribution-matching term, no
 unrolling between student steps.
@@ -89,7 +89,7 @@ class LADDConfig(DistillConfig):
 
 
 @METHODS.register("ladd")
-class LADD(DistillMethod):
+class LADD(DistillMethod[LADDConfig]):
 
     config_class = LADDConfig
     def __init__(self, ctx: DistillContext) -> None:
@@ -98,18 +98,18 @@ class LADD(DistillMethod):
 
     # ------------------------------------------------------------ declarations
     def data_needs(self) -> DataNeeds:
-        cfg: LADDConfig = self.ctx.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         return DataNeeds(teacher_pairs=True, real=cfg.gan.real_from())
 
     def aux_updates(self) -> AuxUpdates:
-        cfg: LADDConfig = self.ctx.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         params = [p for p in self.disc.parameters() if p.requires_grad]
         return self.aux_updates_for([{"params": params, "lr": cfg.gan.lr}])
 
     @classmethod
     def graph_forwards(cls, cfg: DistillConfig) -> int:
         # one student step, plus the frozen teacher's feature pass (gradient to its input)
-        return 1 + (1 if cfg.gan.discriminator == "teacher_features" else 0)  # type: ignore
+        return 1 + (1 if cls.config_of(cfg).gan.discriminator == "teacher_features" else 0)
 
     # ------------------------------------------------------------ pieces
     def student_x0(self, x_teacher: Tensor, cond: Any) -> tuple[Tensor, Tensor]:
@@ -129,7 +129,7 @@ class LADD(DistillMethod):
 
     def disc_sigma(self, n: int) -> Tensor:
         """``(n,)`` discriminator levels ``s^ ~ sigmoid(N(mean, std^2))``."""
-        s = self.ctx.cfg.ladd  # type: ignore[attr-defined]
+        s = self.cfg.ladd
         sig = logit_normal_sigma(n, s.sigma_mean, s.sigma_std, generator=self.ctx.generator)
         return sig.to(self.ctx.device)
 
@@ -141,7 +141,7 @@ class LADD(DistillMethod):
 
     # ------------------------------------------------------------ losses
     def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
-        g: GanSpec = self.ctx.cfg.gan  # type: ignore[attr-defined]
+        g: GanSpec = self.cfg.gan
         x0, s_k = self.student_x0(batch.teacher_sample, batch.cond)
         adv = sum(g_loss(lh, g.loss) for lh in self.logits(x0, batch.cond))
         total = g.weight * adv
@@ -153,7 +153,7 @@ class LADD(DistillMethod):
             x0, _ = self.student_x0(batch.teacher_sample, batch.cond)
         lr = self.logits(batch.real, batch.real_cond)
         lf = self.logits(x0, batch.cond)
-        kind = self.ctx.cfg.gan.loss  # type: ignore[attr-defined]
+        kind = self.cfg.gan.loss
         loss = sum(d_loss(a, b, kind) for a, b in zip(lr, lf, strict=True))
         return loss, {"d_loss": loss.detach(), "d_real": lr.mean().detach(),
                       "d_fake": lf.mean().detach()}

@@ -22,7 +22,7 @@ class RegressionConfig(DistillConfig):
 
 
 @METHODS.register("regression")
-class Regression(DistillMethod):
+class Regression(DistillMethod[RegressionConfig]):
 
     config_class = RegressionConfig
     def data_needs(self) -> DataNeeds:

@@ -1,4 +1,4 @@
-"""SiD few-step (METHODS §5): score identity distillation of a K-step generator, with
+"""SiD few-step (docs/methods.md §5): score identity distillation of a K-step generator, with
 standard / Zero-CFG / Anti-CFG guidance and an optional diffusion-GAN head inside the fake
 score network. Defaults follow the official releases (below).
 
@@ -109,7 +109,7 @@ class SiDSpec(StrictModel):
     fake_cfg_scale: float = Field(1.0, description="fake-net w for guidance=standard")
     anti_cfg_scale: float = Field(-0.5, description="fake-net w for anti_cfg (not published)")
     gan_weight: float = Field(0.0, ge=0.0, le=1.0, description="diffusion-GAN share g: "
-                              "(1 - g) L_SiD + g L_GAN (0.5 = METHODS); 0 disables")
+                              "(1 - g) L_SiD + g L_GAN (0.5 = docs/methods.md §5); 0 disables")
     gan_warmup: int = Field(0, ge=0)
     gan_loss_scaling: float = Field(0.01, gt=0.0, description="GAN term relative to the SiD "
                                     "term (SiD-DiT lsg_gan / lsg = 1 / 100)")
@@ -127,7 +127,7 @@ class SiDConfig(DistillConfig):
 
 
 @METHODS.register("sid")
-class SiD(FakeScoreMethod):
+class SiD(FakeScoreMethod[SiDConfig]):
     """Data and optimizers: :class:`FakeScoreMethod` (real samples for the GAN head; the fake
     score network at ``dm.fake_lr``, its head at ``gan.lr``)."""
 
@@ -135,7 +135,7 @@ class SiD(FakeScoreMethod):
 
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
-        s = ctx.cfg.sid  # type: ignore[attr-defined]
+        s = self.cfg.sid
         self.use_gan = s.gan_weight > 0
         self.fake = build_fake_score(ctx, gan_head=self.use_gan)
         self.real_w = 1.0 if s.guidance == "zero_cfg" else s.real_cfg_scale
@@ -151,7 +151,7 @@ class SiD(FakeScoreMethod):
     # ------------------------------------------------------------ pieces
     def loss_sigma(self, n: int) -> Tensor:
         """``(n,)`` loss noise levels ``sigmoid(N(mean, std^2))`` clamped to ``[c, 1 - c]``."""
-        s = self.ctx.cfg.sid  # type: ignore[attr-defined]
+        s = self.cfg.sid
         sig = logit_normal_sigma(n, s.sigma_mean, s.sigma_std, generator=self.ctx.generator)
         return sig.to(self.ctx.device).clamp(s.sigma_clamp, 1.0 - s.sigma_clamp)
 

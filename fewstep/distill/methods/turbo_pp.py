@@ -1,4 +1,4 @@
-"""Z-Image Turbo++ (METHODS §3): the headline 2-step recipe.
+"""Z-Image Turbo++ (docs/methods.md §3): the headline 2-step recipe.
 
 Generator objective on one batch (noise ``eps``, condition ``c``)::
 
@@ -79,12 +79,12 @@ class TurboPPConfig(DistillConfig):
 
 
 @METHODS.register("turbo_pp")
-class TurboPP(DistillMethod):
+class TurboPP(DistillMethod[TurboPPConfig]):
 
     config_class = TurboPPConfig
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
-        cfg: TurboPPConfig = ctx.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         multi = ctx.student.num_steps > 1
         s1 = cfg.step1
         self.use_gan = cfg.gan.weight > 0 or s1.loss == "adversarial"
@@ -100,13 +100,13 @@ class TurboPP(DistillMethod):
 
     # ------------------------------------------------------------ declarations
     def data_needs(self) -> DataNeeds:
-        cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         pairs = (cfg.step1.loss == "teacher_traj" and cfg.step1.weight > 0) \
             or cfg.turbo.regression_weight > 0
         return DataNeeds(teacher_pairs=pairs, real=self.gan_real(self.use_gan))
 
     def aux_updates(self) -> AuxUpdates:
-        cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         groups = []
         for adv in (self.adversary, self.adversary_1):
             if adv is not None:
@@ -119,7 +119,7 @@ class TurboPP(DistillMethod):
 
     @classmethod
     def graph_forwards(cls, cfg: DistillConfig) -> int:
-        c: TurboPPConfig = cfg  # type: ignore[assignment]
+        c = cls.config_of(cfg)
         n = c.student.num_steps if c.turbo.end_to_end else 1
         gan = c.gan.weight > 0 or c.step1.loss == "adversarial"
         return n + (1 if gan and c.gan.discriminator == "teacher_features" else 0) \
@@ -127,13 +127,13 @@ class TurboPP(DistillMethod):
 
     # ------------------------------------------------------------ losses
     def _unroll(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         traj = self.ctx.student.generate(batch.noise, batch.cond, generator=self.ctx.generator,
                                          detach_between_steps=not cfg.turbo.end_to_end)
         return traj.x0s[0], traj.sample
 
     def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
-        cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         gen = self.ctx.generator
         x0_1, x0_k = self._unroll(batch)
         logs: Logs = {}
@@ -158,7 +158,7 @@ class TurboPP(DistillMethod):
 
     def _step1_loss(self, x0_1: Tensor, batch: Batch, gen: torch.Generator, gan_on: bool
                     ) -> Tensor | None:
-        kind = self.ctx.cfg.step1.loss  # type: ignore[attr-defined]
+        kind = self.cfg.step1.loss
         if kind == "teacher_traj":
             return F.mse_loss(x0_1, batch.teacher_mid)
         if kind == "adversarial":
@@ -171,7 +171,7 @@ class TurboPP(DistillMethod):
     def aux_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs] | None:
         if self.adversary is None and self.matching is None and self.matching_1 is None:
             return None
-        cfg: TurboPPConfig = self.ctx.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         gen = self.ctx.generator
         multi = self.ctx.student.num_steps > 1
         with torch.no_grad():

@@ -85,7 +85,7 @@ def sid_weight(x_g: Tensor, f_real: Tensor, sigma: Tensor, weighting: SiDWeighti
 
 def sid_loss(x_g: Tensor, f_real: Tensor, f_fake: Tensor, alpha: float,
              weight: Tensor | None = None, legacy: bool = True) -> Tensor:
-    """SiD generator loss (METHODS §5), element mean of
+    """SiD generator loss (docs/methods.md §5), element mean of
     ``w (f_r - f_f) * ((f_r - x_g) - alpha (f_r - f_f))``
     ``= w [(1 - alpha) (f_r - f_f)^2 + (f_r - f_f) (f_f - x_g)]`` with ``w`` the optional
     per-sample ``weight (B,)`` (no gradient), times ``1 / mean|x_g - f_r|`` (per sample, no

@@ -1,4 +1,4 @@
-"""Distribution matching (DMD, METHODS §4) with its fake score network.
+"""Distribution matching (DMD, docs/methods.md §4) with its fake score network.
 
 For a generator sample ``x``: draw ``sigma_t ~ U[sigma_min, sigma_max]``, ``x_t`` = noised
 ``x``; with no gradient, ``real = teacher(x_t)`` (guided, w = ``cfg_scale``) and

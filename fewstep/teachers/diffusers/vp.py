@@ -20,7 +20,7 @@ Prediction types (``scheduler.config.prediction_type`` unless given):
   the denominator is clamped to ``min_one_minus_sigma`` (default: ``1 - sigma_max`` where
   ``sigma_max`` is the flow level of the scheduler's last timestep, floored at ``1e-3``), so at
   ``sigma = 1`` the output is a (large, noisy) finite extrapolation. A bias-corrected estimate
-  for the first step ("noise correction", METHODS §6) is a separate feature.
+  for the first step ("noise correction", docs/methods.md §6) is a separate feature.
 * ``v_prediction``: ``x0_hat = sqrt(abar) x_vp - sqrt(1 - abar) v_hat`` (no singularity).
 * ``sample``: the network predicts ``x0`` directly.
 
