@@ -10,14 +10,14 @@ Generator update on a batch (noise ``eps``, condition ``c``)::
     L = ||x0_theta - sg(T_w(x_tau, tau, c))||^2                         (T_w: teacher, CFG w)
 
 The noise ``e`` (``imagine_flash.renoise``; the method reference leaves it open): ``student``
-(default) reuses the noise the student's own input implies,
-``e_k = (x_k - (1 - sigma_k) sg(x0_theta)) / sigma_k`` (``= eps`` at k = 0), so ``x_tau`` lies
-on the student's straight line from ``x_k`` to ``x0_theta`` and the target is a deterministic
-function of the input; ``fresh`` draws new noise, which makes the regression optimum an average over ``e`` of the teacher's posterior
+(default) reuses the noise the student's own input implies, ``e_k = (x_k - (1 - sigma_k)
+sg(x0_theta)) / sigma_k`` (``= eps`` at k = 0), so ``x_tau`` lies on the student's straight line
+from ``x_k`` to ``x0_theta`` and the target is a deterministic function of the input; ``fresh``
+draws new noise, which makes the regression optimum an average over ``e`` of the teacher's posterior
 means: a contraction that, chased by the student, collapses a 2-D toy to its mean within a few
-hundred updates (measured). ``imagine_flash.target_steps = N > 1`` replaces ``T_w(x_tau, tau)``
-by the teacher's N-step Euler solve from ``(x_tau, tau)`` to 0 (levels ``tau (1 - i/N)``);
-The method reference's default is N = 1 (docs/methods.md §6).
+hundred updates (measured). ``imagine_flash.target_steps = N > 1`` replaces ``T_w(x_tau, tau)`` by
+the teacher's N-step Euler solve from ``(x_tau, tau)`` to 0 (levels ``tau (1 - i/N)``); the method
+reference's default is N = 1 (docs/methods.md §6).
 
 ``w = imagine_flash.cfg_scale`` (null: the teacher's own). ``beta`` rises with the step's level:
 at high noise the target keeps the student's layout (large tau re-generates it), at low noise it
