@@ -1,0 +1,113 @@
+"""Read a diffusers pipeline: one recording of its own ``__call__`` -> everything fewstep needs.
+
+:func:`read_pipeline` refuses an unsupported pipeline class (:func:`.support.refusal`), applies
+the family entry (:mod:`.families`: its ``prepare``), records ``__call__`` once (prompt
+:data:`PROBE_PROMPTS` ``[0]``, 3 real steps at the teacher's resolution and step count, seeded
+generator; stubbed calls for the rest) and infers the call (:func:`.call_spec.infer`) and how
+``__call__`` draws its initial noise (:func:`.call_spec.noise_draw`). Every failure is a
+``ValueError`` with one line saying what could not be read.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fewstep.teachers.diffusers.call_spec import CallSpec, infer, noise_draw
+from fewstep.teachers.diffusers.codec import LatentCodec
+from fewstep.teachers.diffusers.cond_batch import CondBatch
+from fewstep.teachers.diffusers.families import Family, family_for
+from fewstep.teachers.diffusers.pipeline_denoiser import PipelineDenoiser
+from fewstep.teachers.diffusers.recorder import denoiser_of, record
+from fewstep.teachers.diffusers.support import refusal
+
+#: the prompts of the recordings (two, to tell conditioning from constant arguments)
+PROBE_PROMPTS = ("a photo of a cat", "red car")
+#: arguments fewstep sets itself (not allowed in ``teacher.call_kwargs``)
+OWN_ARGUMENTS = ("prompt", "latents", "generator", "output_type", "return_dict", "height",
+                 "width", "num_inference_steps", "callback_on_step_end")
+
+
+@dataclass
+class PipelineReading:
+    """What was read: the entry, the inferred call, the ``__call__`` kwargs fewstep uses (no
+    prompt), and how ``__call__`` draws its first noise (``input_layout``, ``init_scale``)."""
+
+    pipe: Any
+    family: Family
+    family_keys: list[str]
+    spec: CallSpec
+    call_kwargs: dict[str, Any]
+    input_layout: str | None
+    init_scale: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def network(self) -> nn.Module:
+        return self.pipe.components[self.spec.denoiser]
+
+    def denoiser(self, null: CondBatch | None) -> PipelineDenoiser:
+        """The pipeline's network as a fewstep denoiser (``null``: the captured null branch)."""
+        return PipelineDenoiser(self.network, self.spec, null, self.family.feature_blocks,
+                                self.family.lora_targets)
+
+    def codec(self) -> LatentCodec:
+        return LatentCodec(self.pipe, self.family.decode)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary (``fewstep teacher check``, the teacher config)."""
+        return {"pipeline": type(self.pipe).__name__,
+                "denoiser": type(self.network).__name__,
+                "family_entries": self.family_keys or ["none (all read from the pipeline)"],
+                **self.spec.describe(), "input_layout": self.input_layout,
+                "init_scale": self.init_scale, "notes": self.spec.notes + self.notes}
+
+
+def check_call_kwargs(pipe: Any, call_kwargs: dict[str, Any]) -> None:
+    """``ValueError`` naming an argument ``__call__`` does not take or that fewstep sets."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    for k in call_kwargs:
+        if k in OWN_ARGUMENTS:
+            raise ValueError(f"call argument {k!r} is set by fewstep")
+        if k not in params:
+            raise ValueError(f"{type(pipe).__name__}.__call__ takes no argument {k!r}")
+
+
+def read_pipeline(pipe: Any, height: int | None, width: int | None, steps: int,
+                  call_kwargs: dict[str, Any] | None = None, seed: int = 0) -> PipelineReading:
+    """Record and infer (see module docstring); ``height`` / ``width`` ``None``: the pipeline's
+    defaults. The pipeline is used where it is (device, dtype)."""
+    reason = refusal(type(pipe).__name__)
+    if reason is not None:
+        raise ValueError(reason)
+    fam, _ = family_for(type(pipe).__name__, None)
+    name, net = denoiser_of(pipe, fam.denoiser)
+    fam, keys = family_for(type(pipe).__name__, type(net).__name__)
+    kw = dict(call_kwargs or {})
+    check_call_kwargs(pipe, kw)
+    if fam.decode is None and not isinstance(getattr(pipe, "vae", None), nn.Module):
+        raise ValueError(f"{type(pipe).__name__} has no vae and its family entry no decode: "
+                         "fewstep trains in a latent space it can decode")
+    if fam.prepare is not None and height and width:
+        fam.prepare(pipe, height, width)
+    base = {**kw, "num_inference_steps": steps, "output_type": "latent"}
+    if height and width:
+        base.update(height=height, width=width)
+    rec = record(pipe, {**base, "prompt": PROBE_PROMPTS[0],
+                        "generator": torch.Generator().manual_seed(seed)},
+                 stop=f"step:{min(3, steps)}", denoiser=fam.denoiser)
+    if not rec.steps:
+        raise ValueError(f"{type(pipe).__name__}.__call__ made no scheduler step")
+    spec = infer(pipe, rec, base, fam, PROBE_PROMPTS)
+    layout, scale = noise_draw(rec, spec, seed)
+    notes = [] if layout else [f"the first noise draw is not in a registered layout; "
+                               f"init_noise_sigma {scale:g} is used"]
+    return PipelineReading(pipe, fam, keys, spec, base, layout, scale, notes)
+
+
+__all__ = ["OWN_ARGUMENTS", "PROBE_PROMPTS", "PipelineReading", "check_call_kwargs",
+           "read_pipeline"]
