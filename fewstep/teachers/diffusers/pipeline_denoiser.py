@@ -105,6 +105,14 @@ class PipelineDenoiser(Denoiser):
         """The diffusers network (registered as :attr:`component`)."""
         return getattr(self, self.component)
 
+    def train(self, mode: bool = True) -> PipelineDenoiser:
+        """The network always computes as ``__call__`` runs it (eval mode: no dropout, and e.g.
+        HiDream's training-mode output layout and MoE routing are off); gradients flow as
+        usual. ``self.training`` follows ``mode``."""
+        super().train(mode)
+        self.network.eval()
+        return self
+
     def tau(self, s: Tensor) -> Tensor:
         """The network's time input at levels ``s (B,)`` (float32)."""
         if self.path == "flow" and self.spec.t_affine is not None:
