@@ -73,7 +73,7 @@ def sampler_specs(samplers: str, noise_correction: bool | None) -> list:
 def sample_exported(folder: Path, out: Path, prompts: list[str] | None, num: int, seed: int,
                      device: str) -> None:
     from fewstep.errors import ConfigError
-    from fewstep.export.diffusers_export import StudentPipeline
+    from fewstep.export.student_pipeline import StudentPipeline
     from fewstep.utils.files import save_tensors
     from fewstep.utils.viz import save_panels
 

@@ -197,6 +197,8 @@ class DiffusersTeacher(TeacherAdapter):
                 "pipeline_class": type(pipe).__name__, "component": reading.spec.denoiser,
                 "family": type(reading.network).__name__,
                 "input_layout": reading.input_layout, "loop_layout": reading.spec.loop_layout.name,
+                "noise_dtype": str(reading.noise_dtype).removeprefix("torch."),
+                "attributes": reading.attributes,
                 "prediction_type": pr.prediction, "path": pr.path,
                 "sampling": sampling_config(t, sig, t.shift or 1.0, w0, scale)}
         info = {**tcfg, "prompts_sha256": hashlib.sha256(prompt_bytes).hexdigest(),

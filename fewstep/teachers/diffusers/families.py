@@ -13,8 +13,8 @@ adds*; every field is optional:
   scale raised to 2, see :func:`~fewstep.teachers.diffusers.capture.null_call_kwargs`);
 * ``decode``: ``(pipe, latents (B, C, H, W)) -> images (B, 3, H, W)`` in ``[-1, 1]`` when the
   generic decoder (:mod:`~fewstep.teachers.diffusers.codec`) is wrong;
-* ``prepare``: ``(pipe, height, width) -> None`` run once after loading (e.g. an instance
-  attribute the pipeline does not save);
+* ``attributes``: ``(pipe, height, width) -> {name: value}``, instance attributes the
+  pipeline needs but does not save (set after loading, and by an export's sampling code);
 * ``lora_targets`` / ``feature_blocks``: training defaults (LoRA target name suffixes; the
   network's ``ModuleList`` whose block outputs are the discriminator features).
 
@@ -48,7 +48,7 @@ class Family:
     guidance: str | None = None
     cfg_call: dict[str, Any] | None = None
     decode: Callable[[Any, Any], Any] | None = None
-    prepare: Callable[[Any, int, int], None] | None = None
+    attributes: Callable[[Any, int, int], dict[str, Any]] | None = None
     lora_targets: tuple[str, ...] | None = None
     feature_blocks: str | None = None
 

@@ -33,18 +33,18 @@ def movq_decode(pipe: Any, x: Tensor) -> Tensor:
                             return_dict=False)[0]
 
 
-def native_area(pipe: Any, height: int, width: int) -> None:
+def native_area(pipe: Any, height: int, width: int) -> dict[str, Any]:
     """HiDream rescales every request to the area of ``default_sample_size * vae_scale_factor``
     squared (an instance attribute, 128, that ``save_pretrained`` does not keep): set it from
     the resolution asked for, so the pipeline samples at that size."""
-    pipe.default_sample_size = max(height, width) // int(pipe.vae_scale_factor)
+    return {"default_sample_size": max(height, width) // int(pipe.vae_scale_factor)}
 
 
 for _name in ("Flux2Pipeline", "Flux2KleinPipeline"):
     FAMILIES.register(_name)(Family(decode=flux2_decode))
 FAMILIES.register("QwenImagePipeline")(Family(decode=frame_decode))
 FAMILIES.register("Kandinsky3Pipeline")(Family(decode=movq_decode))
-FAMILIES.register("HiDreamImagePipeline")(Family(prepare=native_area))
+FAMILIES.register("HiDreamImagePipeline")(Family(attributes=native_area))
 FAMILIES.register("ZImageTransformer2DModel")(Family(
     feature_blocks="layers", lora_targets=("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")))
 FAMILIES.register("UNet2DConditionModel")(Family(feature_blocks="up_blocks"))

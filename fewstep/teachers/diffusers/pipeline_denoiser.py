@@ -113,19 +113,26 @@ class PipelineDenoiser(Denoiser):
         self.network.eval()
         return self
 
-    def tau(self, s: Tensor) -> Tensor:
-        """The network's time input at levels ``s (B,)`` (float32)."""
+    def scheduler_time(self, s: Tensor) -> Tensor:
+        """The scheduler's (continuous) timestep ``t(s)`` at levels ``s (B,)`` (float64)."""
+        s64 = s.double()
         if self.path == "flow" and self.spec.t_affine is not None:
-            return s * self._tb + self._ta
+            al, be = self.spec.t_affine
+            return al + be * s64
         if self.path == "flow":
-            return (self._a + self._b * interp(s.double(), self._ts, self._tt)).float()
-        s64 = s.double().clamp(1e-12, 1 - 1e-12)
+            return interp(s64, self._ts, self._tt)
+        s64 = s64.clamp(1e-12, 1 - 1e-12)
         lq = 2 * (torch.log1p(-s64) - s64.log())  # log-SNR of level s on the VP path
         neg = self._neg_lsnr
         idx = torch.searchsorted(neg, -lq).clamp(1, len(neg) - 1)
         lo, hi = -neg[idx - 1], -neg[idx]
-        t = (idx - 1).double() + ((lo - lq) / (lo - hi)).clamp(0, 1)
-        return (self._a + self._b * t).float()
+        return (idx - 1).double() + ((lo - lq) / (lo - hi)).clamp(0, 1)
+
+    def tau(self, s: Tensor) -> Tensor:
+        """The network's time input ``a + b t(s)`` at levels ``s (B,)`` (float32)."""
+        if self.path == "flow" and self.spec.t_affine is not None:  # one fused op
+            return s * self._tb + self._ta
+        return (self._a + self._b * self.scheduler_time(s)).float()
 
     # -- the model path ---------------------------------------------------------------------
     def _coeffs(self, s: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

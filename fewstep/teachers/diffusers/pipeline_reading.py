@@ -1,11 +1,14 @@
 """Read a diffusers pipeline: one recording of its own ``__call__`` -> everything fewstep needs.
 
 :func:`read_pipeline` refuses an unsupported pipeline class (:func:`.support.refusal`), applies
-the family entry (:mod:`.families`: its ``prepare``), records ``__call__`` once (prompt
+the family entry (:mod:`.families`: its ``attributes``), records ``__call__`` once (prompt
 :data:`PROBE_PROMPTS` ``[0]``, 3 real steps at the teacher's resolution and step count, seeded
 generator; stubbed calls for the rest) and infers the call (:func:`.call_spec.infer`) and how
 ``__call__`` draws its initial noise (:func:`.call_spec.noise_draw`). Every failure is a
 ``ValueError`` with one line saying what could not be read.
+
+``attributes``: the instance attributes the family entry set (see
+:class:`~fewstep.teachers.diffusers.families.Family`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 from torch import nn
 
 from fewstep.teachers.diffusers.call_spec import CallSpec, infer, noise_draw
+from fewstep.teachers.diffusers.call_tree import batch_of, get
+from fewstep.teachers.diffusers.capture import stub_record
 from fewstep.teachers.diffusers.codec import LatentCodec
 from fewstep.teachers.diffusers.cond_batch import CondBatch
 from fewstep.teachers.diffusers.families import Family, family_for
@@ -35,7 +40,8 @@ OWN_ARGUMENTS = ("prompt", "latents", "generator", "output_type", "return_dict",
 @dataclass
 class PipelineReading:
     """What was read: the entry, the inferred call, the ``__call__`` kwargs fewstep uses (no
-    prompt), and how ``__call__`` draws its first noise (``input_layout``, ``init_scale``)."""
+    prompt), and how ``__call__`` draws its first noise (``input_layout``, ``init_scale``,
+    ``noise_dtype``)."""
 
     pipe: Any
     family: Family
@@ -44,6 +50,8 @@ class PipelineReading:
     call_kwargs: dict[str, Any]
     input_layout: str | None
     init_scale: float
+    noise_dtype: torch.dtype = torch.float32
+    attributes: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -92,8 +100,10 @@ def read_pipeline(pipe: Any, height: int | None, width: int | None, steps: int,
     if fam.decode is None and not isinstance(getattr(pipe, "vae", None), nn.Module):
         raise ValueError(f"{type(pipe).__name__} has no vae and its family entry no decode: "
                          "fewstep trains in a latent space it can decode")
-    if fam.prepare is not None and height and width:
-        fam.prepare(pipe, height, width)
+    attributes = fam.attributes(pipe, height, width) if fam.attributes and height and width \
+        else {}
+    for k, v in attributes.items():
+        setattr(pipe, k, v)
     base = {**kw, "num_inference_steps": steps, "output_type": "latent"}
     if height and width:
         base.update(height=height, width=width)
@@ -106,8 +116,30 @@ def read_pipeline(pipe: Any, height: int | None, width: int | None, steps: int,
     layout, scale = noise_draw(rec, spec, seed)
     notes = [] if layout else [f"the first noise draw is not in a registered layout; "
                                f"init_noise_sigma {scale:g} is used"]
-    return PipelineReading(pipe, fam, keys, spec, base, layout, scale, notes)
+    return PipelineReading(pipe, fam, keys, spec, base, layout, scale,
+                           rec.steps[0].sample.dtype, attributes, notes)
+
+
+def single_call_kwargs(pipe: Any, spec: CallSpec, call_kwargs: dict[str, Any]
+                       ) -> dict[str, Any]:
+    """``__call__`` kwargs (beyond ``call_kwargs``, as the pipeline was read) under which it
+    calls its denoiser once per step on the conditional branch alone (guidance off; an
+    embedded guidance value is kept): ``{}`` when that is the default, else the first of
+    ``guidance_scale`` 1 or 0 and ``true_cfg_scale`` 1 that does it (checked by a stubbed
+    call). ``ValueError`` if none does."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    tries: list[dict[str, Any]] = [{}]
+    for name, value in (("guidance_scale", 1.0), ("guidance_scale", 0.0), ("true_cfg_scale", 1.0)):
+        if name in params and not (name == "guidance_scale" and spec.guidance_leaf):
+            tries.append({name: value})
+    for extra in tries:
+        rec = stub_record(pipe, spec.like(), {**call_kwargs, **extra}, ["a"])
+        fw = rec.forwards_of_step(0)
+        if len(fw) == 1 and batch_of(get(fw[0].args, fw[0].kwargs, spec.latent)) == 1:
+            return extra
+    raise ValueError(f"cannot switch {type(pipe).__name__}'s guidance off (tried "
+                     f"{', '.join(map(str, tries[1:]))})")
 
 
 __all__ = ["OWN_ARGUMENTS", "PROBE_PROMPTS", "PipelineReading", "check_call_kwargs",
-           "read_pipeline"]
+           "read_pipeline", "single_call_kwargs"]
