@@ -8,8 +8,8 @@ operating system refused into one line and exit code 3 (see :mod:`fewstep.errors
 command validates its options first (:mod:`fewstep.app.validation`). ``key=value`` overrides may
 stand anywhere on the line, before or after options.
 
-Subcommands: ``teacher train``, ``classifier train``, ``sample``, ``eval``, ``distill``,
-``demo``, ``plan``, ``export``. ``fewstep COMMAND --help`` documents each.
+Subcommands: ``teacher train``, ``teacher check``, ``classifier train``, ``sample``, ``eval``,
+``distill``, ``demo``, ``plan``, ``export``. ``fewstep COMMAND --help`` documents each.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import typer
 
 from fewstep.app import validation
 from fewstep.app.model_loading import load_models, sample_exported, sampler_specs
+from fewstep.app.teacher_check import teacher_check_cmd
 from fewstep.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, error_exit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill diffusion / flow-matching generators into few-step generators.")
-teacher_app = typer.Typer(no_args_is_help=True, help="Train the embedded teachers.")
+teacher_app = typer.Typer(no_args_is_help=True, help="Train a teacher; check a diffusers one.")
 classifier_app = typer.Typer(no_args_is_help=True,
                              help="Train a feature network (digits, or your own labels).")
 app.add_typer(teacher_app, name="teacher")
@@ -76,6 +77,7 @@ def user_errors(fn: F) -> F:
 
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="dotted.key=value overrides")]
+teacher_app.command("check")(user_errors(teacher_check_cmd))  # fewstep.app.teacher_check
 
 
 @teacher_app.command("train")

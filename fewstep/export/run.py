@@ -6,7 +6,8 @@ frozen LoRA base and, for text-to-image pipelines, the VAE / text encoders / tok
 rebuilds the student and writes it with
 :func:`fewstep.export.diffusers_export.export_student`: for diffusers teachers
 (``teacher.kind`` ``diffusers`` / ``zimage``: any supported pipeline; ``unet_eps``) a folder
-plain diffusers loads (``README.md`` holds the sampling code; see docs/export.md). ``student.safetensors`` may hold the full student state or only its trainable
+plain diffusers loads (``README.md`` holds the sampling code; see docs/export.md).
+``student.safetensors`` may hold the full student state or only its trainable
 state (:meth:`~fewstep.student.student.Student.trainable_state_dict`, plus
 ``base_fingerprint`` in its config, checked against the teacher). Sample the result with
 ``fewstep sample --student FOLDER --prompt "..."`` or

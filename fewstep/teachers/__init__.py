@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from fewstep.errors import ConfigError
 from fewstep.teachers import file as _file  # noqa: F401  (registers kind file)
 from fewstep.teachers import unet_eps as _unet_eps  # noqa: F401  (unet_eps)
-from fewstep.errors import ConfigError
 from fewstep.teachers.base import (
     TEACHER_KINDS,
     DataRef,

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from diffusers import (
     AuraFlowPipeline,
     AuraFlowTransformer2DModel,

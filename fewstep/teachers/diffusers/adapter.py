@@ -71,31 +71,32 @@ def check_prompt_file(path: str) -> None:
         raise ConfigError(f"teacher.prompts: {path} holds no prompts (one per line)")
 
 
-def check_pipeline_source(pretrained: str, family_required: str | None = None) -> None:
+def check_pipeline_source(pretrained: str, family_required: str | None = None,
+                          field: str = "teacher.pretrained") -> None:
     """Before any weights: a supported pipeline class with every component it lists (a local
-    folder); :class:`ConfigError` naming ``teacher.pretrained`` otherwise."""
+    folder); :class:`ConfigError` naming ``field`` otherwise."""
     try:
         cls = check_folder(pretrained)
     except (ValueError, OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"teacher.pretrained: {first_line(e)}") from None
+        raise ConfigError(f"{field}: {first_line(e)}") from None
     if cls is None:
         return
     reason = refusal(cls)
     if reason is not None:
-        raise ConfigError(f"teacher.pretrained: {reason}")
+        raise ConfigError(f"{field}: {reason}")
     if family_required and cls != family_required:
         raise ConfigError(f"teacher.kind: this kind needs a {family_required} but "
                           f"{pretrained} holds a {cls}; use teacher.kind diffusers")
 
 
-def load_pipeline(pretrained: str, dtype: str) -> Any:
+def load_pipeline(pretrained: str, dtype: str, field: str = "teacher.pretrained") -> Any:
     """``DiffusionPipeline.from_pretrained`` from safetensors only (never remote code)."""
-    require_safetensors(pretrained)
+    require_safetensors(pretrained, field)
     try:
         pipe = diffusers.DiffusionPipeline.from_pretrained(
             pretrained, use_safetensors=True, **dtype_kwargs(torch_dtype(dtype)))
     except (OSError, ValueError, TypeError, AttributeError) as e:
-        raise ConfigError(f"teacher.pretrained: cannot load a diffusers pipeline (safetensors "
+        raise ConfigError(f"{field}: cannot load a diffusers pipeline (safetensors "
                           f"only) from {pretrained}: {first_line(e)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe

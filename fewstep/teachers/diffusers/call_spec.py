@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from diffusers.utils.torch_utils import randn_tensor
-
-from fewstep.teachers.diffusers.call_tree import Template, batch_of, flatten, get, is_row_list, rows
+from fewstep.teachers.diffusers.call_tree import Template, flatten, get, is_row_list, rows
 from fewstep.teachers.diffusers.capture import capture_cond, stub_record
 from fewstep.teachers.diffusers.families import Family
 from fewstep.teachers.diffusers.guidance_forms import Fitted, fit_guidance
@@ -146,7 +145,7 @@ def _differ(u: Any, v: Any) -> bool:
     if torch.is_tensor(u) and torch.is_tensor(v):
         return u.shape != v.shape or not torch.equal(u, v)
     if is_row_list(u) and is_row_list(v):
-        return len(u) != len(v) or any(_differ(a, b) for a, b in zip(u, v))
+        return len(u) != len(v) or any(_differ(a, b) for a, b in zip(u, v, strict=True))
     return u != v
 
 
@@ -238,8 +237,8 @@ def infer(pipe: Any, rec: Recording, call_kwargs: dict[str, Any], family: Family
     steps_fw = [rec.forwards_of_step(k)[0] for k in range(len(rec.steps))]
     leaves1 = flatten(steps_fw[1].args, steps_fw[1].kwargs)
     tps = [p for p, v in leaves0.items() if p != lat and (
-        torch.is_tensor(v) and v.ndim <= 1 or isinstance(v, float | int) and not isinstance(
-            v, bool)) and not torch.equal(torch.as_tensor(v), torch.as_tensor(leaves1[p]))]
+        (torch.is_tensor(v) and v.ndim <= 1) or (isinstance(v, float | int) and not isinstance(
+            v, bool))) and not torch.equal(torch.as_tensor(v), torch.as_tensor(leaves1[p]))]
     if len(tps) != 1:
         raise ValueError(f"cannot tell the time input: candidates {tps}")
     tp = tps[0]

@@ -124,7 +124,7 @@ def differs(a: CondBatch, b: CondBatch) -> bool:
         if torch.is_tensor(u) and torch.is_tensor(v):
             return u.shape != v.shape or not torch.equal(u, v)
         if is_row_list(u) and is_row_list(v):
-            return len(u) != len(v) or any(d(x, y) for x, y in zip(u, v))
+            return len(u) != len(v) or any(d(x, y) for x, y in zip(u, v, strict=True))
         return bool(u != v)
     return any(d(v, b.leaves[p]) for p, v in a.leaves.items())
 

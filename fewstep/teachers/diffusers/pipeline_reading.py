@@ -93,7 +93,7 @@ def read_pipeline(pipe: Any, height: int | None, width: int | None, steps: int,
     if reason is not None:
         raise ValueError(reason)
     fam, _ = family_for(type(pipe).__name__, None)
-    name, net = denoiser_of(pipe, fam.denoiser)
+    _, net = denoiser_of(pipe, fam.denoiser)
     fam, keys = family_for(type(pipe).__name__, type(net).__name__)
     kw = dict(call_kwargs or {})
     check_call_kwargs(pipe, kw)

@@ -36,9 +36,9 @@ OmniGenPipeline | candidate | input_images optional; prompt tokens go into the t
 Ideogram4Pipeline | candidate | two denoisers (conditional + unconditional transformer)
 HunyuanImagePipeline | candidate | guidance through a diffusers Guider component
 ZImageOmniPipeline | candidate | image optional
-LuminaPipeline | candidate | Lumina-Next, the predecessor of Lumina2
-GlmImagePipeline | cascaded | an autoregressive model generates prior image tokens first; the DiT decodes them
-Flux2KleinKVPipeline | edit | KV-cached reference-image variant; Flux2KleinPipeline covers text-to-image
+LuminaPipeline | candidate | Lumina-Next, Lumina2's predecessor
+GlmImagePipeline | cascaded | an autoregressive model makes image tokens; a DiT decodes
+Flux2KleinKVPipeline | edit | KV-cached reference-image variant (Flux2KleinPipeline: text-to-image)
 QwenImageLayeredPipeline | edit | decomposes an input image into RGBA layers
 HunyuanImageRefinerPipeline | upscaler | refiner: denoises an input image
 VisualClozePipeline | edit | in-context visual prompting: needs example images
@@ -162,7 +162,7 @@ def classify(f: PipelineFacts, all_names: set[str]) -> tuple[str, str]:
     vid = [p for p in _VIDEO_PARAMS if p in c]
     if vid:
         return "video", f"video: __call__ takes {', '.join(vid)} (denoiser {f.denoiser})"
-    if "3D" in f.denoiser and "video" in family or "Video" in n:
+    if ("3D" in f.denoiser and "video" in family) or "Video" in n:
         return "video", f"video (denoiser {f.denoiser})"
     if "PAG" in n:
         base = n.replace("PAG", "")
@@ -178,7 +178,7 @@ def classify(f: PipelineFacts, all_names: set[str]) -> tuple[str, str]:
         return "edit", "img2img: starts from an encoded input image (strength=)"
     if "SuperResolution" in n or "Upscale" in n:
         return "upscaler", "super-resolution of an input image"
-    if "Edit" in n or "image" in c and c.get("image") == "REQUIRED" or "images" in c:
+    if "Edit" in n or ("image" in c and c.get("image") == "REQUIRED") or "images" in c:
         return "edit", "editing: an input image is the condition"
     if any(k in comps for k in ("prior", "prior_prior")) or "image_embeds" in c:
         return "cascaded", "a prior and a decoder (image embeddings between the stages)"
