@@ -29,7 +29,7 @@ def test_teacher_sampling_matches_the_pipelines_own_call(name: str) -> None:
     assert r["passed"]
     assert r["latent_std"] > 0  # the reference is not a constant
     assert r["decode"] == pytest.approx(0.0, abs=1e-4), (name, r["decode"])
-    assert r["prediction"] in ("flow", "epsilon", "v_prediction", "sample"), r["prediction"]
+    assert r["prediction"] in ("flow", "flow_prediction", "epsilon", "v_prediction", "sample")
 
 
 def test_check_fails_when_the_teacher_reads_another_guidance(
