@@ -164,6 +164,8 @@ class DiffusersTeacher(TeacherAdapter):
         except ValueError as e:
             field = "teacher.call_kwargs" if "call argument" in str(e) or "takes no argument" \
                 in str(e) else "teacher.pretrained"
+            if "'max_sequence_length'" in str(e) and t.max_sequence_length is not None:
+                field = "teacher.max_sequence_length"
             raise ConfigError(f"{field}: {first_line(e)}") from None
         check_prompt_file(t.prompts)
         prompt_bytes = Path(t.prompts).read_bytes()
@@ -184,7 +186,9 @@ class DiffusersTeacher(TeacherAdapter):
                 return scheduler_sample(den, x_t, cond, w)
             sampler = own_sampler
         else:
-            sig, scale = resolve_teacher_sigmas(levels, t.steps, t.shift or 1.0)
+            sc = pipe.scheduler.config  # the scheduler's static shift (not its dynamic mu)
+            own_shift = 1.0 if sc.get("use_dynamic_shifting") else float(sc.get("shift") or 1.0)
+            sig, scale = resolve_teacher_sigmas(levels, t.steps, t.shift or own_shift)
             sampler = None
         codec = reading.codec()
 
