@@ -41,8 +41,9 @@ from torch import nn
 
 import fewstep.testing as testing
 from fewstep.core.conditioning import PromptEmbeds
-from fewstep.export.diffusers_export import StudentPipeline, export_student
+from fewstep.export.diffusers_export import export_student
 from fewstep.export.model_card import snippet_from_card
+from fewstep.export.student_pipeline import StudentPipeline
 from fewstep.student.student import Student
 from fewstep.teachers.diffusers.adapter import (
     denoiser_of,

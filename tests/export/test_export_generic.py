@@ -29,10 +29,10 @@ from benchmarks.export_roundtrip import (
 from fewstep.app.cli import app
 from fewstep.core.conditioning import PromptEmbeds
 from fewstep.export.diffusers_export import (
-    StudentPipeline,
     export_family,
     export_student,
 )
+from fewstep.export.student_pipeline import StudentPipeline
 from fewstep.teachers.diffusers.latents import decode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "teachers"))

@@ -12,10 +12,10 @@ from safetensors import safe_open
 
 from benchmarks.export_roundtrip import Case, build_student, load_teacher, save_teacher
 from fewstep.export.diffusers_export import (
-    StudentPipeline,
     export_student,
     normalise_components,
 )
+from fewstep.export.student_pipeline import StudentPipeline
 
 
 @pytest.fixture(scope="module")

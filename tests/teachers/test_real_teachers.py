@@ -105,8 +105,8 @@ def zimage_run(stacks, tmp_path_factory):
 @pytest.mark.parametrize("components", ["copy", "reference"])
 def test_export_reload_same_images(zimage_run, tmp_path, components):
     from fewstep.core.conditioning import PromptEmbeds
-    from fewstep.export.diffusers_export import StudentPipeline
     from fewstep.export.run import export_run
+    from fewstep.export.student_pipeline import StudentPipeline
     from fewstep.teachers.diffusers.latents import decode
 
     tr = zimage_run
@@ -152,8 +152,8 @@ def test_cli_export_and_sample(zimage_run, tmp_path):
 
 
 def test_export_reload_eps_unet(stacks, tmp_path):
-    from fewstep.export.diffusers_export import StudentPipeline
     from fewstep.export.run import export_run
+    from fewstep.export.student_pipeline import StudentPipeline
 
     tr = Trainer(unet_cfg(stacks, "regression"), tmp_path / "run", progress=False)
     tr.train()
