@@ -28,6 +28,8 @@ def diffusers_cfg(stacks: dict[str, Path], family: str, resolution: int, max_seq
                "steps": 4, **sections.pop("teacher", {})}
     if max_seq is not None:
         teacher.setdefault("max_sequence_length", max_seq)
+    if family == "pixart":  # its aspect-ratio binning snaps 16 px to a >= 256 px bin
+        teacher.setdefault("call_kwargs", {"use_resolution_binning": False})
     data = {"data": "prompts", "teacher": teacher,
             "cache": {"dir": str(stacks["cache"]), "size": 4, "shard_size": 4, "batch_size": 4},
             **sections}
