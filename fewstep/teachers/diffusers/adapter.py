@@ -166,6 +166,8 @@ class DiffusersTeacher(TeacherAdapter):
                 in str(e) else "teacher.pretrained"
             if "'max_sequence_length'" in str(e) and t.max_sequence_length is not None:
                 field = "teacher.max_sequence_length"
+            elif "divisible" in str(e):  # the pipeline's own size check (its check_inputs)
+                field = "teacher.resolution"
             raise ConfigError(f"{field}: {first_line(e)}") from None
         check_prompt_file(t.prompts)
         prompt_bytes = Path(t.prompts).read_bytes()
