@@ -159,8 +159,9 @@ def test_pickle_only_folder_is_refused_with_how_to_convert(saved_pipelines, tmp_
 def test_zimage_kind_refuses_other_families(saved_pipelines):
     _, res, seq = FAMILY_SPECS["sd"]
     cfg = diffusers_cfg(saved_pipelines, "sd", res, seq, teacher={"kind": "zimage"})
-    with pytest.raises(ConfigError, match=r"teacher\.kind: zimage needs a "
-                                          r"ZImageTransformer2DModel .* UNet2DConditionModel"):
+    with pytest.raises(ConfigError, match=r"teacher\.kind: this kind needs a ZImagePipeline "
+                                          r"but .* holds a StableDiffusionPipeline; use "
+                                          r"teacher\.kind diffusers"):
         load_run_teacher(cfg, "cpu")
 
 
