@@ -127,7 +127,7 @@ def activation_shape(den: nn.Module, shape: tuple[int, ...], cfg: DistillConfig
     Linear / Conv layers as "blocks" (coarse).
     """
     tr = getattr(den, "transformer", None)
-    if tr is not None:
+    if tr is not None and "all_patch_size" in tr.config:  # Z-Image
         c = tr.config
         p = int(c.all_patch_size[0])
         img = (shape[-2] // p) * (shape[-1] // p)
