@@ -52,6 +52,7 @@ from fewstep.teachers.diffusers.families import family_for
 from fewstep.teachers.diffusers.meta import meta_denoiser
 from fewstep.teachers.diffusers.pipeline_reading import PipelineReading, read_pipeline
 from fewstep.teachers.diffusers.prompt_cache import read_prompt_file
+from fewstep.teachers.diffusers.recorder import DENOISER_NAMES
 from fewstep.teachers.diffusers.scheduler_sampler import scheduler_sample
 from fewstep.teachers.diffusers.support import check_folder, refusal
 from fewstep.teachers.safety import require_safetensors
@@ -72,11 +73,12 @@ def check_prompt_file(path: str) -> None:
 
 
 def check_pipeline_source(pretrained: str, family_required: str | None = None,
-                          field: str = "teacher.pretrained") -> None:
-    """Before any weights: a supported pipeline class with every component it lists (a local
-    folder); :class:`ConfigError` naming ``field`` otherwise."""
+                          field: str = "teacher.pretrained",
+                          only: tuple[str, ...] | None = None) -> None:
+    """Before any weights: a supported pipeline class with every component it lists (``only``:
+    just these) in a local folder; :class:`ConfigError` naming ``field`` otherwise."""
     try:
-        cls = check_folder(pretrained)
+        cls = check_folder(pretrained, only)
     except (ValueError, OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{field}: {first_line(e)}") from None
     if cls is None:
@@ -215,7 +217,8 @@ class DiffusersTeacher(TeacherAdapter):
 
     def meta(self, spec: TeacherSpec, *, data: DataRef) -> MetaTeacher:
         assert spec.pretrained is not None and spec.resolution is not None
-        check_pipeline_source(spec.pretrained, self.family_required)
+        check_pipeline_source(spec.pretrained, self.family_required,  # configs: no tokenizer
+                              only=(*DENOISER_NAMES, "vae", "movq"))
         try:
             den, shape, cls = meta_denoiser(spec.pretrained, spec.resolution, family_for)
         except (OSError, ValueError, KeyError) as e:

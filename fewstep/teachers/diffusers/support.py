@@ -230,17 +230,19 @@ def enumerate_pipelines() -> list[tuple[PipelineFacts, str, str]]:
     return rows
 
 
-def check_folder(folder: str | Path) -> str | None:
+def check_folder(folder: str | Path, only: tuple[str, ...] | None = None) -> str | None:
     """The pipeline class of a local pipeline folder (``None`` if it has no
     ``model_index.json``); ``ValueError`` naming the first component ``model_index.json`` lists
-    whose folder is missing or empty."""
+    whose folder is missing or empty (``only``: just these components, e.g. what ``fewstep
+    plan`` reads from configs)."""
     root = Path(folder).expanduser()
     index = root / "model_index.json"
     if not index.is_file():
         return None
     raw = json.loads(index.read_text(encoding="utf-8"))
     for name, value in raw.items():
-        if name.startswith("_") or not isinstance(value, list) or value[0] is None:
+        if name.startswith("_") or not isinstance(value, list) or value[0] is None or (
+                only is not None and name not in only):
             continue
         sub = root / name
         if not sub.is_dir() or not any(sub.iterdir()):
