@@ -14,6 +14,7 @@ generator; stubbed calls for the rest) and infers the call (:func:`.call_spec.in
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ from fewstep.teachers.diffusers.families import Family, family_for
 from fewstep.teachers.diffusers.pipeline_denoiser import PipelineDenoiser
 from fewstep.teachers.diffusers.recorder import denoiser_of, record
 from fewstep.teachers.diffusers.support import refusal
+
+log = logging.getLogger(__name__)
 
 #: the prompts of the recordings (two, to tell conditioning from constant arguments)
 PROBE_PROMPTS = ("a photo of a cat", "red car")
@@ -116,8 +119,23 @@ def read_pipeline(pipe: Any, height: int | None, width: int | None, steps: int,
     layout, scale = noise_draw(rec, spec, seed)
     notes = [] if layout else [f"the first noise draw is not in a registered layout; "
                                f"init_noise_sigma {scale:g} is used"]
+    clipping = _x0_clipping(pipe.scheduler)
+    if clipping:
+        log.warning(clipping)
+        notes.append(clipping)
     return PipelineReading(pipe, fam, keys, spec, base, layout, scale,
                            rec.steps[0].sample.dtype, attributes, notes)
+
+
+def _x0_clipping(scheduler: Any) -> str | None:
+    """One line when ``scheduler`` clips or thresholds x0 at each step (a silent difference:
+    the teacher's sampler steps the scheduler, so it clips; ``D(x, s)`` does not)."""
+    cfg = getattr(scheduler, "config", {})
+    on = [f"{k}=True" for k in ("clip_sample", "thresholding") if cfg.get(k)]
+    if not on:
+        return None
+    return (f"{type(scheduler).__name__} has {' and '.join(on)}: the teacher's sampler clips x0 "
+            "at every step as __call__ does, but D(x, s) -- the recipes' targets -- does not")
 
 
 def single_call_kwargs(pipe: Any, spec: CallSpec, call_kwargs: dict[str, Any]
