@@ -1,24 +1,26 @@
 """Export round trip: students exported by fewstep, sampled by plain diffusers without fewstep.
 
 For every case (teacher family x parameterization x dtype) a tiny, randomly initialised teacher
-is saved to disk (Z-Image and the eps-UNet through their own kinds; an SD-style UNet,
-PixArt-Sigma and Flux pipeline through ``teacher.kind: diffusers``), a student is built from it
-the way the trainer builds one (frozen teacher in ``dtype``, trainable weights in float32) and
-its trainable weights are perturbed so that the steps differ, then
-:func:`~fewstep.export.diffusers_export.export_student` writes the folder. The
+is saved to disk (a pipeline teacher -- Z-Image, an SD 1.5-style UNet, PixArt-Sigma, Flux --
+read generically through ``teacher.kind: diffusers``; the eps-UNet through its own kind), a
+student is built from it the way the trainer builds one (frozen teacher in ``dtype``,
+trainable weights in float32) and its trainable weights are perturbed so that the steps
+differ, then :func:`~fewstep.export.diffusers_export.export_student` writes the folder. The
 loading snippet of the folder's ``README.md`` runs in a subprocess in which importing fewstep
 fails (``sys.modules["fewstep"] = None`` before anything else; run from a folder without fewstep
-and without ``PYTHONPATH``), and its latents and images are compared with
+and without ``PYTHONPATH``), and its images are compared with
 
-* the in-memory student (``Student.generate`` from the same seed, decoded by the teacher's VAE),
-* fewstep's own reload (:class:`~fewstep.export.diffusers_export.StudentPipeline`).
+* the in-memory student (``Student.generate`` from the noise :class:`StudentPipeline` draws for
+  the seed, decoded by the teacher's codec; pipeline cards return images in ``[0, 1]`` through
+  the stock pipeline's ``__call__``, so those are compared after ``x / 2 + 0.5``, clamped),
+* fewstep's own reload (:class:`~fewstep.export.student_pipeline.StudentPipeline`).
 
 Usage::
 
     python -m benchmarks.export_roundtrip [--out benchmarks/results] [--cases NAME ...]
 
 Writes ``export_roundtrip.json`` (``cases``: ``name``, ``imports_fewstep``, ``max_abs_diff``
-(latents, snippet vs in-memory student), ``images_equal``, ``bytes`` of the export, ...) and
+(card images vs the in-memory student's), ``images_equal``, ``bytes`` of the export, ...) and
 ``export_roundtrip.md``.
 """
 
@@ -39,35 +41,21 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import fewstep.testing as testing
-from fewstep.core.conditioning import PromptEmbeds
-from fewstep.export.diffusers_export import StudentPipeline, export_student
+from fewstep.export.diffusers_export import export_student
 from fewstep.export.model_card import snippet_from_card
+from fewstep.export.student_pipeline import StudentPipeline
 from fewstep.student.student import Student
-from fewstep.teachers.diffusers.adapter import (
-    denoiser_of,
-    family_of,
-    latent_multiple,
-    latent_shape,
-    load_pipeline,
-    pipeline_denoiser,
-)
-from fewstep.teachers.diffusers.families import FAMILIES as NETWORK_FAMILIES
-from fewstep.teachers.diffusers.latents import decode
-from fewstep.teachers.diffusers.prompt_cache import pipeline_encode_fn
-from fewstep.teachers.diffusers.zimage import ZImageDenoiser
-from fewstep.testing import build_tiny_zimage_pipeline, tiny_unet_config
+from fewstep.testing import tiny_unet_config
+from fewstep.testing.pipeline_fixtures import fixtures
 
 PROMPTS = ["a red cat", "a photo of a big blue dog"]
 LABELS = [3, 7]
 SIGMAS = [1.0, 0.6]
 SEED = 5
-MAX_SEQ = 64
 FAMILIES = ("zimage", "unet_eps")
-#: ``teacher.kind: diffusers`` families: name -> (tiny pipeline builder, resolution, max tokens)
-GENERIC = {"sd": ("build_tiny_sd_pipeline", 16, 16),
-           "pixart": ("build_tiny_pixart_pipeline", 16, 16),
-           "flux": ("build_tiny_flux_pipeline", 16, 16)}
+#: pipeline families -> the tiny pipeline fixture (:func:`fewstep.testing.pipeline_fixtures`)
+PIPELINES = {"zimage": "zimage", "sd": "sd15", "pixart": "pixart_sigma", "flux": "flux"}
+GENERIC = ("sd", "pixart", "flux")
 PARAMS = ("lora", "decoupled", "shared")
 DTYPES = ("float32", "bfloat16")
 
@@ -91,12 +79,9 @@ for job in jobs:
         imports_fewstep = False
     ns = {"__name__": "snippet"}
     exec(compile(open(job["snippet"]).read(), job["snippet"], "exec"), ns)
-    images, x0 = ns["few_step"](job["inputs"], seed=job["seed"])
-    out = {"images": images.float().contiguous().clone(), "x0": x0.float().contiguous().clone()}
-    if job.get("stock"):  # the README's stock-pipeline block, after the loading snippet
-        exec(compile(open(job["stock"]).read(), job["stock"], "exec"), ns)
-        out["stock"] = ns["stock_few_step"](job["inputs"], seed=job["seed"]).float().clone()
-    save_file(out, job["out"])
+    out = ns["few_step"](job["inputs"], seed=job["seed"])
+    images = out[0] if isinstance(out, tuple) else out  # unet_eps: (x0, x0); pipelines: images
+    save_file({"images": images.float().contiguous().clone()}, job["out"])
     loaded = sorted(m for m, v in sys.modules.items() if m.split(".")[0] == "fewstep" and v)
     results.append({"imports_fewstep": imports_fewstep or bool(loaded)})
 print(json.dumps(results))
@@ -127,11 +112,6 @@ def all_cases() -> list[Case]:
 
 
 # ------------------------------------------------------------------------------ tiny teachers
-def tiny_zimage_pipeline() -> Any:
-    """The tiny offline Z-Image pipeline."""
-    return build_tiny_zimage_pipeline(seed=0)
-
-
 def save_teacher(family: str, dtype: str, root: Path) -> Path:
     """Write a tiny teacher folder (``from_pretrained`` layout) once; returns it."""
     from diffusers import DDPMScheduler, UNet2DModel
@@ -140,17 +120,13 @@ def save_teacher(family: str, dtype: str, root: Path) -> Path:
     if folder.is_dir():
         return folder
     dt = getattr(torch, dtype)
-    if family in GENERIC:
-        pipe = getattr(testing, GENERIC[family][0])(seed=0)
+    if family in PIPELINES:
+        pipe = fixtures()[PIPELINES[family]].build(0)
         for m in pipe.components.values():
             if isinstance(m, nn.Module):
                 m.to(dt)
         pipe.save_pretrained(folder, safe_serialization=True)
-    elif family == "zimage":
-        pipe = tiny_zimage_pipeline()
-        for name in ("transformer", "text_encoder", "vae"):
-            getattr(pipe, name).to(dt)
-        pipe.save_pretrained(folder, safe_serialization=True)
+        (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -167,33 +143,23 @@ class Teacher:
     pipeline: Any
     latent_shape: tuple[int, ...]
     num_classes: int
+    loaded: Any = None  # the LoadedTeacher of a pipeline teacher (problem, codec)
 
 
 def load_teacher(family: str, folder: Path, dtype: str) -> Teacher:
     """The frozen teacher as the trainer loads it, with the config export_student reads."""
     dt = getattr(torch, dtype)
-    if family in GENERIC:  # as DiffusersTeacher.from_pipeline builds it
-        pipe = load_pipeline(str(folder), dtype)
-        for m in pipe.components.values():
-            if isinstance(m, nn.Module):
-                m.eval().requires_grad_(False)
-        net = denoiser_of(pipe)
-        den = pipeline_denoiser(pipe, net, family_of(net), None).eval().requires_grad_(False)
-        _, res, max_seq = GENERIC[family]
-        shape = latent_shape(pipe.vae.config, latent_multiple(net), res)
-        cfg = {"kind": "diffusers", "pretrained": str(folder), "dtype": dtype,
-               "resolution": res, "latent_shape": list(shape), "max_sequence_length": max_seq,
-               "pipeline_class": type(pipe).__name__, "family": type(net).__name__}
-        return Teacher(den, cfg, pipe, shape, 0)
-    if family == "zimage":
-        pipe = load_pipeline(str(folder), dtype)
-        for m in (pipe.transformer, pipe.text_encoder, pipe.vae):
-            m.eval().requires_grad_(False)
-        den = ZImageDenoiser.from_pipeline(pipe, max_sequence_length=MAX_SEQ)
-        shape = (16, 8, 8)
-        cfg = {"kind": "zimage", "pretrained": str(folder), "dtype": dtype, "resolution": 16,
-               "latent_shape": list(shape), "max_sequence_length": MAX_SEQ}
-        return Teacher(den, cfg, pipe, shape, 0)
+    if family in PIPELINES:  # the generic reading, as ``teacher.kind: diffusers`` loads it
+        from fewstep.teachers import load_teacher as load
+        from fewstep.teachers.spec import TeacherSpec
+
+        fx = fixtures()[PIPELINES[family]]
+        t = load(TeacherSpec(kind="diffusers", pretrained=str(folder), dtype=dtype,
+                             prompts=str(folder.parent / "prompts.txt"),
+                             resolution=fx.resolution, steps=4, call_kwargs=fx.call_kwargs),
+                 data="prompts", cache_dir=str(folder.parent / f"cache_{folder.name}"),
+                 device="cpu")
+        return Teacher(t.denoiser, t.config, t.pipeline, tuple(t.problem.data_shape), 0, t)
     from diffusers import DDPMScheduler, UNet2DModel
 
     from fewstep.teachers.diffusers.vp import VPEpsilonDenoiser
@@ -222,29 +188,17 @@ def build_student(teacher: Teacher, case: Case) -> Student:
     return st.eval()
 
 
-def student_inputs(teacher: Teacher, st: Student) -> tuple[Any, torch.Tensor]:
-    """(cond, latents) of the in-memory student from ``SEED`` (StudentPipeline's protocol)."""
-    if teacher.pipeline is not None:
-        cond: Any = encode_prompts(teacher, PROMPTS)
-        n = len(PROMPTS)
-    else:
-        cond = torch.tensor(LABELS)
-        n = len(LABELS)
-    g = torch.Generator().manual_seed(SEED)
-    noise = torch.randn((n, *teacher.latent_shape), generator=g)
+def student_images(teacher: Teacher, st: Student, sp: StudentPipeline) -> torch.Tensor:
+    """The in-memory student's images from ``SEED``, on the noise ``sp`` draws for it
+    (pipeline teachers: decoded by the teacher's codec, about ``[-1, 1]``)."""
+    n = len(PROMPTS) if teacher.pipeline is not None else len(LABELS)
+    x, eps = sp._noises(n, torch.Generator().manual_seed(SEED))
     with torch.no_grad():
-        return cond, st.generate(noise, cond, generator=g).sample
-
-
-def encode_prompts(teacher: Teacher, prompts: list[str]) -> PromptEmbeds:
-    """The teacher pipeline's prompt embeddings as the trainer conditions the network."""
-    fam = NETWORK_FAMILIES.get(teacher.config.get("family", ""))
-    fn = pipeline_encode_fn(teacher.pipeline, teacher.config["max_sequence_length"], "cpu",
-                            fam.mask_index if fam else None, fam.pooled_index if fam else None)
-    rows = fn(list(prompts))
-    if isinstance(rows[0], tuple):
-        return PromptEmbeds.from_list([r[0] for r in rows], [r[1] for r in rows])
-    return PromptEmbeds.from_list(rows)
+        if teacher.pipeline is None:
+            return st.generate(x, torch.tensor(LABELS), step_noises=eps).sample.float()
+        cond = teacher.loaded.problem.cond_map(torch.arange(n))
+        x0 = st.generate(x, cond, step_noises=eps).sample
+        return teacher.loaded.codec.decode(x0).float()
 
 
 def folder_bytes(folder: Path) -> int:
@@ -274,27 +228,22 @@ def prepare_case(case: Case, root: Path) -> dict[str, Any]:
     out = root / "exports" / case.name
     export_student(st, out, teacher.config, teacher.pipeline, "auto", teacher.num_classes,
                    teacher.latent_shape)
-    _, latents = student_inputs(teacher, st)
+    pipe = StudentPipeline.from_pretrained(out)
+    images = student_images(teacher, st, pipe)
     with torch.no_grad():
-        images = decode(teacher.pipeline.vae, latents).float() if teacher.pipeline is not None \
-            else latents
-        pipe = StudentPipeline.from_pretrained(out)
         reload = pipe(PROMPTS, seed=SEED) if teacher.pipeline is not None else \
             pipe.decode(pipe.generate_latents(torch.tensor(LABELS), len(LABELS), SEED))
     snippet = root / "snippets" / f"{case.name}.py"
     snippet.parent.mkdir(parents=True, exist_ok=True)
-    card = (out / "README.md").read_text()
-    snippet.write_text(snippet_from_card(card))
+    snippet.write_text(snippet_from_card((out / "README.md").read_text()))
     job = {"snippet": str(snippet), "seed": SEED, "out": str(root / "outputs" / f"{case.name}"
                                                              ".safetensors"),
            "inputs": PROMPTS if teacher.pipeline is not None else LABELS}
     (root / "outputs").mkdir(exist_ok=True)
-    if card.count("```python") > 1:
-        stock = snippet.with_name(f"{case.name}_stock.py")
-        stock.write_text(snippet_from_card(card, 1))
-        job["stock"] = str(stock)
-    return {"case": case, "job": job, "latents": latents, "images": images, "export": out,
-            "reload_images": reload.float()}
+    # the card's images: [0, 1] from a pipeline's __call__, the latents themselves for unet_eps
+    card_ref = (images / 2 + 0.5).clamp(0, 1) if teacher.pipeline is not None else images
+    return {"case": case, "job": job, "images": images, "card_reference": card_ref,
+            "export": out, "reload_images": reload.float()}
 
 
 def run(out_dir: Path | None, names: list[str] | None = None) -> dict[str, Any]:
@@ -310,19 +259,16 @@ def run(out_dir: Path | None, names: list[str] | None = None) -> dict[str, Any]:
         results = run_snippets([p["job"] for p in prepared], root)
         rows = []
         for p, r in zip(prepared, results, strict=True):
-            got = load_file(p["job"]["out"])
+            got = load_file(p["job"]["out"])["images"]
             case: Case = p["case"]
             rows.append({
                 "name": case.name, "family": case.family,
                 "parameterization": case.parameterization, "dtype": case.dtype,
                 "transition": case.transition, "imports_fewstep": r["imports_fewstep"],
-                "max_abs_diff": float((got["x0"] - p["latents"].float()).abs().max()),
-                "images_max_abs_diff": float((got["images"] - p["images"]).abs().max()),
-                "images_equal": bool(torch.equal(got["images"], p["images"])),
-                "fewstep_reload_images_equal": bool(torch.equal(p["reload_images"],
-                                                                p["images"])),
-                "stock_pipeline_max_abs_diff": float((got["stock"] - p["latents"]).abs().max())
-                if "stock" in got else None,
+                "max_abs_diff": float((got - p["card_reference"]).abs().max()),
+                "images_equal": bool(torch.equal(got, p["card_reference"])),
+                "fewstep_reload_max_abs_diff": float((p["reload_images"] - p["images"])
+                                                     .abs().max()),
                 "bytes": folder_bytes(p["export"]),
                 "files": sorted(str(f.relative_to(p["export"])) for f in p["export"].rglob("*")
                                 if f.is_file()),
@@ -338,14 +284,12 @@ def run(out_dir: Path | None, names: list[str] | None = None) -> dict[str, Any]:
 
 def markdown(res: dict[str, Any]) -> str:
     lines = ["# Export round trip (snippet run without fewstep)", "",
-             "| case | imports fewstep | max abs diff (latents) | images equal | "
-             "fewstep reload equal | stock pipeline diff | bytes |",
-             "|---|---|---|---|---|---|---|"]
+             "| case | imports fewstep | card vs student (max abs) | images equal | "
+             "fewstep reload vs student (max abs) | bytes |",
+             "|---|---|---|---|---|---|"]
     for r in res["cases"]:
-        stock = "—" if r["stock_pipeline_max_abs_diff"] is None else \
-            f"{r['stock_pipeline_max_abs_diff']:.3g}"
         lines.append(f"| {r['name']} | {r['imports_fewstep']} | {r['max_abs_diff']:.3g} | "
-                     f"{r['images_equal']} | {r['fewstep_reload_images_equal']} | {stock} | "
+                     f"{r['images_equal']} | {r['fewstep_reload_max_abs_diff']:.3g} | "
                      f"{r['bytes']:,} |")
     return "\n".join(lines) + "\n"
 

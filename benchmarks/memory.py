@@ -61,8 +61,8 @@ def build_stack(root: Path) -> Path:
     import torch
     from diffusers import ZImageTransformer2DModel
 
-    from fewstep.teachers.diffusers.zimage import init_pad_tokens
     from fewstep.testing import build_tiny_zimage_pipeline
+    from fewstep.testing.tiny_pipelines import init_pad_tokens
 
     pipe = build_tiny_zimage_pipeline(seed=0)
     with torch.random.fork_rng(devices=[]):

@@ -8,8 +8,8 @@ operating system refused into one line and exit code 3 (see :mod:`fewstep.errors
 command validates its options first (:mod:`fewstep.app.validation`). ``key=value`` overrides may
 stand anywhere on the line, before or after options.
 
-Subcommands: ``teacher train``, ``classifier train``, ``sample``, ``eval``, ``distill``,
-``demo``, ``plan``, ``export``. ``fewstep COMMAND --help`` documents each.
+Subcommands: ``teacher train``, ``teacher check``, ``classifier train``, ``sample``, ``eval``,
+``distill``, ``demo``, ``plan``, ``export``. ``fewstep COMMAND --help`` documents each.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ from fewstep.app.cli_options import (
 )
 from fewstep.app.logs import configure_logging
 from fewstep.app.model_loading import load_models, sample_exported, sampler_specs
+from fewstep.app.teacher_check import teacher_check_cmd
 from fewstep.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, error_exit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill diffusion / flow-matching generators into few-step generators.")
-teacher_app = typer.Typer(no_args_is_help=True, help="Train the embedded teachers.")
+teacher_app = typer.Typer(no_args_is_help=True, help="Train a teacher; check a diffusers one.")
 classifier_app = typer.Typer(no_args_is_help=True,
                              help="Train a feature network (digits, or your own labels).")
 app.add_typer(teacher_app, name="teacher")
@@ -71,6 +72,9 @@ def user_errors(fn: F) -> F:
             typer.echo(mapped[1], err=True)
             raise typer.Exit(mapped[0]) from None
     return wrapper  # type: ignore[return-value]
+
+
+teacher_app.command("check")(user_errors(teacher_check_cmd))  # fewstep/app/teacher_check.py
 
 
 @teacher_app.command("train")

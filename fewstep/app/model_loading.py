@@ -82,7 +82,7 @@ def sample_exported(folder: Path, out: Path, prompts: list[str] | None, num: int
     """``fewstep sample --student FOLDER``: the export is verified first (complete, not torn
     or mixed: :func:`fewstep.export.verify.verify_export`), then sampled into ``out``."""
     from fewstep.errors import ConfigError, os_error_of
-    from fewstep.export.diffusers_export import StudentPipeline
+    from fewstep.export.student_pipeline import StudentPipeline
     from fewstep.export.verify import verify_export
     from fewstep.utils.files import save_tensors
     from fewstep.utils.output_dirs import output_folder

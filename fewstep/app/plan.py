@@ -120,6 +120,11 @@ class Plan:
 # --------------------------------------------------------------------------------------------
 # Models on the meta device
 # --------------------------------------------------------------------------------------------
+def zimage_caption_tokens(cfg: DistillConfig) -> int:
+    """``teacher.max_sequence_length``, else ``ZImagePipeline.__call__``'s default (512)."""
+    return cfg.teacher.max_sequence_length or 512
+
+
 def activation_shape(den: nn.Module, shape: tuple[int, ...], cfg: DistillConfig
                      ) -> dict[str, Any]:
     """``{"tokens", "hidden", "blocks", "basis"}`` used by the activation estimate.
@@ -130,13 +135,14 @@ def activation_shape(den: nn.Module, shape: tuple[int, ...], cfg: DistillConfig
     Linear / Conv layers as "blocks" (coarse).
     """
     tr = getattr(den, "transformer", None)
-    if tr is not None:
+    if tr is not None and "all_patch_size" in tr.config:  # Z-Image
         c = tr.config
         p = int(c.all_patch_size[0])
         img = (shape[-2] // p) * (shape[-1] // p)
-        return {"tokens": img + cfg.teacher.max_sequence_length, "hidden": int(c.dim),
+        seq = zimage_caption_tokens(cfg)
+        return {"tokens": img + seq, "hidden": int(c.dim),
                 "blocks": int(c.n_layers) + 2 * int(c.n_refiner_layers),
-                "basis": f"{img} image + {cfg.teacher.max_sequence_length} caption tokens"}
+                "basis": f"{img} image + {seq} caption tokens"}
     net = getattr(den, "net", den)
     if hasattr(net, "blocks") and hasattr(net, "inp"):
         return {"tokens": 1, "hidden": int(net.inp.out_features), "blocks": len(net.blocks),
@@ -214,7 +220,7 @@ def cache_figures(cfg: DistillConfig, method: nn.Module, shape: tuple[int, ...],
         device += per_gpu * numel * 4  # fresh noise
     tr = getattr(teacher, "transformer", None)
     if tr is not None and hasattr(tr.config, "cap_feat_dim"):
-        per_prompt = cfg.teacher.max_sequence_length * int(tr.config.cap_feat_dim) * \
+        per_prompt = zimage_caption_tokens(cfg) * int(tr.config.cap_feat_dim) * \
             _DTYPE_BYTES[cfg.teacher.dtype]
         n = _prompt_count(cfg)
         host["prompt_cache_per_prompt"] = float(per_prompt)
@@ -392,4 +398,4 @@ def format_plan(plan: Plan) -> str:
 
 
 __all__ = ["MemoryRow", "ModelCount", "Plan", "activation_shape", "build_plan", "format_plan",
-           "meta_models"]
+           "meta_models", "zimage_caption_tokens"]

@@ -40,16 +40,19 @@ Transition = Literal["ddim", "fresh"]
 
 @dataclass
 class Trajectory:
-    """What a sampler saw: inputs ``xs[k]`` at ``sigmas[k]`` and predictions ``x0s[k]``."""
+    """What a sampler saw: inputs ``xs[k]`` at ``sigmas[k]`` and predictions ``x0s[k]``; a
+    sampler whose last state is not its last prediction (a multistep scheduler) sets
+    ``final``."""
 
     sigmas: Tensor
     xs: list[Tensor] = field(default_factory=list)
     x0s: list[Tensor] = field(default_factory=list)
+    final: Tensor | None = None
 
     @property
     def sample(self) -> Tensor:
-        """The final sample (prediction of the last step)."""
-        return self.x0s[-1]
+        """The final sample (``final``, else the prediction of the last step)."""
+        return self.final if self.final is not None else self.x0s[-1]
 
 
 def transition(x: Tensor, x0_hat: Tensor, sigma: Tensor | float, sigma_next: Tensor | float,

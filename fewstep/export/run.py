@@ -5,13 +5,13 @@ teacher the run was trained with (same ``teacher.*`` settings: it supplies the a
 frozen LoRA base and, for text-to-image pipelines, the VAE / text encoders / tokenizers),
 rebuilds the student and writes it with
 :func:`fewstep.export.diffusers_export.export_student`: for diffusers teachers
-(``teacher.kind`` ``zimage``, ``unet_eps`` and ``diffusers``: SD-style UNet, PixArt,
-Flux, Z-Image) a folder plain diffusers loads (``README.md`` holds the loading snippet; see
-docs/export.md). ``student.safetensors`` may hold the full student state or only its trainable
+(``teacher.kind`` ``diffusers`` / ``zimage``: any supported pipeline; ``unet_eps``) a folder
+plain diffusers loads (``README.md`` holds the sampling code; see docs/export.md).
+``student.safetensors`` may hold the full student state or only its trainable
 state (:meth:`~fewstep.student.student.Student.trainable_state_dict`, plus
 ``base_fingerprint`` in its config, checked against the teacher). Sample the result with
 ``fewstep sample --student FOLDER --prompt "..."`` or
-:class:`~fewstep.export.diffusers_export.StudentPipeline`.
+:class:`~fewstep.export.student_pipeline.StudentPipeline`.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def _export(run: Path, cfg: DistillConfig, st_path: Path, out: Path, components:
                           "written in fewstep's own format (--format diffusers)")
     if family is None and components not in ("auto", "full", "copy"):
         raise ConfigError(f"--components: {components!r} needs a diffusers teacher (teacher.kind "
-                          f"zimage, unet_eps or diffusers); a teacher.kind "
+                          f"diffusers, zimage or unet_eps); a teacher.kind "
                           f"{loaded.config.get('kind')} student is written whole in fewstep's "
                           "own format")
     student, scfg = load_student_file(st_path, dev, like=loaded.denoiser)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fewstep.errors import ConfigError
 from fewstep.teachers import file as _file  # noqa: F401  (registers kind file)
 from fewstep.teachers import unet_eps as _unet_eps  # noqa: F401  (unet_eps)
 from fewstep.teachers.base import (
@@ -27,7 +28,7 @@ from fewstep.teachers.base import (
     teacher_kinds,
 )
 from fewstep.teachers.custom import CustomTeacher, allow_builder, custom_denoiser
-from fewstep.teachers.diffusers import adapter as _pipeline  # noqa: F401  (diffusers, zimage)
+from fewstep.teachers.diffusers import adapter as _diffusers  # noqa: F401  (diffusers, zimage)
 from fewstep.teachers.spec import TeacherSpec
 from fewstep.teachers.training import denoiser_from_config
 from fewstep.utils.imports import TRUSTED_BUILDERS, import_callable
@@ -48,9 +49,15 @@ def meta_teacher(spec: TeacherSpec, *, data: DataRef) -> MetaTeacher:
 def rebuild_denoiser(teacher_config: dict[str, Any], allow_builders: Sequence[str] = ()
                      ) -> nn.Module:
     """A randomly initialised denoiser of the saved teacher's architecture: its ``builder``
-    (diffusers / custom teachers) or the fewstep network config (``file``)."""
+    (``unet_eps`` / custom teachers) or the fewstep network config (``file``). A diffusers
+    pipeline teacher is read from its pipeline: its students are rebuilt on the loaded teacher
+    (``load_student_file(..., like=teacher)``) or from their export."""
     for b in allow_builders:
         allow_builder(b)
+    if "pipeline_class" in teacher_config:
+        raise ConfigError(f"a student of the diffusers teacher {teacher_config.get('pretrained')}"
+                          " is rebuilt on its teacher: export the run (fewstep export) and "
+                          "sample the export, or load the run's teacher")
     if "builder" not in teacher_config:
         return denoiser_from_config(teacher_config)
     target, kwargs = teacher_config["builder"]

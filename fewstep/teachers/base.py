@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from fewstep.core.denoiser import Denoiser
+from fewstep.core.samplers import Trajectory, euler_sample
 from fewstep.utils.fingerprints import folder_fingerprint, module_fingerprint
 from fewstep.utils.registry import Registry
 
@@ -56,7 +58,11 @@ class LoadedTeacher:
         identity: a string that changes with the weights (teacher-cache key, resume check).
         problem: sample shape, conditioning sampler and map (``Problem`` / ``PromptProblem``).
         pipeline: the diffusers pipeline (VAE, text encoder) or ``None``.
-        codec: a :class:`~fewstep.teachers.diffusers.latents.LatentCodec` or ``None`` (pixels).
+        codec: a :class:`~fewstep.teachers.diffusers.codec.LatentCodec` or ``None`` (pixels).
+        sampler: the teacher's own N-step sampler ``(first input, cond, w) -> Trajectory``
+            (a diffusers pipeline's scheduler, see
+            :func:`~fewstep.teachers.diffusers.scheduler_sampler.scheduler_sample`); ``None``:
+            fewstep's Euler sampler at :attr:`sigmas`.
     """
 
     denoiser: Denoiser
@@ -65,6 +71,15 @@ class LoadedTeacher:
     problem: Any
     pipeline: Any = None
     codec: Any = None
+    sampler: Callable[[Tensor, Any, float], Trajectory] | None = None
+
+    def sample(self, noise: Tensor, cond: Any, w: float | None = None) -> Trajectory:
+        """The teacher's N-step samples from standard ``noise`` (guidance ``w``, default
+        :attr:`cfg_scale`): its own sampler, or Euler at :attr:`sigmas`."""
+        w = self.cfg_scale if w is None else w
+        if self.sampler is not None:
+            return self.sampler(self.start(noise), cond, w)
+        return euler_sample(self.denoiser, self.start(noise), cond, self.sigmas, w)
 
     @property
     def sigmas(self) -> Tensor:
@@ -112,8 +127,8 @@ class TeacherAdapter(ABC):
 
     def check(self, spec: TeacherSpec) -> None:
         """Validate the section; ``ValueError("teacher.<field>: reason")``."""
-        for name in ("path", "pretrained", "prompts", "resolution", "builder"):
-            if name not in self.fields and getattr(spec, name) is not None:
+        for name in ("path", "pretrained", "prompts", "resolution", "builder", "call_kwargs"):
+            if name not in self.fields and getattr(spec, name) not in (None, {}):
                 raise ValueError(f"teacher.{name}: not used with teacher.kind {self.kind}")
 
     def check_data(self, spec: TeacherSpec, data: DataRef) -> None:

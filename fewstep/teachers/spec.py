@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,16 +24,21 @@ class TeacherSpec(StrictModel):
     ``kind`` is a registered adapter (``fewstep.teachers.teacher_kinds()``; the run config
     asks it to check the section and the data, :meth:`TeacherAdapter.check`): ``file`` (default,
     a fewstep denoiser file; ``path: null`` takes the shipped teacher for ``data``),
-    ``diffusers`` (any diffusers pipeline folder / hub id in ``pretrained`` whose denoiser is a
-    transformer or a UNet; see docs/adapters.md), ``zimage`` (alias of ``diffusers`` for a
+    ``diffusers`` (any text-to-image diffusers pipeline folder / hub id in ``pretrained``, read
+    from the pipeline itself; see docs/adapters.md), ``zimage`` (``diffusers`` restricted to a
     Z-Image pipeline), ``unet_eps`` (a VP ``UNet2DModel`` folder, ``unet/`` + ``scheduler/``, on
     an image data set) and ``custom`` (``builder: "package.module:function"`` returning a
     :class:`fewstep.teachers.CustomTeacher`). Text-conditioned teachers need ``prompts``,
     ``resolution`` and ``data: prompts``.
 
-    ``levels``: the teacher sampler's noise levels: ``uniform`` (``shift(linspace(1, 0, N + 1))``),
-    ``pipeline`` (the diffusers scheduler's own N-step levels) or an explicit list of ``N + 1``
-    sigmas from 1 down to 0. Default: ``pipeline`` for ``diffusers``, else ``uniform``.
+    ``levels``: the teacher sampler's noise levels: ``uniform`` (``shift(linspace(1, 0, N + 1))``,
+    fewstep's Euler sampler), ``pipeline`` (the diffusers pipeline's own N-step sampler: its
+    scheduler, at the levels ``__call__`` sets) or an explicit list of ``N + 1`` sigmas from 1
+    down to 0. Default: ``pipeline`` for ``diffusers``, else ``uniform``.
+
+    ``cfg_scale`` is fewstep's guidance ``w`` (``d_u + w (d_c - d_u)``) for every kind; a
+    diffusers teacher's default is its pipeline's own default guidance in these units
+    (``fewstep teacher check`` prints both, e.g. Z-Image ``guidance_scale`` 5 is ``w = 6``).
     """
 
     kind: str = "file"
@@ -45,7 +50,12 @@ class TeacherSpec(StrictModel):
     prompts: str | None = Field(None, description="prompt file, one prompt per line")
     resolution: int | None = Field(None, ge=8, description="image size in pixels (latent "
                                    "teachers); the latent shape follows from the VAE")
-    max_sequence_length: int = Field(512, ge=1, description="text-encoder tokens")
+    max_sequence_length: int | None = Field(None, ge=1, description="text-encoder tokens "
+                                            "(diffusers: null = the pipeline's own default)")
+    call_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="more arguments of the diffusers pipeline's "
+        "__call__ (e.g. use_resolution_binning: false); the prompt, latents and output are "
+        "fewstep's")
     steps: int = Field(8, ge=1, le=10000, description="teacher sampling steps")
     levels: Literal["uniform", "pipeline"] | list[float] | None = Field(
         None, description="uniform | pipeline | [sigma list]; null: the kind's default")

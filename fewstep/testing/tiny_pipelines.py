@@ -34,7 +34,16 @@ from transformers import (
     T5EncoderModel,
 )
 
-from fewstep.teachers.diffusers.zimage import init_pad_tokens
+
+def init_pad_tokens(module: torch.nn.Module, std: float = 0.02,
+                    generator: torch.Generator | None = None) -> None:
+    """Give learned pad tokens (``x_pad_token``, ``cap_pad_token``, ...) created with
+    ``torch.empty`` finite values (random construction leaves them uninitialised: NaNs in
+    padded positions). Checkpoints hold trained values; only tiny random models need this."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("pad_token"):
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
 
 #: Z-Image transformer size used by diffusers' own tests (~0.36 M parameters).
 TINY_TRANSFORMER_CONFIG: dict[str, Any] = {
@@ -213,7 +222,7 @@ def tiny_unet_config(sample_size: int = 8, in_channels: int = 3,
 
 __all__ = ["TINY_TRANSFORMER_CONFIG", "build_tiny_flux_pipeline", "build_tiny_pixart_pipeline",
            "build_tiny_sd_pipeline", "build_tiny_tokenizer", "build_tiny_zimage_pipeline",
-           "tiny_unet_config"]
+           "init_pad_tokens", "tiny_unet_config"]
 
 
 #: max_sequence_length of the tiny text encoders in tests.

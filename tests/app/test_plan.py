@@ -59,6 +59,7 @@ def _tiny_zimage_folder(tmp: Path) -> Path:
     from fewstep.testing import build_tiny_zimage_pipeline
 
     pipe = build_tiny_zimage_pipeline()
+    pipe.save_config(tmp / "zi")  # model_index.json
     pipe.transformer.save_config(tmp / "zi" / "transformer")  # configs only, no weights
     pipe.vae.save_config(tmp / "zi" / "vae")
     (tmp / "prompts.txt").write_text("a red car\na photo of a cat\n")

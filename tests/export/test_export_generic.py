@@ -1,8 +1,8 @@
 """Students of ``teacher.kind: diffusers`` teachers (SD-style UNet, PixArt-Sigma, Flux) exported
 in the diffusers format: the teacher's own pipeline class loads the folder, LoRA adapters load
 with diffusers' own loader, and a real (tiny) training run goes through ``fewstep export`` and
-``fewstep sample --student`` to the in-memory EMA student's images. (The model card snippets
-run without fewstep in tests/export/test_export_roundtrip.py, one case per family.)"""
+``fewstep sample --student`` to the in-memory EMA student's images. (The model card code runs
+without fewstep in tests/export/test_export_roundtrip.py and test_export_pipeline_student.py.)"""
 
 from __future__ import annotations
 
@@ -18,29 +18,28 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from benchmarks.export_roundtrip import (
+    PIPELINES as FIXTURES,
+)
+from benchmarks.export_roundtrip import (
     PROMPTS,
-    SEED,
     Case,
     build_student,
     load_teacher,
     save_teacher,
-    student_inputs,
 )
 from fewstep.app.cli import app
-from fewstep.core.conditioning import PromptEmbeds
 from fewstep.export.diffusers_export import (
-    StudentPipeline,
     export_family,
     export_student,
 )
-from fewstep.teachers.diffusers.latents import decode
+from fewstep.export.student_pipeline import StudentPipeline
+from fewstep.testing.pipeline_fixtures import fixtures
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "teachers"))
 from teachers_helpers import diffusers_cfg
 from test_custom_and_errors import custom_cfg
 
 from fewstep.distill.trainer import Trainer
-from fewstep.teachers.diffusers.prompt_cache import pipeline_encode_fn
 
 PIPELINES = {"sd": "StableDiffusionPipeline", "pixart": "PixArtSigmaPipeline",
              "flux": "FluxPipeline"}
@@ -74,7 +73,7 @@ def test_decoupled_export_is_the_teachers_pipeline(teachers, tmp_path, family):
     step1 = getattr(diffusers, cls_name).from_pretrained(tmp_path / "e", subfolder=f"{comp}_step1",
                                                          use_safetensors=True)
     assert step1.dtype == torch.float32
-    want = getattr(st.steps[1], "net", None) or st.steps[1].unet
+    want = getattr(st.steps[1], comp)
     assert all(torch.equal(v, want.state_dict()[k]) for k, v in step1.state_dict().items())
     assert not torch.equal(getattr(pipe, comp).state_dict()[next(iter(want.state_dict()))],
                            next(iter(want.state_dict().values())))  # the steps differ
@@ -82,11 +81,13 @@ def test_decoupled_export_is_the_teachers_pipeline(teachers, tmp_path, family):
     with safe_open(str(vae), framework="pt") as f:  # the teacher's bf16 VAE copied as is
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # noqa: SIM118
     info = json.loads((tmp_path / "e" / "fewstep_student.json").read_text())
-    assert info["family"] == "diffusers" and info["network"]["class"] == cls_name
+    assert info["family"] == "pipeline" and info["network_class"] == cls_name
+    assert info["pipeline_class"] == PIPELINES[family] and info["component"] == comp
     assert info["step_subfolders"] == [comp, f"{comp}_step1"]
     assert info["dtypes"] == {"pipeline": "bfloat16", "denoiser": "float32"}
     card = (tmp_path / "e" / "README.md").read_text()
-    assert PIPELINES[family] in card and "dmd2" in card and "def call(net" in card
+    # the card samples through the stock pipeline's own __call__ (StudentScheduler)
+    assert PIPELINES[family] in card and "dmd2" in card and "pipe(prompt=" in card
     body = card.split("def few_step(")[1].split("\n\n\n")[0]
     assert len([ln for ln in body.splitlines()[1:] if ln.strip()]) <= 15
     assert "fewstep" not in card.split("```python")[1].split("```")[0].replace(
@@ -126,16 +127,17 @@ def test_lora_full_copies_the_base(teachers, tmp_path):
     pipe = diffusers.FluxPipeline.from_pretrained(tmp_path / "e", use_safetensors=True)
     assert type(pipe.transformer.transformer_blocks[0].attn.to_q).__name__ == "Linear"
     sp = StudentPipeline.from_pretrained(tmp_path / "e")
-    assert sp(PROMPTS[:1], seed=0).shape == (1, 3, 16, 16)
+    res = fixtures()[FIXTURES["flux"]].resolution
+    assert sp(PROMPTS[:1], seed=0).shape == (1, 3, res, res)
 
 
 def test_export_family_of_teacher_configs():
-    assert export_family({"kind": "diffusers", "family": "UNet2DConditionModel"}) == "diffusers"
-    assert export_family({"kind": "diffusers", "family": "ZImageTransformer2DModel"}) == "zimage"
+    # any pipeline teacher (every family, read generically) exports through its pipeline
+    assert export_family({"kind": "diffusers", "pipeline_class": "StableDiffusionPipeline"}) \
+        == "pipeline"
+    assert export_family({"kind": "zimage", "pipeline_class": "ZImagePipeline"}) == "pipeline"
     assert export_family({"kind": "unet_eps"}) == "unet_eps"
-    assert export_family({"kind": "custom"}) is None
-    with pytest.raises(ValueError, match="no diffusers export for denoiser 'Foo'"):
-        export_family({"kind": "diffusers", "family": "Foo"})
+    assert export_family({"kind": "custom"}) is None  # fewstep's own format
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +151,7 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_cli_export_and_sample_of_a_trained_sd_run(stacks, tmp_path):
-    cfg = diffusers_cfg(stacks, "sd", 16, 16, method="regression",
+    cfg = diffusers_cfg(stacks, "sd", 16, None, method="regression",
                         student={"num_steps": 2, "parameterization": "lora", "lora_rank": 2},
                         train={"iterations": 1, "batch_size": 2, "log_every": 1})
     tr = Trainer(cfg, tmp_path / "run", progress=False)
@@ -159,22 +161,22 @@ def test_cli_export_and_sample_of_a_trained_sd_run(stacks, tmp_path):
                             str(tmp_path / "exp")])
     assert r.exit_code == 0, r.output
     info = json.loads((tmp_path / "exp" / "fewstep_student.json").read_text())
-    assert info["teacher"]["kind"] == "diffusers" and info["network"]["path"] == "vp"
+    assert info["teacher"]["kind"] == "diffusers" and info["scheduler"]["vp"] is True
     assert "regression" in (tmp_path / "exp" / "README.md").read_text()
     r = runner.invoke(app, ["sample", "--student", str(tmp_path / "exp"), "--prompt",
                             PROMPTS[0], "--num", "2", "--seed", "4", "--out",
                             str(tmp_path / "samples")])
     assert r.exit_code == 0, r.output
     got = load_file(str(tmp_path / "samples" / "samples.safetensors"))["images"]
-    rows = pipeline_encode_fn(tr.teacher.pipeline, 16, "cpu")([PROMPTS[0]])
-    cond = PromptEmbeds.from_list(rows).repeat_interleave(2)
-    g = torch.Generator().manual_seed(4)
-    noise = torch.randn((2, *tr.teacher.problem.data_shape), generator=g)
+    # the in-memory EMA student on the noise the export's sampler draws for seed 4
+    x, eps = StudentPipeline.from_pretrained(tmp_path / "exp")._noises(
+        2, torch.Generator().manual_seed(4))
+    cond = tr.teacher.problem.cond_map(torch.tensor([0, 0]))  # PROMPTS[0] twice
     with torch.no_grad():
-        x0 = tr.ema.generate(noise, cond, generator=g).sample
-        want = decode(tr.teacher.pipeline.vae, x0).float()
+        x0 = tr.ema.generate(x, cond, step_noises=eps).sample
+        want = tr.teacher.codec.decode(x0).float()
     assert torch.isfinite(got).all()
-    assert torch.equal(got, want)
+    assert (got - want).abs().max() <= 1e-5
 
 
 def test_custom_kind_student_with_reference_is_one_line_error(tmp_path):
@@ -186,17 +188,3 @@ def test_custom_kind_student_with_reference_is_one_line_error(tmp_path):
     msg = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(msg) == 1 and msg[0].count("--components") == 1 and "custom" in msg[0], r.output
     assert not (tmp_path / "exp").exists()  # nothing written, not even the folder
-
-
-def test_zimage_through_the_generic_kind_exports_as_zimage(teachers, tmp_path):
-    teacher = load_teacher("zimage", save_teacher("zimage", "float32", teachers), "float32")
-    teacher.config.update(kind="diffusers", family="ZImageTransformer2DModel",
-                          pipeline_class="ZImagePipeline")
-    st = build_student(teacher, Case("zimage", "lora", "float32"))
-    export_student(st, tmp_path / "e", teacher.config, teacher.pipeline, "auto", 0,
-                   teacher.latent_shape)
-    info = json.loads((tmp_path / "e" / "fewstep_student.json").read_text())
-    assert info["family"] == "zimage" and info["teacher"]["kind"] == "diffusers"
-    _, want = student_inputs(teacher, st)
-    got = StudentPipeline.from_pretrained(tmp_path / "e")(PROMPTS, seed=SEED)
-    assert torch.equal(got, decode(teacher.pipeline.vae, want).float())

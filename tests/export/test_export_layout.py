@@ -12,10 +12,10 @@ from safetensors import safe_open
 
 from benchmarks.export_roundtrip import Case, build_student, load_teacher, save_teacher
 from fewstep.export.diffusers_export import (
-    StudentPipeline,
     export_student,
     normalise_components,
 )
+from fewstep.export.student_pipeline import StudentPipeline
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_decoupled_export_loads_with_stock_classes(teachers, tmp_path):
         with safe_open(str(path), framework="pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # noqa: SIM118
     sp = StudentPipeline.from_pretrained(tmp_path / "e")
-    assert sp.vae.dtype == torch.bfloat16  # fewstep reloads the VAE as saved too
+    assert sp.reading.pipe.vae.dtype == torch.bfloat16  # fewstep reloads the VAE as saved
 
 
 def test_model_card_and_info(teachers, tmp_path):

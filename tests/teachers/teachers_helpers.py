@@ -16,16 +16,20 @@ PROMPTS = ["a red cat", "the green tree", "a photo of a big blue dog"]
 
 #: family -> (builder name in fewstep.testing, resolution in pixels, text tokens)
 FAMILY_SPECS = {"zimage": ("build_tiny_zimage_pipeline", 32, 64),
-                "sd": ("build_tiny_sd_pipeline", 16, 16),
+                "sd": ("build_tiny_sd_pipeline", 16, None),  # no max_sequence_length
                 "pixart": ("build_tiny_pixart_pipeline", 16, 16),
                 "flux": ("build_tiny_flux_pipeline", 16, 16)}
 
 
-def diffusers_cfg(stacks: dict[str, Path], family: str, resolution: int, max_seq: int,
+def diffusers_cfg(stacks: dict[str, Path], family: str, resolution: int, max_seq: int | None,
                   **sections: Any) -> DistillConfig:
     teacher = {"kind": "diffusers", "pretrained": str(stacks[family]),
                "prompts": str(stacks["prompts"]), "resolution": resolution,
-               "max_sequence_length": max_seq, "steps": 4, **sections.pop("teacher", {})}
+               "steps": 4, **sections.pop("teacher", {})}
+    if max_seq is not None:
+        teacher.setdefault("max_sequence_length", max_seq)
+    if family == "pixart":  # its aspect-ratio binning snaps 16 px to a >= 256 px bin
+        teacher.setdefault("call_kwargs", {"use_resolution_binning": False})
     data = {"data": "prompts", "teacher": teacher,
             "cache": {"dir": str(stacks["cache"]), "size": 4, "shard_size": 4, "batch_size": 4},
             **sections}

@@ -123,25 +123,39 @@ def test_bad_builder_on_the_command_line_is_one_line_exit_2(tmp_path):
     assert "teacher.builder: cannot import 'no_such_module_xyz:build'" in r.stderr
 
 
-def _index(folder: Path, **components: list[str | None]) -> None:
+def _index(folder: Path, cls: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_index.json").write_text(json.dumps(
-        {"_class_name": "SomePipeline", "_diffusers_version": "0.42.1", **components}))
+        {"_class_name": cls, "_diffusers_version": "0.42.1"}))
 
 
-@pytest.mark.parametrize(("components", "message"), [
-    ({"vae": ["diffusers", "AutoencoderKL"], "prior": ["diffusers", "PriorTransformer"]},
-     r"unsupported pipeline SomePipeline: its denoiser is neither a transformer nor a UNet"),
-    ({"vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DModel"]},
-     r"unsupported denoiser UNet2DModel \(unknown call signature"),
-    ({"transformer": ["diffusers", "PixArtTransformer2DModel"]}, r"has no VAE"),
+@pytest.mark.parametrize(("cls", "message"), [
+    # a prior (its "denoiser" makes image embeddings, not images)
+    ("StableCascadePriorPipeline", r"StableCascadePriorPipeline is not supported \(cascaded: "
+                                   r"Stable Cascade stage C: outputs image embeddings\)"),
+    # a UNet2DModel pipeline: no prompt at all
+    ("DDPMPipeline", r"DDPMPipeline is not supported \(unconditional: "),
 ])
-def test_unsupported_pipelines(saved_pipelines, tmp_path, components, message):
-    _index(tmp_path / "pipe", **components)
+def test_unsupported_pipelines(saved_pipelines, tmp_path, cls, message):
+    _index(tmp_path / "pipe", cls)
     _, res, seq = FAMILY_SPECS["pixart"]
     stacks = {**saved_pipelines, "pixart": tmp_path / "pipe"}
-    with pytest.raises(ConfigError, match=r"teacher\.pretrained: .*" + message):
+    with pytest.raises(ConfigError, match=r"^teacher\.pretrained: " + message) as e:
         load_run_teacher(diffusers_cfg(stacks, "pixart", res, seq), "cpu")
+    assert "\n" not in str(e.value)
+
+
+def test_pipeline_without_its_vae_folder_is_refused(saved_pipelines, tmp_path):
+    folder = tmp_path / "pixart_novae"
+    shutil.copytree(saved_pipelines["pixart"], folder)
+    shutil.rmtree(folder / "vae")
+    _, res, seq = FAMILY_SPECS["pixart"]
+    with pytest.raises(ConfigError, match=r"^teacher\.pretrained: .*pixart_novae lacks the "
+                                          r"component 'vae' \(AutoencoderKL\) that "
+                                          r"model_index\.json lists: no folder vae/$") as e:
+        load_run_teacher(diffusers_cfg({**saved_pipelines, "pixart": folder}, "pixart", res,
+                                       seq), "cpu")
+    assert "\n" not in str(e.value)
 
 
 def test_pickle_only_folder_is_refused_with_how_to_convert(saved_pipelines, tmp_path):
@@ -159,8 +173,9 @@ def test_pickle_only_folder_is_refused_with_how_to_convert(saved_pipelines, tmp_
 def test_zimage_kind_refuses_other_families(saved_pipelines):
     _, res, seq = FAMILY_SPECS["sd"]
     cfg = diffusers_cfg(saved_pipelines, "sd", res, seq, teacher={"kind": "zimage"})
-    with pytest.raises(ConfigError, match=r"teacher\.kind: zimage needs a "
-                                          r"ZImageTransformer2DModel .* UNet2DConditionModel"):
+    with pytest.raises(ConfigError, match=r"teacher\.kind: this kind needs a ZImagePipeline "
+                                          r"but .* holds a StableDiffusionPipeline; use "
+                                          r"teacher\.kind diffusers"):
         load_run_teacher(cfg, "cpu")
 
 

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fewstep.core.samplers import euler_sample
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.context import Batch, DataNeeds
 from fewstep.distill.engine.distributed import DistEnv
@@ -64,7 +63,8 @@ class BatchSource:
                 shift=t.shift, cfg_scale=t.cfg_scale, mid_sigma=self.mid_sigma,
                 size=c.cache.size, shard_size=min(c.cache.shard_size, c.cache.size),
                 seed=c.train.seed, batch_size=c.cache.batch_size, device=self.device,
-                sigmas=t.sigmas, noise_scale=t.noise_scale)
+                sigmas=t.sigmas, noise_scale=t.noise_scale,
+                sampler=t.sample if t.sampler is not None else None)
             b = c.train.batch_size
             self.reader = cache.reader(b, c.train.seed, pairs=self.needs.teacher_pairs,
                                        real=self.needs.real == "teacher_cache",
@@ -126,5 +126,4 @@ class BatchSource:
         noise = torch.randn((b, *p.data_shape), generator=self.gen).to(self.device)
         cond = p.cond_map(p.sample_cond(b, self.gen, self.device))
         noise, cond = self.dist.shard(noise, b), self.dist.shard(cond, b)  # only this rank's
-        t = self.teacher
-        return euler_sample(t.denoiser, t.start(noise), cond, t.sigmas, t.cfg_scale).sample, cond
+        return self.teacher.sample(noise, cond).sample, cond

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from fewstep.core.denoiser import Denoiser
 from fewstep.core.levels import teacher_sigmas
 from fewstep.core.noise_correction import default_noise_correction
-from fewstep.core.samplers import euler_sample
+from fewstep.core.samplers import Trajectory, euler_sample
 from fewstep.distill.engine.cache_shards import VerifiedShard
 from fewstep.errors import CheckpointError
 from fewstep.utils.files import atomic_write_bytes, load_tensors, save_tensors
@@ -68,6 +68,9 @@ class TeacherCache:
         steps / shift / cfg_scale: the teacher's sampler.
         mid_sigma: level for the ``mid`` estimate (``None``: not stored).
         size / shard_size / seed: how many entries, per shard, and the base seed.
+        sampler: the teacher's own sampler ``(noise, cond) -> Trajectory`` (e.g.
+            :meth:`~fewstep.teachers.base.LoadedTeacher.sample` of a pipeline teacher, which
+            steps the pipeline's scheduler); ``None``: Euler at ``sigmas``.
     """
 
     def __init__(self, root: str | Path, teacher: Denoiser, teacher_id: str,
@@ -75,7 +78,8 @@ class TeacherCache:
                  steps: int = 8, shift: float = 1.0, cfg_scale: float = 1.0,
                  mid_sigma: float | None = None, size: int = 10000, shard_size: int = 2000,
                  seed: int = 0, batch_size: int = 1000, device: str | torch.device = "cpu",
-                 sigmas: Tensor | None = None, noise_scale: float = 1.0) -> None:
+                 sigmas: Tensor | None = None, noise_scale: float = 1.0,
+                 sampler: Callable[[Tensor, Any], Trajectory] | None = None) -> None:
         self.teacher = teacher
         self.data_shape = tuple(data_shape)
         self.cond_sampler, self.cond_map = cond_sampler, cond_map
@@ -100,6 +104,9 @@ class TeacherCache:
             spec["noise_scale"] = self.noise_scale
         if corrected:
             spec["noise_correction"] = True
+        self.sampler = sampler  # the teacher's own sampler (a pipeline's scheduler)
+        if sampler is not None:
+            spec["sampler"] = "teacher's own"
         self.fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
         self.dir = Path(root) / self.fingerprint[:16]
         self.spec = spec
@@ -123,8 +130,11 @@ class TeacherCache:
         for s in range(0, n, self.batch_size):
             e = eps[s:s + self.batch_size].to(self.device)
             c = None if ids is None else ids[s:s + self.batch_size].to(self.device)
-            traj = euler_sample(self.teacher, e * self.noise_scale, self.cond_map(c), self.sigmas,
-                                self.cfg_scale)
+            if self.sampler is not None:
+                traj = self.sampler(e, self.cond_map(c))
+            else:
+                traj = euler_sample(self.teacher, e * self.noise_scale, self.cond_map(c),
+                                    self.sigmas, self.cfg_scale)
             samples.append(traj.sample.float().cpu())
             if self.mid_index is not None:
                 mids.append(traj.x0s[self.mid_index].float().cpu())

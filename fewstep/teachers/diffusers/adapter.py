@@ -1,15 +1,22 @@
-"""``teacher.kind: diffusers`` (and its alias ``zimage``) -- any diffusers text-to-image pipeline
-whose denoiser (``pipe.transformer`` or ``pipe.unet``) belongs to a family of
-:data:`fewstep.teachers.diffusers.families.FAMILIES`.
+"""``teacher.kind: diffusers`` -- any text-to-image diffusers pipeline, read from the pipeline
+itself (``zimage``: the same, restricted to a Z-Image pipeline).
 
-Read from the pipeline itself: flow matching vs VP (the scheduler class; ``alphas_cumprod``),
-what the network predicts (``prediction_type``; flow: velocity times the family sign), the shift
-(``shift`` / ``use_dynamic_shifting``), the N-step levels (``teacher.levels: pipeline``, see
-:func:`fewstep.core.levels.pipeline_sigmas`), the latent shape and scaling (the VAE config) and
-the prompt encoding (its own ``encode_prompt``, cached under
-``cache.dir/prompt_embeds/<key>``; the empty prompt is the CFG null condition). Guidance:
-``teacher.cfg_scale`` is our ``w`` (``d_u + w (d_c - d_u)``); the pipeline's ``guidance_scale``
-g is ``w = g`` for SD / PixArt / Flux ``true_cfg_scale`` and ``w = 1 + g`` for Z-Image.
+:meth:`DiffusersTeacher.load` checks the folder (pipeline class, components) before the weights,
+loads the pipeline (safetensors only), reads it (:func:`.pipeline_reading.read_pipeline`: one
+recording of ``__call__`` at ``teacher.resolution`` and ``teacher.steps``), captures every
+prompt's conditioning as ``__call__`` passes it (:class:`.conditioning_cache.ConditioningCache`,
+under ``cache.dir``) and builds the :class:`~fewstep.teachers.base.LoadedTeacher`:
+
+* ``denoiser``: :class:`.pipeline_denoiser.PipelineDenoiser`, ``D(x, s, cond) -> x0_hat``;
+* ``sampler`` (``teacher.levels: pipeline``, the default): a copy of the pipeline's scheduler
+  stepped with it (:func:`.scheduler_sample`), from the recorded initial noise scale;
+  ``uniform`` / a list: fewstep's Euler sampler at those levels;
+* ``sampling.cfg_scale``: ``teacher.cfg_scale`` (our ``w``) or the pipeline's own default
+  guidance in ``w`` units;
+* ``problem``: :class:`~fewstep.data.prompts.PromptProblem` of the recorded latent shape,
+  decoding through the family's decoder or the generic one.
+
+Every problem is one line naming ``teacher.pretrained`` (or ``teacher.call_kwargs``).
 """
 
 from __future__ import annotations
@@ -24,8 +31,6 @@ import diffusers
 import torch
 from torch import Tensor, nn
 
-from fewstep.core.conditioning import PromptEmbeds
-from fewstep.core.denoiser import Denoiser
 from fewstep.core.levels import resolve_teacher_sigmas
 from fewstep.data.prompts import PROMPTS_DATA, PromptProblem
 from fewstep.errors import ConfigError
@@ -41,60 +46,23 @@ from fewstep.teachers.base import (
     sampling_config,
     torch_dtype,
 )
-from fewstep.teachers.diffusers.denoisers import FlowPipelineDenoiser, VPPipelineDenoiser
-from fewstep.teachers.diffusers.families import FAMILIES, Family
-from fewstep.teachers.diffusers.latents import LatentCodec
-from fewstep.teachers.diffusers.prompt_cache import (
-    PromptCache,
-    encoder_fingerprint,
-    pipeline_encode_fn,
-    read_prompt_file,
-)
-from fewstep.teachers.diffusers.zimage import ZImageDenoiser
+from fewstep.teachers.diffusers import family_entries as _entries  # noqa: F401  (built-ins)
+from fewstep.teachers.diffusers.conditioning_cache import ConditioningCache
+from fewstep.teachers.diffusers.families import family_for
+from fewstep.teachers.diffusers.meta import meta_denoiser
+from fewstep.teachers.diffusers.pipeline_reading import PipelineReading, read_pipeline
+from fewstep.teachers.diffusers.prompt_cache import read_prompt_file
+from fewstep.teachers.diffusers.recorder import DENOISER_NAMES
+from fewstep.teachers.diffusers.scheduler_sampler import scheduler_sample
+from fewstep.teachers.diffusers.support import check_folder, refusal
 from fewstep.teachers.safety import require_safetensors
 
 if TYPE_CHECKING:
     from fewstep.teachers.spec import TeacherSpec
 
 log = logging.getLogger(__name__)
-
-def denoiser_of(pipe: Any) -> nn.Module:
-    """``pipe.transformer`` or ``pipe.unet``; ``ConfigError`` if neither."""
-    for name in ("transformer", "unet"):
-        net = getattr(pipe, name, None)
-        if isinstance(net, nn.Module):
-            return net
-    raise ConfigError(f"teacher.pretrained: unsupported pipeline {type(pipe).__name__}: its "
-                      "denoiser is neither a transformer nor a UNet")
-
-
-def family_of(net: nn.Module) -> Family:
-    name = type(net).__name__
-    if name not in FAMILIES:
-        raise ConfigError(f"teacher.pretrained: unsupported denoiser {name} (unknown call "
-                          f"signature; known: {', '.join(sorted(FAMILIES))}); add a family "
-                          "entry, see docs/adapters.md")
-    return FAMILIES[name]
-
-
-def latent_multiple(net: nn.Module) -> int:
-    """Latent pixels per token side (patch size; UNet: its downsampling; Flux: 2x2 packing)."""
-    cfg = net.config
-    if type(net).__name__ == "FluxTransformer2DModel":
-        return 2 * int(cfg.get("patch_size", 1))
-    if "all_patch_size" in cfg:
-        return int(next(iter(cfg["all_patch_size"])))
-    if cfg.get("patch_size"):
-        return int(cfg["patch_size"])
-    return 2 ** (len(cfg.get("block_out_channels", [0])) - 1)
-
-
-def latent_shape(vae_config: Any, multiple: int, resolution: int) -> tuple[int, int, int]:
-    f = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    if resolution % (f * multiple) != 0:
-        raise ConfigError(f"teacher.resolution: {resolution} is not divisible by {f * multiple} "
-                          f"(VAE factor {f} x latent multiple {multiple})")
-    return int(vae_config["latent_channels"]), resolution // f, resolution // f
+#: components that stay on the device once the prompt cache is complete
+_KEEP_ON_DEVICE = ("vae", "movq")
 
 
 def check_prompt_file(path: str) -> None:
@@ -104,81 +72,65 @@ def check_prompt_file(path: str) -> None:
         raise ConfigError(f"teacher.prompts: {path} holds no prompts (one per line)")
 
 
-def prompt_cache_for(pipe: Any, prompt_file: str, cache_root: str | Path,
-                     max_sequence_length: int, device: torch.device | str,
-                     family: Family | None = None) -> PromptCache:
-    """The :class:`PromptCache` of ``prompt_file`` under ``cache_root/prompt_embeds/<key>``,
-    ``key`` = hash of the encoder fingerprint and the prompt file's content."""
-    check_prompt_file(prompt_file)
-    path = Path(prompt_file)
-    fp = encoder_fingerprint(pipe, max_sequence_length)
-    key = hashlib.sha256((fp + hashlib.sha256(path.read_bytes()).hexdigest()).encode())
-    folder = Path(cache_root).expanduser() / "prompt_embeds" / key.hexdigest()[:16]
-    fam = family or Family(call=lambda *a: None)
-    fn = pipeline_encode_fn(pipe, max_sequence_length, device, fam.mask_index, fam.pooled_index)
-    return PromptCache(folder, path, fn, fp)
-
-
-def load_pipeline(pretrained: str, dtype: str) -> Any:
-    """``DiffusionPipeline.from_pretrained`` from safetensors only (never remote code)."""
-    from diffusers import DiffusionPipeline
-
-    require_safetensors(pretrained)
+def check_pipeline_source(pretrained: str, family_required: str | None = None,
+                          field: str = "teacher.pretrained",
+                          only: tuple[str, ...] | None = None) -> None:
+    """Before any weights: a supported pipeline class with every component it lists (``only``:
+    just these) in a local folder; :class:`ConfigError` naming ``field`` otherwise."""
     try:
-        pipe = DiffusionPipeline.from_pretrained(pretrained, use_safetensors=True,
-                                                 **dtype_kwargs(torch_dtype(dtype)))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"teacher.pretrained: cannot load a diffusers pipeline (safetensors "
+        cls = check_folder(pretrained, only)
+    except (ValueError, OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{field}: {first_line(e)}") from None
+    if cls is None:
+        return
+    reason = refusal(cls)
+    if reason is not None:
+        raise ConfigError(f"{field}: {reason}")
+    if family_required and cls != family_required:
+        raise ConfigError(f"teacher.kind: this kind needs a {family_required} but "
+                          f"{pretrained} holds a {cls}; use teacher.kind diffusers")
+
+
+def load_pipeline(pretrained: str, dtype: str, field: str = "teacher.pretrained") -> Any:
+    """``DiffusionPipeline.from_pretrained`` from safetensors only (never remote code)."""
+    require_safetensors(pretrained, field)
+    try:
+        pipe = diffusers.DiffusionPipeline.from_pretrained(
+            pretrained, use_safetensors=True, **dtype_kwargs(torch_dtype(dtype)))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{field}: cannot load a diffusers pipeline (safetensors "
                           f"only) from {pretrained}: {first_line(e)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def pipeline_denoiser(pipe: Any, net: nn.Module, family: Family,
-                   null: PromptEmbeds | None) -> Denoiser:
-    """The fewstep denoiser of ``pipe``'s network (flow or VP, read from its scheduler)."""
-    sched = pipe.scheduler
-    fam_name = type(net).__name__
-    if fam_name == "ZImageTransformer2DModel":
-        return ZImageDenoiser(net, null_embeds=None if null is None else null.to_list()[0])
-    if type(sched).__name__.startswith("FlowMatch"):
-        return FlowPipelineDenoiser(net, fam_name, null)
-    if not hasattr(sched, "alphas_cumprod"):
-        raise ConfigError(f"teacher.pretrained: unsupported scheduler {type(sched).__name__} "
-                          "(neither flow matching nor alphas_cumprod)")
-    pred = sched.config.get("prediction_type", "epsilon")
-    if pred not in ("epsilon", "v_prediction", "sample"):
-        raise ConfigError(f"teacher.pretrained: unsupported prediction_type {pred!r}")
-    return VPPipelineDenoiser(net, sched.alphas_cumprod, fam_name, pred, null)
-
-
-def warn_x0_clipping(scheduler: Any) -> None:
-    cfg = scheduler.config
-    if cfg.get("clip_sample") or cfg.get("thresholding"):
-        what = "clip_sample" if cfg.get("clip_sample") else "thresholding"
-        log.warning("the pipeline's scheduler %s has %s=True (it clips / thresholds x0 at every "
-                    "step); fewstep's teacher sampler does not, so its samples can differ from "
-                    "the pipeline's", type(scheduler).__name__, what)
+def offload_text_encoders(pipe: Any, reading: PipelineReading) -> None:
+    """Move every module but the denoiser and the decoder to the CPU (the prompt cache holds
+    what they computed)."""
+    keep = {reading.spec.denoiser, *_KEEP_ON_DEVICE}
+    for name, m in pipe.components.items():
+        if isinstance(m, nn.Module) and name not in keep:
+            m.to("cpu")
 
 
 @TEACHER_KINDS.register("diffusers")
 class DiffusersTeacher(TeacherAdapter):
     """Any supported diffusers text-to-image pipeline (see module docstring)."""
-    fields = ("pretrained", "prompts", "resolution")
+
+    fields = ("pretrained", "prompts", "resolution", "call_kwargs")
     family_required: ClassVar[str | None] = None
-    default_levels: ClassVar[str] = "pipeline"
 
     def check(self, spec: TeacherSpec) -> None:
         super().check(spec)
-        if spec.pretrained is None:
-            raise ValueError(f"teacher.pretrained: required for teacher.kind {self.kind} (a "
-                             "diffusers pipeline folder or hub id)")
-        if spec.prompts is None:
-            raise ValueError(f"teacher.prompts: required for teacher.kind {self.kind} (a text "
-                             "file, one prompt per line)")
-        if spec.resolution is None:
-            raise ValueError(f"teacher.resolution: required for teacher.kind {self.kind} "
-                             "(image size in pixels, e.g. 1024)")
+        for name, what in (("pretrained", "a diffusers pipeline folder or hub id"),
+                           ("prompts", "a text file, one prompt per line"),
+                           ("resolution", "image size in pixels, e.g. 1024")):
+            if getattr(spec, name) is None:
+                raise ValueError(f"teacher.{name}: required for teacher.kind {self.kind} "
+                                 f"({what})")
+        if spec.steps < 2:
+            raise ValueError(f"teacher.steps: a pipeline teacher needs at least 2 steps "
+                             f"(got {spec.steps})")
 
     def check_data(self, spec: TeacherSpec, data: DataRef) -> None:
         if data != PROMPTS_DATA:
@@ -189,153 +141,99 @@ class DiffusersTeacher(TeacherAdapter):
              ) -> LoadedTeacher:
         assert spec.pretrained is not None and spec.prompts is not None
         check_prompt_file(spec.prompts)  # before the (slow) weights
-        self.meta(spec, data=data)  # configs only: family, VAE, resolution
+        check_pipeline_source(spec.pretrained, self.family_required)
         return self.from_pipeline(load_pipeline(spec.pretrained, spec.dtype), spec,
                                   cache_dir=cache_dir, device=device)
 
     def from_pipeline(self, pipe: Any, spec: TeacherSpec, *, cache_dir: str,
                       device: torch.device | str) -> LoadedTeacher:
-        """Wrap an already loaded pipeline (moved to ``device`` and frozen)."""
+        """Read an already loaded pipeline (moved to ``device`` and frozen)."""
         t = spec
         assert t.prompts is not None and t.resolution is not None
-        net = denoiser_of(pipe)
-        family = family_of(net)
-        self._check_family(net)
-        vae = getattr(pipe, "vae", None)
-        if not isinstance(vae, nn.Module):
-            raise ConfigError(f"teacher.pretrained: {type(pipe).__name__} has no VAE; fewstep "
-                              "trains in a VAE's latent space (pipeline needs vae/)")
-        if not hasattr(pipe, "encode_prompt"):
-            raise ConfigError(f"teacher.pretrained: unsupported pipeline {type(pipe).__name__}: "
-                              "no encode_prompt (only text-to-image pipelines)")
-        shape = latent_shape(vae.config, latent_multiple(net), t.resolution)
+        if self.family_required and type(pipe).__name__ != self.family_required:
+            raise ConfigError(f"teacher.kind: {self.kind} needs a {self.family_required}, got "
+                              f"{type(pipe).__name__}; use teacher.kind diffusers")
         device = torch.device(device)
         pipe = pipe.to(device)
         for m in pipe.components.values():
             if isinstance(m, nn.Module):
                 m.eval().requires_grad_(False)
-        prompts = prompt_cache_for(pipe, t.prompts, cache_dir, t.max_sequence_length,
-                                   device, family)
-        # every embedding is cached now: text encoders only re-encode a corrupted shard
+        kw = dict(t.call_kwargs)
+        if t.max_sequence_length is not None:
+            kw["max_sequence_length"] = t.max_sequence_length
+        try:
+            reading = read_pipeline(pipe, t.resolution, t.resolution, t.steps, kw)
+        except ValueError as e:
+            field = "teacher.call_kwargs" if "call argument" in str(e) or "takes no argument" \
+                in str(e) else "teacher.pretrained"
+            if "'max_sequence_length'" in str(e) and t.max_sequence_length is not None:
+                field = "teacher.max_sequence_length"
+            elif "divisible" in str(e):  # the pipeline's own size check (its check_inputs)
+                field = "teacher.resolution"
+            raise ConfigError(f"{field}: {first_line(e)}") from None
+        check_prompt_file(t.prompts)
+        prompt_bytes = Path(t.prompts).read_bytes()
+        cache = ConditioningCache(cache_dir, pipe, reading.spec, reading.call_kwargs,
+                                  read_prompt_file(t.prompts),
+                                  hashlib.sha256(prompt_bytes).hexdigest())
         if device.type != "cpu":
-            for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-                m = getattr(pipe, name, None)
-                if isinstance(m, nn.Module):
-                    m.to("cpu")
-            prompts.encode_fn = pipeline_encode_fn(pipe, t.max_sequence_length, "cpu",
-                                                   family.mask_index, family.pooled_index)
-        null = prompts.null(1)
-        den = pipeline_denoiser(pipe, net, family, null).to(device).eval().requires_grad_(False)
-        sched = pipe.scheduler
-        warn_x0_clipping(sched)
-        flow = type(sched).__name__.startswith("FlowMatch")
-        own_shift = float(sched.config.get("shift", 1.0) or 1.0) if flow else 1.0
-        shift = t.shift or own_shift
-        seq_len = (shape[1] // 2) * (shape[2] // 2)
-        sig, scale = resolve_teacher_sigmas(t.levels or self.default_levels, t.steps, shift,
-                                            sched, seq_len)
-        codec = LatentCodec(vae)
+            offload_text_encoders(pipe, reading)
+        den = reading.denoiser(cache.null()).eval().requires_grad_(False)
+        pr = reading.spec.probe
+        levels = t.levels or "pipeline"
+        sampler: Any = None
+        w0 = reading.spec.guidance.w if reading.spec.guidance is not None else 1.0
+        if levels == "pipeline":
+            sig, scale = pr.distinct_levels(), reading.init_scale
 
-        @torch.no_grad()
+            def own_sampler(x_t: Tensor, cond: Any, w: float) -> Any:
+                return scheduler_sample(den, x_t, cond, w)
+            sampler = own_sampler
+        else:
+            sc = pipe.scheduler.config  # the scheduler's static shift (not its dynamic mu)
+            own_shift = 1.0 if sc.get("use_dynamic_shifting") else float(sc.get("shift") or 1.0)
+            sig, scale = resolve_teacher_sigmas(levels, t.steps, t.shift or own_shift)
+            sampler = None
+        codec = reading.codec()
+
         def to_images(latents: Tensor) -> Tensor:
             return codec.decode(latents).float()
 
-        problem = PromptProblem(shape, prompts, decode=to_images)
+        problem = PromptProblem(reading.spec.latent_chw, cache, decode=to_images)
         tcfg = {"kind": self.kind, "pretrained": t.pretrained, "dtype": t.dtype,
-                "resolution": t.resolution, "latent_shape": list(shape),
-                "max_sequence_length": t.max_sequence_length,
-                "pipeline_class": type(pipe).__name__, "family": type(net).__name__,
-                "builder": list(den.builder_spec()),
-                "sampling": sampling_config(t, sig, shift, 1.0, scale)}
-        info = {**tcfg, "prompts_sha256": prompts.prompt_sha256}
-        return LoadedTeacher(den, tcfg, identity_of(info, net), problem, pipe, codec)
-
-    def _check_family(self, net: nn.Module) -> None:
-        if self.family_required and type(net).__name__ != self.family_required:
-            raise ConfigError(f"teacher.kind: {self.kind} needs a {self.family_required} but the "
-                              f"pipeline's denoiser is {type(net).__name__}; use teacher.kind "
-                              "diffusers")
+                "resolution": t.resolution, "latent_shape": list(reading.spec.latent_chw),
+                "max_sequence_length": t.max_sequence_length, "call_kwargs": t.call_kwargs,
+                "pipeline_class": type(pipe).__name__, "component": reading.spec.denoiser,
+                "family": type(reading.network).__name__,
+                "input_layout": reading.input_layout, "loop_layout": reading.spec.loop_layout.name,
+                "noise_dtype": str(reading.noise_dtype).removeprefix("torch."),
+                "attributes": reading.attributes,
+                "prediction_type": pr.prediction, "path": pr.path,
+                "sampling": sampling_config(t, sig, t.shift or 1.0, w0, scale)}
+        info = {**tcfg, "prompts_sha256": hashlib.sha256(prompt_bytes).hexdigest(),
+                "conditioning": cache.key, "reading": reading.describe()}
+        return LoadedTeacher(den, tcfg, identity_of(info, reading.network), problem, pipe,
+                             codec, sampler)
 
     def meta(self, spec: TeacherSpec, *, data: DataRef) -> MetaTeacher:
-        t = spec
-        assert t.pretrained is not None and t.resolution is not None
+        assert spec.pretrained is not None and spec.resolution is not None
+        check_pipeline_source(spec.pretrained, self.family_required,  # configs: no tokenizer
+                              only=(*DENOISER_NAMES, "vae", "movq"))
         try:
-            index = _pipeline_index(t.pretrained)
-            sub = next((n for n in ("transformer", "unet") if index.get(n)), None)
-            if sub is None:
-                raise ConfigError(f"teacher.pretrained: unsupported pipeline "
-                                  f"{index.get('_class_name')}: its denoiser is neither a "
-                                  "transformer nor a UNet")
-            if not index.get("vae"):
-                raise ConfigError(f"teacher.pretrained: {index.get('_class_name', 'the pipeline')}"
-                                  " has no VAE; fewstep trains in a VAE's latent space (pipeline "
-                                  "needs vae/)")
-            cls_name = index[sub]
-            model_cls = getattr(diffusers, cls_name, None)
-            if model_cls is None or cls_name not in FAMILIES:
-                raise ConfigError(f"teacher.pretrained: unsupported denoiser {cls_name} (unknown "
-                                  f"call signature; known: {', '.join(sorted(FAMILIES))}); add "
-                                  "a family entry, see docs/adapters.md")
-            ncfg = model_cls.load_config(t.pretrained, subfolder=sub)
-            vcfg = diffusers.AutoencoderKL.load_config(t.pretrained, subfolder="vae")
+            den, shape, cls = meta_denoiser(spec.pretrained, spec.resolution, family_for)
         except (OSError, ValueError, KeyError) as e:
             raise ConfigError(f"teacher.pretrained: cannot read the pipeline's configs from "
-                              f"{t.pretrained}: {first_line(e)}") from None
-        with torch.device("meta"):
-            net = model_cls.from_config(ncfg)
-        self._check_family(net)
-        den: nn.Module  # the wrapper's own buffers are small: built off meta
-        if cls_name == "ZImageTransformer2DModel":
-            den = ZImageDenoiser(net)
-        elif str(index.get("scheduler", "FlowMatch")).startswith("FlowMatch"):
-            den = FlowPipelineDenoiser(net, cls_name)
-        else:  # placeholder levels (counting only)
-            den = VPPipelineDenoiser(net, torch.linspace(0.999, 0.001, 1000), cls_name)
-        shape = latent_shape(vcfg, latent_multiple(net), t.resolution)
-        return MetaTeacher(den, shape, 0,
-                           {"kind": self.kind, "pretrained": t.pretrained, "family": cls_name})
-
-
-def _pipeline_index(pretrained: str) -> dict[str, str | None]:
-    """Component name -> class name, from ``model_index.json`` or (a local folder without
-    one) from each component's own config."""
-    try:
-        raw = diffusers.DiffusionPipeline.load_config(pretrained)
-        out: dict[str, str | None] = {"_class_name": raw.get("_class_name")}
-        for k, v in raw.items():
-            if isinstance(v, list | tuple) and len(v) == 2:
-                out[k] = v[1]
-        return out
-    except (OSError, ValueError):
-        root = Path(pretrained).expanduser()
-        if not root.is_dir():
-            raise
-    out = {}
-    for sub in ("transformer", "unet", "vae", "scheduler"):
-        f = root / sub / ("scheduler_config.json" if sub == "scheduler" else "config.json")
-        if f.is_file():
-            out[sub] = json.loads(f.read_text(encoding="utf-8")).get("_class_name")
-    return out
+                              f"{spec.pretrained}: {first_line(e)}") from None
+        return MetaTeacher(den, shape, 0, {"kind": self.kind, "pretrained": spec.pretrained,
+                                           "family": cls})
 
 
 @TEACHER_KINDS.register("zimage")
 class ZImageTeacher(DiffusersTeacher):
-    """``teacher.kind: zimage``: the ``diffusers`` adapter restricted to Z-Image, with the
-    uniform shifted schedule as default (as before the registry)."""
-    family_required = "ZImageTransformer2DModel"
-    default_levels = "uniform"
+    """``teacher.kind: zimage``: the ``diffusers`` adapter restricted to a ``ZImagePipeline``."""
+
+    family_required = "ZImagePipeline"
 
 
-__all__ = [
-    "DiffusersTeacher",
-    "ZImageTeacher",
-    "check_prompt_file",
-    "denoiser_of",
-    "family_of",
-    "latent_multiple",
-    "latent_shape",
-    "load_pipeline",
-    "pipeline_denoiser",
-    "prompt_cache_for",
-    "warn_x0_clipping",
-]
+__all__ = ["DiffusersTeacher", "ZImageTeacher", "check_pipeline_source", "check_prompt_file",
+           "load_pipeline", "offload_text_encoders"]

@@ -1,4 +1,5 @@
-"""Prompt embeddings computed once and cached on disk in checksummed safetensors shards.
+"""Prompt embeddings computed once by a custom teacher's encoder (``CustomTeacher.encode_prompts``)
+and cached on disk in checksummed safetensors shards.
 
 Layout of a cache folder::
 
@@ -14,12 +15,9 @@ missing, unreadable, or fails any of these checks is regenerated from the encode
 used as is. A cache is reused across runs when the prompt file's content (sha256) and the
 *encoder fingerprint* match; otherwise it is rebuilt from scratch.
 
-The fingerprint identifies the encoders: by default :func:`encoder_fingerprint` hashes, for
-every text encoder of the pipeline (``text_encoder``, ``_2``, ``_3``: Flux and SD3 have two or
-three), its class and config, its tokenizer's class, vocabulary size and chat template,
-``max_sequence_length``, and sampled blocks of every parameter
-(:func:`fewstep.utils.fingerprints.module_fingerprint`). Pass ``fingerprint=`` yourself for a
-stronger or custom identity (e.g. a model revision hash).
+The fingerprint identifies the encoder; the caller gives it (a custom teacher's: its builder
+and weights). Diffusers pipelines use their own cache, keyed on every text encoder, tokenizer
+and option (:mod:`fewstep.teachers.diffusers.conditioning_cache`).
 
 Prompt file: UTF-8, one prompt per line; surrounding whitespace is stripped and blank lines are
 skipped. Prompt ``i`` is the ``i``-th non-blank line.
@@ -28,7 +26,6 @@ skipped. Prompt ``i`` is the ``i``-th non-blank line.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import threading
@@ -52,90 +49,6 @@ EncodeFn = Callable[[list[str]], list[Any]]
 
 FORMAT = "fewstep-prompt-cache-v1"
 NULL_SHARD = "null.safetensors"
-
-
-# --------------------------------------------------------------------------------------------
-# Encoders and fingerprints
-# --------------------------------------------------------------------------------------------
-def pipeline_encode_fn(pipe: Any, max_sequence_length: int | None = None,
-                       device: torch.device | str | None = None, mask_index: int | None = None,
-                       pooled_index: int | None = None) -> EncodeFn:
-    """An :data:`EncodeFn` calling the pipeline's own ``encode_prompt`` (no CFG branch).
-
-    Handles the common return conventions: a tuple whose first item is the positive
-    embeddings, given either as a list of ``(L_i, D)`` (Z-Image) or a padded ``(B, L, D)`` tensor
-    (SD-style; every row then keeps the full length ``L``). ``mask_index``: the position of the
-    ``(B, L)`` attention mask in the tuple (rows are cut to their valid, front tokens);
-    ``pooled_index``: the position of a ``(B, P)`` pooled embedding (rows become pairs).
-    """
-    if not hasattr(pipe, "encode_prompt"):
-        raise TypeError(f"{type(pipe).__name__} has no encode_prompt; pass your own encode_fn")
-    params = inspect.signature(pipe.encode_prompt).parameters
-    dev = device if device is not None else getattr(pipe, "_execution_device", "cpu")
-
-    def fn(prompts: list[str]) -> list[Tensor]:
-        kwargs: dict[str, Any] = {}
-        if "device" in params:
-            kwargs["device"] = dev
-        if "do_classifier_free_guidance" in params:
-            kwargs["do_classifier_free_guidance"] = False
-        if "num_images_per_prompt" in params:
-            kwargs["num_images_per_prompt"] = 1
-        if max_sequence_length is not None and "max_sequence_length" in params:
-            kwargs["max_sequence_length"] = max_sequence_length
-        if "clean_caption" in params:
-            kwargs["clean_caption"] = False
-        with torch.no_grad():
-            out = pipe.encode_prompt(list(prompts), **kwargs)
-        pos = out[0] if isinstance(out, tuple) else out
-        rows = list(pos.unbind(0)) if torch.is_tensor(pos) else list(pos)
-        if len(rows) != len(prompts):
-            raise RuntimeError(f"encode_prompt returned {len(rows)} rows for "
-                               f"{len(prompts)} prompts")
-        if mask_index is not None:
-            mask = out[mask_index].bool()
-            rows = [r[: max(int(m.sum()), 1)] for r, m in zip(rows, mask, strict=True)]
-        rows = [r.detach() for r in rows]
-        if pooled_index is not None:
-            return list(zip(rows, out[pooled_index].detach().unbind(0), strict=True))
-        return rows
-
-    return fn
-
-
-#: pipeline attributes that hold text encoders / tokenizers (Flux, SD3 have several)
-ENCODER_SLOTS = ("", "_2", "_3")
-
-
-def encoder_fingerprint(pipe: Any, max_sequence_length: int | None = None,
-                        extra: str = "") -> str:
-    """A sha256 identifying every text encoder and tokenizer of ``pipe`` (``text_encoder``,
-    ``text_encoder_2``, ``text_encoder_3`` and their tokenizers; see module docstring)."""
-    info: dict[str, Any] = {"pipeline": type(pipe).__name__,
-                            "max_sequence_length": max_sequence_length, "extra": extra}
-    modules = []
-    for slot in ENCODER_SLOTS:
-        te = getattr(pipe, f"text_encoder{slot}", None)
-        tok = getattr(pipe, f"tokenizer{slot}", None)
-        if te is None and tok is None:
-            continue
-        entry: dict[str, Any] = {"text_encoder": type(te).__name__,
-                                 "tokenizer": type(tok).__name__}
-        if te is not None and hasattr(te, "config"):
-            cfg = te.config.to_dict() if hasattr(te.config, "to_dict") else dict(te.config)
-            entry["text_encoder_config"] = {k: v for k, v in cfg.items()
-                                            if k not in ("transformers_version", "_commit_hash")}
-        if tok is not None:
-            entry["vocab"] = len(tok)
-            entry["chat_template"] = hashlib.sha256(
-                str(getattr(tok, "chat_template", "")).encode()).hexdigest()
-        info[f"encoder{slot}"] = entry
-        if isinstance(te, torch.nn.Module):
-            modules.append(te)
-    h = hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode())
-    for te in modules:  # sampled blocks of every parameter (fewstep.utils.fingerprints)
-        h.update(module_fingerprint(te).encode())
-    return h.hexdigest()
 
 
 def read_prompt_file(path: str | os.PathLike[str]) -> list[str]:
@@ -216,14 +129,6 @@ class PromptCache:
         self._open()
         if verify_on_open:
             self.verify()
-
-    @classmethod
-    def from_pipeline(cls, cache_dir: str | os.PathLike[str], prompt_file: str | os.PathLike[str],
-                      pipe: Any, max_sequence_length: int | None = None,
-                      device: torch.device | str | None = None, **kwargs: Any) -> PromptCache:
-        """Cache built with the pipeline's ``encode_prompt`` and :func:`encoder_fingerprint`."""
-        return cls(cache_dir, prompt_file, pipeline_encode_fn(pipe, max_sequence_length, device),
-                   encoder_fingerprint(pipe, max_sequence_length), **kwargs)
 
     # -- bookkeeping --------------------------------------------------------------------------
     @property
@@ -382,5 +287,4 @@ class PromptCache:
                                       None if p is None else [p] * batch).to(device, dtype)
 
 
-__all__ = ["EncodeFn", "PromptCache", "encoder_fingerprint", "pipeline_encode_fn",
-           "read_prompt_file", "tensors_sha256"]
+__all__ = ["EncodeFn", "PromptCache", "read_prompt_file", "tensors_sha256"]

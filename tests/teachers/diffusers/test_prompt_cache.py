@@ -8,14 +8,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewstep.teachers.diffusers.prompt_cache import (
-    PromptCache,
-    encoder_fingerprint,
-    pipeline_encode_fn,
-)
+from fewstep.teachers.diffusers.conditioning_cache import module_fingerprint, tokenizer_fingerprint
+from fewstep.teachers.diffusers.prompt_cache import PromptCache
 from fewstep.testing.tiny_pipelines import TINY_MAX_SEQ
 
 PROMPTS = ["a red cat", "a blue dog", "", "a photo of a tree", "two small birds", "a big house"]
+
+
+def pipeline_encode_fn(pipe):
+    """The pipeline's own ``encode_prompt`` (no CFG branch): a list of ``(L_i, D)``."""
+    def fn(prompts):
+        with torch.no_grad():
+            embeds, _ = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False,
+                                           max_sequence_length=TINY_MAX_SEQ)
+        return list(embeds)
+    return fn
+
+
+def encoder_fingerprint(pipe, max_sequence_length):
+    return (f"{module_fingerprint(pipe.text_encoder)}|{tokenizer_fingerprint(pipe.tokenizer)}"
+            f"|{max_sequence_length}")
 
 
 class Counting:
@@ -32,7 +44,7 @@ class Counting:
 def setup(tiny_pipe, tmp_path):
     pf = tmp_path / "prompts.txt"
     pf.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
-    enc = Counting(pipeline_encode_fn(tiny_pipe, TINY_MAX_SEQ, "cpu"))
+    enc = Counting(pipeline_encode_fn(tiny_pipe))
     fp = encoder_fingerprint(tiny_pipe, TINY_MAX_SEQ)
     return pf, tmp_path / "cache", enc, fp
 

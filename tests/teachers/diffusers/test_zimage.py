@@ -129,8 +129,9 @@ def test_bf16_autocast_and_bf16_weights(zden, prompt_cond):
 
 
 @torch.no_grad()
-def test_from_pretrained_roundtrip(tiny_pipe, zden, prompt_cond, tmp_path):
-    """The one Z-Image loader (the registry's) gives the in-memory pipeline's denoiser."""
+def test_from_pretrained_kind_zimage_reads_the_pipeline(tiny_pipe, tmp_path):
+    """``teacher.kind: zimage`` loads through the generic pipeline reading (frozen network;
+    its equivalence with ``__call__`` is tests/teachers/diffusers/test_teacher_check.py)."""
     tiny_pipe.save_pretrained(tmp_path / "tiny")
     (tmp_path / "p.txt").write_text("a red cat\n")
     cfg = validate(DistillConfig, {"data": "prompts", "teacher": {
@@ -140,12 +141,11 @@ def test_from_pretrained_roundtrip(tiny_pipe, zden, prompt_cond, tmp_path):
     teacher = load_run_teacher(cfg, "cpu")
     den = teacher.denoiser
     assert all(not p.requires_grad for p in den.parameters())
-    torch.testing.assert_close(den.null_embeds, zden.null_embeds)
-    x = tiny_latents(seed=5)
-    sigma = torch.tensor([0.9, 0.1])
-    torch.testing.assert_close(den(x, sigma, prompt_cond), zden(x, sigma, prompt_cond))
-    # the reloaded tokenizer + text encoder give the same prompt features
-    torch.testing.assert_close(teacher.problem.prompts.embedding(0), prompt_cond.to_list()[0])
+    assert type(den.network).__name__ == "ZImageTransformer2DModel"
+    x = torch.randn(2, *teacher.problem.data_shape)
+    cond = teacher.problem.cond_map(torch.tensor([0, 0]))
+    out = den(x, torch.tensor([0.9, 0.1]), cond)
+    assert out.shape == x.shape and torch.isfinite(out).all()
 
 
 def test_prompt_embeds_container():
