@@ -41,7 +41,6 @@ from torch import Tensor
 
 from fewstep.core.conditioning import PromptEmbeds
 from fewstep.utils.files import mmap_safetensors
-from fewstep.utils.fingerprints import module_fingerprint
 
 #: ``encode_fn(prompts) -> [(L_i, D), ...]``, one tensor per prompt, or ``[((L_i, D), (P,)),
 #: ...]`` with a pooled vector per prompt (stored as ``q<index>``).
