@@ -13,12 +13,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from benchmarks.export_roundtrip import MAX_SEQ, tiny_zimage_pipeline
 from fewstep.app.cli import app
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.trainer import Trainer
 from fewstep.presets import preset_path
 from fewstep.testing.tiny_features import build_tiny_clip, build_tiny_torchscript
+from fewstep.testing.tiny_pipelines import TINY_MAX_SEQ as MAX_SEQ
+from fewstep.testing.tiny_pipelines import build_tiny_zimage_pipeline
 from fewstep.utils.config_files import load_config
 
 PROMPTS = ["a red cat", "a photo of a big blue dog", "the green tree", "a small yellow flower"]
@@ -27,7 +28,7 @@ PROMPTS = ["a red cat", "a photo of a big blue dog", "the green tree", "a small 
 @pytest.fixture(scope="module")
 def prompt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("eval_run")
-    tiny_zimage_pipeline().save_pretrained(root / "zimage", safe_serialization=True)
+    build_tiny_zimage_pipeline(seed=0).save_pretrained(root / "zimage", safe_serialization=True)
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     cfg = load_config(DistillConfig, preset_path("tiny_zimage"), [
         f"teacher.pretrained={root / 'zimage'}", f"teacher.prompts={root / 'prompts.txt'}",

@@ -13,7 +13,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from benchmarks.export_roundtrip import MAX_SEQ, PROMPTS, tiny_zimage_pipeline
 from fewstep.app.cli import app
 from fewstep.distill.config import DistillConfig
 from fewstep.distill.trainer import Trainer
@@ -21,13 +20,17 @@ from fewstep.export.comfyui_nodes import NODES, check_workflow
 from fewstep.export.comfyui_workflow import student_workflow
 from fewstep.export.metadata import read_header
 from fewstep.presets import preset_path
+from fewstep.testing.tiny_pipelines import TINY_MAX_SEQ as MAX_SEQ
+from fewstep.testing.tiny_pipelines import build_tiny_zimage_pipeline
 from fewstep.utils.config_files import load_config
+
+PROMPTS = ["a red cat", "a photo of a big blue dog"]
 
 
 @pytest.fixture(scope="module")
 def zimage_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Trainer]:
     root = tmp_path_factory.mktemp("comfy_run")
-    tiny_zimage_pipeline().save_pretrained(root / "zimage", safe_serialization=True)
+    build_tiny_zimage_pipeline(seed=0).save_pretrained(root / "zimage", safe_serialization=True)
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     cfg = load_config(DistillConfig, preset_path("tiny_zimage"), [
         f"teacher.pretrained={root / 'zimage'}", f"teacher.prompts={root / 'prompts.txt'}",

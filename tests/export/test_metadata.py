@@ -16,8 +16,9 @@ from safetensors.torch import load_file, save_file
 
 from benchmarks.export_roundtrip import Case, build_student, load_teacher, save_teacher
 from fewstep.export import metadata
-from fewstep.export.diffusers_export import StudentPipeline, export_student
+from fewstep.export.diffusers_export import export_student
 from fewstep.export.metadata import read_header, stamp_safetensors
+from fewstep.export.student_pipeline import StudentPipeline
 
 
 def _sha256_after_header(path: Path) -> str:

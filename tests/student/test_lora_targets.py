@@ -7,18 +7,17 @@ import pytest
 import torch
 
 from fewstep.student.student import Student, resolve_lora_targets
-from fewstep.teachers.diffusers.denoisers import FlowPipelineDenoiser, VPPipelineDenoiser
+from fewstep.teachers.diffusers.meta import MetaPipelineDenoiser
+from fewstep.teachers.diffusers.pipeline_reading import read_pipeline
 from fewstep.testing.tiny_pipelines import build_tiny_flux_pipeline, build_tiny_sd_pipeline
 
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def _wrappers() -> dict[str, torch.nn.Module]:
-    sd = build_tiny_sd_pipeline(0)
-    return {"flux": FlowPipelineDenoiser(build_tiny_flux_pipeline(0).transformer,
-                                         "FluxTransformer2DModel"),
-            "sd": VPPipelineDenoiser(sd.unet, sd.scheduler.alphas_cumprod,
-                                     "UNet2DConditionModel")}
+    """Each tiny pipeline read as the ``diffusers`` teacher kind reads it."""
+    return {"flux": read_pipeline(build_tiny_flux_pipeline(0), 16, 16, 2).denoiser(None),
+            "sd": read_pipeline(build_tiny_sd_pipeline(0), 16, 16, 2).denoiser(None)}
 
 
 @pytest.mark.parametrize("family", ["flux", "sd"])
@@ -47,8 +46,8 @@ def test_flux_dev_lora_size_on_meta():
                      .read_text())
     sig = torch.tensor([1.0, 0.5])
     with torch.device("meta"):
-        den = FlowPipelineDenoiser(diffusers.FluxTransformer2DModel.from_config(cfg),
-                                   "FluxTransformer2DModel")
+        den = MetaPipelineDenoiser(diffusers.FluxTransformer2DModel.from_config(cfg),
+                                   "transformer")  # what `fewstep plan` builds
         st = Student(den, sig, "lora", lora_rank=64)
     assert len(st.lora.targets) == 19 * 4 + 38 * 3
     assert sum(p.numel() for p in st.lora.step_parameters(0)) == 190 * 64 * (3072 + 3072)
