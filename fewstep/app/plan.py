@@ -4,9 +4,8 @@ Every model of the recipe (teacher, student for its parameterization, EMA, discr
 fake score network) is built on the **meta** device from configs only: a ``file`` teacher from
 its stored config (metadata, no tensors read), a ``zimage`` / ``unet_eps`` teacher from the
 ``config.json`` files of its folder (``from_config``; no weights loaded). Offline, a hub id the
-project ships configs for (``fewstep/assets/configs``: Z-Image-Turbo's transformer, VAE and
-text encoder, the public sizes) needs nothing else; another hub id is read from the local
-Hugging Face cache only (never downloaded).
+project ships configs for (``fewstep/assets/configs/index.json``) needs nothing else; another
+hub id is read from the local Hugging Face cache only (never downloaded).
 
 Memory per GPU (bytes) for ``N`` data-parallel processes (see
 :mod:`fewstep.distill.engine.distributed`):
@@ -397,5 +396,5 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MemoryRow", "ModelCount", "Plan", "activation_shape", "build_plan", "format_plan",
-           "meta_models", "zimage_caption_tokens"]
+__all__ = ["MemoryRow", "ModelCount", "Plan", "activation_shape", "build_plan",
+           "format_plan", "meta_models", "zimage_caption_tokens"]
