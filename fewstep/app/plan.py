@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fewstep.app.plan_activations import measured_activations
+from fewstep.app.plan_activations import generic_activation_shape, measured_activations
 from fewstep.app.plan_models import (
     lora_student_parts,
     meta_models,
@@ -130,8 +130,7 @@ def activation_shape(den: nn.Module, shape: tuple[int, ...], cfg: DistillConfig
 
     Z-Image: image tokens ``(H/p)(W/p)`` + ``teacher.max_sequence_length`` caption tokens,
     ``dim``, ``n_layers + 2 n_refiner_layers`` blocks. ResMLP: 1 token, ``hidden``, ``depth``.
-    Other networks: spatial positions of the sample, the widest layer, and a quarter of the
-    Linear / Conv layers as "blocks" (coarse).
+    Other networks: :func:`~fewstep.app.plan_activations.generic_activation_shape`.
     """
     tr = getattr(den, "transformer", None)
     if tr is not None and "all_patch_size" in tr.config:  # Z-Image
@@ -146,17 +145,7 @@ def activation_shape(den: nn.Module, shape: tuple[int, ...], cfg: DistillConfig
     if hasattr(net, "blocks") and hasattr(net, "inp"):
         return {"tokens": 1, "hidden": int(net.inp.out_features), "blocks": len(net.blocks),
                 "basis": "ResMLP: 1 token"}
-    widths, layers = [], 0
-    for m in net.modules():
-        if isinstance(m, nn.Linear):
-            widths.append(m.out_features)
-            layers += 1
-        elif isinstance(m, nn.Conv2d):
-            widths.append(m.out_channels)
-            layers += 1
-    return {"tokens": math.prod(shape[1:]) if len(shape) > 1 else 1,
-            "hidden": max(widths, default=1), "blocks": max(1, layers // 4),
-            "basis": "coarse: spatial positions x widest layer"}
+    return generic_activation_shape(den, shape, zimage_caption_tokens(cfg))
 
 
 def graph_forwards(cfg: DistillConfig) -> int:

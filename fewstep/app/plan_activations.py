@@ -22,6 +22,7 @@ per-sample figure times the per-GPU batch and the graph forwards of a loss is th
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,5 +193,42 @@ def measured_activations(den: nn.Module, shape: tuple[int, ...], max_tokens: int
         return None
 
 
-__all__ = ["CHECKPOINTED", "SavedBytes", "example_cond", "measure_saved",
-           "measured_activations"]
+def generic_activation_shape(den: nn.Module, shape: tuple[int, ...], text_tokens: int
+                             ) -> dict[str, Any]:
+    """``{"tokens", "hidden", "blocks", "basis"}`` of a network without its own formula.
+
+    A diffusers transformer (a ``config`` with ``patch_size`` and ``num_attention_heads``):
+    ``(H/p)(W/p)`` image tokens + ``text_tokens``, where ``p`` is the patch size, or the 2-D
+    packing factor ``sqrt(in_channels / C)`` when the pipeline packs latents (Flux, Qwen-Image);
+    width ``num_attention_heads x attention_head_dim``; the blocks of its top-level block lists.
+    Anything else (coarse): spatial positions of the sample, the widest layer, and a quarter of
+    the Linear / Conv layers as "blocks".
+    """
+    net = getattr(den, "network", None) or getattr(den, "net", den)
+    c = getattr(net, "config", None)
+    if c is not None and "patch_size" in c and "num_attention_heads" in c:
+        p = c.get("patch_size") or 1
+        p = int(p[0] if isinstance(p, list | tuple) else p)
+        packed = int(c.get("in_channels") or shape[0]) // int(shape[0])
+        if packed > 1:
+            p = max(p, round(math.sqrt(packed)))
+        img = (shape[-2] // p) * (shape[-1] // p)
+        hidden = int(c["num_attention_heads"]) * int(c.get("attention_head_dim") or 1)
+        blocks = sum(len(m) for m in net.children() if isinstance(m, nn.ModuleList))
+        return {"tokens": img + text_tokens, "hidden": hidden, "blocks": max(1, blocks),
+                "basis": f"transformer formula: {img} image + {text_tokens} text tokens"}
+    widths, layers = [], 0
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            widths.append(m.out_features)
+            layers += 1
+        elif isinstance(m, nn.Conv2d):
+            widths.append(m.out_channels)
+            layers += 1
+    return {"tokens": math.prod(shape[1:]) if len(shape) > 1 else 1,
+            "hidden": max(widths, default=1), "blocks": max(1, layers // 4),
+            "basis": "coarse: spatial positions x widest layer"}
+
+
+__all__ = ["CHECKPOINTED", "SavedBytes", "example_cond", "generic_activation_shape",
+           "measure_saved", "measured_activations"]
