@@ -19,7 +19,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
@@ -46,7 +46,8 @@ classifier_app = typer.Typer(no_args_is_help=True,
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(classifier_app, name="classifier")
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @app.callback()
@@ -55,12 +56,12 @@ def _root() -> None:
     configure_logging()
 
 
-def user_errors(fn: F) -> F:
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn user errors into one line on stderr and their exit code (:func:`error_exit`):
     :class:`~fewstep.errors.FewstepError` 2 (:class:`~fewstep.errors.WriteError` 3), an
     :class:`OSError` of a write 3."""
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.exceptions.TyperException, KeyboardInterrupt):
@@ -71,7 +72,7 @@ def user_errors(fn: F) -> F:
                 raise
             typer.echo(mapped[1], err=True)
             raise typer.Exit(mapped[0]) from None
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 teacher_app.command("check")(user_errors(teacher_check_cmd))  # fewstep/app/teacher_check.py

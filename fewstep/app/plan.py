@@ -61,6 +61,7 @@ from fewstep.app.plan_models import (
 )
 from fewstep.data.prompts import read_prompts
 from fewstep.distill.config import DistillConfig
+from fewstep.distill.methods.base import DistillMethod
 from fewstep.distill.methods.registry import method_class
 from fewstep.errors import ConfigError
 
@@ -142,8 +143,9 @@ def activation_shape(den: nn.Module, shape: tuple[int, ...], cfg: DistillConfig
                 "blocks": int(c.n_layers) + 2 * int(c.n_refiner_layers),
                 "basis": f"{img} image + {seq} caption tokens"}
     net = getattr(den, "net", den)
-    if hasattr(net, "blocks") and hasattr(net, "inp"):
-        return {"tokens": 1, "hidden": int(net.inp.out_features), "blocks": len(net.blocks),
+    inp, blocks = getattr(net, "inp", None), getattr(net, "blocks", None)
+    if inp is not None and blocks is not None:
+        return {"tokens": 1, "hidden": int(inp.out_features), "blocks": len(blocks),
                 "basis": "ResMLP: 1 token"}
     return generic_activation_shape(den, shape, zimage_caption_tokens(cfg))
 
@@ -188,7 +190,8 @@ def per_gpu_batch(global_batch: int, gpus: int) -> tuple[int, str | None]:
 
 def _needs_cache(method: nn.Module) -> tuple[bool, bool]:
     """``(pairs, real)``: the recipe reads teacher pairs / "real" rows from the cache."""
-    needs = method.data_needs()  # type: ignore[operator]
+    assert isinstance(method, DistillMethod)  # meta_models' "method"
+    needs = method.data_needs()
     return bool(needs.teacher_pairs), needs.real == "teacher_cache"
 
 
@@ -260,6 +263,7 @@ def build_plan(cfg: DistillConfig, gpus: int, gpu_memory_gb: float | None = None
     if parts["text_encoder"]:
         counts.append(ModelCount("text_encoder", parts["text_encoder"], 0,
                                  "host RAM once the prompt cache is built"))
+    lora: tuple[int, int, int] | None
     if cfg.student.parameterization == "lora":
         lora = (s_total, s_frozen, s_train)
     else:

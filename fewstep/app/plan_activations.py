@@ -168,10 +168,10 @@ def example_cond(den: nn.Module, max_tokens: int, num_classes: int, dtype: torch
     if cfg.get("addition_embed_type") == "text_time":  # SDXL: pooled + 6 time ids
         pooled = int(cfg["projection_class_embeddings_input_dim"]) - \
             6 * int(cfg["addition_time_embed_dim"])
-    meta = {"device": "meta", "dtype": dtype}
-    return PromptEmbeds(torch.zeros(1, max_tokens, width, **meta),
+    return PromptEmbeds(torch.zeros(1, max_tokens, width, device="meta", dtype=dtype),
                         torch.ones(1, max_tokens, dtype=torch.bool, device="meta"),
-                        None if not pooled else torch.zeros(1, int(pooled), **meta),
+                        None if not pooled else torch.zeros(1, int(pooled), device="meta",
+                                                            dtype=dtype),
                         lengths=(max_tokens,))
 
 

@@ -65,6 +65,15 @@ class _FeatureNet(Protocol):
     def features(self, x: Tensor, t: Tensor, cond: Any) -> list[Tensor]: ...
 
 
+@runtime_checkable
+class SupportsGradientCheckpointing(Protocol):
+    """A module that can recompute its activations in backward: the denoisers and networks
+    with ``set_gradient_checkpointing(enabled, checkpoint_fn)``."""
+
+    def set_gradient_checkpointing(self, enabled: bool = True,
+                                   checkpoint_fn: Any = None) -> None: ...
+
+
 class NetworkDenoiser(Denoiser):
     """Wrap ``net(x_in, t, cond) -> out`` as a :class:`Denoiser`.
 

@@ -101,9 +101,10 @@ def epsilon_prediction(den: Denoiser, x: Tensor, sigma: Tensor, cond: Any = None
     if isinstance(den, NetworkDenoiser):
         t = _TIME_INPUTS[den.time_input](sigma).to(x.dtype)
         return den.net(x, t, cond).to(x.dtype)
-    if hasattr(den, "min_one_minus_sigma"):  # VP adapter: x0 = (x - s eps) / max(1 - s, m)
+    floor = getattr(den, "min_one_minus_sigma", None)
+    if floor is not None:  # VP adapter: x0 = (x - s eps) / max(1 - s, m)
         s = expand_like(sigma, x)
-        denom = (1.0 - s).clamp_min(float(den.min_one_minus_sigma))
+        denom = (1.0 - s).clamp_min(float(floor))
         return (x - denom * den(x, sigma, cond)) / s
     raise TypeError(f"cannot read the epsilon prediction of {type(den).__name__}")
 

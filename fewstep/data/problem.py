@@ -96,7 +96,7 @@ def get_problem(name: str | dict[str, Any] | DataSpec) -> Problem:
     """A built-in data set by name, or a user data set (a path or a mapping with ``path:``),
     read and checked now (:class:`~fewstep.errors.ConfigError` naming the file / index)."""
     if is_builtin(name):
-        entry = DATASETS.get(name)  # type: ignore[arg-type]
+        entry = DATASETS.get(name)
         return Problem(name, tuple(entry.data_shape), entry.num_classes)
     key = canonical_data(name)
     d = load_image_data(key)

@@ -65,6 +65,6 @@ DATASETS: Registry[BuiltinData] = Registry("built-in data set", "data")
 def shipped_teacher(data: object) -> Path | None:
     """The shipped teacher of the built-in data set ``data`` (``None``: not built in, or no
     teacher ships for it)."""
-    return DATASETS.get(data).teacher_path if data in DATASETS else None  # type: ignore[arg-type]
+    return DATASETS.get(data).teacher_path if isinstance(data, str) and data in DATASETS else None
 
 __all__ = ["DATASETS", "BuiltinData", "SplitLoader", "shipped_teacher"]

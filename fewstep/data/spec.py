@@ -24,7 +24,7 @@ form, so "same data" is plain equality.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from pydantic import Field, field_validator
 
@@ -100,7 +100,7 @@ class DataSpec(StrictModel):
         return float(v)
 
 
-def is_builtin(data: Any) -> bool:
+def is_builtin(data: object) -> TypeGuard[str]:
     """``True`` for a registered built-in data set (:data:`~fewstep.data.registry.DATASETS`)."""
     return isinstance(data, str) and data in DATASETS
 
@@ -129,7 +129,7 @@ def canonical_data(data: str | dict[str, Any] | DataSpec) -> str | dict[str, Any
     options and resolves paths; the data itself is read by
     :func:`fewstep.data.images.load_image_data`."""
     if is_builtin(data):
-        return data  # type: ignore[return-value]
+        return data
     spec = as_spec(data)
     diff = spec.model_dump(exclude_defaults=True)
     diff["path"] = spec.path

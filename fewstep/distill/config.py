@@ -37,6 +37,8 @@ DEFAULT_METHOD = "turbo_pp"
 
 
 RealSource = Literal["teacher_cache", "teacher_online", "dataset"]
+#: where training curves go (``trackers``)
+Tracker = Literal["tensorboard", "wandb"]
 
 
 class GanSpec(StrictModel):
@@ -131,9 +133,10 @@ class TrainSpec(StrictModel):
     eval_every: int = Field(0, ge=0, description="the fixed evaluation (eval.prompts x "
                             "eval.seeds: FID-T, diversity, image statistics, grid) every N "
                             "generator updates, logged to the trackers; 0: off")
-    trackers: list[Literal["tensorboard", "wandb"]] = Field(
-        default_factory=lambda: ["tensorboard"], description="where curves go; wandb is "
-        "optional (pip install wandb), offline unless WANDB_MODE is set")
+    trackers: list[Tracker] = Field(
+        default_factory=lambda: list[Tracker](["tensorboard"]),
+        description="where curves go; wandb is optional (pip install wandb), offline unless "
+        "WANDB_MODE is set")
     ckpt_every: int = Field(0, ge=0, description="0: only at the end")
     keep_last: int = Field(3, ge=1)
     lr_warmup: int = Field(0, ge=0, description="linear LR warm-up (generator updates) for the "
@@ -217,7 +220,7 @@ class DistillConfig(StrictModel):
     eval: EvalSpec = EvalSpec()
 
     @classmethod
-    def model_validate(cls, obj: Any, **kwargs: Any) -> DistillConfig:  # type: ignore[override]
+    def model_validate(cls, obj: Any, **kwargs: Any) -> DistillConfig:
         """Validate ``obj``; on the base class, as the config of ``obj["method"]``."""
         if cls is DistillConfig and isinstance(obj, DistillConfig):
             return obj
@@ -225,10 +228,10 @@ class DistillConfig(StrictModel):
             return super().model_validate(obj, **kwargs)
         load_plugins(plugins_of(obj))  # a user's entries register before the lookups below
         data = {"method": DEFAULT_METHOD, **obj}
-        target = cls
+        target: type[DistillConfig] = cls
         if cls is DistillConfig:
-            target = METHOD_CONFIGS.get(data["method"])  # type: ignore[assignment]
-            if target is None:
+            found = METHOD_CONFIGS.get(data["method"])
+            if found is None:
                 known = [repr(m) for m in sorted(METHOD_CONFIGS)]
                 err = PydanticCustomError(
                     "literal_error", "Input should be {expected} (the registered methods)",
@@ -236,6 +239,7 @@ class DistillConfig(StrictModel):
                 raise ValidationError.from_exception_data(
                     cls.__name__, [InitErrorDetails(type=err, loc=("method",),
                                                     input=data["method"])])
+            target = found
         data = target._own_sections(data)
         return super(DistillConfig, target).model_validate(data, **kwargs)
 

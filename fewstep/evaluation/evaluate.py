@@ -96,13 +96,12 @@ def eval_noise(problem: Problem, n: int, seed: int, device: torch.device | str =
     return noise, cond
 
 
-def _check_student(spec: SamplerSpec, student: Student | None) -> Student:
+def _check_student(spec: SamplerSpec, student: Student | None) -> None:
     if spec.kind == "student":
         if student is None:
             raise ConfigError(f"sampler {spec.name} needs a student checkpoint")
         if spec.steps > student.num_steps:
             raise ConfigError(f"sampler {spec.name}: the student has {student.num_steps} steps")
-    return student  # type: ignore[return-value]
 
 
 def _nfe(spec: SamplerSpec, teacher_w: float, cond: Any, corrected: bool) -> int:
@@ -140,7 +139,11 @@ def _merged(spec: SamplerSpec, student: Student | None) -> contextlib.AbstractCo
 def _corrected(spec: SamplerSpec, teacher: Denoiser, student: Student | None) -> bool:
     from fewstep.core.noise_correction import is_epsilon_model, resolve_noise_correction
 
-    den = teacher if spec.kind == "teacher" else student.step_denoiser(0)  # type: ignore
+    if spec.kind == "teacher":
+        den = teacher
+    else:
+        assert student is not None  # _check_student
+        den = student.step_denoiser(0)
     return is_epsilon_model(den) and resolve_noise_correction(den, spec.noise_correction)
 
 
@@ -288,12 +291,13 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
     teacher_ref, _, _ = run_sampler(t8, noise_b, cond_b, teacher, teacher_w, teacher_shift)
     same = run_sampler(t8, noise, cond, teacher, teacher_w, teacher_shift)
     teacher_same = same[0]
-    if legacy:
-        classifier = fs.net
-        f_teacher = extract_features(classifier, teacher_ref)
+    # the digits classifier's own features (legacy: the feature space's net is the classifier)
+    digits_net = fs.net if legacy else None
+    if digits_net is not None:
+        f_teacher = extract_features(digits_net, teacher_ref)
     elif not problem.is_toy:
         f_teacher = fs.features(teacher_ref)
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     samples: dict[str, Tensor] = {}
     nan = float("nan")
     timings = time_samplers(specs, noise, cond, teacher, teacher_w, teacher_shift, student,
@@ -310,9 +314,9 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
             m = evaluate_toy(x, ref, problem.name)
             m["swd_vs_teacher"] = sliced_wasserstein(
                 x, teacher_ref, 256, 2.0, torch.Generator().manual_seed(0))
-        elif legacy:
-            m = evaluate_digits(x, cond, ref, classifier)
-            m["fid_vs_teacher"] = frechet_distance(f_teacher, extract_features(classifier, x))
+        elif digits_net is not None:
+            m = evaluate_digits(x, cond, ref, digits_net)
+            m["fid_vs_teacher"] = frechet_distance(f_teacher, extract_features(digits_net, x))
         else:
             m = evaluate_images(x, cond, ref, fs)
             m["fd_vs_teacher"] = frechet_distance(f_teacher, fs.features(x))
@@ -320,5 +324,5 @@ def evaluate_samplers(problem: Problem, samplers: Sequence[str], teacher: Denois
         m["nfe"] = nfe
         m.update(timings[spec.name])
         results[spec.name] = {k: float(v) for k, v in m.items()}
-        results[spec.name]["feature_space"] = fs.name  # type: ignore[assignment]
+        results[spec.name]["feature_space"] = fs.name
     return results, samples

@@ -53,6 +53,9 @@ def _rgb(x: Tensor) -> Tensor:
 class ClipFeatures(nn.Module):
     """A local CLIP model as an image (``forward``) and text (:meth:`text`) feature map."""
 
+    mean: Tensor  # (1, 3, 1, 1) buffers: the image processor's normalisation
+    std: Tensor
+
     def __init__(self, folder: str | Path) -> None:
         super().__init__()
         from transformers import CLIPModel, CLIPProcessor

@@ -123,12 +123,12 @@ def resolve_feature_space(problem: Any, spec: str = "auto",
         return FeatureSpace(DIGITS_FEATURES, net, cls)
     if spec.startswith("classifier:"):
         path = spec.split(":", 1)[1]
-        net = load_image_classifier(path, device)
-        if tuple(net.config.data_shape) != shape:
+        image_net = load_image_classifier(path, device)
+        if tuple(image_net.config.data_shape) != shape:
             raise ConfigError(f"--features {spec}: the classifier takes images of shape "
-                              f"{tuple(net.config.data_shape)}, the data are {shape}")
-        cls = net if net.config.num_classes == problem.num_classes else None
-        return FeatureSpace(spec, net, cls)
+                              f"{tuple(image_net.config.data_shape)}, the data are {shape}")
+        image_cls = image_net if image_net.config.num_classes == problem.num_classes else None
+        return FeatureSpace(spec, image_net, image_cls)
     raise ConfigError(f"--features {spec}: use auto, pixels, digits_classifier, "
                       f"classifier:FILE, clip:FOLDER, torchscript:FILE or "
                       f"builder:pkg.module:function")

@@ -101,7 +101,8 @@ def export_comfyui(student: Any, folder: str | os.PathLike[str], teacher_config:
     net_class = type(net).__name__
     fmt = key_format_for(net_class, key_format)
     settings = sampler_settings(student, teacher_config, net, recipe)
-    arch = architecture_of(net_class, dict(net.config), teacher_config.get("resolution"))
+    config: Any = net.config  # diffusers' FrozenDict (nn.Module.__getattr__ types it a Tensor)
+    arch = architecture_of(net_class, dict(config), teacher_config.get("resolution"))
     lora, k_steps = student.lora, student.num_steps
     stem = file_stem(settings.base_model, k_steps)
     files = [f"{stem}_step{k + 1}of{k_steps}.safetensors" for k in range(k_steps)]

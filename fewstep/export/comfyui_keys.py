@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -59,7 +59,7 @@ def key_format_for(net_class: str, key_format: str | None = None) -> KeyFormat:
     if key_format not in formats:
         raise ValueError(f"key format {key_format!r} is not read for {net_class} (use "
                          f"{' or '.join(formats)})")
-    return key_format  # type: ignore[return-value]
+    return key_format
 
 
 def split_adapter(adapter: Adapter) -> dict[str, tuple[Tensor, Tensor]]:
@@ -140,7 +140,8 @@ def flux_kohya(mods: dict[str, tuple[Tensor, Tensor]], alpha: float, hidden: int
         pre = f"{kind}.{i}."
         if kind == "transformer_blocks":
             simple, tag = _FLUX_DOUBLE, f"lora_unet_double_blocks_{i}_"
-            fused = {k: (v, [hidden] * 3) for k, v in _FLUX_DOUBLE_FUSED.items()}
+            fused: dict[str, tuple[tuple[str, ...], list[int]]] = {
+                k: (v, [hidden] * 3) for k, v in _FLUX_DOUBLE_FUSED.items()}
         else:
             simple, tag = _FLUX_SINGLE, f"lora_unet_single_blocks_{i}_"
             fused = {"linear1": (_FLUX_SINGLE_FUSED, [hidden] * 3 + [mlp_hidden])}
@@ -191,7 +192,7 @@ def comfy_lora_tensors(net_class: str, adapter: Adapter, alpha: float,
 
 def flux_widths_of(net: torch.nn.Module) -> tuple[int, int]:
     """``(hidden, mlp_hidden)`` of a ``FluxTransformer2DModel`` (from its config)."""
-    cfg = net.config
+    cfg: Any = net.config  # diffusers' FrozenDict config (nn.Module.__getattr__ types it a Tensor)
     hidden = int(cfg.num_attention_heads) * int(cfg.attention_head_dim)
     blocks = getattr(net, "single_transformer_blocks", None)
     mlp = int(blocks[0].proj_mlp.out_features) if blocks else 4 * hidden

@@ -262,7 +262,7 @@ def front_matter(base_model: str | None, arch: Architecture, num_steps: int, lor
         tags=["fewstep", "distillation", f"{num_steps}-step", "text-to-image", "diffusers",
               *(["lora"] if lora else []), arch.tag])
     if hub_id:
-        data.base_model_relation = "adapter" if lora else "finetune"
+        data["base_model_relation"] = "adapter" if lora else "finetune"  # no typed field
     return "---\n" + data.to_yaml() + "\n---\n"
 
 

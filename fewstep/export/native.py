@@ -44,6 +44,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
+from fewstep.core.denoiser import Denoiser
 from fewstep.core.noise_correction import NoiseCorrected, resolve_noise_correction
 from fewstep.student.lora import PerStepLoRA
 from fewstep.utils.imports import TRUSTED_BUILDERS, import_callable
@@ -176,18 +177,23 @@ class ExportedStudent:
         """``(k, x, sigma, cond) -> x0_hat`` for :func:`fewstep.core.samplers.sample`. Rows at
         ``sigma = 1`` of a zero-terminal-SNR epsilon student get the noise-corrected prediction
         it was trained with (:mod:`fewstep.core.noise_correction`; ``None``: on exactly
-        there, ``False``: off)."""
+        there, ``False``: off). A step that is a bare network, not a
+        :class:`~fewstep.core.denoiser.Denoiser`, is called as it is (noise correction is a
+        pass-through for it)."""
         if self.lora is not None:
-            lora = self.lora
-            if not resolve_noise_correction(lora.base, noise_correction):  # type: ignore
+            lora, base = self.lora, self.lora.base
+            if not (isinstance(base, Denoiser)
+                    and resolve_noise_correction(base, noise_correction)):
                 return lora.step_fn()
+            corrected = NoiseCorrected(base)
 
             def lora_fn(k: int, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
                 with lora.use_step(k):
-                    return NoiseCorrected(lora.base)(x, sigma, cond)  # type: ignore[arg-type]
+                    return corrected(x, sigma, cond)
             return lora_fn
-        if resolve_noise_correction(self.steps[0], noise_correction):  # type: ignore[arg-type]
-            return lambda k, x, sigma, cond: NoiseCorrected(self.steps[k])(x, sigma, cond)
+        steps = [s for s in self.steps if isinstance(s, Denoiser)]
+        if len(steps) == len(self.steps) and resolve_noise_correction(steps[0], noise_correction):
+            return lambda k, x, sigma, cond: NoiseCorrected(steps[k])(x, sigma, cond)
         return lambda k, x, sigma, cond: self.steps[k](x, sigma, cond)
 
     def modules(self) -> list[nn.Module]:

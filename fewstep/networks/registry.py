@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fewstep.core.denoiser import NetworkDenoiser
+from fewstep.core.denoiser import NetworkDenoiser, SupportsGradientCheckpointing
 from fewstep.utils.registry import Registry
 
 #: ``network.type`` -> network class (the package imports the built-in ones)
@@ -26,7 +26,9 @@ class CheckpointableDenoiser(NetworkDenoiser):
 
     def set_gradient_checkpointing(self, enabled: bool = True, checkpoint_fn: Any = None) -> None:
         """Forwarded to the network (block-level checkpointing)."""
-        self.net.set_gradient_checkpointing(enabled, checkpoint_fn)  # type: ignore[operator]
+        net = self.net
+        assert isinstance(net, SupportsGradientCheckpointing)  # what makes it this class
+        net.set_gradient_checkpointing(enabled, checkpoint_fn)
 
 
 def build_network(cfg: dict[str, Any]) -> nn.Module:

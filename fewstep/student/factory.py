@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fewstep.core.denoiser import Denoiser
+from fewstep.core.denoiser import Denoiser, SupportsGradientCheckpointing
 from fewstep.core.levels import student_sigmas, student_sigmas_from_levels
 from fewstep.errors import ConfigError
 from fewstep.student.lora import find_lora_targets
@@ -85,12 +85,12 @@ def enable_gradient_checkpointing(student: Student, others: Iterable[nn.Module])
     else:
         mods, fn = list(student.steps), None
     for m in mods:
-        if not hasattr(m, "set_gradient_checkpointing"):
+        if not isinstance(m, SupportsGradientCheckpointing):
             raise ConfigError(f"train.gradient_checkpointing: {type(m).__name__} does not "
                               "support gradient checkpointing (use a zimage / unet_eps teacher)")
         m.set_gradient_checkpointing(True, checkpoint_fn=fn)
     for m in others:
-        if hasattr(m, "set_gradient_checkpointing"):
+        if isinstance(m, SupportsGradientCheckpointing):
             m.set_gradient_checkpointing(True)
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fewstep.core.denoiser import Denoiser
 from fewstep.errors import CheckpointError
@@ -41,7 +41,13 @@ def student_file_config(teacher_cfg: dict[str, Any], student: StudentSpec, sigma
     return cfg
 
 
-def save_student_file(path: str | Path, student: nn.Module, config: dict[str, Any]) -> None:
+class HasStateDict(Protocol):
+    """A module, or a state taken once (FSDP's gathered snapshot of a student)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+def save_student_file(path: str | Path, student: HasStateDict, config: dict[str, Any]) -> None:
     """Write a student with what rebuilds it (atomic, safetensors): all steps' weights, or for a
     LoRA student only its adapters plus the fingerprint of the frozen base (the base is the
     teacher's, re-read on load)."""

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
+from fewstep.core.denoiser import Denoiser
 from fewstep.errors import ConfigError
 from fewstep.teachers import file as _file  # noqa: F401  (registers kind file)
 from fewstep.teachers import unet_eps as _unet_eps  # noqa: F401  (unet_eps)
@@ -47,7 +47,7 @@ def meta_teacher(spec: TeacherSpec, *, data: DataRef) -> MetaTeacher:
 
 
 def rebuild_denoiser(teacher_config: dict[str, Any], allow_builders: Sequence[str] = ()
-                     ) -> nn.Module:
+                     ) -> Denoiser:
     """A randomly initialised denoiser of the saved teacher's architecture: its ``builder``
     (``unet_eps`` / custom teachers) or the fewstep network config (``file``). A diffusers
     pipeline teacher is read from its pipeline: its students are rebuilt on the loaded teacher

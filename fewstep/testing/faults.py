@@ -72,15 +72,15 @@ def refuse_writes(under: str | os.PathLike[str], code: int = errno.EROFS) -> Ite
         setattr(os, name, f)
 
     try:
-        os.open = os_open  # type: ignore[assignment]
-        builtins.open = io.open = b_open  # type: ignore[assignment]
+        os.open = os_open
+        builtins.open = io.open = b_open
         for name, n in (("mkdir", 1), ("replace", 2), ("rename", 2), ("unlink", 1),
                         ("remove", 1), ("rmdir", 1), ("truncate", 1), ("chmod", 1)):
             guard(name, n)
         yield
     finally:
-        os.open = real_os_open  # type: ignore[assignment]
-        builtins.open = io.open = real_open  # type: ignore[assignment]
+        os.open = real_os_open
+        builtins.open = io.open = real_open
         for name, f in saved.items():
             setattr(os, name, f)
 
@@ -101,8 +101,8 @@ def disk_full(under: str | os.PathLike[str]) -> Iterator[None]:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), target)
         real_fsync(fd)
 
-    os.fsync = fsync  # type: ignore[assignment]
+    os.fsync = fsync
     try:
         yield
     finally:
-        os.fsync = real_fsync  # type: ignore[assignment]
+        os.fsync = real_fsync

@@ -6,6 +6,7 @@ the plumbing."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +44,9 @@ def build_tiny_clip(folder: str | Path, seed: int = 0, image_size: int = 32) -> 
             vocab_list.append(cur)
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(vocab_list))}
-    tok = CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=16)
+    # the tokenizers backend takes (left, right) pairs; transformers types merges as strings
+    pairs: Any = list(dict.fromkeys(merges))
+    tok = CLIPTokenizer(vocab=vocab, merges=pairs, model_max_length=16)
     proc = CLIPProcessor(image_processor=CLIPImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size}), tokenizer=tok)

@@ -70,7 +70,7 @@ class StrictLoader(yaml.SafeLoader):
                 mark = self.peek_event().start_mark
                 raise YAMLRefused(f"nested deeper than {MAX_YAML_DEPTH} levels (at line "
                                   f"{mark.line + 1})")
-            return super().compose_node(parent, index)  # type: ignore[arg-type]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
@@ -79,7 +79,7 @@ class StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # "<<:" keys may be overridden
                 continue
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[arg-type]
+            key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             try:
                 first = seen.get(key)

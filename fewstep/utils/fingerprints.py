@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import torch
 from torch import nn
@@ -67,14 +67,14 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _safetensors_header(f: object, size: int) -> tuple[int, bytes] | None:
-    raw = f.read(8)  # type: ignore[attr-defined]
+def _safetensors_header(f: BinaryIO, size: int) -> tuple[int, bytes] | None:
+    raw = f.read(8)
     if len(raw) < 8:
         return None
     n = int.from_bytes(raw, "little")
     if not 2 <= n <= min(_MAX_HEADER, size - 8):
         return None
-    head = f.read(n)  # type: ignore[attr-defined]
+    head = f.read(n)
     return (n, head) if len(head) == n and head[:1] == b"{" else None
 
 

@@ -13,7 +13,7 @@ target are deleted (they lie on the diverging branch; a resume must not pick the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableSequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ class CheckpointManager:
         """All checkpoint files, oldest first."""
         return list_checkpoints(self.folder)
 
-    def good(self, problems: list[str] | None = None) -> Iterator[Path]:
+    def good(self, problems: MutableSequence[str] | None = None) -> Iterator[Path]:
         """Checkpoints that pass their checksum, newest first; each skipped one is logged and
         appended to ``problems``."""
         for p in reversed(self.list()):
@@ -108,7 +108,7 @@ class CheckpointManager:
                 continue
             yield p
 
-    def latest_good(self, problems: list[str] | None = None) -> Path | None:
+    def latest_good(self, problems: MutableSequence[str] | None = None) -> Path | None:
         return next(self.good(problems), None)
 
     def save(self, step: int, state: TrainState, counters: dict[str, Any],

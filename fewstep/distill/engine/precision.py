@@ -140,9 +140,10 @@ class ScalerState:
     def __init__(self, prec: Precision) -> None:
         assert prec.scaler is not None
         self.prec = prec
+        self.scaler: torch.amp.GradScaler = prec.scaler  # made once, with the Precision
 
     def state_dict(self) -> dict[str, Tensor]:
-        sd = self.prec.scaler.state_dict()  # type: ignore[union-attr]
+        sd = self.scaler.state_dict()
         return {"scale": torch.tensor([float(sd["scale"])], dtype=torch.float64),
                 "growth_tracker": torch.tensor([int(sd["_growth_tracker"])], dtype=torch.int64)}
 
@@ -151,7 +152,7 @@ class ScalerState:
             log.warning("resume: this checkpoint predates the fp16 loss-scale record; the "
                         "scale restarts at its initial value (not bit-identical)")
             return
-        st = self.prec.scaler.state_dict()  # type: ignore[union-attr]
+        st = self.scaler.state_dict()
         st["scale"] = float(sd["scale"][0])
         st["_growth_tracker"] = int(sd["growth_tracker"][0])
         self.prec.load_state_dict(st)

@@ -21,6 +21,9 @@ from fewstep.data.problem import Problem
 from fewstep.student.student import Student
 from fewstep.utils.viz import save_grid
 
+#: one row of ``losses.jsonl``: ``step`` and the named values (``None``: a non-finite value)
+LogRow = dict[str, float | None]
+
 
 class LossLog:
     """``losses.jsonl`` of rank 0 (other ranks write nothing); keeps the rows in memory."""
@@ -28,10 +31,10 @@ class LossLog:
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
         self.enabled = enabled
-        self.history: list[dict[str, float]] = []
+        self.history: list[LogRow] = []
         self._f: Any = None
 
-    def cut(self, step: int) -> list[dict[str, float]]:
+    def cut(self, step: int) -> list[LogRow]:
         """Keep the rows up to ``step`` (0: none), in the file and in memory."""
         self.history = read_history(self.path, step) if self.enabled else []
         return self.history
@@ -59,7 +62,7 @@ class LossLog:
             self._f = None
 
 
-def read_history(path: Path, upto: int) -> list[dict[str, float]]:
+def read_history(path: Path, upto: int) -> list[LogRow]:
     """Rows of ``losses.jsonl`` up to step ``upto``; the file is truncated after them.
 
     Rows are appended in step order, so the kept rows are a prefix: reading stops at the first
@@ -68,7 +71,7 @@ def read_history(path: Path, upto: int) -> list[dict[str, float]]:
     """
     if not path.exists():
         return []
-    rows: list[dict[str, float]] = []
+    rows: list[LogRow] = []
     keep = 0
     with path.open("rb") as f:
         for line in f:

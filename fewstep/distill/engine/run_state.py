@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,11 @@ class RunGenerators:
         return gens
 
 
+def _trainable_keys(student: Student) -> Callable[[], Iterable[str]]:
+    """The names of ``student``'s trainable state, read when called."""
+    return lambda: student.trainable_state_dict().keys()
+
+
 def train_state(student: Student, ema: Student, method: nn.Module, optim: Optimizers,
                 dist: DistEnv, gens: RunGenerators, prec: Precision | None = None
                 ) -> TrainState:
@@ -94,7 +100,7 @@ def train_state(student: Student, ema: Student, method: nn.Module, optim: Optimi
     else:
         mods, opts = state_views(mods, optim.optimizers(), True)
         for k, st in (("student", student), ("ema", ema)):  # full tensors, trainable keys
-            mods[k] = FullStateView(st, keys=lambda st=st: st.trainable_state_dict().keys())
+            mods[k] = FullStateView(st, keys=_trainable_keys(st))
     if prec is not None and prec.scaler is not None:
         mods["grad_scaler"] = ScalerState(prec)
     return TrainState(mods, opts, optim.schedulers(),

@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor
 
@@ -73,8 +73,9 @@ def _start_wandb(run_dir: Path, config: dict[str, Any]) -> Any:
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = re.sub(r"[^A-Za-z0-9_-]", "_", run_dir.name[:40]) + "-" + hashlib.sha256(
         str(run_dir.resolve()).encode()).hexdigest()[:8]
+    # wandb checks the mode itself; its Literal omits the legacy names it accepts ("dryrun")
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "fewstep"), dir=str(run_dir),
-                      mode=os.environ.get("WANDB_MODE", "offline"), name=run_dir.name,
+                      mode=cast(Any, os.environ.get("WANDB_MODE", "offline")), name=run_dir.name,
                       id=run_id, resume="allow", config=config)
 
 

@@ -24,7 +24,7 @@ student update. The budget ``train.iterations`` counts generator updates.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -152,8 +152,11 @@ class FakeScoreMethod(DistillMethod[ConfigT]):
       times per generator update, clipped at ``train.aux_grad_clip``.
     """
 
-    fake: FakeScore
     use_gan: bool
+
+    if TYPE_CHECKING:  # SiD assigns it (a submodule), DMD2 reads its matching's: a property
+        @property
+        def fake(self) -> FakeScore: ...
 
     def data_needs(self) -> DataNeeds:
         return DataNeeds(real=self.gan_real(self.use_gan))

@@ -103,11 +103,11 @@ class DMD2(FakeScoreMethod[DMD2Config]):
         return self.matching.fake
 
     def _gan_sigma(self, n: int) -> Tensor:
-        g = self.ctx.cfg.gan
+        g = self.cfg.gan
         return g.sigma_min + (g.sigma_max - g.sigma_min) * self.ctx.rand(n)
 
     def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
-        cfg, gen = self.ctx.cfg, self.ctx.generator
+        cfg, gen = self.cfg, self.ctx.generator
         k, _, _, x = backward_simulate(self.ctx.student, batch.noise, batch.cond, gen)
         l_dm, grad = self.matching.loss(x, batch.cond, gen)
         logs: Logs = {"g_dm": l_dm.detach(), "dm_grad_abs": grad.abs().mean(),
@@ -128,9 +128,10 @@ class DMD2(FakeScoreMethod[DMD2Config]):
         total = logs["fake_loss"]
         if self.use_gan:
             n = x.shape[0]
+            assert batch.real is not None  # data_needs(): real samples when use_gan
             lr = self.fake.noised_logits(batch.real, self._gan_sigma(n), batch.real_cond, gen)
             lf = self.fake.noised_logits(x, self._gan_sigma(n), batch.cond, gen)
-            logs["d_loss"] = d_loss(lr, lf, self.ctx.cfg.gan.loss)
+            logs["d_loss"] = d_loss(lr, lf, self.cfg.gan.loss)
             logs["d_real"], logs["d_fake"] = lr.mean().detach(), lf.mean().detach()
             total = total + self.cfg.dmd2.d_weight * logs["d_loss"]
         return total, logs

@@ -91,7 +91,7 @@ class ImagineFlash(DistillMethod[ImagineFlashConfig]):
 
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
-        s = ctx.cfg.imagine_flash
+        s = self.cfg.imagine_flash
         #: ``sigma_k (B,) -> tau (B,)``; replace for other shift functions
         self.beta: Callable[[Tensor], Tensor] = power_beta(s.tau_min, s.tau_max, s.beta_power)
         self.cfg_scale = s.cfg_scale if s.cfg_scale is not None else ctx.teacher_cfg_scale
@@ -102,7 +102,7 @@ class ImagineFlash(DistillMethod[ImagineFlashConfig]):
     def teacher_target(self, x_tau: Tensor, tau: Tensor, cond: Any) -> Tensor:
         """The SRL target at ``(x_tau (B, ...), tau (B,))``: one guided teacher prediction, or
         its ``target_steps``-step Euler (DDIM) solve to ``sigma = 0``."""
-        n = self.ctx.cfg.imagine_flash.target_steps
+        n = self.cfg.imagine_flash.target_steps
         teacher, x = self._teacher[0], x_tau
         for i in range(n):
             s_i = tau * (1.0 - i / n)
@@ -116,7 +116,7 @@ class ImagineFlash(DistillMethod[ImagineFlashConfig]):
                                                 self.ctx.generator)
         tau = self.beta(sigma_k)
         with torch.no_grad():
-            if self.ctx.cfg.imagine_flash.renoise == "student":
+            if self.cfg.imagine_flash.renoise == "student":
                 eps = FlowPath.eps_from_x0(x_k, sigma_k, x0.detach())
             else:
                 eps = self.ctx.randn_like(x0)

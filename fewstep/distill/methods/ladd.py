@@ -142,18 +142,22 @@ class LADD(DistillMethod[LADDConfig]):
     # ------------------------------------------------------------ losses
     def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
         g: GanSpec = self.cfg.gan
+        assert batch.teacher_sample is not None  # data_needs(): teacher pairs
         x0, s_k = self.student_x0(batch.teacher_sample, batch.cond)
-        adv = sum(g_loss(lh, g.loss) for lh in self.logits(x0, batch.cond))
+        terms = [g_loss(lh, g.loss) for lh in self.logits(x0, batch.cond)]
+        adv = sum(terms[1:], terms[0])  # per-head losses (H >= 1)
         total = g.weight * adv
         return total, {"g_adv": adv.detach(), "g_total": total.detach(),
                        "student_sigma": s_k.mean()}
 
     def aux_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
+        assert batch.teacher_sample is not None and batch.real is not None  # data_needs()
         with torch.no_grad():
             x0, _ = self.student_x0(batch.teacher_sample, batch.cond)
         lr = self.logits(batch.real, batch.real_cond)
         lf = self.logits(x0, batch.cond)
         kind = self.cfg.gan.loss
-        loss = sum(d_loss(a, b, kind) for a, b in zip(lr, lf, strict=True))
+        terms = [d_loss(a, b, kind) for a, b in zip(lr, lf, strict=True)]
+        loss = sum(terms[1:], terms[0])  # per-head losses (H >= 1)
         return loss, {"d_loss": loss.detach(), "d_real": lr.mean().detach(),
                       "d_fake": lf.mean().detach()}

@@ -34,5 +34,6 @@ class Regression(DistillMethod[RegressionConfig]):
 
     def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
         out = self.ctx.student.generate(batch.noise, batch.cond, generator=self.ctx.generator)
+        assert batch.teacher_sample is not None  # data_needs(): teacher pairs
         loss = F.mse_loss(out.sample, batch.teacher_sample)
         return loss, {"g_reg": loss.detach()}

@@ -80,6 +80,7 @@ from fewstep.distill.context import Batch, DistillContext, Logs
 from fewstep.distill.methods.base import FakeScoreMethod
 from fewstep.distill.methods.registry import METHODS
 from fewstep.distill.parts.builders import build_fake_score
+from fewstep.distill.parts.fake_score import FakeScore
 from fewstep.distill.parts.losses import SiDWeighting, d_loss, sid_loss, sid_weight
 from fewstep.student.student import backward_simulate
 from fewstep.utils.config_files import StrictModel
@@ -132,6 +133,7 @@ class SiD(FakeScoreMethod[SiDConfig]):
     score network at ``dm.fake_lr``, its head at ``gan.lr``)."""
 
     config_class = SiDConfig
+    fake: FakeScore
 
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
@@ -157,7 +159,7 @@ class SiD(FakeScoreMethod[SiDConfig]):
 
     def fake_cond(self, cond: Any) -> Any:
         """The fake net's condition: the null condition under Zero-CFG, else ``cond``."""
-        if self.ctx.cfg.sid.guidance == "zero_cfg":
+        if self.cfg.sid.guidance == "zero_cfg":
             return self.fake.den.null_cond(cond)
         return cond
 
@@ -170,11 +172,11 @@ class SiD(FakeScoreMethod[SiDConfig]):
         return self.ctx.teacher.guided(x_t, sigma, cond, self.real_w)
 
     def gan_on(self, step: int) -> bool:
-        return self.use_gan and step >= self.ctx.cfg.sid.gan_warmup
+        return self.use_gan and step >= self.cfg.sid.gan_warmup
 
     # ------------------------------------------------------------ losses
     def generator_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs]:
-        s, gen = self.ctx.cfg.sid, self.ctx.generator
+        s, gen = self.cfg.sid, self.ctx.generator
         k, _, _, x_g = backward_simulate(self.ctx.student, batch.noise, batch.cond, gen)
         sigma = self.loss_sigma(x_g.shape[0])
         x_t = FlowPath.add_noise(x_g, self.ctx.randn_like(x_g), sigma)
@@ -198,13 +200,14 @@ class SiD(FakeScoreMethod[SiDConfig]):
             x_g = backward_simulate(self.ctx.student, batch.noise, batch.cond, gen)[3]
         fc = self.fake_cond(batch.cond)
         drop = FAKE_COND_DROPOUT if self.fake_w != 1.0 else 0.0
-        level = self.loss_sigma(x_g.shape[0]) if self.ctx.cfg.sid.fake_level == "loss" else None
+        level = self.loss_sigma(x_g.shape[0]) if self.cfg.sid.fake_level == "loss" else None
         logs: Logs = {"fake_loss": self.fake.loss(x_g, fc, gen, cond_dropout=drop,
                                                   null_cond=self.fake.den.null_cond(fc),
                                                   sigma=level)}
         total = logs["fake_loss"]
         if self.gan_on(step):
             sigma = self.loss_sigma(x_g.shape[0])
+            assert batch.real is not None  # data_needs(): real samples when use_gan
             eps = self.ctx.randn_like(x_g)  # SiD-DiT: real and fake share sigma and noise
             eps_r = eps if batch.real.shape == x_g.shape else self.ctx.randn_like(batch.real)
             lr = self.fake.logits(FlowPath.add_noise(batch.real, eps_r, sigma), sigma,

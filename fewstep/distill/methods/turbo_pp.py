@@ -140,12 +140,14 @@ class TurboPP(DistillMethod[TurboPPConfig]):
         total = x0_k.new_zeros(())
         gan_on = self.adversary is not None and step >= cfg.gan.warmup
         if gan_on and cfg.gan.weight > 0:
+            assert self.adversary is not None  # gan_on
             logs["g_adv"] = self.adversary.generator_loss(x0_k, batch.cond, gen)
             total = total + cfg.gan.weight * logs["g_adv"]
         if self.matching is not None and cfg.dm.weight > 0:
             logs["g_dm"], _ = self.matching.loss(x0_k, batch.cond, gen)
             total = total + cfg.dm.weight * logs["g_dm"]
         if cfg.turbo.regression_weight > 0:
+            assert batch.teacher_sample is not None  # data_needs(): teacher pairs
             logs["g_reg"] = F.mse_loss(x0_k, batch.teacher_sample)
             total = total + cfg.turbo.regression_weight * logs["g_reg"]
         if cfg.step1.weight > 0 and self.ctx.student.num_steps > 1:
@@ -160,12 +162,18 @@ class TurboPP(DistillMethod[TurboPPConfig]):
                     ) -> Tensor | None:
         kind = self.cfg.step1.loss
         if kind == "teacher_traj":
+            assert batch.teacher_mid is not None  # data_needs(): teacher pairs
             return F.mse_loss(x0_1, batch.teacher_mid)
         if kind == "adversarial":
+            if not gan_on:
+                return None
             adv = self.adversary_1 or self.adversary
-            return adv.generator_loss(x0_1, batch.cond, gen) if gan_on else None
+            assert adv is not None  # gan_on
+            return adv.generator_loss(x0_1, batch.cond, gen)
         if kind == "dm":
-            return (self.matching_1 or self.matching).loss(x0_1, batch.cond, gen)[0]
+            matching = self.matching_1 or self.matching
+            assert matching is not None  # built in __init__ for step1.loss = dm
+            return matching.loss(x0_1, batch.cond, gen)[0]
         return None
 
     def aux_loss(self, batch: Batch, step: int) -> tuple[Tensor, Logs] | None:
@@ -179,6 +187,7 @@ class TurboPP(DistillMethod[TurboPPConfig]):
         logs: Logs = {}
         total = batch.noise.new_zeros(())
         if self.adversary is not None:
+            assert batch.real is not None  # data_needs(): real samples when use_gan
             fake, fake_cond = traj.sample, batch.cond
             real, real_cond = batch.real, batch.real_cond
             if cfg.step1.loss == "adversarial" and multi and self.adversary_1 is None:
@@ -191,6 +200,7 @@ class TurboPP(DistillMethod[TurboPPConfig]):
             logs["d_loss"] = ld
             total = total + ld
         if self.adversary_1 is not None:
+            assert batch.real is not None  # data_needs(): real samples when use_gan
             ld1, dl1 = self.adversary_1.discriminator_loss(batch.real, batch.real_cond,
                                                            traj.x0s[0], batch.cond, gen)
             logs.update({f"{k}_1": v for k, v in dl1.items()})

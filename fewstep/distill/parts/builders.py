@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from fewstep.distill.config import DistillConfig, DMSpec, GanSpec
 from fewstep.distill.context import DistillContext
 from fewstep.distill.parts.adversary import Adversary
-from fewstep.distill.parts.discriminator import StandaloneDiscriminator, TeacherFeatureDiscriminator
+from fewstep.distill.parts.discriminator import (
+    Discriminator,
+    StandaloneDiscriminator,
+    TeacherFeatureDiscriminator,
+)
 from fewstep.distill.parts.fake_score import FakeScore, feature_dims
 from fewstep.distill.parts.matching import DistributionMatching
 
@@ -28,15 +30,15 @@ def dm_section(cfg: DistillConfig) -> DMSpec:
     return dm
 
 
-def build_discriminator(ctx: DistillContext) -> nn.Module:
+def build_discriminator(ctx: DistillContext) -> Discriminator:
     """The configured discriminator (``gan.discriminator``) on ``ctx.device``: heads on the
     frozen teacher's features (``teacher_features``) or a standalone network."""
     g = gan_section(ctx.cfg)
     nc = ctx.problem.num_classes
     if g.discriminator == "teacher_features":
         dims = feature_dims(ctx.teacher, ctx.example, ctx.example_cond)
-        disc: nn.Module = TeacherFeatureDiscriminator(ctx.teacher, dims, g.layers,
-                                                      g.head_hidden, nc)
+        disc: Discriminator = TeacherFeatureDiscriminator(ctx.teacher, dims, g.layers,
+                                                          g.head_hidden, nc)
     else:
         disc = StandaloneDiscriminator(ctx.problem.data_shape, num_classes=nc)
     return disc.to(ctx.device)

@@ -102,3 +102,7 @@ class StandaloneDiscriminator(nn.Module):
     def head_logits(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         """``(1, B)``: the one head's logit."""
         return self.forward(x, sigma, cond)[None]
+
+
+#: what :func:`~fewstep.distill.parts.builders.build_discriminator` returns
+Discriminator = TeacherFeatureDiscriminator | StandaloneDiscriminator
