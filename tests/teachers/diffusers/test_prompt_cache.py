@@ -147,13 +147,17 @@ def test_fingerprint_tracks_weights(tiny_pipe):
 
 
 def test_fingerprint_covers_the_second_text_encoder():
-    """A Flux pipeline whose T5 (text_encoder_2) is replaced gets another cache key (issue 24:
-    the old prompt embeddings were served)."""
+    """A Flux pipeline whose T5 (text_encoder_2) is replaced gets another conditioning-cache
+    key (issue 24: the old prompt embeddings were served). The key is the package's own
+    (:func:`~fewstep.teachers.diffusers.conditioning_cache.cache_key`), from a real reading."""
+    from fewstep.teachers.diffusers.conditioning_cache import cache_key
+    from fewstep.teachers.diffusers.pipeline_reading import read_pipeline
     from fewstep.testing.tiny_pipelines import build_tiny_flux_pipeline
 
     pipe = build_tiny_flux_pipeline(seed=0)
-    fp = encoder_fingerprint(pipe, TINY_MAX_SEQ)
+    reading = read_pipeline(pipe, 16, 16, 2)
+    key, _ = cache_key(pipe, reading.spec, reading.call_kwargs, torch.float32)
     other = build_tiny_flux_pipeline(seed=1).text_encoder_2
     assert type(other) is type(pipe.text_encoder_2)
     pipe.text_encoder_2 = other
-    assert fp != encoder_fingerprint(pipe, TINY_MAX_SEQ)
+    assert key != cache_key(pipe, reading.spec, reading.call_kwargs, torch.float32)[0]
