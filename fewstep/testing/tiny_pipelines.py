@@ -10,18 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.transformers.pixart_transformer_2d import PixArtTransformer2DModel
+from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
+from diffusers.models.transformers.transformer_z_image import ZImageTransformer2DModel
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+from diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma import PixArtSigmaPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.pipelines.z_image.pipeline_z_image import ZImagePipeline
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
     FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    FluxTransformer2DModel,
-    PixArtSigmaPipeline,
-    PixArtTransformer2DModel,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-    ZImagePipeline,
-    ZImageTransformer2DModel,
 )
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 from transformers import (
@@ -104,10 +104,11 @@ def _tiny_clip(vocab: int, hidden: int = 32) -> CLIPTextModel:
 
 
 def _tiny_t5(vocab: int, d_model: int = 32) -> T5EncoderModel:
+    # decoder_start_token_id: a config kwarg transformers accepts but T5Config's signature omits
+    extra: dict[str, Any] = {"decoder_start_token_id": 0}
     return T5EncoderModel(T5Config(vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=37,
                                    num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                                   pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
-                          ).eval()
+                                   pad_token_id=0, eos_token_id=2, **extra)).eval()
 
 
 def build_tiny_zimage_pipeline(seed: int = 0, scheduler_shift: float = 3.0) -> ZImagePipeline:
