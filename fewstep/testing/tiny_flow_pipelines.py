@@ -12,24 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from diffusers.models.transformers.auraflow_transformer_2d import AuraFlowTransformer2DModel
-from diffusers.models.transformers.transformer_chroma import ChromaTransformer2DModel
-from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
-from diffusers.models.transformers.transformer_flux2 import Flux2Transformer2DModel
-from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
-from diffusers.models.transformers.transformer_z_image import ZImageTransformer2DModel
-from diffusers.pipelines.aura_flow.pipeline_aura_flow import AuraFlowPipeline
-from diffusers.pipelines.chroma.pipeline_chroma import ChromaPipeline
-from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
-from diffusers.pipelines.flux2.pipeline_flux2 import Flux2Pipeline
-from diffusers.pipelines.flux2.pipeline_flux2_klein import Flux2KleinPipeline
-from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
-    StableDiffusion3Pipeline,
-)
-from diffusers.pipelines.z_image.pipeline_z_image import ZImagePipeline
-from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
+from diffusers import (
+    AuraFlowPipeline,
+    AuraFlowTransformer2DModel,
+    ChromaPipeline,
+    ChromaTransformer2DModel,
     FlowMatchEulerDiscreteScheduler,
+    Flux2KleinPipeline,
+    Flux2Pipeline,
+    Flux2Transformer2DModel,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    ZImagePipeline,
 )
+from diffusers.models.transformers.transformer_z_image import ZImageTransformer2DModel
 
 from fewstep.testing import tiny_autoencoders as ae
 from fewstep.testing import tiny_text_encoders as te

@@ -35,6 +35,13 @@ from transformers import (
 )
 
 
+def _components(**parts: Any) -> dict[str, Any]:
+    """A pipeline's components as keyword arguments: diffusers annotates its tokenizer
+    parameters with the slow tokenizer classes and optional components (safety checker,
+    feature extractor) as required, while it accepts the fast tokenizers and ``None`` used here."""
+    return parts
+
+
 def init_pad_tokens(module: torch.nn.Module, std: float = 0.02,
                     generator: torch.Generator | None = None) -> None:
     """Give learned pad tokens (``x_pad_token``, ``cap_pad_token``, ...) created with
@@ -127,8 +134,9 @@ def build_tiny_zimage_pipeline(seed: int = 0, scheduler_shift: float = 3.0) -> Z
             max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id))
         vae = _tiny_vae(16)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=scheduler_shift)
-    pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder.eval(),
-                          tokenizer=tokenizer, transformer=transformer.eval())
+    pipe = ZImagePipeline(**_components(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+        transformer=transformer.eval()))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -153,9 +161,10 @@ def build_tiny_sd_pipeline(seed: int = 0, scheduler: Any = None) -> StableDiffus
                                   set_alpha_to_one=True, prediction_type="v_prediction",
                                   timestep_spacing="trailing", rescale_betas_zero_snr=True,
                                   steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   unet=unet.eval(), scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(**_components(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet.eval(),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -178,8 +187,9 @@ def build_tiny_pixart_pipeline(seed: int = 0, scheduler: Any = None) -> PixArtSi
     if scheduler is None:
         scheduler = DDIMScheduler(beta_schedule="linear", clip_sample=False,
                                   set_alpha_to_one=True, timestep_spacing="trailing")
-    pipe = PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                               transformer=transformer.eval(), scheduler=scheduler)
+    pipe = PixArtSigmaPipeline(**_components(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer.eval(),
+        scheduler=scheduler))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -202,9 +212,9 @@ def build_tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5,
                                                 max_shift=1.15, base_image_seq_len=256,
                                                 max_image_seq_len=4096)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
-                        tokenizer=tokenizer, text_encoder_2=text_encoder_2,
-                        tokenizer_2=tokenizer_2, transformer=transformer.eval())
+    pipe = FluxPipeline(**_components(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                                      tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                                      tokenizer_2=tokenizer_2, transformer=transformer.eval()))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -343,8 +343,9 @@ def infer(pipe: Any, rec: Recording, call_kwargs: dict[str, Any], family: Family
     dyn = [lat, tp, *cond] + ([g_leaf] if g_leaf else [])
     template = Template(f0[0].args, f0[0].kwargs, dyn)
     step_kw = {k: v for k, v in rec.steps[0].kwargs.items() if k != "return_dict"}
+    chw = (int(x0.shape[1]), int(x0.shape[2]), int(x0.shape[3]))
     return CallSpec(name, template, lat, tp, cond, axes, pad_masks, g_leaf, g_val, net_layout,
-                    loop, aspect, (int(x0.shape[1]), int(x0.shape[2]), int(x0.shape[3])), out_ch, cfg, cond_first, fit, sign,
+                    loop, aspect, chw, out_ch, cfg, cond_first, fit, sign,
                     (float(ab[0]), float(ab[1])), t_aff, t_tab, tdesc, pr, rec.scheduler,
                     step_kw, call, m, notes, f0[0].output)
 
