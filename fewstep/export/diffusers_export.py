@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.models.modeling_utils import ModelMixin
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -50,6 +52,7 @@ from fewstep.export.metadata import describe_export, describe_native
 from fewstep.export.model_card import model_card
 from fewstep.export.native import write_student_folder
 from fewstep.export.pipeline_info import pipeline_info
+from fewstep.teachers.diffusers.vp import VPEpsilonDenoiser
 
 Components = Literal["auto", "reference", "full", "copy"]
 
@@ -137,16 +140,23 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _clean_model(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+def _clean_model(model: ModelMixin, state: dict[str, Tensor]) -> ModelMixin:
     """A fresh diffusers model of ``model``'s class and config holding ``state`` (no LoRA
     layers), built on the meta device so no extra copy of the weights is made."""
+    assert isinstance(model, ConfigMixin)  # a diffusers model is a ModelMixin and ConfigMixin
     cls = type(model)
+
+    def fresh() -> ModelMixin:
+        made = cls.from_config(dict(model.config))
+        assert not isinstance(made, tuple)  # a tuple only with return_unused_kwargs=True
+        return made
+
     try:
         with torch.device("meta"):
-            clean = cls.from_config(dict(model.config))
+            clean = fresh()
         clean.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, NotImplementedError):
-        clean = cls.from_config(dict(model.config)).to(next(iter(state.values())).dtype)
+        clean = fresh().to(next(iter(state.values())).dtype)
         clean.load_state_dict(state, strict=True)
     return clean
 
@@ -189,7 +199,7 @@ def _write_adapter(lora: Any, k: int, comp: str, out: Path, attr: str) -> None:
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
 
 
-def _unet_info(den0: nn.Module, sigmas: Tensor) -> dict[str, Any]:
+def _unet_info(den0: VPEpsilonDenoiser, sigmas: Tensor) -> dict[str, Any]:
     return {"unet": {"timesteps": [float(t) for t in den0.timestep(sigmas).tolist()],
                      "prediction_type": den0.prediction_type, "null_class": den0.null_class,
                      "min_one_minus_sigma": float(den0.min_one_minus_sigma)}}

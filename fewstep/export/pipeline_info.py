@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from fewstep.teachers.diffusers.pipeline_denoiser import PipelineDenoiser
 from fewstep.teachers.diffusers.pipeline_reading import single_call_kwargs
 
 
@@ -22,7 +23,7 @@ def teacher_call(tcfg: dict[str, Any]) -> dict[str, Any]:
     return call
 
 
-def pipeline_info(den0: nn.Module, sigmas: Tensor, tcfg: dict[str, Any], pipeline: Any,
+def pipeline_info(den0: PipelineDenoiser, sigmas: Tensor, tcfg: dict[str, Any], pipeline: Any,
                   transition: str) -> dict[str, Any]:
     """The family-``pipeline`` part of ``fewstep_student.json`` (``den0``: step 0's
     :class:`~fewstep.teachers.diffusers.pipeline_denoiser.PipelineDenoiser`)."""

@@ -20,9 +20,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -36,6 +38,8 @@ from fewstep.teachers.diffusers.cond_batch import CondBatch
 from fewstep.teachers.diffusers.layouts import LAYOUTS
 from fewstep.teachers.diffusers.pipeline_denoiser import PipelineDenoiser
 from fewstep.teachers.diffusers.pipeline_reading import PipelineReading, read_pipeline
+
+_T = TypeVar("_T")
 
 
 def _torch_dtype(name: str) -> torch.dtype:
@@ -59,12 +63,12 @@ def _scheduler_alphas(src: str) -> Tensor:
     return alphas
 
 
-def _diffusers_class(name: str, base: str) -> type:
+def _diffusers_class(name: str, base: type[_T]) -> type[_T]:
     import diffusers
 
     cls = getattr(diffusers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, getattr(diffusers, base))):
-        raise ValueError(f"{INFO}: unknown {base} class {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{INFO}: unknown {base.__name__} class {name!r}")
     return cls
 
 
@@ -83,9 +87,9 @@ def load_diffusers_student(folder: str | os.PathLike[str], device: torch.device 
     den_dtype = _torch_dtype(info["dtypes"]["denoiser"])
     reading = None
     if info["family"] == PIPELINE:
-        model_cls = _diffusers_class(info["network_class"], "ModelMixin")
+        model_cls = _diffusers_class(info["network_class"], ModelMixin)
     else:
-        model_cls = _diffusers_class("UNet2DModel", "ModelMixin")
+        model_cls = _diffusers_class("UNet2DModel", ModelMixin)
 
     def load(where: str, sub: str) -> nn.Module:
         return model_cls.from_pretrained(where, subfolder=sub, use_safetensors=True,
@@ -133,7 +137,7 @@ def load_diffusers_student(folder: str | os.PathLike[str], device: torch.device 
 def _read_pipeline(info: dict[str, Any], src: str, network: nn.Module,
                    device: torch.device | str) -> PipelineReading:
     """The export's pipeline class from ``src`` holding ``network``, read as the teacher was."""
-    cls = _diffusers_class(str(info["pipeline_class"]), "DiffusionPipeline")
+    cls = _diffusers_class(str(info["pipeline_class"]), DiffusionPipeline)
     pipe = cls.from_pretrained(src, use_safetensors=True, **{info["component"]: network},
                                **dtype_kwargs(_torch_dtype(info["dtypes"]["pipeline"])))
     pipe.set_progress_bar_config(disable=True)
@@ -224,7 +228,8 @@ class StudentPipeline:
         (row order ``p0, p0, ..., p1, ...``), or ``num_images`` with default labels."""
         if prompt is not None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            cond = self.encode_prompts(prompts).repeat_interleave(num_images_per_prompt)
+            cond: CondBatch | Tensor | None = self.encode_prompts(prompts).repeat_interleave(
+                num_images_per_prompt)
             n = len(prompts) * num_images_per_prompt
         else:
             if self.reading is not None:

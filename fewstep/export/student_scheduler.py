@@ -31,7 +31,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 
-class StudentScheduler(SchedulerMixin, ConfigMixin):
+# diffusers types ConfigMixin.config_name as None and SchedulerMixin's as str; every diffusers
+# scheduler has these two bases in this order (its own typing conflict, not ours)
+class StudentScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     """The student's K steps inside a pipeline's ``__call__`` (see module docstring)."""
 
     order = 1
@@ -45,7 +47,7 @@ class StudentScheduler(SchedulerMixin, ConfigMixin):
 
     def set_timesteps(self, num_inference_steps: Any = None, device: Any = None,
                       timesteps: Any = None, sigmas: Any = None, **kwargs: Any) -> None:
-        self.timesteps, self.k = torch.tensor(self.config.times, device=device), 0
+        self.timesteps, self.k = torch.tensor(self.config["times"], device=device), 0
         if self.on_step is not None:
             self.on_step(0)
 
@@ -57,31 +59,31 @@ class StudentScheduler(SchedulerMixin, ConfigMixin):
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
              return_dict: bool = True, **kwargs: Any) -> Any:
-        c = self.config
-        levels = [*c.sigmas, 0.0]
+        c = self.config  # a FrozenDict (typed as a dict): read by key
+        levels = [*c["sigmas"], 0.0]
         s, s1 = levels[self.k], levels[self.k + 1]
 
         def n(v: float) -> float:
-            return ((1 - v) ** 2 + v**2) ** 0.5 if c.vp else 1.0
+            return ((1 - v) ** 2 + v**2) ** 0.5 if c["vp"] else 1.0
 
         a, sg = (1 - s) / n(s), s / n(s)  # x_m = a x0 + sg eps
         xm, m = sample.float(), model_output.float()
         x = xm * n(s)
-        if c.prediction == "epsilon":
-            x0 = (x - s * m) / max(1 - s, c.min_one_minus_sigma)
-        elif c.prediction == "v_prediction":
+        if c["prediction"] == "epsilon":
+            x0 = (x - s * m) / max(1 - s, c["min_one_minus_sigma"])
+        elif c["prediction"] == "v_prediction":
             x0 = (a * xm - sg * m) / (a * a + sg * sg)
-        elif c.prediction == "sample":
+        elif c["prediction"] == "sample":
             x0 = m
         else:  # flow: the velocity eps - x0
             x0 = (xm - sg * m) / (a + sg)
-        if s1 > 0 and c.transition == "fresh":
+        if s1 > 0 and c["transition"] == "fresh":
             eps = torch.randn(x.shape, generator=self.generator).to(x.device)
         else:
             eps = (x - (1 - s) * x0) / s
         prev = (((1 - s1) * x0 + s1 * eps) / n(s1)).to(sample.dtype)
         self.k += 1
-        if self.k < len(c.sigmas) and self.on_step is not None:
+        if self.k < len(c["sigmas"]) and self.on_step is not None:
             self.on_step(self.k)
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 

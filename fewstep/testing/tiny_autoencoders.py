@@ -9,13 +9,11 @@ of them is caught.
 from __future__ import annotations
 
 import torch
-from diffusers import (
-    AutoencoderDC,
-    AutoencoderKL,
-    AutoencoderKLFlux2,
-    AutoencoderKLQwenImage,
-    VQModel,
-)
+from diffusers.models.autoencoders.autoencoder_dc import AutoencoderDC
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.autoencoders.autoencoder_kl_flux2 import AutoencoderKLFlux2
+from diffusers.models.autoencoders.autoencoder_kl_qwenimage import AutoencoderKLQwenImage
+from diffusers.models.autoencoders.vq_model import VQModel
 
 
 def kl(latent_channels: int = 4, scaling_factor: float = 0.18215,

@@ -26,8 +26,8 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     ZImagePipeline,
-    ZImageTransformer2DModel,
 )
+from diffusers.models.transformers.transformer_z_image import ZImageTransformer2DModel
 
 from fewstep.testing import tiny_autoencoders as ae
 from fewstep.testing import tiny_text_encoders as te

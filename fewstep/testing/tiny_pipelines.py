@@ -10,18 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.transformers.pixart_transformer_2d import PixArtTransformer2DModel
+from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
+from diffusers.models.transformers.transformer_z_image import ZImageTransformer2DModel
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+from diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma import PixArtSigmaPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.pipelines.z_image.pipeline_z_image import ZImagePipeline
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
     FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    FluxTransformer2DModel,
-    PixArtSigmaPipeline,
-    PixArtTransformer2DModel,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-    ZImagePipeline,
-    ZImageTransformer2DModel,
 )
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 from transformers import (
@@ -33,6 +33,13 @@ from transformers import (
     T5Config,
     T5EncoderModel,
 )
+
+
+def _components(**parts: Any) -> dict[str, Any]:
+    """A pipeline's components as keyword arguments: diffusers annotates its tokenizer
+    parameters with the slow tokenizer classes and optional components (safety checker,
+    feature extractor) as required, while it accepts the fast tokenizers and ``None`` used here."""
+    return parts
 
 
 def init_pad_tokens(module: torch.nn.Module, std: float = 0.02,
@@ -104,10 +111,11 @@ def _tiny_clip(vocab: int, hidden: int = 32) -> CLIPTextModel:
 
 
 def _tiny_t5(vocab: int, d_model: int = 32) -> T5EncoderModel:
+    # decoder_start_token_id: a config kwarg transformers accepts but T5Config's signature omits
+    extra: dict[str, Any] = {"decoder_start_token_id": 0}
     return T5EncoderModel(T5Config(vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=37,
                                    num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                                   pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
-                          ).eval()
+                                   pad_token_id=0, eos_token_id=2, **extra)).eval()
 
 
 def build_tiny_zimage_pipeline(seed: int = 0, scheduler_shift: float = 3.0) -> ZImagePipeline:
@@ -126,8 +134,9 @@ def build_tiny_zimage_pipeline(seed: int = 0, scheduler_shift: float = 3.0) -> Z
             max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id))
         vae = _tiny_vae(16)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=scheduler_shift)
-    pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder.eval(),
-                          tokenizer=tokenizer, transformer=transformer.eval())
+    pipe = ZImagePipeline(**_components(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+        transformer=transformer.eval()))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -152,9 +161,10 @@ def build_tiny_sd_pipeline(seed: int = 0, scheduler: Any = None) -> StableDiffus
                                   set_alpha_to_one=True, prediction_type="v_prediction",
                                   timestep_spacing="trailing", rescale_betas_zero_snr=True,
                                   steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   unet=unet.eval(), scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(**_components(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet.eval(),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -177,8 +187,9 @@ def build_tiny_pixart_pipeline(seed: int = 0, scheduler: Any = None) -> PixArtSi
     if scheduler is None:
         scheduler = DDIMScheduler(beta_schedule="linear", clip_sample=False,
                                   set_alpha_to_one=True, timestep_spacing="trailing")
-    pipe = PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                               transformer=transformer.eval(), scheduler=scheduler)
+    pipe = PixArtSigmaPipeline(**_components(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer.eval(),
+        scheduler=scheduler))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -201,9 +212,9 @@ def build_tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5,
                                                 max_shift=1.15, base_image_seq_len=256,
                                                 max_image_seq_len=4096)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
-                        tokenizer=tokenizer, text_encoder_2=text_encoder_2,
-                        tokenizer_2=tokenizer_2, transformer=transformer.eval())
+    pipe = FluxPipeline(**_components(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                                      tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                                      tokenizer_2=tokenizer_2, transformer=transformer.eval()))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

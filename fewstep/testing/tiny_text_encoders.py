@@ -120,11 +120,14 @@ def clip_text(tok: Any, hidden: int = 32, projection: bool = False, layers: int 
 
 
 def t5_encoder(tok: Any, d_model: int = 32, umt5: bool = False) -> torch.nn.Module:
-    cfg_cls, model_cls = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
     pad, eos = ids(tok, "<pad>", "</s>")
-    return model_cls(cfg_cls(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model,
-                             num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                             pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad)).eval()
+    # transformers' config signatures omit the extra attributes their **kwargs accept
+    kw: dict[str, Any] = dict(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model,
+                              num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                              pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad)
+    if umt5:
+        return UMT5EncoderModel(UMT5Config(**kw)).eval()
+    return T5EncoderModel(T5Config(**kw)).eval()
 
 
 def bert_encoder(tok: Any, hidden: int = 32) -> BertModel:
@@ -142,12 +145,13 @@ def qwen3(tok: Any, hidden: int = 16, layers: int = 2, causal_lm: bool = False) 
 
 
 def gemma2(tok: Any, hidden: int = 8, layers: int = 2) -> Gemma2Model:
+    # attn_implementation: a config kwarg transformers accepts but its signature omits
+    extra: dict[str, Any] = {"attn_implementation": "eager"}
     return Gemma2Model(Gemma2Config(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, head_dim=4,
         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
         max_position_embeddings=2048, sliding_window=4096, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        attn_implementation="eager")).eval()
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **extra)).eval()
 
 
 def glm(tok: Any, hidden: int = 32) -> GlmModel:

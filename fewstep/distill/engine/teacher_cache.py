@@ -27,6 +27,7 @@ path: a teacher replaced in place gets a new cache.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -215,7 +216,7 @@ class TeacherCache:
         """Build what is missing (verifying every shard's checksum), then a streaming
         :class:`CacheReader` over the verified shards (see its docstring)."""
         self.build(progress)
-        views = [VerifiedShard(self.shard_path(i), lambda i=i: self._verify(i))
+        views = [VerifiedShard(self.shard_path(i), functools.partial(self._verify, i))
                  for i in range(self.num_shards)]
         return CacheReader(views, self.size, self.shard_size, batch_size, seed, pairs=pairs,
                            real=real, rows=rows, device=device, prefetch=prefetch,

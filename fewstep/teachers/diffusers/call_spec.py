@@ -261,7 +261,8 @@ def infer(pipe: Any, rec: Recording, call_kwargs: dict[str, Any], family: Family
     axes = {p: a for p in leaves0 if p not in (lat, tp)
             for a in [_batch_axis(leaves0[p], lv_ab[0][p], b)] if a is not None}
     cond = list(axes)
-    pad_masks = {p: None for p in leaves0 if leaves0[p] is None and torch.is_tensor(lv_ab[0][p])}
+    pad_masks: dict[str, tuple[str, int, torch.dtype] | None] = {
+        p: None for p in leaves0 if leaves0[p] is None and torch.is_tensor(lv_ab[0][p])}
     like.update(cond=cond + list(pad_masks), axes=axes)
     cond_first = True
     if cfg != "single":
@@ -300,7 +301,7 @@ def infer(pipe: Any, rec: Recording, call_kwargs: dict[str, Any], family: Family
     same = [p for p in leaves0 if gs is not None and torch.is_tensor(leaves0[p])
             and leaves0[p].is_floating_point() and leaves0[p].numel() > 0
             and bool((leaves0[p] == float(gs)).all())]
-    if same:
+    if same and gs is not None:  # ``same`` is empty without a guidance_scale
         rec3 = stub_record(pipe, like, {**kw, "guidance_scale": float(gs) + 1.25}, [prompts[0]])
         lv3 = flatten(rec3.forwards[0].args, rec3.forwards[0].kwargs)
         moved = [p for p in same if bool((lv3[p] == float(gs) + 1.25).all())]
@@ -342,8 +343,9 @@ def infer(pipe: Any, rec: Recording, call_kwargs: dict[str, Any], family: Family
     dyn = [lat, tp, *cond] + ([g_leaf] if g_leaf else [])
     template = Template(f0[0].args, f0[0].kwargs, dyn)
     step_kw = {k: v for k, v in rec.steps[0].kwargs.items() if k != "return_dict"}
+    chw = (int(x0.shape[1]), int(x0.shape[2]), int(x0.shape[3]))
     return CallSpec(name, template, lat, tp, cond, axes, pad_masks, g_leaf, g_val, net_layout,
-                    loop, aspect, tuple(x0.shape[1:]), out_ch, cfg, cond_first, fit, sign,
+                    loop, aspect, chw, out_ch, cfg, cond_first, fit, sign,
                     (float(ab[0]), float(ab[1])), t_aff, t_tab, tdesc, pr, rec.scheduler,
                     step_kw, call, m, notes, f0[0].output)
 

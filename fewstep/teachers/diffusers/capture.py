@@ -47,10 +47,15 @@ def stub_record(pipe: Any, like: dict[str, Any], call_kwargs: dict[str, Any], pr
     """A stubbed recording of ``__call__`` for ``prompts``, stopped after the denoiser calls of
     step 0 (``like``: the call layout, see :meth:`~.call_spec.CallSpec.like`)."""
     lat = like["latent"]
+
+    def stub_output(a: tuple[Any, ...], k: dict[str, Any]) -> Any:
+        n = batch_of(get(a, k, lat))
+        assert n is not None, "the recorded latent has a batch axis"
+        return zeros_like_out(like["out"], n)
+
     return record(pipe, {**call_kwargs, "prompt": prompts},
                   stop=f"forward:{forwards or like['forwards']}", stub=True,
-                  stub_output=lambda a, k: zeros_like_out(like["out"], batch_of(get(a, k, lat))),
-                  denoiser=like["denoiser"])
+                  stub_output=stub_output, denoiser=like["denoiser"])
 
 
 def split_branches(leaves: list[dict[str, Any]], like: dict[str, Any], n: int

@@ -39,7 +39,7 @@ class CondBatch:
     """The conditioning leaves of ``len(self)`` rows (see module docstring)."""
 
     def __init__(self, leaves: dict[str, Any], pad_masks: PadMasks | None = None) -> None:
-        sizes = {_n(v) for v in leaves.values()} - {None}
+        sizes = {n for v in leaves.values() if (n := _n(v)) is not None}
         if len(sizes) > 1:
             raise ValueError(f"CondBatch leaves disagree on the batch size: {sorted(sizes)}")
         self.leaves = leaves

@@ -14,6 +14,8 @@ from typing import Any
 
 import diffusers
 import torch
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from fewstep.core.denoiser import Denoiser
@@ -64,6 +66,9 @@ def vae_latent_shape(config: dict[str, Any], resolution: int) -> tuple[int, int,
             raise ValueError(f"cannot read the latent shape of a {config.get('_class_name')} "
                              "from its config")
         f = 2 ** (len(blocks) - 1)
+    if c is None:
+        raise ValueError(f"cannot read the latent channels of a {config.get('_class_name')} "
+                         "from its config")
     if resolution % f:
         raise ValueError(f"teacher.resolution {resolution} is not divisible by the VAE's "
                          f"factor {f}")
@@ -85,7 +90,8 @@ def meta_denoiser(pretrained: str, resolution: int,
         raise ValueError(f"{pipe_cls} lists no denoiser component "
                          f"({' / '.join(DENOISER_NAMES)})")
     model_cls = getattr(diffusers, comps[name], None)
-    if not isinstance(model_cls, type):
+    if not (isinstance(model_cls, type) and issubclass(model_cls, ModelMixin)
+            and issubclass(model_cls, ConfigMixin)):
         raise ValueError(f"unknown denoiser class {comps[name]!r}")
     fam, _ = family_for(pipe_cls, comps[name])
     decoder = next((d for d in _DECODERS if d in comps), None)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from fewstep.core.denoiser import Denoiser
@@ -62,6 +63,10 @@ def _dtype_of(v: Any) -> torch.dtype | None:
 class PipelineDenoiser(Denoiser):
     """See module docstring. ``feature_blocks`` / ``lora_targets``: the family entry's (``None``:
     inferred from the network)."""
+
+    _ts: Tensor  # flow: the scheduler's (level, timestep) table (buffers, see __init__)
+    _tt: Tensor
+    _neg_lsnr: Tensor  # VP: -log-SNR of alphas_cumprod
 
     def __init__(self, net: nn.Module, spec: CallSpec, null: CondBatch | None = None,
                  feature_blocks: str | None = None,
@@ -101,7 +106,7 @@ class PipelineDenoiser(Denoiser):
             self.min_one_minus_sigma = max(1.0 - self.sigma_max, 1e-3)
 
     @property
-    def network(self) -> nn.Module:
+    def network(self) -> ModelMixin:
         """The diffusers network (registered as :attr:`component`)."""
         return getattr(self, self.component)
 
@@ -203,6 +208,7 @@ class PipelineDenoiser(Denoiser):
         vals[sp.latent] = sp.net_layout.to_native(xin if xin.dtype == dtype else xin.to(dtype))
         vals[sp.time] = tau.to(self._time_dtype or dtype)
         if sp.guidance_leaf is not None:
+            assert self.embedded_guidance is not None  # CallSpec sets both together
             vals[sp.guidance_leaf] = torch.full((x.shape[0],), float(self.embedded_guidance),
                                                 device=x.device, dtype=torch.float32)
         args, kwargs = self._template(x.device).fill(vals)

@@ -185,7 +185,7 @@ class PromptCache:
               and meta.get("sha256") == tensors_sha256(tensors))
         return tensors if ok else None
 
-    def _encode(self, prompts: Sequence[str]) -> list[Tensor]:
+    def _encode(self, prompts: Sequence[str]) -> list[Tensor | tuple[Tensor, ...]]:
         if self.encode_fn is None:
             raise RuntimeError(f"prompt cache {self.dir} needs regeneration but has no encode_fn")
         out: list[Any] = []
@@ -263,8 +263,9 @@ class PromptCache:
         """A padded :class:`PromptEmbeds` batch for prompt ``indices``."""
         idx = indices.tolist() if torch.is_tensor(indices) else list(indices)
         pooled = [self.pooled(int(i)) for i in idx]
+        present = [p for p in pooled if p is not None]  # one encoder: all or none have one
         return PromptEmbeds.from_list([self.embedding(int(i)) for i in idx],
-                                      None if pooled[0] is None else pooled).to(device, dtype)
+                                      None if pooled[0] is None else present).to(device, dtype)
 
     @property
     def null_embeds(self) -> Tensor:

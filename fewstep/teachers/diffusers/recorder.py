@@ -141,8 +141,8 @@ def record(pipe: Any, call_kwargs: dict, stop: str | None = None, stub: bool = F
 
         def fake_forward(*args: Any, **kwargs: Any) -> Any:
             return stub_output(args, kwargs)
-        net.forward = fake_forward  # type: ignore[method-assign]
-    sched.step = step  # type: ignore[method-assign]
+        net.forward = fake_forward
+    sched.step = step
     try:
         rec.result = pipe(**call_kwargs)
     except StopRecording:
