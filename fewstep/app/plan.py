@@ -273,11 +273,12 @@ def build_plan(cfg: DistillConfig, gpus: int, gpu_memory_gb: float | None = None
     # plans are for GPUs: auto means bf16 there
     act_b = 4 if cfg.train.mixed_precision == "no" else 2
     fwd = graph_forwards(cfg)
-    saved = measured_activations(teacher, tuple(shape), cfg.teacher.max_sequence_length,
+    text = zimage_caption_tokens(cfg)
+    saved = measured_activations(teacher, tuple(shape), text,
                                  torch.float32 if act_b == 4 else torch.bfloat16)
     if saved is not None:
         act = {"basis": f"measured on meta: what autograd saves, {saved.units} checkpointed "
-                        f"units, {cfg.teacher.max_sequence_length} text tokens"}
+                        f"units, {text} text tokens"}
     block = _largest_block(teacher)
     heads = a_total - f_total
     data, host = cache_figures(cfg, method, shape, teacher, per_gpu)

@@ -204,7 +204,12 @@ def generic_activation_shape(den: nn.Module, shape: tuple[int, ...], text_tokens
     Anything else (coarse): spatial positions of the sample, the widest layer, and a quarter of
     the Linear / Conv layers as "blocks".
     """
-    net = getattr(den, "network", None) or getattr(den, "net", den)
+    net = den
+    for attr in ("network", "net"):  # a pipeline / fewstep wrapper's network
+        inner = getattr(den, attr, None)
+        if isinstance(inner, nn.Module):
+            net = inner
+            break
     c = getattr(net, "config", None)
     if c is not None and "patch_size" in c and "num_attention_heads" in c:
         p = c.get("patch_size") or 1
@@ -214,7 +219,7 @@ def generic_activation_shape(den: nn.Module, shape: tuple[int, ...], text_tokens
             p = max(p, round(math.sqrt(packed)))
         img = (shape[-2] // p) * (shape[-1] // p)
         hidden = int(c["num_attention_heads"]) * int(c.get("attention_head_dim") or 1)
-        blocks = sum(len(m) for m in net.children() if isinstance(m, nn.ModuleList))
+        blocks = sum([len(m) for m in net.children() if isinstance(m, nn.ModuleList)])
         return {"tokens": img + text_tokens, "hidden": hidden, "blocks": max(1, blocks),
                 "basis": f"transformer formula: {img} image + {text_tokens} text tokens"}
     widths, layers = [], 0
