@@ -33,6 +33,8 @@ FAMILY_PRESETS = {  # preset -> (teacher size range, hub id)
     "flux1_schnell_2step": ((11.8e9, 12.0e9), "black-forest-labs/FLUX.1-schnell"),
     "sd15_2step": ((0.85e9, 0.87e9), "stable-diffusion-v1-5/stable-diffusion-v1-5"),
     "pixart_sigma_2step": ((0.60e9, 0.62e9), "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"),
+    "sd3_5_large_2step": ((8.0e9, 8.1e9), "stabilityai/stable-diffusion-3.5-large"),
+    "sana_2step": ((1.55e9, 1.65e9), "Efficient-Large-Model/Sana_1600M_1024px_diffusers"),
 }
 
 
