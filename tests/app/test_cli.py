@@ -8,8 +8,11 @@ import torch
 
 from fewstep.utils.files import save_tensors
 
+#: seconds before a CLI subprocess counts as hung: a guard, not a speed test (busy machines)
+HANG_GUARD = 1800
 
-def run(*args, timeout=300):
+
+def run(*args, timeout=HANG_GUARD):
     return subprocess.run([sys.executable, "-m", "fewstep", *args], capture_output=True,
                           text=True, timeout=timeout)
 
@@ -130,11 +133,13 @@ def test_python_dash_m_fewstep_and_bad_options():
     for mod in ("fewstep", "fewstep.distill"):
         r = subprocess.run([sys.executable, "-m", mod, *([] if mod == "fewstep.distill"
                                                           else ["distill"]), "--bogus"],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True,
+                           timeout=HANG_GUARD)
         _bad(r, "No such option: --bogus")
         assert len(r.stderr.strip().splitlines()) == 1
     # method= switches a preset (its foreign sections are dropped); a section set on the
     # command line that the method does not read is refused
     r = subprocess.run([sys.executable, "-m", "fewstep", "plan", "--preset", "demo",
-                        "method=ladd", "dm.weight=1"], capture_output=True, text=True, timeout=300)
+                        "method=ladd", "dm.weight=1"], capture_output=True, text=True,
+                       timeout=HANG_GUARD)
     _bad(r, "dm: section not used by method ladd")
