@@ -59,7 +59,8 @@ def _salted_offset(salt: bytes, name: str, length: int) -> int:
     return int.from_bytes(h[:8], "little") % (length - BLOCK + 1)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 hex of a file's bytes, read in 4 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -137,7 +138,7 @@ def full_fingerprint(path: str | os.PathLike[str], memo: Path | None = MEMO_PATH
         if isinstance(hit, dict) and hit.get("stat") == key and isinstance(hit.get("sha256"),
                                                                            str):
             return hit["sha256"]
-    digest = _sha256_file(p)
+    digest = sha256_file(p)
     if memo is not None:
         table[str(p)] = {"stat": key, "sha256": digest}
         with contextlib.suppress(OSError):
@@ -208,4 +209,5 @@ def module_fingerprint(module: nn.Module) -> str:
 
 
 __all__ = ["BLOCK", "MEMO_PATH", "default_mode", "file_fingerprint", "folder_fingerprint",
-           "full_fingerprint", "module_fingerprint", "sampled_fingerprint", "tensor_sample"]
+           "full_fingerprint", "module_fingerprint", "sampled_fingerprint", "sha256_file",
+           "tensor_sample"]

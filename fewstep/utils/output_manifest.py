@@ -10,7 +10,6 @@ tensor), a missing or an added file; ``deep=True`` re-hashes every byte.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fewstep.errors import ConfigError
-from fewstep.utils.fingerprints import sampled_fingerprint
+from fewstep.utils.fingerprints import sampled_fingerprint, sha256_file
 from fewstep.utils.folder_swap import fsync_dir
 from fewstep.utils.run_lock import LOCK_NAME
 
@@ -32,14 +31,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _content(folder: Path) -> list[Path]:
@@ -66,7 +57,7 @@ def write_manifest(folder: Path, command: str, extra: dict[str, Any] | None = No
         os.chmod(p, 0o666 & ~mask)
         with open(p, "rb") as f:
             os.fsync(f.fileno())
-        files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p),
+        files[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p),
                       "fingerprint": sampled_fingerprint(p)}
     for d in [folder, *(p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink())]:
         os.chmod(d, 0o777 & ~mask)
@@ -117,7 +108,7 @@ def check_complete(folder: Path, command: str, deep: bool = False) -> dict[str, 
             raise Incomplete(f"{folder}: {rel} has {size} bytes, the manifest says "
                              f"{info.get('size')} (torn or replaced)")
         if deep:
-            if _sha256(p) != info.get("sha256"):
+            if sha256_file(p) != info.get("sha256"):
                 raise Incomplete(f"{folder}: {rel} differs from the manifest (sha256)")
         elif sampled_fingerprint(p) != info.get("fingerprint"):
             raise Incomplete(f"{folder}: {rel} is not the file this output was written with "
